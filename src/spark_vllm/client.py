@@ -1,0 +1,245 @@
+"""The sidecar client: readiness, and one request per row with retries.
+
+The sidecar is an OpenAI-compatible vLLM server (default http://127.0.0.1:8000/v1).
+Ready means GET /health is 200 and GET /v1/models lists the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from spark_vllm.retry import RetryPolicy, is_transient_status
+
+
+class SidecarNotReady(RuntimeError):
+    """The sidecar did not become ready before the deadline."""
+
+
+@dataclass
+class Result:
+    """The outcome of one row; `error` is None on success."""
+
+    response: str | None = None
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    latency_ms: float = 0.0
+    attempts: int = 0
+    error: str | None = None
+
+
+def read_api_key(env_name: str | None) -> str | None:
+    """The API key from the environment variable the job spec names (None: no key)."""
+    if env_name is None:
+        return None
+    key = os.environ.get(env_name)
+    if not key:
+        raise SidecarNotReady(
+            f"endpoint.api_key_env names {env_name!r}, but that environment variable "
+            "is not set or empty here; set it (on Kubernetes, from a Secret) or remove api_key_env"
+        )
+    return key
+
+
+def server_root(base_url: str) -> str:
+    """http://host:port/v1 -> http://host:port (where /health lives)."""
+    base = base_url.rstrip("/")
+    return base[: -len("/v1")] if base.endswith("/v1") else base
+
+
+def _headers(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def _describe_url_error(exc: Exception) -> str:
+    reason = getattr(exc, "reason", exc)
+    if isinstance(reason, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(reason, (TimeoutError, OSError)) and "timed out" in str(reason):
+        return "timed out"
+    return str(reason) or type(reason).__name__
+
+
+class _NotOk(Exception):
+    """A GET that did not answer 200; the message says what was seen."""
+
+
+def _get_ok(url: str, api_key: str | None, timeout: float) -> bytes:
+    # The spec allows only http:// and https:// base URLs.
+    request = urllib.request.Request(url, headers=_headers(api_key))  # noqa: S310
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310
+            return bytes(resp.read())
+    except urllib.error.HTTPError as exc:
+        raise _NotOk(f"GET {url} answered {exc.code}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise _NotOk(f"GET {url}: {_describe_url_error(exc)}") from None
+
+
+def probe(
+    base_url: str, model: str, api_key: str | None = None, timeout: float = 5.0
+) -> str | None:
+    """None when the sidecar is ready, else what was seen, for the error message."""
+    models_url = base_url.rstrip("/") + "/models"
+    try:
+        _get_ok(server_root(base_url) + "/health", api_key, timeout)
+        body = _get_ok(models_url, api_key, timeout)
+    except _NotOk as exc:
+        return str(exc)
+    try:
+        served = [m["id"] for m in json.loads(body)["data"]]
+    except (ValueError, KeyError, TypeError):
+        return f"GET {models_url} answered something that is not a model list: {body[:200]!r}"
+    if model not in served:
+        return f"model {model!r} is not served; {models_url} lists {served}"
+    return None
+
+
+def wait_ready(
+    base_url: str,
+    model: str,
+    deadline_s: float,
+    api_key: str | None = None,
+    poll_s: float = 1.0,
+    gone: Callable[[], str | None] | None = None,
+) -> float:
+    """Block until the sidecar is ready; return the seconds waited.
+
+    Raises SidecarNotReady naming the URL and the last thing seen (refused, 503,
+    model missing) once `deadline_s` has passed, or at once when `gone()` returns a
+    reason (the server process has exited, say).
+    """
+    start = time.monotonic()
+    end = start + deadline_s
+    while True:
+        seen = probe(base_url, model, api_key, timeout=min(5.0, max(deadline_s, 0.1)))
+        now = time.monotonic()
+        if seen is None:
+            return now - start
+        reason = gone() if gone is not None else None
+        if reason is not None:
+            raise SidecarNotReady(f"vLLM server for {base_url} will not come up: {reason}")
+        if now >= end:
+            raise SidecarNotReady(
+                f"vLLM sidecar at {base_url} was not ready after {deadline_s:g}s; last seen: {seen}"
+            )
+        time.sleep(min(poll_s, end - now))
+
+
+def _error_text(body: str) -> str:
+    """vLLM's own error message out of an error body, or the body itself."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body.strip()[:2000]
+    if isinstance(data, dict):
+        err = data.get("error", data)
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])
+        if isinstance(data.get("message"), str):
+            return str(data["message"])
+    return body.strip()[:2000]
+
+
+def _describe_exception(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.TimeoutError):
+        return "request timed out"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"cannot connect: {exc.os_error.strerror or exc.os_error}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+class SidecarClient:
+    """Sends one request per row to the sidecar over one keep-alive connection pool.
+
+    Use inside a running event loop: `async with SidecarClient(...) as c: await c.call(f)`.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        task: str,
+        sampling: dict[str, Any],
+        policy: RetryPolicy,
+        request_timeout_s: float,
+        connect_timeout_s: float,
+        pool_size: int,
+        api_key: str | None = None,
+    ) -> None:
+        path = "/chat/completions" if task == "chat" else "/completions"
+        self.url = base_url.rstrip("/") + path
+        self.task = task
+        self.body = {"model": model, **sampling}
+        self.policy = policy
+        self.timeout = aiohttp.ClientTimeout(total=request_timeout_s, connect=connect_timeout_s)
+        self.pool_size = pool_size
+        self.headers = _headers(api_key)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> SidecarClient:
+        connector = aiohttp.TCPConnector(limit=self.pool_size, force_close=False)
+        self._session = aiohttp.ClientSession(
+            connector=connector, timeout=self.timeout, headers=self.headers
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    def _parse(self, data: dict[str, Any], result: Result) -> Result:
+        choice = data["choices"][0]
+        if self.task == "chat":
+            result.response = choice["message"].get("content") or ""
+        else:
+            result.response = choice["text"]
+        result.finish_reason = choice.get("finish_reason")
+        usage = data.get("usage") or {}
+        result.prompt_tokens = usage.get("prompt_tokens")
+        result.completion_tokens = usage.get("completion_tokens")
+        return result
+
+    async def call(self, fields: dict[str, Any]) -> Result:
+        """One row: POST, retrying transient failures; never raises for a row's failure."""
+        assert self._session is not None, "use SidecarClient as an async context manager"
+        body = {**self.body, **fields}
+        start = time.monotonic()
+        result = Result()
+        last = ""
+        while True:
+            result.attempts += 1
+            try:
+                async with self._session.post(self.url, json=body) as resp:
+                    if resp.status == 200:
+                        text = await resp.text()
+                        try:
+                            self._parse(json.loads(text), result)
+                        except (ValueError, KeyError, IndexError, TypeError) as exc:
+                            result.error = f"unexpected response ({exc!r}): {text[:500]}"
+                        result.latency_ms = (time.monotonic() - start) * 1000
+                        return result
+                    last = f"HTTP {resp.status}: {_error_text(await resp.text())}"
+                    transient = is_transient_status(resp.status)
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                last = _describe_exception(exc)
+                transient = True
+            if not transient:
+                result.error = last
+                break
+            if not self.policy.should_retry(result.attempts):
+                result.error = f"gave up after {result.attempts} attempts; last: {last}"
+                break
+            await asyncio.sleep(self.policy.delay(result.attempts))
+        result.latency_ms = (time.monotonic() - start) * 1000
+        return result

@@ -1,0 +1,143 @@
+"""A vLLM server on this machine's loopback, for `make run`, tests and laptops.
+
+On Kubernetes the sidecar container plays this part; here we start
+`python -m vllm.entrypoints.openai.api_server` ourselves on a free port, wait until it
+is ready, and stop it (its whole process group) on exit, Ctrl-C or failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections import deque
+from pathlib import Path
+from types import TracebackType
+
+from spark_vllm.client import wait_ready
+
+# Environment defaults that make the CPU build of vLLM start on a small machine.
+CPU_ENV_DEFAULTS = {
+    "HF_HUB_OFFLINE": "1",
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+}
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    try:
+        with path.open(errors="replace") as fh:
+            return "".join(deque(fh, maxlen=lines))
+    except OSError:
+        return ""
+
+
+class LocalServer:
+    """One vLLM OpenAI-compatible server bound to 127.0.0.1."""
+
+    def __init__(
+        self,
+        model: str,
+        served_model_name: str,
+        log_path: str | Path,
+        port: int | None = None,
+        vllm_args: list[str] | None = None,
+        ready_timeout_s: float = 600.0,
+    ) -> None:
+        self.model = model
+        self.served_model_name = served_model_name
+        self.port = port or free_port()
+        self.vllm_args = list(vllm_args or [])
+        self.log_path = Path(log_path)
+        self.ready_timeout_s = ready_timeout_s
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            self.model,
+            "--served-model-name",
+            self.served_model_name,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            *self.vllm_args,
+        ]
+
+    def _exited(self) -> str | None:
+        if self.proc is None or self.proc.poll() is None:
+            return None
+        return (
+            f"the server exited with code {self.proc.returncode}; "
+            f"last lines of {self.log_path}:\n{tail(self.log_path)}"
+        )
+
+    def start(self) -> LocalServer:
+        env = {**CPU_ENV_DEFAULTS, **os.environ}
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(  # noqa: S603 (our own argv, no shell)
+                self.command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+            )
+        try:
+            wait_ready(
+                self.base_url,
+                self.served_model_name,
+                self.ready_timeout_s,
+                poll_s=2.0,
+                gone=self._exited,
+            )
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self, grace_s: float = 20.0) -> None:
+        """Stop the server and the engine processes it spawned."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                self.proc.wait(timeout=wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        # The engine core may outlive the API server briefly; take the group down.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+    def __enter__(self) -> LocalServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

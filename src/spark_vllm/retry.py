@@ -1,0 +1,48 @@
+"""Which failures are retried, and how long to wait between tries.
+
+Transient: the connection was refused or reset, the request timed out, or the server
+answered 429, 500, 502, 503 or 504. Anything else (a 400 for a prompt longer than the
+context, say) is the row's own fault and is not retried.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
+
+
+def is_transient_status(status: int) -> bool:
+    return status in TRANSIENT_STATUS
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 5
+    initial_s: float = 0.5
+    max_s: float = 30.0
+    multiplier: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError(f"attempts must be >= 1, got {self.attempts}")
+        if self.initial_s <= 0 or self.max_s <= 0:
+            raise ValueError("backoff times must be positive")
+
+    def should_retry(self, attempt: int) -> bool:
+        """After failed try number `attempt` (1-based), is there another?"""
+        return attempt < self.attempts
+
+    def ceiling(self, attempt: int) -> float:
+        """The longest wait after failed try number `attempt`."""
+        return float(min(self.max_s, self.initial_s * self.multiplier ** (attempt - 1)))
+
+    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
+        """Wait after failed try `attempt`: uniform in [ceiling/2, ceiling] ("equal jitter").
+
+        Jitter spreads the retries of many rows that failed together (a restarting
+        sidecar) so they do not return as one burst.
+        """
+        top = self.ceiling(attempt)
+        return (rng or random).uniform(top / 2, top)

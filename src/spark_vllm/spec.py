@@ -1,0 +1,299 @@
+"""The job spec: one YAML document that drives a batch inference job.
+
+The same file runs locally and on Kubernetes (the chart mounts it from a ConfigMap).
+Everything is validated here, before Spark starts; every error names the key path,
+the bad value and what was expected.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from spark_vllm.prompt import PromptError, template_variables
+
+DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
+
+# Columns the job adds to every output row; an input column may not reuse these names.
+RESULT_COLUMNS = (
+    "response",
+    "finish_reason",
+    "prompt_tokens",
+    "completion_tokens",
+    "latency_ms",
+    "attempts",
+    "error",
+)
+
+
+class SpecError(ValueError):
+    """The job spec is invalid. The message names the key path, the value and the fix."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class InputSpec(_Strict):
+    format: Literal["parquet", "jsonl", "csv", "table"]
+    path: str | None = Field(default=None, description="file or directory (all formats but table)")
+    table: str | None = Field(default=None, description="catalog table name (format: table)")
+    id_column: str | None = Field(
+        default=None,
+        description="column holding a unique row id; when absent an id is derived from the row",
+    )
+    options: dict[str, str] = Field(default_factory=dict, description="passed to Spark's reader")
+
+    @model_validator(mode="after")
+    def _source(self) -> InputSpec:
+        if self.format == "table":
+            if not self.table:
+                raise ValueError("format 'table' needs input.table (a catalog table name)")
+            if self.path:
+                raise ValueError("format 'table' reads input.table; remove input.path")
+        else:
+            if not self.path:
+                raise ValueError(f"format '{self.format}' needs input.path")
+            if self.table:
+                raise ValueError(f"format '{self.format}' reads input.path; remove input.table")
+        return self
+
+
+class OutputSpec(_Strict):
+    format: Literal["parquet", "jsonl"] = "parquet"
+    path: str
+    keep_columns: list[str] = Field(default_factory=list, description="input columns copied over")
+    mode: Literal["overwrite", "error"] = Field(
+        default="overwrite", description="what to do when the output path exists"
+    )
+
+    @field_validator("keep_columns")
+    @classmethod
+    def _no_result_names(cls, value: list[str]) -> list[str]:
+        clash = sorted(set(value) & set(RESULT_COLUMNS))
+        if clash:
+            raise ValueError(
+                f"{clash} are result columns the job writes itself; "
+                "rename the input column or drop it from keep_columns"
+            )
+        return value
+
+
+class EndpointSpec(_Strict):
+    base_url: str = DEFAULT_BASE_URL
+    model: str = Field(description="the name the vLLM server serves the model under")
+    api_key_env: str | None = Field(
+        default=None, description="name of the environment variable holding the API key"
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("expected an http:// or https:// URL such as " + DEFAULT_BASE_URL)
+        return value.rstrip("/")
+
+
+class PromptSpec(_Strict):
+    template: str | None = Field(
+        default=None, description="jinja2 template over the row's columns: the user message"
+    )
+    system: str | None = Field(default=None, description="system message (chat), a jinja2 template")
+    column: str | None = Field(
+        default=None,
+        description="column holding an OpenAI messages list (chat) or a prompt string",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PromptSpec:
+        if (self.template is None) == (self.column is None):
+            raise ValueError("set exactly one of prompt.template and prompt.column")
+        for name in ("template", "system"):
+            source = getattr(self, name)
+            if source is not None:
+                try:
+                    template_variables(source)
+                except PromptError as exc:
+                    raise ValueError(f"prompt.{name} does not parse: {exc}") from None
+        return self
+
+    def columns(self) -> set[str]:
+        """Input columns the prompt reads."""
+        names: set[str] = set()
+        for source in (self.template, self.system):
+            if source is not None:
+                names |= template_variables(source)
+        if self.column is not None:
+            names.add(self.column)
+        return names
+
+
+class SamplingSpec(BaseModel):
+    """Sampling parameters; keys not named here go to vLLM untouched (e.g. ignore_eos)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    max_tokens: int | None = Field(default=256, ge=1)
+    temperature: float | None = Field(default=None, ge=0)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+
+    def request_fields(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+class ConcurrencySpec(_Strict):
+    per_executor: int = Field(
+        default=256,
+        ge=1,
+        description="requests in flight per executor, shared by the tasks running on it",
+    )
+
+
+class RetrySpec(_Strict):
+    attempts: int = Field(default=5, ge=1, description="tries per row, the first included")
+    backoff_initial_s: float = Field(default=0.5, gt=0)
+    backoff_max_s: float = Field(default=30.0, gt=0)
+    backoff_multiplier: float = Field(default=2.0, ge=1)
+
+
+class TimeoutSpec(_Strict):
+    ready_s: float = Field(default=900.0, gt=0, description="wait this long for the sidecar")
+    request_s: float = Field(default=600.0, gt=0, description="one request, end to end")
+    connect_s: float = Field(default=10.0, gt=0)
+
+
+class SparkSpec(_Strict):
+    master: str | None = Field(
+        default=None, description="unset: spark-submit's master, else local[*]"
+    )
+    app_name: str = "spark-vllm"
+    conf: dict[str, str] = Field(default_factory=dict)
+
+
+class JobSpec(_Strict):
+    input: InputSpec
+    output: OutputSpec
+    endpoint: EndpointSpec
+    task: Literal["chat", "completion"] = "chat"
+    prompt: PromptSpec
+    sampling: SamplingSpec = Field(default_factory=SamplingSpec)
+    concurrency: ConcurrencySpec = Field(default_factory=ConcurrencySpec)
+    retries: RetrySpec = Field(default_factory=RetrySpec)
+    timeouts: TimeoutSpec = Field(default_factory=TimeoutSpec)
+    on_error: Literal["record", "fail"] = "record"
+    partitions: int | None = Field(default=None, ge=1)
+    spark: SparkSpec = Field(default_factory=SparkSpec)
+
+    @model_validator(mode="after")
+    def _task_prompt(self) -> JobSpec:
+        if self.task == "completion" and self.prompt.system is not None:
+            raise ValueError("prompt.system is for task 'chat'; task 'completion' takes one prompt")
+        return self
+
+    def id_column(self) -> str:
+        """Name of the id column in the output: the input's, or 'id' when derived."""
+        return self.input.id_column or "id"
+
+    def check_columns(self, columns: list[str]) -> None:
+        """Refuse a spec that reads columns the input does not have."""
+        have = set(columns)
+        wanted = [
+            ("prompt", sorted(self.prompt.columns())),
+            ("output.keep_columns", self.output.keep_columns),
+        ]
+        if self.input.id_column:
+            wanted.append(("input.id_column", [self.input.id_column]))
+        for where, names in wanted:
+            missing = [n for n in names if n not in have]
+            if missing:
+                raise SpecError(
+                    f"{where}: column(s) {missing} not in the input; expected one of {sorted(have)}"
+                )
+        if not self.input.id_column and "id" in have:
+            raise SpecError(
+                "input.id_column: the input has a column 'id' but input.id_column is unset; "
+                "set input.id_column: id to use it, or rename that column"
+            )
+
+
+def _format_errors(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        path = ".".join(str(p) for p in err["loc"]) or "job spec"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"{path}: unknown key; check its spelling against the job-spec reference")
+            continue
+        if err["type"] == "missing":
+            lines.append(f"{path}: required key is missing")
+            continue
+        message = err["msg"].removeprefix("Value error, ")
+        if isinstance(err["input"], dict):
+            # A rule across several keys: the message names them; the mapping is noise.
+            lines.append(f"{path}: {message}")
+        else:
+            lines.append(f"{path}: got {err['input']!r}; {message}")
+    return "invalid job spec:\n  " + "\n  ".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse one `a.b.c=value` override; the value is read as a YAML scalar or list."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise SpecError(f"override {text!r}: expected KEY.PATH=VALUE, e.g. sampling.max_tokens=64")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as exc:
+        raise SpecError(f"override {text!r}: value is not valid YAML: {exc}") from None
+    return key.split("."), value
+
+
+def apply_overrides(doc: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = doc
+        for i, part in enumerate(path[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                where = ".".join(path[: i + 1])
+                raise SpecError(f"override {text!r}: {where} holds {child!r}, not a mapping")
+            node = child
+        node[path[-1]] = value
+    return doc
+
+
+def spec_from_dict(doc: Any) -> JobSpec:
+    if not isinstance(doc, dict):
+        raise SpecError(f"invalid job spec: expected a mapping at the top level, got {doc!r}")
+    try:
+        return JobSpec.model_validate(doc)
+    except ValidationError as exc:
+        raise SpecError(_format_errors(exc)) from None
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
+    """Read, override and validate a job spec file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecError(f"job spec {str(path)!r}: cannot read it: {exc.strerror}") from None
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SpecError(f"job spec {str(path)!r} is not valid YAML: {exc}") from None
+    if doc is None:
+        doc = {}
+    if isinstance(doc, dict):
+        doc = apply_overrides(doc, overrides or [])
+    return spec_from_dict(doc)

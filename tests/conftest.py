@@ -1,0 +1,79 @@
+"""Shared fixtures: the tiny model, one real vLLM server and one local Spark per session."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "examples" / "data" / "questions.jsonl"
+SERVED_NAME = "tiny-llama"
+# Small context so an over-long prompt is easy to make.
+MAX_MODEL_LEN = 512
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("models") / "tiny-llama"
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "make_tiny_model.py"), str(out)],
+        check=True,
+        capture_output=True,
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real vLLM server (CPU) on a free loopback port; yields its base URL.
+
+    SPARK_VLLM_TEST_BASE_URL points the tests at a server you already run (same model
+    name and --max-model-len) to save its start-up while iterating.
+    """
+    from spark_vllm.local_server import LocalServer
+
+    if os.environ.get("SPARK_VLLM_TEST_BASE_URL"):
+        yield os.environ["SPARK_VLLM_TEST_BASE_URL"]
+        return
+
+    log = tmp_path_factory.mktemp("vllm") / "server.log"
+    server = LocalServer(
+        model=str(tiny_model),
+        served_model_name=SERVED_NAME,
+        log_path=log,
+        vllm_args=["--max-model-len", str(MAX_MODEL_LEN)],
+        ready_timeout_s=420,
+    )
+    with server:
+        yield server.base_url
+
+
+@pytest.fixture(scope="session")
+def spark():  # type: ignore[no-untyped-def]
+    from pyspark.sql import SparkSession
+
+    from spark_vllm.cli import LOCAL_DEFAULTS
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    builder = SparkSession.builder.master("local[2]").appName("spark-vllm-tests")
+    for key, value in {**LOCAL_DEFAULTS, "spark.sql.shuffle.partitions": "4"}.items():
+        builder = builder.config(key, value)
+    session = builder.getOrCreate()
+    yield session
+    session.stop()
+
+
+def sample_rows(n: int) -> list[dict[str, str]]:
+    with SAMPLE.open() as fh:
+        return [json.loads(line) for _, line in zip(range(n), fh, strict=False)]
+
+
+def write_jsonl(path: Path, rows: list[dict[str, object]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path

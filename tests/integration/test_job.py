@@ -1,0 +1,295 @@
+"""The job end to end: real pyspark local[2] against one real vLLM server."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from spark_vllm.job import plan, run_job
+from spark_vllm.local_server import free_port
+from spark_vllm.spec import SpecError, spec_from_dict
+from tests.conftest import SERVED_NAME, sample_rows, write_jsonl
+
+pytestmark = pytest.mark.integration
+
+MAX_TOKENS = 16
+
+
+def spec_doc(tmp_path: Path, base_url: str, rows: list[dict[str, Any]], **changes: Any) -> dict:
+    doc: dict[str, Any] = {
+        "input": {
+            "format": "jsonl",
+            "path": str(write_jsonl(tmp_path / "in.jsonl", rows)),
+            "id_column": "id",
+        },
+        "output": {"format": "parquet", "path": str(tmp_path / "out"), "keep_columns": ["topic"]},
+        "endpoint": {"base_url": base_url, "model": SERVED_NAME},
+        "prompt": {"system": "Answer briefly.", "template": "{{ question }}"},
+        "sampling": {"max_tokens": MAX_TOKENS, "temperature": 0.0},
+        "concurrency": {"per_executor": 32},
+        "retries": {"attempts": 3, "backoff_initial_s": 0.2},
+        "timeouts": {"ready_s": 30},
+        "partitions": 2,
+    }
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(doc.get(key), dict):
+            doc[key] = {**doc[key], **value}
+        else:
+            doc[key] = value
+    return doc
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    return pq.read_table(path).to_pylist()
+
+
+def assert_one_row_per_input(out: list[dict[str, Any]], rows: list[dict[str, Any]]) -> None:
+    ids = [r["id"] for r in out]
+    assert len(ids) == len(set(ids)), "an id appears twice in the output"
+    assert sorted(ids) == sorted(r["id"] for r in rows)
+
+
+def test_chat_job_writes_exactly_one_answer_per_input_row(spark, vllm_server, tmp_path):
+    rows = sample_rows(80)
+    spec = spec_from_dict(spec_doc(tmp_path, vllm_server, rows))
+
+    summary = run_job(spark, spec)
+
+    out = read_rows(tmp_path / "out")
+    assert_one_row_per_input(out, rows)
+    by_id = {r["id"]: r for r in rows}
+    for row in out:
+        assert row["error"] is None, row
+        assert row["topic"] == by_id[row["id"]]["topic"]
+        assert isinstance(row["response"], str)
+        assert row["finish_reason"] in ("stop", "length")
+        assert row["prompt_tokens"] > 0
+        assert 0 < row["completion_tokens"] <= MAX_TOKENS
+        assert row["attempts"] == 1
+        assert row["latency_ms"] > 0
+    assert (summary.rows, summary.succeeded, summary.failed) == (80, 80, 0)
+    assert summary.completion_tokens == sum(r["completion_tokens"] for r in out)
+    assert summary.prompt_tokens == sum(r["prompt_tokens"] for r in out)
+
+
+def test_completion_task_sends_prompts_to_the_completions_endpoint(spark, vllm_server, tmp_path):
+    rows = sample_rows(20)
+    doc = spec_doc(
+        tmp_path,
+        vllm_server,
+        rows,
+        task="completion",
+        prompt={"system": None, "template": "Question: {{ question }}\nAnswer:"},
+        output={"format": "jsonl", "path": str(tmp_path / "out"), "keep_columns": []},
+    )
+    summary = run_job(spark, spec_from_dict(doc))
+
+    out = spark.read.json(str(tmp_path / "out")).collect()
+    assert sorted(r["id"] for r in out) == sorted(r["id"] for r in rows)
+    assert all(r["error"] is None and r["completion_tokens"] > 0 for r in out)
+    # Every key is written for every row, `error: null` included.
+    first_line = next((tmp_path / "out").glob("part-*.json")).read_text().splitlines()[0]
+    assert '"error":null' in first_line
+    assert summary.succeeded == 20
+
+
+def test_prompt_longer_than_the_context_becomes_an_error_row(spark, vllm_server, tmp_path):
+    rows = sample_rows(30)
+    rows[7]["question"] = "word " * 2000
+    summary = run_job(spark, spec_from_dict(spec_doc(tmp_path, vllm_server, rows)))
+
+    out = {r["id"]: r for r in read_rows(tmp_path / "out")}
+    assert len(out) == 30
+    bad = out[rows[7]["id"]]
+    assert "maximum context length" in bad["error"]
+    assert bad["error"].startswith("HTTP 400")
+    assert bad["attempts"] == 1, "a 4xx must not be retried"
+    assert bad["response"] is None
+    assert all(r["error"] is None for i, r in out.items() if i != rows[7]["id"])
+    assert (summary.succeeded, summary.failed) == (29, 1)
+
+
+def test_bad_rows_become_error_rows_without_a_request(spark, vllm_server, tmp_path):
+    rows = sample_rows(10)
+    rows[2]["question"] = "   "
+    rows[5]["question"] = None
+    run_job(spark, spec_from_dict(spec_doc(tmp_path, vllm_server, rows)))
+
+    out = {r["id"]: r for r in read_rows(tmp_path / "out")}
+    assert len(out) == 10
+    assert out[rows[2]["id"]]["error"] == "bad input: rendered prompt is empty"
+    assert out[rows[2]["id"]]["attempts"] == 0
+    assert out[rows[5]["id"]]["error"] == (
+        "bad input: template prints a null value; null column(s): ['question']"
+    )
+    assert sum(r["error"] is None for r in out.values()) == 8
+
+
+def test_rows_without_an_id_get_stable_derived_ids(spark, vllm_server, tmp_path):
+    rows = [{"topic": r["topic"], "question": r["question"]} for r in sample_rows(12)]
+    rows.append(dict(rows[0]))  # an exact copy still gets its own output row
+    first = tmp_path / "a"
+    first.mkdir()
+    doc = spec_doc(first, vllm_server, rows, input={"id_column": None})
+    run_job(spark, spec_from_dict(doc))
+    second = tmp_path / "b"
+    second.mkdir()
+    doc = spec_doc(second, vllm_server, list(reversed(rows)), input={"id_column": None})
+    doc["partitions"] = 3
+    run_job(spark, spec_from_dict(doc))
+
+    ids_a = sorted(r["id"] for r in read_rows(first / "out"))
+    ids_b = sorted(r["id"] for r in read_rows(second / "out"))
+    assert len(ids_a) == 13 == len(set(ids_a))
+    assert ids_a == ids_b, "derived ids must not depend on row order or partitioning"
+
+
+def test_duplicate_or_null_ids_are_refused_before_any_request(spark, tmp_path):
+    rows = sample_rows(6)
+    rows[4]["id"] = rows[1]["id"]
+    # No server at this URL: the spec error must come first.
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    with pytest.raises(SpecError, match=rf"unique, non-null id.*'{rows[1]['id']}' \(2 rows\)"):
+        plan(spark, spec_from_dict(spec_doc(tmp_path, url, rows)))
+
+
+def test_template_naming_a_missing_column_is_refused_before_any_request(spark, tmp_path):
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    doc = spec_doc(tmp_path, url, sample_rows(3), prompt={"template": "{{ questoin }}"})
+    doc["prompt"]["system"] = None
+    with pytest.raises(SpecError, match=r"prompt: column\(s\) \['questoin'\] not in the input"):
+        plan(spark, spec_from_dict(doc))
+
+
+def _cli(
+    spec: dict, tmp_path: Path, *args: str, timeout: float = 240
+) -> subprocess.CompletedProcess:
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return subprocess.run(
+        [sys.executable, "-m", "spark_vllm.cli", "run", str(path), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=tmp_path,
+    )
+
+
+def test_on_error_fail_makes_the_job_fail_with_the_row_and_cause(vllm_server, tmp_path):
+    rows = sample_rows(8)
+    rows[3]["question"] = "word " * 2000
+    doc = spec_doc(tmp_path, vllm_server, rows, on_error="fail")
+    done = _cli(doc, tmp_path, "--set", "spark.master=local[2]")
+
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "job failed: RowFailed: row id=" + repr(rows[3]["id"]) in done.stderr
+    assert "maximum context length" in done.stderr
+    assert "on_error: fail" in done.stderr
+
+
+def test_no_server_gives_the_readiness_error_within_the_deadline(tmp_path):
+    port = free_port()
+    doc = spec_doc(tmp_path, f"http://127.0.0.1:{port}/v1", sample_rows(4))
+    doc["timeouts"] = {"ready_s": 5}
+    start = time.monotonic()
+    done = _cli(doc, tmp_path, "--set", "spark.master=local[1]")
+    elapsed = time.monotonic() - start
+
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert f"vLLM sidecar at http://127.0.0.1:{port}/v1 was not ready after 5s" in done.stderr
+    assert "connection refused" in done.stderr
+    # JVM start-up plus the 5 s deadline, far from the default 15 minutes.
+    assert elapsed < 180
+
+
+def test_cli_refuses_a_bad_spec_before_spark_starts(tmp_path):
+    doc = spec_doc(tmp_path, "http://127.0.0.1:8000/v1", sample_rows(1))
+    doc["sampling"]["max_tokens"] = "many"
+    start = time.monotonic()
+    done = _cli(doc, tmp_path, timeout=60)
+
+    assert done.returncode == 2
+    assert "sampling.max_tokens: got 'many'" in done.stderr
+    assert time.monotonic() - start < 30, "no JVM should start for a bad spec"
+
+
+def test_window_keeps_many_requests_in_flight_and_streams(vllm_server):
+    """The runner overlaps requests (never one at a time) and yields before input ends."""
+    from pyspark.sql import types as T
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    from spark_vllm.job import RESULT_FIELDS
+    from spark_vllm.retry import RetryPolicy
+    from spark_vllm.runner import TaskConfig, run_partition
+
+    rows = sample_rows(64)
+    schema = to_arrow_schema(T.StructType([T.StructField("id", T.StringType()), *RESULT_FIELDS]))
+
+    def config(window: int) -> TaskConfig:
+        return TaskConfig(
+            base_url=vllm_server,
+            model=SERVED_NAME,
+            task="chat",
+            sampling={"max_tokens": 8, "ignore_eos": True},
+            template="{{ question }}",
+            system=None,
+            prompt_column=None,
+            policy=RetryPolicy(attempts=2),
+            window=window,
+            ready_timeout_s=30,
+            request_timeout_s=120,
+            connect_timeout_s=5,
+            on_error="record",
+            id_column="id",
+            keep_columns=(),
+            output_schema=schema,
+            flush_rows=8,
+        )
+
+    consumed = []
+
+    def batches():
+        for i in range(0, len(rows), 8):
+            consumed.append(i)
+            yield pa.RecordBatch.from_pylist(
+                [{"id": r["id"], "question": r["question"]} for r in rows[i : i + 8]]
+            )
+
+    def concurrency(window: int) -> float:
+        consumed.clear()
+        start = time.monotonic()
+        out = []
+        first_yield_at = None
+        for batch in run_partition(batches(), config(window)):
+            if first_yield_at is None:
+                first_yield_at = len(consumed)
+            out.extend(batch.to_pylist())
+        wall_ms = (time.monotonic() - start) * 1000
+        assert sorted(r["id"] for r in out) == sorted(r["id"] for r in rows)
+        assert all(r["error"] is None for r in out)
+        assert first_yield_at is not None and first_yield_at < len(consumed), (
+            "results must stream out before the whole partition is read"
+        )
+        # Sum of per-row latencies over wall time = mean requests in flight.
+        return sum(r["latency_ms"] for r in out) / wall_ms
+
+    assert concurrency(1) < 1.3
+    assert concurrency(16) > 4
+
+
+def test_readiness_names_a_model_the_server_does_not_serve(vllm_server):
+    from spark_vllm.client import SidecarNotReady, wait_ready
+
+    assert wait_ready(vllm_server, SERVED_NAME, deadline_s=10) < 10
+    with pytest.raises(SidecarNotReady) as info:
+        wait_ready(vllm_server, "gpt-9", deadline_s=1.5, poll_s=0.5)
+    assert f"{vllm_server}/models lists ['{SERVED_NAME}']" in str(info.value)
+    assert "model 'gpt-9' is not served" in str(info.value)

@@ -1,0 +1,149 @@
+"""The job spec: what it accepts, and the messages it gives for what it refuses."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from spark_vllm.spec import SpecError, apply_overrides, load_spec, spec_from_dict
+
+pytestmark = pytest.mark.unit
+
+EXAMPLE = Path(__file__).parents[2] / "examples" / "jobs" / "chat.yaml"
+
+
+def minimal(**changes):
+    doc = {
+        "input": {"format": "jsonl", "path": "in.jsonl"},
+        "output": {"path": "out"},
+        "endpoint": {"model": "m"},
+        "prompt": {"template": "{{ question }}"},
+    }
+    doc.update(changes)
+    return doc
+
+
+def error_of(doc) -> str:
+    with pytest.raises(SpecError) as info:
+        spec_from_dict(doc)
+    return str(info.value)
+
+
+def test_example_spec_is_valid():
+    spec = load_spec(EXAMPLE)
+    assert spec.task == "chat"
+    assert spec.endpoint.base_url == "http://127.0.0.1:8000/v1"
+
+
+def test_defaults_fill_in_what_is_left_out():
+    spec = spec_from_dict(minimal())
+    assert spec.on_error == "record"
+    assert spec.concurrency.per_executor == 256
+    assert spec.output.format == "parquet"
+    assert spec.id_column() == "id"
+
+
+def test_unknown_key_is_refused_with_its_path():
+    message = error_of(minimal(output={"path": "out", "fromat": "jsonl"}))
+    assert "output.fromat: unknown key" in message
+
+
+def test_wrong_type_names_path_value_and_expectation():
+    message = error_of(minimal(concurrency={"per_executor": "lots"}))
+    assert "concurrency.per_executor" in message
+    assert "'lots'" in message
+    assert "integer" in message
+
+
+def test_bad_enum_value_lists_the_choices():
+    message = error_of(minimal(task="translate"))
+    assert "task: got 'translate'" in message
+    assert "'chat' or 'completion'" in message
+
+
+def test_template_that_does_not_parse_is_refused():
+    message = error_of(minimal(prompt={"template": "{{ question "}))
+    assert "prompt.template does not parse" in message
+
+
+def test_prompt_needs_exactly_one_source():
+    assert "exactly one of prompt.template and prompt.column" in error_of(minimal(prompt={}))
+    both = {"template": "{{ q }}", "column": "messages"}
+    assert "exactly one" in error_of(minimal(prompt=both))
+
+
+def test_table_input_needs_a_table_name():
+    message = error_of(minimal(input={"format": "table", "path": "x"}))
+    assert "input.table" in message
+
+
+def test_missing_required_key_is_named():
+    doc = minimal()
+    del doc["endpoint"]
+    assert "endpoint: required key is missing" in error_of(doc)
+
+
+def test_sampling_passes_unknown_keys_through_to_vllm():
+    spec = spec_from_dict(minimal(sampling={"max_tokens": 8, "ignore_eos": True, "min_p": 0.1}))
+    assert spec.sampling.request_fields() == {"max_tokens": 8, "ignore_eos": True, "min_p": 0.1}
+
+
+def test_kept_column_may_not_shadow_a_result_column():
+    message = error_of(minimal(output={"path": "o", "keep_columns": ["error"]}))
+    assert "output.keep_columns" in message and "error" in message
+
+
+def test_columns_the_input_lacks_are_refused():
+    spec = spec_from_dict(minimal(output={"path": "o", "keep_columns": ["topic"]}))
+    spec.check_columns(["question", "topic"])
+    with pytest.raises(SpecError, match=r"prompt: column\(s\) \['question'\] not in the input"):
+        spec.check_columns(["text", "topic"])
+    with pytest.raises(SpecError, match="output.keep_columns"):
+        spec.check_columns(["question"])
+
+
+def test_input_with_an_id_column_must_declare_it():
+    spec = spec_from_dict(minimal())
+    with pytest.raises(SpecError, match="set input.id_column: id"):
+        spec.check_columns(["id", "question"])
+
+
+def test_overrides_set_nested_fields_as_yaml_values(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(minimal()))
+    spec = load_spec(
+        path,
+        ["sampling.max_tokens=7", "sampling.stop=[a, b]", "on_error=fail", "output.path=/x"],
+    )
+    assert spec.sampling.max_tokens == 7
+    assert spec.sampling.stop == ["a", "b"]
+    assert spec.on_error == "fail"
+    assert spec.output.path == "/x"
+
+
+def test_override_errors_are_explained():
+    with pytest.raises(SpecError, match="expected KEY.PATH=VALUE"):
+        apply_overrides({}, ["sampling.max_tokens"])
+    with pytest.raises(SpecError, match="not a mapping"):
+        apply_overrides({"task": "chat"}, ["task.x=1"])
+
+
+def test_override_values_are_validated_like_the_file(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(minimal()))
+    with pytest.raises(SpecError, match="sampling.max_tokens: got 0"):
+        load_spec(path, ["sampling.max_tokens=0"])
+
+
+def test_unreadable_or_non_mapping_file_is_refused(tmp_path):
+    with pytest.raises(SpecError, match="cannot read it"):
+        load_spec(tmp_path / "absent.yaml")
+    path = tmp_path / "list.yaml"
+    path.write_text("- a\n- b\n")
+    with pytest.raises(SpecError, match="expected a mapping"):
+        load_spec(path)
+
+
+def test_completion_task_takes_no_system_message():
+    doc = minimal(task="completion", prompt={"template": "{{ q }}", "system": "s"})
+    assert "prompt.system is for task 'chat'" in error_of(doc)
