@@ -293,3 +293,26 @@ def test_readiness_names_a_model_the_server_does_not_serve(vllm_server):
         wait_ready(vllm_server, "gpt-9", deadline_s=1.5, poll_s=0.5)
     assert f"{vllm_server}/models lists ['{SERVED_NAME}']" in str(info.value)
     assert "model 'gpt-9' is not served" in str(info.value)
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv", "table"])
+def test_every_input_format_gives_one_row_per_input(spark, vllm_server, tmp_path, fmt):
+    rows = sample_rows(6)
+    source = spark.createDataFrame(rows)
+    doc = spec_doc(tmp_path, vllm_server, rows)
+    if fmt == "table":
+        source.createOrReplaceTempView("questions_" + fmt)
+        doc["input"] = {"format": "table", "table": "questions_" + fmt, "id_column": "id"}
+    else:
+        where = str(tmp_path / ("in." + fmt))
+        if fmt == "csv":
+            source.write.option("header", "true").csv(where)
+        else:
+            source.write.parquet(where)
+        doc["input"] = {"format": fmt, "path": where, "id_column": "id"}
+    summary = run_job(spark, spec_from_dict(doc))
+
+    out = read_rows(tmp_path / "out")
+    assert_one_row_per_input(out, rows)
+    assert summary.succeeded == 6
+    assert {r["topic"] for r in out} == {r["topic"] for r in rows}
