@@ -1,0 +1,32 @@
+"""Sizing the per-task window from the per-executor budget."""
+
+import pytest
+
+from spark_vllm.job import Summary, per_task_window
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize(
+    ("per_executor", "slots", "window"),
+    [(256, 1, 256), (256, 4, 64), (256, 3, 86), (1, 4, 1), (10, 16, 1)],
+)
+def test_executor_budget_is_shared_by_the_tasks_running_on_it(per_executor, slots, window):
+    assert per_task_window(per_executor, slots) == window
+
+
+def test_summary_reports_rates_and_the_most_common_errors():
+    summary = Summary(
+        rows=10,
+        succeeded=8,
+        failed=2,
+        prompt_tokens=100,
+        completion_tokens=400,
+        wall_s=4.0,
+        output="out (parquet)",
+        errors=[("HTTP 400: too long", 2)],
+    )
+    text = summary.render()
+    assert "rows/s        2.50" in text
+    assert "out tokens/s  100.0" in text
+    assert "2 x HTTP 400: too long" in text
