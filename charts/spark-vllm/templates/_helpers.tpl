@@ -1,0 +1,460 @@
+{{/*
+Names, labels and the pieces shared by the SparkApplication and the ScheduledSparkApplication.
+*/}}
+
+{{- define "spark-vllm.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 40 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Full name. Kept to 40 characters: Spark names pods "<app>-driver" and "<app>-exec-<n>", and a
+ScheduledSparkApplication names each run "<name>-<19-digit timestamp>", all within 63.
+*/}}
+{{- define "spark-vllm.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "spark-vllm.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "spark-vllm.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "spark-vllm.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "spark-vllm.labels" -}}
+helm.sh/chart: {{ include "spark-vllm.chart" . }}
+{{ include "spark-vllm.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: spark-vllm
+{{- end }}
+
+{{- define "spark-vllm.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{- define "spark-vllm.sidecarImage" -}}
+{{- $repo := default .Values.image.repository .Values.sidecar.image.repository }}
+{{- $tag := default (default .Chart.AppVersion .Values.image.tag) .Values.sidecar.image.tag }}
+{{- printf "%s:%s" $repo $tag }}
+{{- end }}
+
+{{- define "spark-vllm.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (printf "%s-driver" (include "spark-vllm.fullname" .)) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* Executors get their own ServiceAccount whose token is never mounted: they do not call the
+Kubernetes API, and the operator's pod spec has no automountServiceAccountToken field. */}}
+{{- define "spark-vllm.executorServiceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (printf "%s-executor" (include "spark-vllm.fullname" .)) .Values.serviceAccount.executorName }}
+{{- else }}
+{{- required "serviceAccount.executorName is required when serviceAccount.create is false" .Values.serviceAccount.executorName }}
+{{- end }}
+{{- end }}
+
+{{- define "spark-vllm.jobConfigMapName" -}}
+{{- printf "%s-job" (include "spark-vllm.fullname" .) }}
+{{- end }}
+
+{{- define "spark-vllm.modelClaimName" -}}
+{{- default (printf "%s-model-cache" (include "spark-vllm.fullname" .)) .Values.model.cache.pvc.claimName }}
+{{- end }}
+
+{{/* GPUs held by one sidecar: gpu.count, or one per tensor-parallel rank. */}}
+{{- define "spark-vllm.sidecarGpus" -}}
+{{- if kindIs "invalid" .Values.sidecar.gpu.count }}
+{{- int .Values.sidecar.vllm.tensorParallelSize }}
+{{- else }}
+{{- int .Values.sidecar.gpu.count }}
+{{- end }}
+{{- end }}
+
+{{/* Executors the job starts with: what Volcano must fit before admitting it. */}}
+{{- define "spark-vllm.startExecutors" -}}
+{{- if .Values.dynamicAllocation.enabled }}
+{{- max (int .Values.dynamicAllocation.initialExecutors) (int .Values.dynamicAllocation.minExecutors) }}
+{{- else }}
+{{- int .Values.executor.instances }}
+{{- end }}
+{{- end }}
+
+{{/* vLLM's --model: a directory in the cache volume, or a Hugging Face id. */}}
+{{- define "spark-vllm.modelArg" -}}
+{{- if .Values.model.path }}
+{{- if eq .Values.model.cache.type "emptyDir" }}
+{{- fail "model.path names a directory in a pre-filled cache: set model.cache.type to pvc or hostPath, or use model.id" }}
+{{- end }}
+{{- printf "%s/%s" (trimSuffix "/" .Values.model.cache.mountPath) (trimPrefix "/" .Values.model.path) }}
+{{- else }}
+{{- required "set model.id (a Hugging Face id) or model.path (a directory in the model cache)" .Values.model.id }}
+{{- end }}
+{{- end }}
+
+{{/* The job spec with the sidecar's endpoint filled in where the user left it out. */}}
+{{- define "spark-vllm.jobSpec" -}}
+{{- $job := deepCopy .Values.job }}
+{{- if not (hasKey $job "input") }}
+{{- fail "job.input is required: the job spec must say what to read (see examples/values/chat.yaml)" }}
+{{- end }}
+{{- if not (hasKey $job "output") }}
+{{- fail "job.output is required: the job spec must say where to write (see examples/values/chat.yaml)" }}
+{{- end }}
+{{- $endpoint := dict "base_url" (printf "http://127.0.0.1:%d/v1" (int .Values.sidecar.port)) "model" .Values.model.servedName }}
+{{- if .Values.sidecar.apiKey.enabled }}
+{{- $_ := set $endpoint "api_key_env" .Values.sidecar.apiKey.envName }}
+{{- end }}
+{{- $userEndpoint := default (dict) $job.endpoint }}
+{{- $_ := set $job "endpoint" (mergeOverwrite $endpoint $userEndpoint) }}
+{{- toYaml $job }}
+{{- end }}
+
+{{/* Volumes of the application. Executor-side ones are named in executor.volumeMounts too:
+the operator's webhook adds a volume to a pod only when the Spark container mounts it. */}}
+{{- define "spark-vllm.volumes" -}}
+- name: job-spec
+  configMap:
+    name: {{ include "spark-vllm.jobConfigMapName" . }}
+- name: tmp
+  emptyDir:
+    sizeLimit: {{ printf "%dMi" (int .Values.tmpSizeMi) }}
+- name: dshm
+  emptyDir:
+    medium: Memory
+    sizeLimit: {{ printf "%dMi" (int .Values.sidecar.shmSizeMi) }}
+- name: model-cache
+{{- if eq .Values.model.cache.type "pvc" }}
+  persistentVolumeClaim:
+    claimName: {{ include "spark-vllm.modelClaimName" . }}
+    readOnly: {{ .Values.model.cache.readOnly }}
+{{- else if eq .Values.model.cache.type "hostPath" }}
+  hostPath:
+    path: {{ .Values.model.cache.hostPath.path }}
+    type: {{ .Values.model.cache.hostPath.type }}
+{{- else }}
+  emptyDir:
+    sizeLimit: {{ .Values.model.cache.emptyDir.sizeLimit }}
+{{- end }}
+{{- end }}
+
+{{/* The vLLM server container. */}}
+{{- define "spark-vllm.sidecar" -}}
+{{- $gpus := int (include "spark-vllm.sidecarGpus" .) }}
+{{- $v := .Values.sidecar.vllm }}
+{{- $probe := printf "import urllib.request; urllib.request.urlopen('http://127.0.0.1:%d/health', timeout=5)" (int .Values.sidecar.port) -}}
+name: vllm
+image: {{ include "spark-vllm.sidecarImage" . }}
+imagePullPolicy: {{ .Values.image.pullPolicy }}
+{{- if eq .Values.sidecar.mode "native" }}
+restartPolicy: Always
+{{- end }}
+command:
+  {{- toYaml .Values.sidecar.command | nindent 2 }}
+args:
+  - --model
+  - {{ include "spark-vllm.modelArg" . | quote }}
+  - --served-model-name
+  - {{ .Values.model.servedName | quote }}
+  - --host
+  - "127.0.0.1"
+  - --port
+  - {{ .Values.sidecar.port | quote }}
+  - --dtype
+  - {{ $v.dtype | quote }}
+  - --tensor-parallel-size
+  - {{ $v.tensorParallelSize | quote }}
+  - --max-num-seqs
+  - {{ $v.maxNumSeqs | quote }}
+{{- if not (kindIs "invalid" $v.gpuMemoryUtilization) }}
+  - --gpu-memory-utilization
+  - {{ $v.gpuMemoryUtilization | quote }}
+{{- end }}
+{{- if not (kindIs "invalid" $v.maxModelLen) }}
+  - --max-model-len
+  - {{ $v.maxModelLen | quote }}
+{{- end }}
+{{- range $v.extraArgs }}
+  - {{ . | quote }}
+{{- end }}
+env:
+  # The root filesystem is read-only: caches of vLLM, torch and triton go to /tmp.
+  - name: HOME
+    value: /tmp
+  - name: HF_HOME
+    value: {{ printf "%s/huggingface" (trimSuffix "/" .Values.model.cache.mountPath) | quote }}
+  - name: VLLM_NO_USAGE_STATS
+    value: "1"
+{{- if .Values.model.offline }}
+  - name: HF_HUB_OFFLINE
+    value: "1"
+{{- end }}
+{{- if .Values.model.hfToken.secretName }}
+  - name: HF_TOKEN
+    valueFrom:
+      secretKeyRef:
+        name: {{ .Values.model.hfToken.secretName }}
+        key: {{ .Values.model.hfToken.key }}
+{{- end }}
+{{- if .Values.sidecar.apiKey.enabled }}
+  # vLLM reads its --api-key from VLLM_API_KEY: the key never appears in the pod spec or argv.
+  - name: VLLM_API_KEY
+    valueFrom:
+      secretKeyRef:
+        name: {{ required "sidecar.apiKey.secretName is required when sidecar.apiKey.enabled" .Values.sidecar.apiKey.secretName }}
+        key: {{ .Values.sidecar.apiKey.key }}
+{{- end }}
+{{- with .Values.sidecar.env }}
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+resources:
+  requests:
+    cpu: {{ .Values.sidecar.cpu | quote }}
+    memory: {{ printf "%dMi" (int .Values.sidecar.memoryMi) }}
+{{- if gt $gpus 0 }}
+    {{ .Values.sidecar.gpu.resourceName }}: {{ $gpus | quote }}
+{{- end }}
+  limits:
+    memory: {{ printf "%dMi" (int .Values.sidecar.memoryMi) }}
+{{- if gt $gpus 0 }}
+    # The operator's executor.gpu field would put GPUs on the Spark container only.
+    {{ .Values.sidecar.gpu.resourceName }}: {{ $gpus | quote }}
+{{- end }}
+# vLLM listens on loopback only, which the kubelet's httpGet probes (sent to the pod IP)
+# cannot reach: the probes run inside the container instead.
+startupProbe:
+  exec:
+    command:
+      - python3
+      - -c
+      - {{ $probe | quote }}
+  periodSeconds: 10
+  timeoutSeconds: 8
+  failureThreshold: {{ div (add (int .Values.sidecar.startupTimeoutSeconds) 9) 10 }}
+readinessProbe:
+  exec:
+    command:
+      - python3
+      - -c
+      - {{ $probe | quote }}
+  periodSeconds: 10
+  timeoutSeconds: 8
+  failureThreshold: 3
+livenessProbe:
+  exec:
+    command:
+      - python3
+      - -c
+      - {{ $probe | quote }}
+  periodSeconds: 30
+  timeoutSeconds: 8
+  failureThreshold: 4
+securityContext:
+  {{- toYaml .Values.containerSecurityContext | nindent 2 }}
+volumeMounts:
+  - name: tmp
+    mountPath: /tmp
+  - name: dshm
+    mountPath: /dev/shm
+  - name: model-cache
+    mountPath: {{ .Values.model.cache.mountPath }}
+    readOnly: {{ .Values.model.cache.readOnly }}
+{{- end }}
+
+{{/* Volcano PodGroup resources: driver + executors + their sidecars, in Kubernetes units. */}}
+{{- define "spark-vllm.volcanoResources" -}}
+{{- if .Values.volcano.resources }}
+{{- toYaml .Values.volcano.resources }}
+{{- else }}
+{{- $n := int (include "spark-vllm.startExecutors" .) }}
+{{- $gpus := int (include "spark-vllm.sidecarGpus" .) }}
+{{- $d := .Values.driver }}
+{{- $e := .Values.executor }}
+{{- $cpu := add (int $d.cores) (mul $n (add (int $e.cores) (int .Values.sidecar.cpu))) }}
+{{- $driverMem := add (int $d.memoryMi) (int $d.memoryOverheadMi) }}
+{{- $executorMem := add (int $e.memoryMi) (int $e.memoryOverheadMi) (int .Values.sidecar.memoryMi) }}
+{{- $mem := add $driverMem (mul $n $executorMem) -}}
+cpu: {{ $cpu | quote }}
+memory: {{ printf "%dMi" $mem }}
+{{- if gt $gpus 0 }}
+{{ .Values.sidecar.gpu.resourceName }}: {{ mul $n $gpus | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The application spec, shared by SparkApplication and ScheduledSparkApplication.template. */}}
+{{- define "spark-vllm.appSpec" -}}
+{{- $sel := include "spark-vllm.selectorLabels" . | fromYaml -}}
+type: Python
+mode: cluster
+sparkVersion: {{ .Values.sparkVersion | quote }}
+image: {{ include "spark-vllm.image" . }}
+imagePullPolicy: {{ .Values.image.pullPolicy }}
+{{- with .Values.image.pullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+mainApplicationFile: {{ .Values.mainApplicationFile }}
+arguments:
+  - {{ printf "%s/job.yaml" (trimSuffix "/" .Values.jobMountPath) | quote }}
+{{- range .Values.extraArgs }}
+  - {{ . | quote }}
+{{- end }}
+{{- with .Values.sparkConf }}
+sparkConf:
+  {{- range $k, $v := . }}
+  {{ $k | quote }}: {{ $v | toString | quote }}
+  {{- end }}
+{{- end }}
+{{- with .Values.hadoopConf }}
+hadoopConf:
+  {{- range $k, $v := . }}
+  {{ $k | quote }}: {{ $v | toString | quote }}
+  {{- end }}
+{{- end }}
+{{- if not (kindIs "invalid" .Values.timeToLiveSeconds) }}
+timeToLiveSeconds: {{ int .Values.timeToLiveSeconds }}
+{{- end }}
+restartPolicy:
+  type: {{ .Values.restartPolicy.type }}
+{{- if eq .Values.restartPolicy.type "OnFailure" }}
+  onFailureRetries: {{ int .Values.restartPolicy.onFailureRetries }}
+  onFailureRetryInterval: {{ int .Values.restartPolicy.onFailureRetryInterval }}
+  onSubmissionFailureRetries: {{ int .Values.restartPolicy.onSubmissionFailureRetries }}
+  onSubmissionFailureRetryInterval: {{ int .Values.restartPolicy.onSubmissionFailureRetryInterval }}
+{{- end }}
+{{- if .Values.volcano.enabled }}
+batchScheduler: volcano
+batchSchedulerOptions:
+  queue: {{ .Values.volcano.queue }}
+{{- with .Values.volcano.priorityClassName }}
+  priorityClassName: {{ . }}
+{{- end }}
+  resources:
+    {{- include "spark-vllm.volcanoResources" . | nindent 4 }}
+{{- end }}
+{{- if .Values.dynamicAllocation.enabled }}
+dynamicAllocation:
+  enabled: true
+  initialExecutors: {{ int .Values.dynamicAllocation.initialExecutors }}
+  minExecutors: {{ int .Values.dynamicAllocation.minExecutors }}
+  maxExecutors: {{ int .Values.dynamicAllocation.maxExecutors }}
+  # Kubernetes has no external shuffle service: executors keep their shuffle files.
+  shuffleTrackingEnabled: true
+{{- if not (kindIs "invalid" .Values.dynamicAllocation.shuffleTrackingTimeout) }}
+  shuffleTrackingTimeout: {{ int .Values.dynamicAllocation.shuffleTrackingTimeout }}
+{{- end }}
+{{- end }}
+volumes:
+  {{- include "spark-vllm.volumes" . | nindent 2 }}
+driver:
+  cores: {{ int .Values.driver.cores }}
+  memory: {{ printf "%dm" (int .Values.driver.memoryMi) | quote }}
+  memoryOverhead: {{ printf "%dm" (int .Values.driver.memoryOverheadMi) | quote }}
+  serviceAccount: {{ include "spark-vllm.serviceAccountName" . }}
+  labels:
+    {{- toYaml (merge (dict "app.kubernetes.io/component" "driver") $sel .Values.driver.labels) | nindent 4 }}
+{{- with .Values.driver.annotations }}
+  annotations:
+    {{- toYaml . | nindent 4 }}
+{{- end }}
+{{- if and .Values.volcano.enabled .Values.volcano.priorityClassName }}
+  priorityClassName: {{ .Values.volcano.priorityClassName }}
+{{- end }}
+{{- with .Values.driver.env }}
+  env:
+    {{- toYaml . | nindent 4 }}
+{{- end }}
+{{- with .Values.driver.nodeSelector }}
+  nodeSelector:
+    {{- toYaml . | nindent 4 }}
+{{- end }}
+{{- with .Values.driver.tolerations }}
+  tolerations:
+    {{- toYaml . | nindent 4 }}
+{{- end }}
+  podSecurityContext:
+    {{- toYaml .Values.podSecurityContext | nindent 4 }}
+  securityContext:
+    {{- toYaml .Values.containerSecurityContext | nindent 4 }}
+  volumeMounts:
+    - name: job-spec
+      mountPath: {{ .Values.jobMountPath }}
+      readOnly: true
+    - name: tmp
+      mountPath: /tmp
+executor:
+{{- if not .Values.dynamicAllocation.enabled }}
+  instances: {{ int .Values.executor.instances }}
+{{- end }}
+  cores: {{ int .Values.executor.cores }}
+  memory: {{ printf "%dm" (int .Values.executor.memoryMi) | quote }}
+  memoryOverhead: {{ printf "%dm" (int .Values.executor.memoryOverheadMi) | quote }}
+  deleteOnTermination: {{ .Values.executor.deleteOnTermination }}
+  serviceAccount: {{ include "spark-vllm.executorServiceAccountName" . }}
+  labels:
+    {{- toYaml (merge (dict "app.kubernetes.io/component" "executor") $sel .Values.executor.labels) | nindent 4 }}
+{{- with .Values.executor.annotations }}
+  annotations:
+    {{- toYaml . | nindent 4 }}
+{{- end }}
+{{- if and .Values.volcano.enabled .Values.volcano.priorityClassName }}
+  priorityClassName: {{ .Values.volcano.priorityClassName }}
+{{- end }}
+{{- if or .Values.executor.env .Values.sidecar.apiKey.enabled }}
+  env:
+{{- with .Values.executor.env }}
+    {{- toYaml . | nindent 4 }}
+{{- end }}
+{{- if .Values.sidecar.apiKey.enabled }}
+    - name: {{ .Values.sidecar.apiKey.envName }}
+      valueFrom:
+        secretKeyRef:
+          name: {{ .Values.sidecar.apiKey.secretName }}
+          key: {{ .Values.sidecar.apiKey.key }}
+{{- end }}
+{{- end }}
+{{- with .Values.executor.nodeSelector }}
+  nodeSelector:
+    {{- toYaml . | nindent 4 }}
+{{- end }}
+{{- with .Values.executor.tolerations }}
+  tolerations:
+    {{- toYaml . | nindent 4 }}
+{{- end }}
+  podSecurityContext:
+    {{- toYaml .Values.podSecurityContext | nindent 4 }}
+  securityContext:
+    {{- toYaml .Values.containerSecurityContext | nindent 4 }}
+  # Every volume of the executor pod is listed here, the sidecar's too: the operator's webhook
+  # adds a volume to the pod only when the Spark container mounts it.
+  volumeMounts:
+    - name: tmp
+      mountPath: /tmp
+    - name: dshm
+      mountPath: /dev/shm
+    - name: model-cache
+      mountPath: {{ .Values.model.cache.mountPath }}
+      readOnly: true
+{{- if eq .Values.sidecar.mode "native" }}
+  initContainers:
+    - {{ include "spark-vllm.sidecar" . | nindent 6 | trim }}
+{{- else }}
+  sidecars:
+    - {{ include "spark-vllm.sidecar" . | nindent 6 | trim }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,1 @@
+"""Bundle tier: the Helm chart rendered by the real helm binary and checked by real tools."""

@@ -1,0 +1,244 @@
+"""Render the chart with the real helm binary, and rebuild the pods the Spark Operator makes.
+
+Everything the bundle tests share that is not a fixture: where the repository's files are,
+how tools are found, the values cases every test sees, and a model of the operator's
+mutating webhook (v2.5) that turns a SparkApplication into the driver and executor pods.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "spark-vllm"
+PLATFORM_CHART = ROOT / "charts" / "spark-vllm-platform"
+EXAMPLES = ROOT / "examples" / "values"
+MANIFESTS = ROOT / "manifests"
+TOOLS_BIN = ROOT / "build" / "tools" / "bin"
+TOOLS_VENV_BIN = ROOT / "build" / "tools" / "venv" / "bin"
+NAMESPACE = "spark-jobs"
+
+Doc = dict[str, Any]
+
+
+def find_tool(name: str, env: str, candidates: list[Path], how_to_get: str) -> str:
+    """The tool from $env, else the first executable candidate, else PATH; fail if none."""
+    if os.environ.get(env):
+        return os.environ[env]
+    for candidate in candidates:
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    on_path = shutil.which(name)
+    if on_path:
+        return on_path
+    pytest.fail(
+        f"{name} not found (${env}, {', '.join(map(str, candidates))}, PATH): {how_to_get}",
+        pytrace=False,
+    )
+
+
+def helm_binary() -> str:
+    return find_tool(
+        "helm",
+        "HELM",
+        [TOOLS_BIN / "helm"],
+        "run scripts/get-helm.sh to put it in build/tools/bin, or set HELM",
+    )
+
+
+def venv_tool(name: str, env: str) -> str:
+    return find_tool(
+        name,
+        env,
+        [TOOLS_VENV_BIN / name],
+        "create the tools venv: python3 -m venv build/tools/venv && "
+        "build/tools/venv/bin/pip install -r requirements/bundle-tools.txt",
+    )
+
+
+def run_helm(helm: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([helm, *args], capture_output=True, text=True, cwd=ROOT, check=False)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One way of installing the chart: an example values file plus overrides."""
+
+    values_file: str
+    overrides: tuple[tuple[str, Any], ...] = ()
+
+    def helm_args(self) -> list[str]:
+        args = ["-f", str(EXAMPLES / self.values_file)]
+        for key, value in self.overrides:
+            args += ["--set-json", f"{key}={json.dumps(value)}"]
+        return args
+
+
+CASES: dict[str, Case] = {
+    "chat": Case("chat.yaml"),
+    "scheduled": Case("scheduled.yaml"),
+    "classic-sidecar": Case("chat.yaml", (("sidecar.mode", "classic"),)),
+    "volcano": Case("chat.yaml", (("volcano.enabled", True),)),
+    "pvc-created": Case(
+        "chat.yaml", (("model.cache.pvc.create", True), ("model.cache.pvc.claimName", ""))
+    ),
+    "hostpath-cache": Case("chat.yaml", (("model.cache.type", "hostPath"),)),
+    "hf-download": Case(
+        "chat.yaml",
+        (
+            ("model.path", ""),
+            ("model.id", "Qwen/Qwen2.5-7B-Instruct"),
+            ("model.offline", False),
+            ("model.cache.type", "emptyDir"),
+            ("model.cache.readOnly", False),
+            ("model.hfToken.secretName", "huggingface"),
+        ),
+    ),
+    "tensor-parallel-2": Case(
+        "chat.yaml", (("sidecar.vllm.tensorParallelSize", 2), ("volcano.enabled", True))
+    ),
+    "cpu-only": Case("chat.yaml", (("sidecar.gpu.count", 0), ("volcano.enabled", True))),
+    "dynamic-allocation": Case(
+        "chat.yaml",
+        (
+            ("dynamicAllocation.enabled", True),
+            ("dynamicAllocation.initialExecutors", 3),
+            ("dynamicAllocation.minExecutors", 2),
+            ("dynamicAllocation.maxExecutors", 6),
+            ("volcano.enabled", True),
+        ),
+    ),
+    "api-key": Case(
+        "chat.yaml",
+        (("sidecar.apiKey.enabled", True), ("sidecar.apiKey.secretName", "vllm-api-key")),
+    ),
+}
+
+
+@dataclass
+class Rendered:
+    """The documents `helm template` printed for one case."""
+
+    name: str
+    docs: list[Doc]
+
+    def of_kind(self, kind: str) -> list[Doc]:
+        return [d for d in self.docs if d["kind"] == kind]
+
+    def one(self, kind: str) -> Doc:
+        found = self.of_kind(kind)
+        assert len(found) == 1, f"{self.name}: expected one {kind}, found {len(found)}"
+        return found[0]
+
+    def app_spec(self) -> Doc:
+        """The SparkApplication spec, or the template of the ScheduledSparkApplication."""
+        apps = self.of_kind("SparkApplication")
+        if apps:
+            return apps[0]["spec"]
+        return self.one("ScheduledSparkApplication")["spec"]["template"]
+
+
+def render(helm: str, release: str, case: Case, *extra: str) -> Rendered:
+    result = run_helm(
+        helm, "template", release, str(CHART), "--namespace", NAMESPACE, *case.helm_args(), *extra
+    )
+    assert result.returncode == 0, f"helm template {release} failed:\n{result.stderr}"
+    docs = [d for d in yaml.safe_load_all(result.stdout) if d]
+    return Rendered(release, docs)
+
+
+def load_docs(path: Path) -> list[Doc]:
+    return [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d]
+
+
+# --- the Spark Operator's mutating webhook, as far as these tests need it --------------------
+# Spark creates the bare pods (one container, named below); the webhook then adds, from the
+# SparkApplication: the volumes that the Spark container's volumeMounts name (and only those),
+# those mounts on the Spark container, init containers, sidecars, env, tolerations, node
+# selector, the pod and container security contexts, and executor.gpu on the Spark container.
+
+SPARK_CONTAINER = {"driver": "spark-kubernetes-driver", "executor": "spark-kubernetes-executor"}
+
+
+def _spark_memory_mi(value: str) -> int:
+    assert value.endswith("m"), f"Spark memory {value!r} is not in MiB ('<n>m')"
+    return int(value[:-1])
+
+
+def operator_pod(app_spec: Doc, role: str, app_name: str) -> Doc:
+    """The driver or executor pod as it reaches the API server after the webhook."""
+    part = app_spec[role]
+    declared = {v["name"]: v for v in app_spec.get("volumes", [])}
+    memory = _spark_memory_mi(part["memory"]) + _spark_memory_mi(part["memoryOverhead"])
+    container: Doc = {
+        "name": SPARK_CONTAINER[role],
+        "image": app_spec["image"],
+        "imagePullPolicy": app_spec.get("imagePullPolicy", "IfNotPresent"),
+        "resources": {
+            "requests": {"cpu": str(part["cores"]), "memory": f"{memory}Mi"},
+            "limits": {"memory": f"{memory}Mi"},
+        },
+        "volumeMounts": [],
+    }
+    volumes: list[Doc] = []
+    for mount in part.get("volumeMounts", []):
+        if mount["name"] in declared and all(v["name"] != mount["name"] for v in volumes):
+            volumes.append(declared[mount["name"]])
+        container["volumeMounts"].append(mount)
+    if part.get("env"):
+        container["env"] = part["env"]
+    if part.get("securityContext"):
+        container["securityContext"] = part["securityContext"]
+    if part.get("gpu"):
+        container["resources"]["limits"][part["gpu"]["name"]] = str(part["gpu"]["quantity"])
+    spec: Doc = {
+        "restartPolicy": "Never",
+        "containers": [container, *part.get("sidecars", [])],
+        "volumes": volumes,
+    }
+    if part.get("initContainers"):
+        spec["initContainers"] = part["initContainers"]
+    if part.get("serviceAccount"):
+        spec["serviceAccountName"] = part["serviceAccount"]
+    for key in ("tolerations", "nodeSelector"):
+        if part.get(key):
+            spec[key] = part[key]
+    if part.get("podSecurityContext"):
+        spec["securityContext"] = part["podSecurityContext"]
+    if app_spec.get("imagePullSecrets"):
+        spec["imagePullSecrets"] = [{"name": n} for n in app_spec["imagePullSecrets"]]
+    labels = {
+        "spark-role": role,
+        "sparkoperator.k8s.io/app-name": app_name,
+        **part.get("labels", {}),
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": f"{app_name}-{role}", "namespace": NAMESPACE, "labels": labels},
+        "spec": spec,
+    }
+
+
+def containers_of(pod: Doc) -> list[Doc]:
+    return [*pod["spec"].get("initContainers", []), *pod["spec"]["containers"]]
+
+
+def vllm_container(app_spec: Doc) -> Doc:
+    executor = app_spec["executor"]
+    found = [
+        c
+        for c in [*executor.get("initContainers", []), *executor.get("sidecars", [])]
+        if c["name"] == "vllm"
+    ]
+    assert len(found) == 1, "expected exactly one vllm container on the executor"
+    return found[0]
