@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,18 +29,18 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def vllm_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real vLLM server (CPU) on a free loopback port; yields its base URL.
+def vllm_local(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """The session's real vLLM server (CPU) on a free loopback port, or None.
 
     SPARK_VLLM_TEST_BASE_URL points the tests at a server you already run (same model
-    name and --max-model-len) to save its start-up while iterating.
+    name and --max-model-len) to save its start-up while iterating; then this is None
+    and the one test that restarts the server cannot run.
     """
     from spark_vllm.local_server import LocalServer
 
     if os.environ.get("SPARK_VLLM_TEST_BASE_URL"):
-        yield os.environ["SPARK_VLLM_TEST_BASE_URL"]
+        yield None
         return
-
     log = tmp_path_factory.mktemp("vllm") / "server.log"
     server = LocalServer(
         model=str(tiny_model),
@@ -51,7 +50,15 @@ def vllm_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         ready_timeout_s=420,
     )
     with server:
-        yield server.base_url
+        yield server
+
+
+@pytest.fixture(scope="session")
+def vllm_server(vllm_local) -> str:  # type: ignore[no-untyped-def]
+    """Base URL of the session's vLLM server."""
+    if vllm_local is None:
+        return os.environ["SPARK_VLLM_TEST_BASE_URL"]
+    return str(vllm_local.base_url)
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,9 @@ from spark_vllm.client import SidecarNotReady
 from spark_vllm.spec import JobSpec, SpecError, load_spec
 
 # Our own exceptions raised inside Spark tasks; their text is what the user needs.
-_TASK_ERRORS = re.compile(r"(SidecarNotReady|RowFailed|SpecError): (.+)")
+_TASK_ERRORS = re.compile(
+    r"(SidecarNotReady|SidecarDown|RowFailed|ErrorBudgetExceeded|SpecError): (.+)"
+)
 
 
 # Local mode stays on loopback and keeps the console readable.
@@ -87,6 +89,7 @@ def spark_session(spec: JobSpec):  # type: ignore[no-untyped-def]
     if master and master.startswith("local"):
         # Local Python workers must run this interpreter, which has spark_vllm installed.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         conf.update(LOCAL_DEFAULTS)
     conf.update(spec.spark.conf)
     for key, value in conf.items():
@@ -100,7 +103,7 @@ def _task_error(exc: BaseException) -> str | None:
 
 
 def run(spec: JobSpec) -> int:
-    from spark_vllm.job import run_job
+    from spark_vllm.job import JobFailed, run_job
 
     spark = spark_session(spec)
     try:
@@ -108,10 +111,9 @@ def run(spec: JobSpec) -> int:
     except SpecError as exc:
         print(f"spark-vllm: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:
-        reason = _task_error(exc)
-        if reason is None:
-            raise
+    except JobFailed as exc:
+        print(exc.summary.render())
+        reason = _task_error(exc.cause) or f"{type(exc.cause).__name__}: {exc.cause}"
         print(f"spark-vllm: job failed: {reason}", file=sys.stderr)
         return 1
     finally:

@@ -18,7 +18,7 @@ from typing import Any
 
 import aiohttp
 
-from spark_vllm.retry import RetryPolicy, is_transient_status
+from spark_vllm.retry import SERVER_DOWN_STATUS, RetryPolicy, is_transient_status
 
 
 class SidecarNotReady(RuntimeError):
@@ -176,6 +176,7 @@ class SidecarClient:
         connect_timeout_s: float,
         pool_size: int,
         api_key: str | None = None,
+        outage_s: float | None = None,
     ) -> None:
         path = "/chat/completions" if task == "chat" else "/completions"
         self.url = base_url.rstrip("/") + path
@@ -185,6 +186,7 @@ class SidecarClient:
         self.timeout = aiohttp.ClientTimeout(total=request_timeout_s, connect=connect_timeout_s)
         self.pool_size = pool_size
         self.headers = _headers(api_key)
+        self.gate = OutageGate(base_url, outage_s, api_key) if outage_s else None
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> SidecarClient:
@@ -211,14 +213,20 @@ class SidecarClient:
         return result
 
     async def call(self, fields: dict[str, Any]) -> Result:
-        """One row: POST, retrying transient failures; never raises for a row's failure."""
+        """One row: POST, retrying transient failures; never raises for a row's failure.
+
+        Raises SidecarDown only when the sidecar stays down past the outage budget: that
+        is the task's failure, not the row's, and Spark's task retry takes over.
+        """
         assert self._session is not None, "use SidecarClient as an async context manager"
         body = {**self.body, **fields}
         start = time.monotonic()
         result = Result()
+        counted = 0  # tries that count against retries.attempts (not those lost to an outage)
         last = ""
         while True:
             result.attempts += 1
+            sent = time.monotonic()
             try:
                 async with self._session.post(self.url, json=body) as resp:
                     if resp.status == 200:
@@ -231,15 +239,73 @@ class SidecarClient:
                         return result
                     last = f"HTTP {resp.status}: {_error_text(await resp.text())}"
                     transient = is_transient_status(resp.status)
+                    maybe_down = resp.status in SERVER_DOWN_STATUS
             except (TimeoutError, aiohttp.ClientError) as exc:
                 last = _describe_exception(exc)
-                transient = True
+                transient = maybe_down = True
             if not transient:
                 result.error = last
                 break
-            if not self.policy.should_retry(result.attempts):
+            if maybe_down and self.gate is not None and await self.gate.outage_since(sent):
+                continue  # the sidecar was down and is back: this try does not count
+            counted += 1
+            if not self.policy.should_retry(counted):
                 result.error = f"gave up after {result.attempts} attempts; last: {last}"
                 break
-            await asyncio.sleep(self.policy.delay(result.attempts))
+            await asyncio.sleep(self.policy.delay(counted))
         result.latency_ms = (time.monotonic() - start) * 1000
         return result
+
+
+class SidecarDown(RuntimeError):
+    """The sidecar went down mid-task and did not come back within the outage budget."""
+
+
+class OutageGate:
+    """Tells a failed request whether the sidecar was down, and waits for it to return.
+
+    On Kubernetes the kubelet restarts a crashed native sidecar; the task's requests in
+    flight then fail together. The first to get here checks /health; if the server is
+    down, it polls until the server answers again, while the others wait on the lock.
+    Requests sent before the recovery are retried without spending their attempts.
+    Past `budget_s` of continuous outage, every caller gets SidecarDown.
+    """
+
+    def __init__(self, base_url: str, budget_s: float, api_key: str | None) -> None:
+        self.health_url = server_root(base_url) + "/health"
+        self.budget_s = budget_s
+        self.headers = _headers(api_key)
+        self.recovered_at = float("-inf")
+        self.dead: SidecarDown | None = None
+        self._lock = asyncio.Lock()
+
+    async def _healthy(self, session: aiohttp.ClientSession) -> bool:
+        try:
+            timeout = aiohttp.ClientTimeout(total=5)
+            async with session.get(self.health_url, headers=self.headers, timeout=timeout) as r:
+                return r.status == 200
+        except (TimeoutError, aiohttp.ClientError):
+            return False
+
+    async def outage_since(self, sent: float, poll_s: float = 0.5) -> bool:
+        """True when the sidecar was down after `sent` and is back; False when it is up."""
+        async with self._lock:
+            if self.dead is not None:
+                raise self.dead
+            if self.recovered_at > sent:
+                return True
+            async with aiohttp.ClientSession() as session:
+                if await self._healthy(session):
+                    return False
+                down_at = time.monotonic()
+                while not await self._healthy(session):
+                    if time.monotonic() - down_at > self.budget_s:
+                        self.dead = SidecarDown(
+                            f"vLLM sidecar at {self.health_url} has been down for more than "
+                            f"{self.budget_s:g}s (timeouts.outage_s); failing the task so "
+                            "Spark retries it"
+                        )
+                        raise self.dead
+                    await asyncio.sleep(poll_s)
+            self.recovered_at = time.monotonic()
+            return True

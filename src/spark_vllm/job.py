@@ -14,9 +14,10 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.pandas.types import to_arrow_schema
 
+from spark_vllm import results
 from spark_vllm.retry import RetryPolicy
 from spark_vllm.runner import TaskConfig, run_partition
-from spark_vllm.spec import InputSpec, JobSpec, OutputSpec, SpecError
+from spark_vllm.spec import InputSpec, JobSpec, SpecError
 
 RESULT_FIELDS = [
     T.StructField("response", T.StringType()),
@@ -42,6 +43,10 @@ class Summary:
     wall_s: float
     output: str
     errors: list[tuple[str, int]] = field(default_factory=list)
+    skipped: int = 0
+    run_id: str = ""
+    output_ids: int = 0
+    output_failed: int = 0
 
     @property
     def rows_per_s(self) -> float:
@@ -53,7 +58,7 @@ class Summary:
 
     def render(self) -> str:
         lines = [
-            "spark-vllm summary",
+            f"spark-vllm summary (run {self.run_id})",
             f"  rows          {self.rows}",
             f"  succeeded     {self.succeeded}",
             f"  failed        {self.failed}",
@@ -62,7 +67,8 @@ class Summary:
             f"  wall time     {self.wall_s:.1f} s",
             f"  rows/s        {self.rows_per_s:.2f}",
             f"  out tokens/s  {self.output_tokens_per_s:.1f}",
-            f"  output        {self.output}",
+            f"  skipped       {self.skipped} (succeeded in earlier runs)",
+            f"  output        {self.output}: {self.output_ids} ids, {self.output_failed} failed",
         ]
         if self.errors:
             lines.append("  most common errors:")
@@ -179,30 +185,30 @@ def task_config(spec: JobSpec, schema: T.StructType, window: int) -> TaskConfig:
         keep_columns=tuple(c for c in spec.output.keep_columns if c != spec.id_column()),
         output_schema=to_arrow_schema(schema),
         api_key_env=spec.endpoint.api_key_env,
+        outage_timeout_s=spec.timeouts.outage_s,
+        seed_auto=spec.sampling.seed == "auto",
+        max_error_rate=spec.max_error_rate,
+        error_rate_min_rows=spec.error_rate_min_rows,
     )
 
 
-def write_output(df: DataFrame, spec: OutputSpec) -> None:
-    mode = "errorifexists" if spec.mode == "error" else "overwrite"
-    writer = df.write.mode(mode)
-    if spec.format == "parquet":
-        writer.parquet(spec.path)
-    else:
-        # Every row carries every key, `error: null` included.
-        writer.option("ignoreNullFields", "false").json(spec.path)
-
-
-def read_output(
-    spark: SparkSession, spec: OutputSpec, schema: T.StructType | None = None
-) -> DataFrame:
-    if spec.format == "parquet":
-        return spark.read.parquet(spec.path)
-    reader = spark.read.schema(schema) if schema is not None else spark.read
-    return reader.json(spec.path)
-
-
-def summarize(out: DataFrame, wall_s: float, where: str) -> Summary:
-    totals = out.agg(
+def summarize(
+    spark: SparkSession, spec: JobSpec, job: Plan, wall_s: float, skipped: int
+) -> Summary:
+    """Totals of this run's committed rows, and of the output as a whole."""
+    out = spec.output
+    where = f"{out.path} ({out.format})"
+    if not results.entries(spark, job.run_path):
+        return Summary(0, 0, 0, 0, 0, wall_s, where, skipped=skipped, run_id=job.run_id)
+    this_run = results.read_attempts(spark, job.run_path, out.format, job.schema)
+    view = results.latest(
+        results.read_attempts(spark, out.path, out.format, job.schema), spec.id_column()
+    )
+    overall = view.agg(
+        F.count(F.lit(1)).alias("ids"), F.count(F.when(F.col("error").isNotNull(), 1)).alias("bad")
+    ).first()
+    assert overall is not None
+    totals = this_run.agg(
         F.count(F.lit(1)).alias("rows"),
         F.count(F.when(F.col("error").isNull(), 1)).alias("ok"),
         F.coalesce(F.sum("prompt_tokens"), F.lit(0)).alias("tin"),
@@ -210,7 +216,7 @@ def summarize(out: DataFrame, wall_s: float, where: str) -> Summary:
     ).first()
     assert totals is not None
     errors = (
-        out.where(F.col("error").isNotNull())
+        this_run.where(F.col("error").isNotNull())
         .groupBy(F.substring("error", 1, 300).alias("e"))
         .count()
         .orderBy(F.desc("count"))
@@ -226,11 +232,26 @@ def summarize(out: DataFrame, wall_s: float, where: str) -> Summary:
         wall_s=wall_s,
         output=where,
         errors=[(r["e"], r["count"]) for r in errors],
+        skipped=skipped,
+        run_id=job.run_id,
+        output_ids=overall["ids"],
+        output_failed=overall["bad"],
     )
 
 
-def plan(spark: SparkSession, spec: JobSpec) -> tuple[DataFrame, T.StructType]:
-    """The result DataFrame (lazy) and its schema; spec errors surface here."""
+@dataclass
+class Plan:
+    """A job ready to run: the lazy result, where it goes, and what resume skipped."""
+
+    result: DataFrame
+    schema: T.StructType
+    run_id: str
+    run_path: str
+    skipped: DataFrame | None
+
+
+def plan(spark: SparkSession, spec: JobSpec) -> Plan:
+    """Read, check and prepare; spec errors surface here, before any request."""
     df = read_input(spark, spec.input)
     spec.check_columns(df.columns)
     df = with_ids(df, spec)
@@ -238,18 +259,65 @@ def plan(spark: SparkSession, spec: JobSpec) -> tuple[DataFrame, T.StructType]:
         [spec.id_column(), *sorted(spec.prompt.columns()), *spec.output.keep_columns]
     )
     df = df.select(*[_quote(c) for c in needed])
-    df = df.repartition(spec.partitions or spark.sparkContext.defaultParallelism)
     schema = output_schema(df, spec)
+    out = spec.output
+    skipped = None
+    if out.mode == "overwrite":
+        results.delete(spark, out.path)
+    elif results.exists(spark, out.path) and out.mode == "error":
+        raise SpecError(
+            f"output.path {out.path!r} exists and output.mode is 'error'; "
+            "use mode resume or overwrite, or another path"
+        )
+    else:
+        try:
+            resuming = results.holds_runs(spark, out.path)
+        except ValueError as exc:
+            raise SpecError(str(exc)) from None
+        if resuming:
+            attempts = results.read_attempts(spark, out.path, out.format, schema)
+            done = (
+                results.latest(attempts, spec.id_column())
+                .where(F.col("error").isNull())
+                .select(_quote(spec.id_column()))
+            )
+            skipped = df.join(done, spec.id_column(), "left_semi")
+            df = df.join(done, spec.id_column(), "left_anti")
+    df = df.repartition(spec.partitions or spark.sparkContext.defaultParallelism)
     window = per_task_window(spec.concurrency.per_executor, task_slots(spark))
     cfg = task_config(spec, schema, window)
-    return df.mapInArrow(partial(run_partition, cfg=cfg), schema), schema
+    run_id = results.new_run_id()
+    return Plan(
+        result=df.mapInArrow(partial(run_partition, cfg=cfg), schema),
+        schema=schema,
+        run_id=run_id,
+        run_path=results.run_path(out.path, run_id),
+        skipped=skipped,
+    )
+
+
+class JobFailed(RuntimeError):
+    """The job stopped early; `summary` covers the rows committed before it stopped."""
+
+    def __init__(self, cause: BaseException, summary: Summary) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.summary = summary
 
 
 def run_job(spark: SparkSession, spec: JobSpec) -> Summary:
     """Run the job end to end and return its summary, read back from the output."""
     start = time.monotonic()
-    result, schema = plan(spark, spec)
-    write_output(result, spec.output)
+    job = plan(spark, spec)
+    out = spec.output
+    skipped = job.skipped.count() if job.skipped is not None else 0
+    failure: BaseException | None = None
+    try:
+        results.write_run(job.result, job.run_path, out.format)
+    except Exception as exc:  # a task failed for good: report what was committed
+        failure = exc
     wall = time.monotonic() - start
-    out = read_output(spark, spec.output, schema)
-    return summarize(out, wall, f"{spec.output.path} ({spec.output.format})")
+    summary = summarize(spark, spec, job, wall, skipped)
+    if failure is not None:
+        raise JobFailed(failure, summary) from failure
+    return summary

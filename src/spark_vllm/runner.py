@@ -9,6 +9,7 @@ row gives exactly one result row; a row that fails is a row with `error` set.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import queue
 import threading
 from collections.abc import Coroutine, Iterator
@@ -33,6 +34,16 @@ class RowFailed(RuntimeError):
     """A row failed and the job says on_error: fail."""
 
 
+class ErrorBudgetExceeded(RuntimeError):
+    """More of a task's rows failed than max_error_rate allows."""
+
+
+def row_seed(row_id: Any) -> int:
+    """A sampling seed derived from the row id (`seed: auto`): same id, same seed."""
+    digest = hashlib.sha256(str(row_id).encode("utf-8")).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
 @dataclass(frozen=True)
 class TaskConfig:
     """Everything a task needs, built on the driver and shipped to executors."""
@@ -55,6 +66,10 @@ class TaskConfig:
     output_schema: pa.Schema
     api_key_env: str | None = None
     flush_rows: int = FLUSH_ROWS
+    outage_timeout_s: float | None = None
+    seed_auto: bool = False
+    max_error_rate: float | None = None
+    error_rate_min_rows: int = 50
 
 
 class _LoopThread:
@@ -120,17 +135,30 @@ def run_partition(batches: Iterator[pa.RecordBatch], cfg: TaskConfig) -> Iterato
         cfg.connect_timeout_s,
         pool_size=cfg.window,
         api_key=api_key,
+        outage_s=cfg.outage_timeout_s,
     )
     done: queue.SimpleQueue[tuple[dict[str, Any], Future[Result]]] = queue.SimpleQueue()
     out: list[dict[str, Any]] = []
     pending = 0
 
+    seen = failed = 0
+
     def collect(row: dict[str, Any], result: Result) -> None:
-        if result.error is not None and cfg.on_error == "fail":
-            raise RowFailed(
-                f"row {cfg.id_column}={row[cfg.id_column]!r} failed: {result.error} "
-                "(the job spec says on_error: fail)"
-            )
+        nonlocal seen, failed
+        seen += 1
+        if result.error is not None:
+            failed += 1
+            if cfg.on_error == "fail":
+                raise RowFailed(
+                    f"row {cfg.id_column}={row[cfg.id_column]!r} failed: {result.error} "
+                    "(the job spec says on_error: fail)"
+                )
+            rate = cfg.max_error_rate
+            if rate is not None and seen >= cfg.error_rate_min_rows and failed > rate * seen:
+                raise ErrorBudgetExceeded(
+                    f"{failed} of {seen} rows failed in this task, more than max_error_rate "
+                    f"{rate:g}; last error: {result.error}"
+                )
         out.append(_row_out(cfg, row, result))
 
     def take_one() -> None:
@@ -151,6 +179,8 @@ def run_partition(batches: Iterator[pa.RecordBatch], cfg: TaskConfig) -> Iterato
             for row in batch.to_pylist():
                 try:
                     fields = builder.build(row)
+                    if cfg.seed_auto:
+                        fields["seed"] = row_seed(row[cfg.id_column])
                 except RowError as exc:
                     collect(row, Result(error=f"bad input: {exc}"))
                 else:

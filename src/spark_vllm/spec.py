@@ -73,8 +73,10 @@ class OutputSpec(_Strict):
     format: Literal["parquet", "jsonl"] = "parquet"
     path: str
     keep_columns: list[str] = Field(default_factory=list, description="input columns copied over")
-    mode: Literal["overwrite", "error"] = Field(
-        default="overwrite", description="what to do when the output path exists"
+    mode: Literal["resume", "overwrite", "error"] = Field(
+        default="resume",
+        description="resume: skip ids that already succeeded at this path and retry the rest; "
+        "overwrite: delete the path first; error: refuse to run when the path exists",
     )
 
     @field_validator("keep_columns")
@@ -147,10 +149,16 @@ class SamplingSpec(BaseModel):
     temperature: float | None = Field(default=None, ge=0)
     top_p: float | None = Field(default=None, gt=0, le=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | Literal["auto"] | None = Field(
+        default=None, description="an integer for every row, or auto: one derived from the row id"
+    )
 
     def request_fields(self) -> dict[str, Any]:
-        return self.model_dump(exclude_none=True)
+        """Fields sent with every request; a `seed: auto` is set per row by the runner."""
+        fields = self.model_dump(exclude_none=True)
+        if fields.get("seed") == "auto":
+            del fields["seed"]
+        return fields
 
 
 class ConcurrencySpec(_Strict):
@@ -170,6 +178,12 @@ class RetrySpec(_Strict):
 
 class TimeoutSpec(_Strict):
     ready_s: float = Field(default=900.0, gt=0, description="wait this long for the sidecar")
+    outage_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="once ready, how long the sidecar may be down (restarting) before the "
+        "task fails and Spark retries it",
+    )
     request_s: float = Field(default=600.0, gt=0, description="one request, end to end")
     connect_s: float = Field(default=10.0, gt=0)
 
@@ -193,6 +207,15 @@ class JobSpec(_Strict):
     retries: RetrySpec = Field(default_factory=RetrySpec)
     timeouts: TimeoutSpec = Field(default_factory=TimeoutSpec)
     on_error: Literal["record", "fail"] = "record"
+    max_error_rate: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="fail the job once more than this share of a task's rows failed",
+    )
+    error_rate_min_rows: int = Field(
+        default=50, ge=1, description="rows a task completes before max_error_rate is judged"
+    )
     partitions: int | None = Field(default=None, ge=1)
     spark: SparkSpec = Field(default_factory=SparkSpec)
 

@@ -2,59 +2,24 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
-from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
-import yaml
 
 from spark_vllm.job import plan, run_job
 from spark_vllm.local_server import free_port
 from spark_vllm.spec import SpecError, spec_from_dict
-from tests.conftest import SERVED_NAME, sample_rows, write_jsonl
+from tests.conftest import SERVED_NAME, sample_rows
+from tests.integration.jobs import (
+    MAX_TOKENS,
+    assert_one_row_per_input,
+    read_rows,
+    run_cli,
+    spec_doc,
+)
 
 pytestmark = pytest.mark.integration
-
-MAX_TOKENS = 16
-
-
-def spec_doc(tmp_path: Path, base_url: str, rows: list[dict[str, Any]], **changes: Any) -> dict:
-    doc: dict[str, Any] = {
-        "input": {
-            "format": "jsonl",
-            "path": str(write_jsonl(tmp_path / "in.jsonl", rows)),
-            "id_column": "id",
-        },
-        "output": {"format": "parquet", "path": str(tmp_path / "out"), "keep_columns": ["topic"]},
-        "endpoint": {"base_url": base_url, "model": SERVED_NAME},
-        "prompt": {"system": "Answer briefly.", "template": "{{ question }}"},
-        "sampling": {"max_tokens": MAX_TOKENS, "temperature": 0.0},
-        "concurrency": {"per_executor": 32},
-        "retries": {"attempts": 3, "backoff_initial_s": 0.2},
-        "timeouts": {"ready_s": 30},
-        "partitions": 2,
-    }
-    for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(doc.get(key), dict):
-            doc[key] = {**doc[key], **value}
-        else:
-            doc[key] = value
-    return doc
-
-
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    return pq.read_table(path).to_pylist()
-
-
-def assert_one_row_per_input(out: list[dict[str, Any]], rows: list[dict[str, Any]]) -> None:
-    ids = [r["id"] for r in out]
-    assert len(ids) == len(set(ids)), "an id appears twice in the output"
-    assert sorted(ids) == sorted(r["id"] for r in rows)
 
 
 def test_chat_job_writes_exactly_one_answer_per_input_row(spark, vllm_server, tmp_path):
@@ -87,7 +52,7 @@ def test_completion_task_sends_prompts_to_the_completions_endpoint(spark, vllm_s
         vllm_server,
         rows,
         task="completion",
-        prompt={"system": None, "template": "Question: {{ question }}\nAnswer:"},
+        prompt={"template": "Question: {{ question }}\nAnswer:"},
         output={"format": "jsonl", "path": str(tmp_path / "out"), "keep_columns": []},
     )
     summary = run_job(spark, spec_from_dict(doc))
@@ -96,7 +61,7 @@ def test_completion_task_sends_prompts_to_the_completions_endpoint(spark, vllm_s
     assert sorted(r["id"] for r in out) == sorted(r["id"] for r in rows)
     assert all(r["error"] is None and r["completion_tokens"] > 0 for r in out)
     # Every key is written for every row, `error: null` included.
-    first_line = next((tmp_path / "out").glob("part-*.json")).read_text().splitlines()[0]
+    first_line = next((tmp_path / "out").glob("run=*/part-*.json")).read_text().splitlines()[0]
     assert '"error":null' in first_line
     assert summary.succeeded == 20
 
@@ -164,30 +129,15 @@ def test_duplicate_or_null_ids_are_refused_before_any_request(spark, tmp_path):
 def test_template_naming_a_missing_column_is_refused_before_any_request(spark, tmp_path):
     url = f"http://127.0.0.1:{free_port()}/v1"
     doc = spec_doc(tmp_path, url, sample_rows(3), prompt={"template": "{{ questoin }}"})
-    doc["prompt"]["system"] = None
     with pytest.raises(SpecError, match=r"prompt: column\(s\) \['questoin'\] not in the input"):
         plan(spark, spec_from_dict(doc))
-
-
-def _cli(
-    spec: dict, tmp_path: Path, *args: str, timeout: float = 240
-) -> subprocess.CompletedProcess:
-    path = tmp_path / "job.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return subprocess.run(
-        [sys.executable, "-m", "spark_vllm.cli", "run", str(path), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=tmp_path,
-    )
 
 
 def test_on_error_fail_makes_the_job_fail_with_the_row_and_cause(vllm_server, tmp_path):
     rows = sample_rows(8)
     rows[3]["question"] = "word " * 2000
     doc = spec_doc(tmp_path, vllm_server, rows, on_error="fail")
-    done = _cli(doc, tmp_path, "--set", "spark.master=local[2]")
+    done = run_cli(doc, tmp_path, "--set", "spark.master=local[2]")
 
     assert done.returncode == 1, done.stderr[-3000:]
     assert "job failed: RowFailed: row id=" + repr(rows[3]["id"]) in done.stderr
@@ -200,7 +150,7 @@ def test_no_server_gives_the_readiness_error_within_the_deadline(tmp_path):
     doc = spec_doc(tmp_path, f"http://127.0.0.1:{port}/v1", sample_rows(4))
     doc["timeouts"] = {"ready_s": 5}
     start = time.monotonic()
-    done = _cli(doc, tmp_path, "--set", "spark.master=local[1]")
+    done = run_cli(doc, tmp_path, "--set", "spark.master=local[1]")
     elapsed = time.monotonic() - start
 
     assert done.returncode == 1, done.stderr[-3000:]
@@ -214,7 +164,7 @@ def test_cli_refuses_a_bad_spec_before_spark_starts(tmp_path):
     doc = spec_doc(tmp_path, "http://127.0.0.1:8000/v1", sample_rows(1))
     doc["sampling"]["max_tokens"] = "many"
     start = time.monotonic()
-    done = _cli(doc, tmp_path, timeout=60)
+    done = run_cli(doc, tmp_path, timeout=60)
 
     assert done.returncode == 2
     assert "sampling.max_tokens: got 'many'" in done.stderr

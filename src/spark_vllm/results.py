@@ -1,0 +1,108 @@
+"""The output store: every run appends a `run=<id>` folder; readers keep the latest attempt.
+
+Layout of `output.path`:
+
+    output.path/run=20261122T070501123456Z/part-00000-….parquet   (one folder per run)
+
+A run's rows are committed task by task through Spark's commit protocol (Hadoop's file
+output committer, algorithm 2): a task's files appear whole when it commits, only one
+attempt of a task commits (retries and speculative copies never both land), and tasks
+committed before a crash stay for the next run to resume from. Run ids sort by time,
+so "latest attempt" is "greatest run id"; within one run a success wins.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+RUN_COLUMN = "run"
+# Hadoop's committer setting, passed as a write option: commit each task's files into
+# the destination when the task commits, not all at job end.
+COMMIT_OPTIONS = {"mapreduce.fileoutputcommitter.algorithm.version": "2"}
+
+
+def new_run_id() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+
+
+def run_path(path: str, run_id: str) -> str:
+    return f"{path.rstrip('/')}/{RUN_COLUMN}={run_id}"
+
+
+def _fs(spark: SparkSession, path: str):  # type: ignore[no-untyped-def]
+    jvm = spark.sparkContext._jvm
+    assert jvm is not None
+    jpath = jvm.org.apache.hadoop.fs.Path(path)
+    conf = spark.sparkContext._jsc.hadoopConfiguration()
+    return jpath.getFileSystem(conf), jpath
+
+
+def exists(spark: SparkSession, path: str) -> bool:
+    fs, jpath = _fs(spark, path)
+    return bool(fs.exists(jpath))
+
+
+def delete(spark: SparkSession, path: str) -> None:
+    fs, jpath = _fs(spark, path)
+    fs.delete(jpath, True)
+
+
+def entries(spark: SparkSession, path: str) -> list[str]:
+    """Names directly under `path`, hidden ones (_SUCCESS, _temporary, .crc) left out."""
+    fs, jpath = _fs(spark, path)
+    if not fs.exists(jpath):
+        return []
+    names = [str(status.getPath().getName()) for status in fs.listStatus(jpath)]
+    return [n for n in names if not n.startswith(("_", "."))]
+
+
+def holds_runs(spark: SparkSession, path: str) -> bool:
+    """Whether `path` holds earlier runs; raises ValueError when it holds something else."""
+    names = entries(spark, path)
+    foreign = [n for n in names if not n.startswith(RUN_COLUMN + "=")]
+    if foreign:
+        raise ValueError(
+            f"output.path {path!r} exists and holds {sorted(foreign)[:5]}, which are not "
+            "spark-vllm runs; choose an empty or new path, or set output.mode: overwrite"
+        )
+    return bool(names)
+
+
+def write_run(df: DataFrame, path: str, fmt: str) -> None:
+    writer = df.write.mode("errorifexists").options(**COMMIT_OPTIONS)
+    if fmt == "parquet":
+        writer.parquet(path)
+    else:
+        # Every row carries every key, `error: null` included.
+        writer.option("ignoreNullFields", "false").json(path)
+
+
+def read_attempts(
+    spark: SparkSession, path: str, fmt: str, schema: T.StructType | None = None
+) -> DataFrame:
+    """Every row ever written under `path` (all runs), with the `run` column."""
+    reader = spark.read
+    if schema is not None:
+        reader = reader.schema(
+            T.StructType([*schema.fields, T.StructField(RUN_COLUMN, T.StringType())])
+        )
+    return reader.parquet(path) if fmt == "parquet" else reader.json(path)
+
+
+def latest(attempts: DataFrame, id_column: str) -> DataFrame:
+    """One row per id: the latest run's; within a run, a success before a failure."""
+    order = Window.partitionBy(F.col(f"`{id_column}`")).orderBy(
+        F.desc(RUN_COLUMN), F.col("error").isNotNull()
+    )
+    return attempts.withColumn("_n", F.row_number().over(order)).where("_n = 1").drop("_n")
+
+
+def read_results(
+    spark: SparkSession, path: str, id_column: str = "id", fmt: str = "parquet"
+) -> DataFrame:
+    """The job's output as it stands: exactly one row per id, the latest attempt."""
+    return latest(read_attempts(spark, path, fmt), id_column)

@@ -1,0 +1,134 @@
+"""A fault-injecting HTTP proxy for the fault tests, between the job and the real vLLM.
+
+It forwards every request to vLLM unchanged, except that it can reset a share of the
+POST connections (a TCP RST, as from a crashing peer) and answer bursts of 503 or 429
+in vLLM's own error format. A real vLLM cannot be made to do either on cue; everything
+else the job sees is the real server's answer. It runs on its own thread and loop on a
+free loopback port, and counts what it did so tests can wait for the job's progress.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import socket
+import struct
+import threading
+from dataclasses import dataclass
+
+from aiohttp import ClientSession, ClientTimeout, web
+
+from spark_vllm.client import server_root
+
+
+@dataclass
+class Faults:
+    reset_rate: float = 0.0  # share of POSTs whose connection is reset before forwarding
+    burst_status: int = 503  # status of the burst answers
+    burst_every: int = 0  # every Nth POST starts a burst (0: no bursts)
+    burst_length: int = 0  # POSTs answered with burst_status in each burst
+    seed: int = 0
+
+
+class FaultProxy:
+    def __init__(self, upstream: str, faults: Faults | None = None) -> None:
+        self.upstream = server_root(upstream)
+        self.faults = faults or Faults()
+        self.rng = random.Random(self.faults.seed)
+        self.posts = 0
+        self.forwarded = 0
+        self.resets = 0
+        self.bursts = 0
+        self._burst_left = 0
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._runner: web.AppRunner | None = None
+        self._session: ClientSession | None = None
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def _call(self, coro):  # type: ignore[no-untyped-def]
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=30)
+
+    def start(self) -> FaultProxy:
+        self._thread.start()
+        self._call(self._start())
+        return self
+
+    def stop(self) -> None:
+        self._call(self._stop())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+
+    def __enter__(self) -> FaultProxy:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    async def _start(self) -> None:
+        self._session = ClientSession(timeout=ClientTimeout(total=600))
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def _stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._session is not None:
+            await self._session.close()
+
+    def _fault_for_post(self) -> str | None:
+        self.posts += 1
+        f = self.faults
+        if self._burst_left > 0:
+            self._burst_left -= 1
+            return "burst"
+        if f.burst_every and self.posts % f.burst_every == 0:
+            self.bursts += 1
+            self._burst_left = f.burst_length - 1
+            return "burst"
+        if f.reset_rate and self.rng.random() < f.reset_rate:
+            return "reset"
+        return None
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        fault = self._fault_for_post() if request.method == "POST" else None
+        if fault == "reset":
+            self.resets += 1
+            transport = request.transport
+            assert transport is not None
+            sock = transport.get_extra_info("socket")
+            # SO_LINGER 0: close() sends RST, which the client sees as "connection reset".
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            transport.abort()
+            raise asyncio.CancelledError
+        if fault == "burst":
+            status = self.faults.burst_status
+            message = {"error": {"message": f"injected {status}", "code": status}}
+            return web.Response(status=status, text=json.dumps(message))
+        assert self._session is not None
+        url = self.upstream + request.path_qs
+        try:
+            async with self._session.request(
+                request.method, url, data=body, headers={"Content-Type": "application/json"}
+            ) as upstream:
+                payload = await upstream.read()
+                self.forwarded += 1
+                return web.Response(
+                    status=upstream.status,
+                    body=payload,
+                    content_type=upstream.content_type,
+                )
+        except OSError:
+            # vLLM is down: what a reverse proxy would say.
+            return web.Response(status=502, text='{"error": {"message": "upstream down"}}')

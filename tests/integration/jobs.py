@@ -1,0 +1,71 @@
+"""Helpers for the integration tests: job specs, running the CLI, reading the output."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import yaml
+
+from spark_vllm.results import read_results
+from tests.conftest import SERVED_NAME, write_jsonl
+
+MAX_TOKENS = 16
+
+
+def spec_doc(tmp_path: Path, base_url: str, rows: list[dict[str, Any]], **changes: Any) -> dict:
+    doc: dict[str, Any] = {
+        "input": {
+            "format": "jsonl",
+            "path": str(write_jsonl(tmp_path / "in.jsonl", rows)),
+            "id_column": "id",
+        },
+        "output": {"format": "parquet", "path": str(tmp_path / "out"), "keep_columns": ["topic"]},
+        "endpoint": {"base_url": base_url, "model": SERVED_NAME},
+        "prompt": {"system": "Answer briefly.", "template": "{{ question }}"},
+        "sampling": {"max_tokens": MAX_TOKENS, "temperature": 0.0},
+        "concurrency": {"per_executor": 32},
+        "retries": {"attempts": 3, "backoff_initial_s": 0.2},
+        "timeouts": {"ready_s": 30},
+        "partitions": 2,
+    }
+    for key, value in changes.items():
+        # Sections merge key by key, but a prompt replaces the default one whole.
+        if isinstance(value, dict) and isinstance(doc.get(key), dict) and key != "prompt":
+            doc[key] = {**doc[key], **value}
+        else:
+            doc[key] = value
+    return doc
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """Every row under an output path, all runs (the raw attempts, not the latest view)."""
+    return pq.read_table(path).to_pylist()
+
+
+def latest_rows(spark: Any, path: Path, id_column: str = "id") -> list[dict[str, Any]]:
+    """The output through the project's reader: one row per id, the latest attempt."""
+    return [r.asDict() for r in read_results(spark, str(path), id_column).collect()]
+
+
+def assert_one_row_per_input(out: list[dict[str, Any]], rows: list[dict[str, Any]]) -> None:
+    ids = [r["id"] for r in out]
+    assert len(ids) == len(set(ids)), "an id appears twice in the output"
+    assert sorted(ids) == sorted(r["id"] for r in rows)
+
+
+def run_cli(
+    spec: dict, tmp_path: Path, *args: str, timeout: float = 240
+) -> subprocess.CompletedProcess:
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return subprocess.run(
+        [sys.executable, "-m", "spark_vllm.cli", "run", str(path), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=tmp_path,
+    )

@@ -1,0 +1,185 @@
+"""Fault tests: the job ends with every input id exactly once, whatever breaks on the way.
+
+Real Spark and the real vLLM server; the fault-injecting proxy only adds what a real
+server cannot be made to do on cue (resets, 503/429 bursts).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+from spark_vllm.job import run_job
+from spark_vllm.spec import spec_from_dict
+from tests.conftest import sample_rows
+from tests.integration.faultproxy import FaultProxy, Faults
+from tests.integration.jobs import assert_one_row_per_input, latest_rows, read_rows, spec_doc
+
+pytestmark = pytest.mark.integration
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("status", [503, 429])
+def test_resets_and_bursts_are_retried_and_nothing_is_lost(spark, vllm_server, tmp_path, status):
+    rows = sample_rows(120)
+    faults = Faults(reset_rate=0.08, burst_status=status, burst_every=30, burst_length=6, seed=3)
+    with FaultProxy(vllm_server, faults) as proxy:
+        doc = spec_doc(
+            tmp_path,
+            proxy.base_url,
+            rows,
+            retries={"attempts": 8, "backoff_initial_s": 0.05, "backoff_max_s": 0.5},
+        )
+        summary = run_job(spark, spec_from_dict(doc))
+    assert proxy.resets > 0 and proxy.bursts > 0, "the proxy injected nothing"
+    out = read_rows(tmp_path / "out")
+    assert_one_row_per_input(out, rows)
+    assert all(r["error"] is None for r in out), [r["error"] for r in out if r["error"]][:3]
+    assert sum(r["attempts"] > 1 for r in out) >= proxy.resets
+    assert summary.succeeded == 120
+
+
+def test_vllm_killed_and_restarted_mid_job(spark, vllm_local, tmp_path):
+    if vllm_local is None:
+        pytest.skip("restarts the test-managed server; unset SPARK_VLLM_TEST_BASE_URL")
+    rows = sample_rows(160)
+    with FaultProxy(vllm_local.base_url) as proxy:
+        doc = spec_doc(
+            tmp_path,
+            proxy.base_url,
+            rows,
+            sampling={"max_tokens": 24, "ignore_eos": True},
+            timeouts={"ready_s": 60, "outage_s": 400},
+            concurrency={"per_executor": 8},
+        )
+        done: dict[str, object] = {}
+
+        def job() -> None:
+            try:
+                done["summary"] = run_job(spark, spec_from_dict(doc))
+            except BaseException as exc:
+                done["error"] = exc
+
+        thread = threading.Thread(target=job)
+        thread.start()
+        wait_for(lambda: proxy.forwarded >= 30, 180, "30 answered requests")
+        answered_before = proxy.forwarded
+        vllm_local.stop()  # SIGTERM then SIGKILL to the server's whole process group
+        time.sleep(3)
+        vllm_local.start()  # same port; about 90 s on 2 cores
+        thread.join(timeout=600)
+    assert not thread.is_alive(), "the job did not finish after the restart"
+    assert "error" not in done, done.get("error")
+    assert answered_before < 160, "the server was killed after the job had finished"
+    out = read_rows(tmp_path / "out")
+    assert_one_row_per_input(out, rows)
+    assert all(r["error"] is None for r in out), [r["error"] for r in out if r["error"]][:3]
+
+
+def _start_cli(spec: dict, tmp_path: Path, *args: str) -> subprocess.Popen:
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return subprocess.Popen(
+        [sys.executable, "-m", "spark_vllm.cli", "run", str(path), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        start_new_session=True,
+    )
+
+
+def _python_workers(root_pid: int) -> list[psutil.Process]:
+    """Forked PySpark workers (children of the pyspark.daemon) under a job's process tree."""
+    workers = []
+    for proc in psutil.Process(root_pid).children(recursive=True):
+        try:
+            parent = proc.parent()
+            if parent is not None and "pyspark.daemon" in " ".join(parent.cmdline()):
+                workers.append(proc)
+        except psutil.NoSuchProcess:
+            continue
+    return workers
+
+
+def test_python_worker_killed_mid_task_is_retried_by_spark(vllm_server, tmp_path):
+    rows = sample_rows(200)
+    with FaultProxy(vllm_server) as proxy:
+        doc = spec_doc(
+            tmp_path,
+            proxy.base_url,
+            rows,
+            sampling={"max_tokens": 24, "ignore_eos": True},
+            concurrency={"per_executor": 8},
+            partitions=4,
+        )
+        # local[2,4]: two task slots, and a task may fail up to 4 times.
+        job = _start_cli(doc, tmp_path, "--set", "spark.master=local[2,4]")
+        try:
+            wait_for(lambda: proxy.forwarded >= 20, 180, "20 answered requests")
+            workers = _python_workers(job.pid)
+            assert workers, "no PySpark worker found to kill"
+            workers[0].send_signal(signal.SIGKILL)
+            killed_at = proxy.forwarded
+            stdout, stderr = job.communicate(timeout=600)
+        finally:
+            if job.poll() is None:
+                os.killpg(job.pid, signal.SIGKILL)
+    assert job.returncode == 0, stderr[-3000:]
+    assert killed_at < 200, "the worker was killed after the job had finished"
+    assert "rows          200" in stdout
+    out = read_rows(tmp_path / "out")
+    assert_one_row_per_input(out, rows)
+    assert all(r["error"] is None for r in out)
+
+
+def test_driver_killed_mid_job_then_run_again_resumes(spark, vllm_server, tmp_path):
+    rows = sample_rows(240)
+    doc = spec_doc(
+        tmp_path,
+        vllm_server,
+        rows,
+        sampling={"max_tokens": 24, "ignore_eos": True},
+        concurrency={"per_executor": 8},
+        partitions=12,
+    )
+    job = _start_cli(doc, tmp_path, "--set", "spark.master=local[2]")
+    try:
+        wait_for(lambda: any((tmp_path / "out").glob("run=*/part-*")), 300, "a committed task")
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)  # the driver and everything it started
+        job.wait(timeout=60)
+    committed = read_rows(tmp_path / "out")
+    assert 0 < len(committed) < 240, "kill the driver mid-job, not before or after"
+
+    summary = run_job(spark, spec_from_dict(doc))
+
+    assert summary.skipped == len({r["id"] for r in committed if r["error"] is None})
+    assert summary.rows == 240 - summary.skipped
+    latest = latest_rows(spark, tmp_path / "out")
+    assert_one_row_per_input(latest, rows)
+    assert all(r["error"] is None for r in latest)
+    # No success was redone: ids are disjoint between the two runs.
+    raw = read_rows(tmp_path / "out")
+    by_run: dict[str, set[str]] = {}
+    for r in raw:
+        by_run.setdefault(r["run"], set()).add(r["id"])
+    assert len(by_run) == 2
+    first, second = by_run.values()
+    assert not first & second
