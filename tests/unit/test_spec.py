@@ -147,3 +147,17 @@ def test_unreadable_or_non_mapping_file_is_refused(tmp_path):
 def test_completion_task_takes_no_system_message():
     doc = minimal(task="completion", prompt={"template": "{{ q }}", "system": "s"})
     assert "prompt.system is for task 'chat'" in error_of(doc)
+
+
+def test_seed_auto_is_not_sent_as_a_literal_seed():
+    spec = spec_from_dict(minimal(sampling={"seed": "auto", "max_tokens": 4}))
+    assert spec.sampling.seed == "auto"
+    assert spec.sampling.request_fields() == {"max_tokens": 4}
+    assert "sampling.seed" in error_of(minimal(sampling={"seed": "random"}))
+
+
+def test_resume_is_the_default_output_mode_and_rates_are_shares():
+    spec = spec_from_dict(minimal())
+    assert spec.output.mode == "resume"
+    assert spec.max_error_rate is None
+    assert "max_error_rate: got 1.5" in error_of(minimal(max_error_rate=1.5))

@@ -30,3 +30,12 @@ def test_summary_reports_rates_and_the_most_common_errors():
     assert "rows/s        2.50" in text
     assert "out tokens/s  100.0" in text
     assert "2 x HTTP 400: too long" in text
+
+
+def test_row_seed_is_a_stable_non_negative_int_per_id():
+    from spark_vllm.runner import row_seed
+
+    assert row_seed("q0001") == row_seed("q0001")
+    assert row_seed("q0001") != row_seed("q0002")
+    assert row_seed(12345) == row_seed("12345")
+    assert all(0 <= row_seed(i) < 2**31 for i in range(1000))
