@@ -155,20 +155,21 @@ def test_bad_input_rows_become_error_rows_naming_the_cause(spark, vllm_server, t
     assert out2["b"]["error"] == "bad input: column 'prompt': expected a string, got int"
 
 
-def test_seed_auto_makes_sampled_answers_repeatable(spark, vllm_server, tmp_path):
+def test_seed_auto_or_temperature_zero_makes_answers_repeatable(spark, vllm_server, tmp_path):
     rows = sample_rows(16)
 
-    def answers(name, seed):
+    def answers(name, seed, temperature=1.0):
         doc = spec_doc(
             tmp_path,
             vllm_server,
             rows,
-            sampling={"temperature": 1.0, "max_tokens": 12, "seed": seed},
+            sampling={"temperature": temperature, "max_tokens": 12, "seed": seed},
             output={"path": str(tmp_path / name)},
         )
         run_job(spark, spec_from_dict(doc))
         return {r["id"]: r["response"] for r in read_rows(tmp_path / name)}
 
     assert answers("auto1", "auto") == answers("auto2", "auto")
+    assert answers("greedy1", None, 0.0) == answers("greedy2", None, 0.0)
     # The check has teeth: unseeded sampling at temperature 1 differs between runs.
     assert answers("free1", None) != answers("free2", None)
