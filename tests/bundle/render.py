@@ -117,6 +117,7 @@ CASES: dict[str, Case] = {
             ("volcano.enabled", True),
         ),
     ),
+    "rapids": Case("chat.yaml", (("rapids.enabled", True), ("volcano.enabled", True))),
     "api-key": Case(
         "chat.yaml",
         (("sidecar.apiKey.enabled", True), ("sidecar.apiKey.secretName", "vllm-api-key")),

@@ -297,3 +297,18 @@ def test_executors_run_under_a_service_account_without_a_token(
     assert accounts[spec["driver"]["serviceAccount"]]["automountServiceAccountToken"] is True
     binding = result.one("RoleBinding")
     assert [s["name"] for s in binding["subjects"]] == [spec["driver"]["serviceAccount"]]
+
+
+def test_rapids_gets_a_gpu_of_its_own_and_is_counted(rendered: dict[str, Rendered]) -> None:
+    """RAPIDS runs in the Spark container, so it needs its own GPU: the sidecar keeps its."""
+    spec = rendered["rapids"].app_spec()
+    conf = spec["sparkConf"]
+    assert conf["spark.plugins"] == "com.nvidia.spark.SQLPlugin"
+    jar = "/opt/spark-vllm/jars/rapids-4-spark.jar"
+    assert conf["spark.driver.extraClassPath"] == conf["spark.executor.extraClassPath"] == jar
+    assert conf["spark.executor.resource.gpu.amount"] == "1"
+    assert spec["executor"]["gpu"] == {"name": "nvidia.com/gpu", "quantity": 1}
+    assert vllm_container(spec)["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    # Two executors, each with one GPU for vLLM and one for RAPIDS.
+    assert spec["batchSchedulerOptions"]["resources"]["nvidia.com/gpu"] == "4"
+    assert "spark.plugins" not in rendered["chat"].app_spec().get("sparkConf", {})

@@ -282,6 +282,9 @@ volumeMounts:
 {{- else }}
 {{- $n := int (include "spark-vllm.startExecutors" .) }}
 {{- $gpus := int (include "spark-vllm.sidecarGpus" .) }}
+{{- if .Values.rapids.enabled }}
+{{- $gpus = add $gpus (int .Values.rapids.executorGpus) }}
+{{- end }}
 {{- $d := .Values.driver }}
 {{- $e := .Values.executor }}
 {{- $cpu := add (int $d.cores) (mul $n (add (int $e.cores) (int .Values.sidecar.cpu))) }}
@@ -314,7 +317,13 @@ arguments:
 {{- range .Values.extraArgs }}
   - {{ . | quote }}
 {{- end }}
-{{- with .Values.sparkConf }}
+{{- $sparkConf := deepCopy .Values.sparkConf }}
+{{- if .Values.rapids.enabled }}
+{{- $jar := .Values.rapids.jar }}
+{{- $rapids := dict "spark.plugins" "com.nvidia.spark.SQLPlugin" "spark.driver.extraClassPath" $jar "spark.executor.extraClassPath" $jar "spark.executor.resource.gpu.amount" (toString .Values.rapids.executorGpus) "spark.executor.resource.gpu.vendor" "nvidia.com" "spark.executor.resource.gpu.discoveryScript" .Values.rapids.discoveryScript "spark.task.resource.gpu.amount" (printf "%g" (divf (float64 .Values.rapids.executorGpus) (float64 .Values.executor.cores))) }}
+{{- $sparkConf = merge $sparkConf $rapids }}
+{{- end }}
+{{- with $sparkConf }}
 sparkConf:
   {{- range $k, $v := . }}
   {{ $k | quote }}: {{ $v | toString | quote }}
@@ -404,6 +413,11 @@ executor:
   cores: {{ int .Values.executor.cores }}
   memory: {{ printf "%dm" (int .Values.executor.memoryMi) | quote }}
   memoryOverhead: {{ printf "%dm" (int .Values.executor.memoryOverheadMi) | quote }}
+{{- if .Values.rapids.enabled }}
+  gpu:
+    name: {{ .Values.sidecar.gpu.resourceName }}
+    quantity: {{ int .Values.rapids.executorGpus }}
+{{- end }}
   deleteOnTermination: {{ .Values.executor.deleteOnTermination }}
   serviceAccount: {{ include "spark-vllm.executorServiceAccountName" . }}
   labels:
