@@ -158,7 +158,9 @@ def pod_volumes(rendered: Rendered, model_root: Path) -> PodVolumes:
     return PodVolumes(rendered.app["volumes"], dict(hostpaths))
 
 
-@pytest.fixture(scope="session")
+# Module scope: the sidecar stops when the image tests end, before the integration
+# tier starts its own vLLM on the same two cores.
+@pytest.fixture(scope="module")
 def sidecar(
     image: str, rendered: Rendered, model_root: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
