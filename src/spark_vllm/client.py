@@ -180,6 +180,7 @@ class SidecarClient:
     ) -> None:
         path = "/chat/completions" if task == "chat" else "/completions"
         self.url = base_url.rstrip("/") + path
+        self.metrics_url = server_root(base_url) + "/metrics"
         self.task = task
         self.body = {"model": model, **sampling}
         self.policy = policy
@@ -199,6 +200,14 @@ class SidecarClient:
     async def __aexit__(self, *exc: object) -> None:
         if self._session is not None:
             await self._session.close()
+
+    async def fetch_metrics(self) -> str:
+        """The sidecar's Prometheus /metrics text (raises on any failure)."""
+        assert self._session is not None, "use SidecarClient as an async context manager"
+        timeout = aiohttp.ClientTimeout(total=5)
+        async with self._session.get(self.metrics_url, timeout=timeout) as resp:
+            resp.raise_for_status()
+            return await resp.text()
 
     def _parse(self, data: dict[str, Any], result: Result) -> Result:
         choice = data["choices"][0]

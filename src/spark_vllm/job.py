@@ -155,13 +155,75 @@ def per_task_window(per_executor: int, slots: int) -> int:
     return max(1, math.ceil(per_executor / slots))
 
 
+# Partitions per task slot on a cluster when the spec does not say: two waves of tasks,
+# so executors that finish early (or join late) take work from the rest.
+PARTITIONS_PER_SLOT = 2
+
+
+def default_partitions(spark: SparkSession) -> int:
+    """Tasks to split the input into when `partitions` is unset.
+
+    Local mode: one per task slot (they share one sidecar, and the adaptive window lets
+    the tasks still running take up a finished one's share). A cluster: two per task
+    slot of the most executors the job may get (dynamic allocation's maxExecutors, else
+    spark.executor.instances), so added executors find work waiting.
+    """
+    sc = spark.sparkContext
+    slots = task_slots(spark)
+    if (sc.master or "").startswith("local"):
+        return slots
+    conf = sc.getConf()
+    executors = 0
+    if conf.get("spark.dynamicAllocation.enabled", "false").lower() == "true":
+        executors = int(conf.get("spark.dynamicAllocation.maxExecutors", "0") or 0)
+    else:
+        executors = int(conf.get("spark.executor.instances", "0") or 0)
+    return max(sc.defaultParallelism, executors * slots) * PARTITIONS_PER_SLOT
+
+
+def max_tokens_hint(df: DataFrame, spec: JobSpec) -> Column | None:
+    """Each row's max_tokens (its sampling column's, else the spec's), or None if unknown."""
+    default = spec.sampling.max_tokens
+    column = spec.sampling_column
+    per_row: Column | None = None
+    if column is not None:
+        kind = df.schema[column].dataType
+        col = F.col(_quote(column))
+        if isinstance(kind, T.StructType) and "max_tokens" in kind.fieldNames():
+            per_row = col.getField("max_tokens")
+        elif isinstance(kind, T.MapType) and isinstance(kind.keyType, T.StringType):
+            per_row = col.getItem("max_tokens")
+        elif isinstance(kind, T.StringType):
+            per_row = F.get_json_object(col, "$.max_tokens")
+    if per_row is None:
+        return None
+    fallback = F.lit(default) if default is not None else F.lit(None)
+    return F.coalesce(per_row.cast("long"), fallback.cast("long"))
+
+
+def arrange(df: DataFrame, spec: JobSpec, spark: SparkSession) -> DataFrame:
+    """Split the rows into tasks and order each task's rows (see `concurrency.order`).
+
+    Rows are dealt round-robin, so every partition gets a like mix; with a per-row
+    max_tokens, each partition then sends its longest generations first and ends on its
+    shortest, so a task's last requests finish close together.
+    """
+    partitions = spec.partitions or default_partitions(spark)
+    df = df.repartition(partitions)
+    hint = max_tokens_hint(df, spec) if spec.concurrency.order == "longest_first" else None
+    if hint is not None:
+        df = df.sortWithinPartitions(hint.desc_nulls_first())
+    return df
+
+
 def output_schema(df: DataFrame, spec: JobSpec) -> T.StructType:
     fields = [df.schema[spec.id_column()]]
     fields += [df.schema[c] for c in spec.output.keep_columns if c != spec.id_column()]
     return T.StructType(fields + RESULT_FIELDS)
 
 
-def task_config(spec: JobSpec, schema: T.StructType, window: int) -> TaskConfig:
+def task_config(spec: JobSpec, schema: T.StructType, slots: int) -> TaskConfig:
+    conc = spec.concurrency
     return TaskConfig(
         base_url=spec.endpoint.base_url,
         model=spec.endpoint.model,
@@ -176,7 +238,11 @@ def task_config(spec: JobSpec, schema: T.StructType, window: int) -> TaskConfig:
             max_s=spec.retries.backoff_max_s,
             multiplier=spec.retries.backoff_multiplier,
         ),
-        window=window,
+        window=per_task_window(conc.per_executor, slots),
+        adaptive=conc.mode == "adaptive",
+        max_window=conc.max_per_executor,
+        metrics_interval_s=conc.metrics_interval_s,
+        sampling_column=spec.sampling_column,
         ready_timeout_s=spec.timeouts.ready_s,
         request_timeout_s=spec.timeouts.request_s,
         connect_timeout_s=spec.timeouts.connect_s,
@@ -195,48 +261,52 @@ def task_config(spec: JobSpec, schema: T.StructType, window: int) -> TaskConfig:
 def summarize(
     spark: SparkSession, spec: JobSpec, job: Plan, wall_s: float, skipped: int
 ) -> Summary:
-    """Totals of this run's committed rows, and of the output as a whole."""
+    """Totals of this run's committed rows, and of the output as a whole.
+
+    One pass over this run's output; the most common errors only when some row failed;
+    the whole output's latest-attempt view only when earlier runs are there.
+    """
     out = spec.output
-    where = f"{out.path} ({out.format})"
-    if not results.entries(spark, job.run_path):
-        return Summary(0, 0, 0, 0, 0, wall_s, where, skipped=skipped, run_id=job.run_id)
-    this_run = results.read_attempts(spark, job.run_path, out.format, job.schema)
-    view = results.latest(
-        results.read_attempts(spark, out.path, out.format, job.schema), spec.id_column()
+    summary = Summary(
+        0, 0, 0, 0, 0, wall_s, f"{out.path} ({out.format})", skipped=skipped, run_id=job.run_id
     )
-    overall = view.agg(
-        F.count(F.lit(1)).alias("ids"), F.count(F.when(F.col("error").isNotNull(), 1)).alias("bad")
-    ).first()
-    assert overall is not None
-    totals = this_run.agg(
-        F.count(F.lit(1)).alias("rows"),
-        F.count(F.when(F.col("error").isNull(), 1)).alias("ok"),
-        F.coalesce(F.sum("prompt_tokens"), F.lit(0)).alias("tin"),
-        F.coalesce(F.sum("completion_tokens"), F.lit(0)).alias("tout"),
-    ).first()
-    assert totals is not None
-    errors = (
-        this_run.where(F.col("error").isNotNull())
-        .groupBy(F.substring("error", 1, 300).alias("e"))
-        .count()
-        .orderBy(F.desc("count"))
-        .limit(5)
-        .collect()
-    )
-    return Summary(
-        rows=totals["rows"],
-        succeeded=totals["ok"],
-        failed=totals["rows"] - totals["ok"],
-        prompt_tokens=int(totals["tin"]),
-        completion_tokens=int(totals["tout"]),
-        wall_s=wall_s,
-        output=where,
-        errors=[(r["e"], r["count"]) for r in errors],
-        skipped=skipped,
-        run_id=job.run_id,
-        output_ids=overall["ids"],
-        output_failed=overall["bad"],
-    )
+    if results.entries(spark, job.run_path):
+        this_run = results.read_attempts(spark, job.run_path, out.format, job.schema)
+        totals = this_run.agg(
+            F.count(F.lit(1)).alias("rows"),
+            F.count(F.when(F.col("error").isNull(), 1)).alias("ok"),
+            F.coalesce(F.sum("prompt_tokens"), F.lit(0)).alias("tin"),
+            F.coalesce(F.sum("completion_tokens"), F.lit(0)).alias("tout"),
+        ).first()
+        assert totals is not None
+        summary.rows = totals["rows"]
+        summary.succeeded = totals["ok"]
+        summary.failed = totals["rows"] - totals["ok"]
+        summary.prompt_tokens = int(totals["tin"])
+        summary.completion_tokens = int(totals["tout"])
+        if summary.failed:
+            errors = (
+                this_run.where(F.col("error").isNotNull())
+                .groupBy(F.substring("error", 1, 300).alias("e"))
+                .count()
+                .orderBy(F.desc("count"))
+                .limit(5)
+                .collect()
+            )
+            summary.errors = [(r["e"], r["count"]) for r in errors]
+    if job.earlier_runs:
+        view = results.latest(
+            results.read_attempts(spark, out.path, out.format, job.schema), spec.id_column()
+        )
+        overall = view.agg(
+            F.count(F.lit(1)).alias("ids"),
+            F.count(F.when(F.col("error").isNotNull(), 1)).alias("bad"),
+        ).first()
+        assert overall is not None
+        summary.output_ids, summary.output_failed = overall["ids"], overall["bad"]
+    else:
+        summary.output_ids, summary.output_failed = summary.rows, summary.failed
+    return summary
 
 
 @dataclass
@@ -248,6 +318,7 @@ class Plan:
     run_id: str
     run_path: str
     skipped: DataFrame | None
+    earlier_runs: bool = False
 
 
 def plan(spark: SparkSession, spec: JobSpec) -> Plan:
@@ -256,12 +327,18 @@ def plan(spark: SparkSession, spec: JobSpec) -> Plan:
     spec.check_columns(df.columns)
     df = with_ids(df, spec)
     needed = dict.fromkeys(
-        [spec.id_column(), *sorted(spec.prompt.columns()), *spec.output.keep_columns]
+        [
+            spec.id_column(),
+            *sorted(spec.prompt.columns()),
+            *([spec.sampling_column] if spec.sampling_column else []),
+            *spec.output.keep_columns,
+        ]
     )
     df = df.select(*[_quote(c) for c in needed])
     schema = output_schema(df, spec)
     out = spec.output
     skipped = None
+    resuming = False
     if out.mode == "overwrite":
         results.delete(spark, out.path)
     elif results.exists(spark, out.path) and out.mode == "error":
@@ -283,9 +360,8 @@ def plan(spark: SparkSession, spec: JobSpec) -> Plan:
             )
             skipped = df.join(done, spec.id_column(), "left_semi")
             df = df.join(done, spec.id_column(), "left_anti")
-    df = df.repartition(spec.partitions or spark.sparkContext.defaultParallelism)
-    window = per_task_window(spec.concurrency.per_executor, task_slots(spark))
-    cfg = task_config(spec, schema, window)
+    df = arrange(df, spec, spark)
+    cfg = task_config(spec, schema, task_slots(spark))
     run_id = results.new_run_id()
     return Plan(
         result=df.mapInArrow(partial(run_partition, cfg=cfg), schema),
@@ -293,6 +369,7 @@ def plan(spark: SparkSession, spec: JobSpec) -> Plan:
         run_id=run_id,
         run_path=results.run_path(out.path, run_id),
         skipped=skipped,
+        earlier_runs=resuming,
     )
 
 

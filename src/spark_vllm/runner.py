@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import queue
 import threading
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine, Iterator, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from functools import partial
@@ -20,14 +21,19 @@ from typing import Any, TypeVar
 
 import pyarrow as pa
 
-from spark_vllm.client import Result, SidecarClient, read_api_key, wait_ready
+from spark_vllm.adaptive import AdaptiveWindow, WindowPolicy
+from spark_vllm.client import Result, SidecarClient, read_api_key, server_root, wait_ready
 from spark_vllm.prompt import PromptBuilder, RowError
 from spark_vllm.retry import RetryPolicy
+from spark_vllm.spec import RESULT_COLUMNS
 
 T = TypeVar("T")
 
 # Result rows are handed back to Spark in batches of at most this many rows.
 FLUSH_ROWS = 256
+
+# Request fields a row's sampling column may not set: the job builds these itself.
+RESERVED_FIELDS = frozenset({"model", "messages", "prompt", "stream", "n"})
 
 
 class RowFailed(RuntimeError):
@@ -70,6 +76,10 @@ class TaskConfig:
     seed_auto: bool = False
     max_error_rate: float | None = None
     error_rate_min_rows: int = 50
+    adaptive: bool = False
+    max_window: int = 0  # adaptive: the largest window a task may open (0: `window`)
+    metrics_interval_s: float = 0.5
+    sampling_column: str | None = None
 
 
 class _LoopThread:
@@ -96,20 +106,56 @@ class _LoopThread:
         self.loop.close()
 
 
-def _row_out(cfg: TaskConfig, row: dict[str, Any], result: Result) -> dict[str, Any]:
-    out = {cfg.id_column: row[cfg.id_column]}
-    for name in cfg.keep_columns:
-        out[name] = row[name]
-    out.update(
-        response=result.response,
-        finish_reason=result.finish_reason,
-        prompt_tokens=result.prompt_tokens,
-        completion_tokens=result.completion_tokens,
-        latency_ms=result.latency_ms,
-        attempts=result.attempts,
-        error=result.error,
-    )
-    return out
+def row_sampling(value: Any, column: str) -> dict[str, Any]:
+    """A row's sampling overrides from its sampling column: struct, map or JSON object.
+
+    Null (or a null field) overrides nothing; anything else that is not a mapping with
+    string keys is a RowError naming the column.
+    """
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise RowError(f"sampling column {column!r} is not a JSON object: {exc.msg}") from None
+    elif isinstance(value, list) and all(isinstance(kv, tuple) and len(kv) == 2 for kv in value):
+        value = dict(value)  # an Arrow map arrives as a list of (key, value) pairs
+    if not isinstance(value, Mapping):
+        raise RowError(
+            f'sampling column {column!r}: expected an object such as {{"max_tokens": 64}}, '
+            f"got {type(value).__name__}"
+        )
+    fields = {str(k): v for k, v in value.items() if v is not None}
+    reserved = sorted(RESERVED_FIELDS.intersection(fields))
+    if reserved:
+        raise RowError(f"sampling column {column!r} may not set {reserved}")
+    return fields
+
+
+class _Columns:
+    """Result rows gathered column by column, flushed as one Arrow record batch."""
+
+    def __init__(self, cfg: TaskConfig) -> None:
+        self.schema = cfg.output_schema
+        self.copied = (cfg.id_column, *cfg.keep_columns)
+        self.data: dict[str, list[Any]] = {name: [] for name in self.schema.names}
+        self.rows = 0
+
+    def add(self, row: dict[str, Any], result: Result) -> None:
+        data = self.data
+        for name in self.copied:
+            data[name].append(row[name])
+        for name in RESULT_COLUMNS:
+            data[name].append(getattr(result, name))
+        self.rows += 1
+
+    def flush(self) -> pa.RecordBatch:
+        batch = pa.RecordBatch.from_pydict(self.data, schema=self.schema)
+        for values in self.data.values():
+            values.clear()
+        self.rows = 0
+        return batch
 
 
 def _put_done(
@@ -120,11 +166,35 @@ def _put_done(
     done.put((row, fut))
 
 
+def window_for(cfg: TaskConfig) -> AdaptiveWindow | None:
+    """The task's adaptive window, or None for a fixed one."""
+    if not cfg.adaptive:
+        return None
+    policy = WindowPolicy(minimum=1, maximum=max(cfg.max_window, cfg.window))
+    return AdaptiveWindow(
+        key=server_root(cfg.base_url) + "/metrics",
+        policy=policy,
+        initial=cfg.window,
+        interval_s=cfg.metrics_interval_s,
+    )
+
+
+def build_request(builder: PromptBuilder, cfg: TaskConfig, row: dict[str, Any]) -> dict[str, Any]:
+    """The request fields for one row (prompt, per-row sampling, seed); RowError if it can't."""
+    fields = builder.build(row)
+    if cfg.sampling_column is not None:
+        fields.update(row_sampling(row.get(cfg.sampling_column), cfg.sampling_column))
+    if cfg.seed_auto and "seed" not in fields:
+        fields["seed"] = row_seed(row[cfg.id_column])
+    return fields
+
+
 def run_partition(batches: Iterator[pa.RecordBatch], cfg: TaskConfig) -> Iterator[pa.RecordBatch]:
     """mapInArrow body: input batches in, result batches out, one row per input row."""
     api_key = read_api_key(cfg.api_key_env)
     wait_ready(cfg.base_url, cfg.model, cfg.ready_timeout_s, api_key)
     builder = PromptBuilder(cfg.task, cfg.template, cfg.system, cfg.prompt_column)
+    adaptive = window_for(cfg)
     client = SidecarClient(
         cfg.base_url,
         cfg.model,
@@ -133,12 +203,12 @@ def run_partition(batches: Iterator[pa.RecordBatch], cfg: TaskConfig) -> Iterato
         cfg.policy,
         cfg.request_timeout_s,
         cfg.connect_timeout_s,
-        pool_size=cfg.window,
+        pool_size=adaptive.policy.maximum + 1 if adaptive else cfg.window,  # +1: /metrics
         api_key=api_key,
         outage_s=cfg.outage_timeout_s,
     )
     done: queue.SimpleQueue[tuple[dict[str, Any], Future[Result]]] = queue.SimpleQueue()
-    out: list[dict[str, Any]] = []
+    out = _Columns(cfg)
     pending = 0
 
     seen = failed = 0
@@ -159,46 +229,48 @@ def run_partition(batches: Iterator[pa.RecordBatch], cfg: TaskConfig) -> Iterato
                     f"{failed} of {seen} rows failed in this task, more than max_error_rate "
                     f"{rate:g}; last error: {result.error}"
                 )
-        out.append(_row_out(cfg, row, result))
+        out.add(row, result)
 
-    def take_one() -> None:
+    def take_one(timeout: float | None = None) -> None:
         nonlocal pending
-        row, fut = done.get()
+        try:
+            row, fut = done.get(timeout=timeout)
+        except queue.Empty:
+            return
         pending -= 1
         collect(row, fut.result())
 
-    def flush() -> pa.RecordBatch:
-        batch = pa.RecordBatch.from_pylist(out, schema=cfg.output_schema)
-        out.clear()
-        return batch
+    def window() -> int:
+        return adaptive.limit if adaptive is not None else cfg.window
 
     loop = _LoopThread()
     try:
         loop.submit(client.__aenter__()).result()
+        if adaptive is not None:
+            loop.submit(adaptive.run(client.fetch_metrics, lambda: pending))
         for batch in batches:
             for row in batch.to_pylist():
                 try:
-                    fields = builder.build(row)
-                    if cfg.seed_auto:
-                        fields["seed"] = row_seed(row[cfg.id_column])
+                    fields = build_request(builder, cfg, row)
                 except RowError as exc:
                     collect(row, Result(error=f"bad input: {exc}"))
                 else:
-                    while pending >= cfg.window:
-                        take_one()
+                    while pending >= window():
+                        # Wake now and then: an adaptive window may have grown meanwhile.
+                        take_one(timeout=cfg.metrics_interval_s if adaptive else None)
                     fut = loop.submit(client.call(fields))
                     fut.add_done_callback(partial(_put_done, done, row))
                     pending += 1
                 while not done.empty():
                     take_one()
-                if len(out) >= cfg.flush_rows:
-                    yield flush()
+                if out.rows >= cfg.flush_rows:
+                    yield out.flush()
         while pending:
             take_one()
-            if len(out) >= cfg.flush_rows:
-                yield flush()
-        if out:
-            yield flush()
+            if out.rows >= cfg.flush_rows:
+                yield out.flush()
+        if out.rows:
+            yield out.flush()
     finally:
         try:
             loop.submit(client.__aexit__(None, None, None)).result(timeout=30)

@@ -162,11 +162,37 @@ class SamplingSpec(BaseModel):
 
 
 class ConcurrencySpec(_Strict):
+    mode: Literal["adaptive", "fixed"] = Field(
+        default="adaptive",
+        description="adaptive: each task steers its requests in flight by the sidecar's "
+        "/metrics (batch full, queue short); fixed: per_executor, split across the tasks",
+    )
     per_executor: int = Field(
         default=256,
         ge=1,
-        description="requests in flight per executor, shared by the tasks running on it",
+        description="requests in flight per executor, shared by the tasks running on it "
+        "(adaptive: where the tasks start)",
     )
+    max_per_executor: int = Field(
+        default=1024, ge=1, description="adaptive: the most requests one task may keep in flight"
+    )
+    metrics_interval_s: float = Field(
+        default=0.5, gt=0, description="adaptive: how often a task reads the sidecar's /metrics"
+    )
+    order: Literal["longest_first", "input"] = Field(
+        default="longest_first",
+        description="longest_first: within each partition, rows with the largest max_tokens "
+        "are sent first (needs a per-row max_tokens, see sampling_column); input: as read",
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ConcurrencySpec:
+        if self.max_per_executor < self.per_executor:
+            raise ValueError(
+                f"max_per_executor ({self.max_per_executor}) is below per_executor "
+                f"({self.per_executor}); raise it or lower per_executor"
+            )
+        return self
 
 
 class RetrySpec(_Strict):
@@ -203,6 +229,11 @@ class JobSpec(_Strict):
     task: Literal["chat", "completion"] = "chat"
     prompt: PromptSpec
     sampling: SamplingSpec = Field(default_factory=SamplingSpec)
+    sampling_column: str | None = Field(
+        default=None,
+        description="column of per-row sampling overrides (a struct, a map or a JSON object "
+        "string), e.g. {max_tokens: 64}; its non-null fields override `sampling` for that row",
+    )
     concurrency: ConcurrencySpec = Field(default_factory=ConcurrencySpec)
     retries: RetrySpec = Field(default_factory=RetrySpec)
     timeouts: TimeoutSpec = Field(default_factory=TimeoutSpec)
@@ -216,7 +247,12 @@ class JobSpec(_Strict):
     error_rate_min_rows: int = Field(
         default=50, ge=1, description="rows a task completes before max_error_rate is judged"
     )
-    partitions: int | None = Field(default=None, ge=1)
+    partitions: int | None = Field(
+        default=None,
+        ge=1,
+        description="tasks the input is split into; default: one per task slot in local "
+        "mode, two per task slot of the most executors the job may get on a cluster",
+    )
     spark: SparkSpec = Field(default_factory=SparkSpec)
 
     @model_validator(mode="after")
@@ -236,6 +272,8 @@ class JobSpec(_Strict):
             ("prompt", sorted(self.prompt.columns())),
             ("output.keep_columns", self.output.keep_columns),
         ]
+        if self.sampling_column:
+            wanted.append(("sampling_column", [self.sampling_column]))
         if self.input.id_column:
             wanted.append(("input.id_column", [self.input.id_column]))
         for where, names in wanted:

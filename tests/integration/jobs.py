@@ -41,6 +41,40 @@ def spec_doc(tmp_path: Path, base_url: str, rows: list[dict[str, Any]], **change
     return doc
 
 
+def task_config(base_url: str, **changes: Any) -> Any:
+    """A TaskConfig for driving `run_partition` directly: chat over `question`, id `id`."""
+    import dataclasses
+
+    from pyspark.sql import types as T
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    from spark_vllm.job import RESULT_FIELDS
+    from spark_vllm.retry import RetryPolicy
+    from spark_vllm.runner import TaskConfig
+
+    schema = T.StructType([T.StructField("id", T.StringType()), *RESULT_FIELDS])
+    cfg = TaskConfig(
+        base_url=base_url,
+        model=SERVED_NAME,
+        task="chat",
+        sampling={"max_tokens": 8, "ignore_eos": True},
+        template="{{ question }}",
+        system=None,
+        prompt_column=None,
+        policy=RetryPolicy(attempts=2),
+        window=1,
+        ready_timeout_s=30,
+        request_timeout_s=120,
+        connect_timeout_s=5,
+        on_error="record",
+        id_column="id",
+        keep_columns=(),
+        output_schema=to_arrow_schema(schema),
+        flush_rows=8,
+    )
+    return dataclasses.replace(cfg, **changes)
+
+
 def read_rows(path: Path) -> list[dict[str, Any]]:
     """Every row under an output path, all runs (the raw attempts, not the latest view)."""
     return pq.read_table(path).to_pylist()

@@ -9,6 +9,7 @@ import pytest
 
 from spark_vllm.job import plan, run_job
 from spark_vllm.local_server import free_port
+from spark_vllm.runner import TaskConfig
 from spark_vllm.spec import SpecError, spec_from_dict
 from tests.conftest import SERVED_NAME, sample_rows
 from tests.integration.jobs import (
@@ -17,6 +18,7 @@ from tests.integration.jobs import (
     read_rows,
     run_cli,
     spec_doc,
+    task_config,
 )
 
 pytestmark = pytest.mark.integration
@@ -173,36 +175,12 @@ def test_cli_refuses_a_bad_spec_before_spark_starts(tmp_path):
 
 def test_window_keeps_many_requests_in_flight_and_streams(vllm_server):
     """The runner overlaps requests (never one at a time) and yields before input ends."""
-    from pyspark.sql import types as T
-    from pyspark.sql.pandas.types import to_arrow_schema
-
-    from spark_vllm.job import RESULT_FIELDS
-    from spark_vllm.retry import RetryPolicy
-    from spark_vllm.runner import TaskConfig, run_partition
+    from spark_vllm.runner import run_partition
 
     rows = sample_rows(64)
-    schema = to_arrow_schema(T.StructType([T.StructField("id", T.StringType()), *RESULT_FIELDS]))
 
     def config(window: int) -> TaskConfig:
-        return TaskConfig(
-            base_url=vllm_server,
-            model=SERVED_NAME,
-            task="chat",
-            sampling={"max_tokens": 8, "ignore_eos": True},
-            template="{{ question }}",
-            system=None,
-            prompt_column=None,
-            policy=RetryPolicy(attempts=2),
-            window=window,
-            ready_timeout_s=30,
-            request_timeout_s=120,
-            connect_timeout_s=5,
-            on_error="record",
-            id_column="id",
-            keep_columns=(),
-            output_schema=schema,
-            flush_rows=8,
-        )
+        return task_config(vllm_server, window=window)
 
     consumed = []
 
