@@ -57,7 +57,7 @@ model: $(TINY_MODEL)/config.json ## make the tiny random-weight chat model (offl
 
 run: setup model ## run the example job on Spark local[*] against a local vLLM on CPU
 	$(BIN)/spark-vllm local $(JOB) --model $(TINY_MODEL) \
-	  --vllm-arg=--max-model-len=2048 --server-log $(BUILD)/vllm-server.log $(ARGS)
+	  --vllm-arg=--max-model-len=2048 --vllm-arg=--dtype=float32 --server-log $(BUILD)/vllm-server.log $(ARGS)
 
 $(TOOLS)/bin/helm: scripts/get-helm.sh
 	scripts/get-helm.sh $(TOOLS)/bin
