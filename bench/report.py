@@ -78,9 +78,15 @@ def _row(m: Measurement, expected: dict[str, int]) -> dict[str, Any]:
     if m["path"] == "seed":
         want_rows, want_tokens = expected["seed_rows"], expected["seed_tokens"]
     ok = m["ok"] == want_rows and m["output_tokens"] == want_tokens
+    variant = m.get("variant")
+    label = LABELS[m["path"]]
+    if variant:
+        label = f"(5) variant {variant}"
     return {
         "path": m["path"],
-        "label": LABELS[m["path"]],
+        "variant": variant,
+        "variant_sets": m.get("variant_sets"),
+        "label": label,
         "window": m.get("window"),
         "requests": m["requests"],
         "ok": m["ok"],
@@ -101,7 +107,7 @@ def _table(workload: str, results: list[Measurement], expected: dict[str, int]) 
     if http:
         best = max(http, key=lambda r: r["tok_per_s"])
         rows = [r for r in rows if r["path"] != "http" or r is best]
-    rows.sort(key=lambda r: ORDER.index(r["path"]))
+    rows.sort(key=lambda r: (ORDER.index(r["path"]), r["variant"] or ""))
     base = next((r for r in rows if r["path"] == "offline"), None)
     for r in rows:
         # Output tokens per second: the work done, comparable when a path ran a prefix.
@@ -112,7 +118,7 @@ def _table(workload: str, results: list[Measurement], expected: dict[str, int]) 
 def _targets(tables: dict[str, list[Any]], notes: list[str]) -> list[dict[str, Any]]:
     out = []
     for path, workload, factor, of in TARGETS:
-        rows = {r["path"]: r for r in tables.get(workload, [])}
+        rows = {r["path"]: r for r in tables.get(workload, []) if not r["variant"]}
         name = f"({ORDER.index(path) + 1}) >= {factor:g} x ({ORDER.index(of) + 1}), {workload}"
         if path in rows and of in rows:
             value = rows[path]["tok_per_s"] / rows[of]["tok_per_s"]
@@ -120,8 +126,6 @@ def _targets(tables: dict[str, list[Any]], notes: list[str]) -> list[dict[str, A
             out.append({"target": name, "status": status, "value": value})
         else:
             why = "not measured"
-            if path == "job" and workload == "mixed" and any(n.startswith("gap:") for n in notes):
-                why = "not measured: the job spec has no per-row max_tokens (gap)"
             out.append({"target": name, "status": "NOT MEASURED", "value": None, "why": why})
     return out
 
@@ -227,15 +231,19 @@ def render(doc: dict[str, Any]) -> str:
                 f" {r['seconds']:>7.1f} {r['ok']:>5}/{r['requests']:<5}  {r['check']}"
             )
         for r in rows:
-            if r.get("job_wall_s") is not None:
+            if r["variant"]:
+                lines.append(f"  {r['label']}: {', '.join(r['variant_sets'] or [])}")
+        for r in rows:
+            if r.get("job_wall_s") is not None and not r["variant"]:
                 lines.append(
                     f"  (5) {r['seconds'] - r['job_wall_s']:.1f} s of its {r['seconds']:.1f} s "
                     "are run_job's summary (reading the output back)"
                 )
             occ = r.get("occupancy")
             if occ and r["path"] in ("http", "job", "cli"):
+                who = r["label"][:3] + (f" {r['variant']}" if r["variant"] else "")
                 lines.append(
-                    f"  {r['label'][:3]} vLLM ran {occ['mean_running']:.0f} sequences on average "
+                    f"  {who} vLLM ran {occ['mean_running']:.0f} sequences on average "
                     f"(peak {occ['peak_running']:.0f}); last {occ['tail_s']:.0f} s below half"
                 )
     lines += ["", "targets"]
@@ -272,11 +280,12 @@ COLORS = {
     "job": "#55a868",
 }
 GOALS = {"fixed": 0.95, "mixed": 0.90}
+VARIANT_COLORS = {"before": "#8172b3", "fixed-window": "#937860", "input-order": "#da8bc3"}
 
 
 def _throughput_panel(ax: Any, workload: str, rows: list[Any], doc: dict[str, Any]) -> None:
     """Bars of output tokens/s, one per path (missing paths say why), and the targets."""
-    have = {r["path"]: r for r in rows}
+    have = {r["path"]: r for r in rows if not r["variant"]}
     labels, values, colors, texts = [], [], [], []
     for path in ORDER:
         r = have.get(path)
@@ -285,18 +294,17 @@ def _throughput_panel(ax: Any, workload: str, rows: list[Any], doc: dict[str, An
                 labels.append(LABELS[path])
                 values.append(0.0)
                 colors.append(COLORS[path])
-                gap = any(n.startswith("gap:") for n in doc["notes"]) and workload == "mixed"
-                texts.append(
-                    " not measured" + (": no per-row max_tokens in the job" if gap else "")
-                )
+                texts.append(" not measured")
             continue
-        labels.append(
-            f"(2) HTTP client, window {r['window']} (best)" if path == "http" else r["label"]
-        )
-        values.append(r["tok_per_s"])
-        colors.append(COLORS[path])
-        ratio = f"  ({r['ratio']:.2f}x)" if r["ratio"] is not None else ""
-        texts.append(f" {r['tok_per_s']:.0f} tok/s{ratio}")
+        shown = [r, *(v for v in rows if v["path"] == path and v["variant"])]
+        for v in shown:
+            labels.append(
+                f"(2) HTTP client, window {v['window']} (best)" if path == "http" else v["label"]
+            )
+            values.append(v["tok_per_s"])
+            colors.append(COLORS[path] if not v["variant"] else "#a6d8b0")
+            ratio = f"  ({v['ratio']:.2f}x)" if v["ratio"] is not None else ""
+            texts.append(f" {v['tok_per_s']:.0f} tok/s{ratio}")
     ys = list(range(len(labels)))[::-1]
     ax.barh(ys, values, color=colors)
     ax.set_yticks(ys, labels, fontsize=8)
@@ -364,12 +372,14 @@ def _occupancy_panel(ax: Any, doc: dict[str, Any]) -> None:
             if m["path"] not in ("http", "job") or m.get("window") != best[m["path"]]:
                 continue
             ts = [s[0] - m["start"] for s in m["occupancy"]]
+            variant = m.get("variant")
+            name = LABELS[m["path"]].split(",")[0] + (f" {variant}" if variant else "")
             ax.plot(
                 ts,
                 [s[1] for s in m["occupancy"]],
                 "-" if workload == "fixed" else "--",
-                color=COLORS[m["path"]],
-                label=f"{LABELS[m['path']].split(',')[0]}, {workload}",
+                color=COLORS[m["path"]] if not variant else VARIANT_COLORS.get(variant, "#999999"),
+                label=f"{name}, {workload}",
             )
             plotted = True
     if not plotted:

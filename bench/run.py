@@ -35,6 +35,15 @@ from spark_vllm.local_server import stop_group
 ROOT = Path(__file__).resolve().parent.parent
 SERVED_NAME = "bench-llama"
 
+# Path (5) variants: job-spec overrides, run on the mixed workload.
+VARIANTS = {
+    # The job before adaptive concurrency and ordering: a fixed window split across the
+    # task slots, rows in input order.
+    "before": ["concurrency.mode=fixed", "concurrency.order=input"],
+    "fixed-window": ["concurrency.mode=fixed"],
+    "input-order": ["concurrency.order=input"],
+}
+
 
 def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
@@ -54,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--per-executor", type=int, default=256, help="the job's concurrency.per_executor"
     )
-    p.add_argument("--windows", type=_ints, help="path (2) windows (default 64,128,256,512)")
+    p.add_argument("--windows", type=_ints, help="path (2) windows (default 128,256,512)")
     p.add_argument(
         "--sweep-mixed",
         action="store_true",
@@ -62,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         "workload's best window)",
     )
     p.add_argument(
-        "--seed-rows", type=int, help="rows path (3) sends, a prefix of the workload (default 256)"
+        "--seed-rows", type=int, help="rows path (3) sends, a prefix of the workload (default 128)"
     )
     p.add_argument(
         "--memory-rows", type=_ints, help="partition sizes for the memory probe (1000,100000)"
@@ -83,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-model-len", type=int, default=1024)
     p.add_argument("--max-num-seqs", type=int, default=256)
     p.add_argument("--max-num-batched-tokens", type=int, default=4096)
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        help="engine dtype for (1) and the server (default float32: on CPUs without AVX-512 "
+        "BF16, vLLM's bfloat16 falls back to slow kernels; 'auto' takes the model's bfloat16)",
+    )
     p.add_argument(
         "--kv-cache-gib", default="2", help="VLLM_CPU_KVCACHE_SPACE for (1) and the server"
     )
@@ -109,17 +124,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--only",
         type=lambda s: set(s.split(",")),
-        default={"offline", "http", "seed", "cli", "job", "memory"},
-        help="run only these paths (offline,http,seed,cli,job,memory)",
+        default={"offline", "http", "seed", "cli", "job", "variants", "memory"},
+        help="run only these paths (offline,http,seed,cli,job,variants,memory)",
     )
     p.add_argument(
-        "--mixed-job-set",
+        "--job-set",
         action="append",
         default=[],
         metavar="KEY.PATH=VALUE",
-        help="job-spec override that makes the job read per-row max_tokens from the input "
-        "(columns `max_tokens` int and `sampling` {max_tokens}); without it the job paths "
-        "skip the mixed workload",
+        help="job-spec override for paths (4), (5) and the variants, e.g. "
+        "concurrency.metrics_interval_s=1",
+    )
+    p.add_argument(
+        "--variants",
+        type=lambda s: [v for v in s.split(",") if v],
+        default=["before", "input-order"],
+        help="path (5) again on the mixed workload with other settings, to show what "
+        f"adaptive concurrency and longest-first ordering bring (any of {', '.join(VARIANTS)}; "
+        "'' for none)",
     )
     return p
 
@@ -129,9 +151,9 @@ def _defaults(args: argparse.Namespace) -> None:
     if args.prompts is None:
         args.prompts = 64 if quick else 1024
     if args.windows is None:
-        args.windows = [16, 64] if quick else [64, 128, 256, 512]
+        args.windows = [16, 64] if quick else [128, 256, 512]
     if args.seed_rows is None:
-        args.seed_rows = 64 if quick else 256
+        args.seed_rows = 64 if quick else 128
     args.seed_rows = min(args.seed_rows, args.prompts)
     if args.memory_rows is None:
         args.memory_rows = [1000, 5000] if quick else [1000, 100_000]
@@ -237,6 +259,7 @@ class Bench:
             "max_model_len": a.max_model_len,
             "max_num_seqs": a.max_num_seqs,
             "max_num_batched_tokens": a.max_num_batched_tokens,
+            "dtype": a.dtype,
             "seed": a.seed,
         }
 
@@ -250,6 +273,8 @@ class Bench:
             "--max-num-batched-tokens",
             str(e["max_num_batched_tokens"]),
             "--no-enable-prefix-caching",
+            "--dtype",
+            e["dtype"],
             "--seed",
             str(e["seed"]),
         ]
@@ -336,22 +361,25 @@ class Bench:
             "prompt": {"system": SYSTEM, "template": "{{ question }}"},
             "sampling": {"max_tokens": max_tokens, "temperature": 0.0, "ignore_eos": True},
             "concurrency": {"per_executor": a.per_executor},
-            "partitions": a.slots,
             "spark": {"master": f"local[{a.slots}]", "app_name": f"bench-{wl.name}"},
         }
 
-    def job_spec_for(self, wl: Workload, output: Path) -> dict[str, Any] | None:
-        """The job's spec for a workload, or None when the job cannot run it as it is."""
-        if wl.name == "fixed":
-            return self.job_spec(wl, output, self.args.output_tokens)
-        if not self.args.mixed_job_set:
-            return None
+    def job_spec_for(
+        self, wl: Workload, output: Path, variant: str | None = None
+    ) -> dict[str, Any]:
+        """The job's spec for a workload: the mixed one reads max_tokens per row from the
+        input's `sampling` column; then --job-set and the variant's overrides."""
         from spark_vllm.spec import apply_overrides
 
-        spec: dict[str, Any] = apply_overrides(
-            self.job_spec(wl, output, self.args.mix_max), self.args.mixed_job_set
-        )
-        return spec
+        if wl.name == "fixed":
+            spec = self.job_spec(wl, output, self.args.output_tokens)
+        else:
+            spec = {**self.job_spec(wl, output, self.args.mix_max), "sampling_column": "sampling"}
+        sets = list(self.args.job_set)
+        if variant is not None:
+            sets += VARIANTS[variant]
+        out: dict[str, Any] = apply_overrides(spec, sets)
+        return out
 
     # -- the paths -----------------------------------------------------------------------
 
@@ -387,8 +415,6 @@ class Bench:
         for wl in self.workloads:
             output = self.work / "out" / f"cli-{wl.name}"
             spec = self.job_spec_for(wl, output)
-            if spec is None:
-                continue
             spec_path = self.work / f"4-cli-{wl.name}.yaml"
             spec_path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
             self.warm_up()
@@ -424,16 +450,28 @@ class Bench:
     def job(self) -> None:
         for wl in self.workloads:
             spec = self.job_spec_for(wl, self.work / "out" / f"job-{wl.name}")
-            if spec is None:
-                continue
             self.warm_up()
             self.run_path("job", f"5-job-{wl.name}", self.config(workload=wl.name, job_spec=spec))
+
+    def variants(self) -> None:
+        """(5) on the mixed workload with other settings: what each part of the job brings."""
+        mixed = next(w for w in self.workloads if w.name == "mixed")
+        for variant in self.args.variants:
+            tag = f"5-job-{mixed.name}-{variant}"
+            spec = self.job_spec_for(mixed, self.work / "out" / tag, variant)
+            self.warm_up()
+            results = self.run_path(
+                "job", tag, self.config(workload=mixed.name, job_spec=spec, variant=variant)
+            )
+            for m in results:
+                m["variant"] = variant
+                m["variant_sets"] = VARIANTS[variant]
+            self.save()
 
     def memory(self) -> None:
         a = self.args
         fixed = self.workloads[0]
         spec = self.job_spec(fixed, self.work / "out" / "memory-unused", 1)
-        window = -(-a.per_executor // a.slots)
         rate: float | None = None
         for wanted in sorted(a.memory_rows):
             rows = wanted
@@ -448,7 +486,6 @@ class Bench:
             cfg = self.config(
                 rows=rows,
                 batch_rows=a.memory_batch_rows,
-                window=window,
                 job_spec=spec,
                 questions=str(fixed.path),
             )
@@ -482,15 +519,14 @@ class Bench:
 
     def run(self) -> dict[str, Any]:
         only = self.args.only
-        if not self.args.mixed_job_set:
-            self.notes.append(
-                "gap: the job spec's sampling is global (sampling.max_tokens), so the job "
-                "cannot send per-row max_tokens; paths (4) and (5) skip the mixed workload "
-                "(pass --mixed-job-set once the spec can read them from a column)"
+        unknown = [v for v in self.args.variants if v not in VARIANTS]
+        if unknown:
+            raise SystemExit(
+                f"bench: unknown --variants {unknown}; expected some of {list(VARIANTS)}"
             )
         if "offline" in only:
             self.offline()
-        throughput = [p for p in ("http", "seed", "cli", "job") if p in only]
+        throughput = [p for p in ("http", "seed", "cli", "job", "variants") if p in only]
         if throughput:
             with self.serve(self.args.model, "main"):
                 for name in throughput:
