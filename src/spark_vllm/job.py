@@ -8,13 +8,14 @@ import re
 import time
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.pandas.types import to_arrow_schema
 
-from spark_vllm import results
+from spark_vllm import results, structured
 from spark_vllm.retry import RetryPolicy
 from spark_vllm.runner import TaskConfig, run_partition
 from spark_vllm.spec import InputSpec, JobSpec, SpecError
@@ -216,19 +217,65 @@ def arrange(df: DataFrame, spec: JobSpec, spark: SparkSession) -> DataFrame:
     return df
 
 
-def output_schema(df: DataFrame, spec: JobSpec) -> T.StructType:
+# structured_output, resolved: the answer's columns and the JSON schema vLLM decodes to.
+Answer = tuple[T.StructType, dict[str, Any]]
+
+
+def answer_shape(spark: SparkSession, spec: JobSpec) -> Answer | None:
+    """structured_output as (the answer's columns, the JSON schema vLLM decodes to)."""
+    so = spec.structured_output
+    if so is None:
+        return None
+    try:
+        if so.json_schema is not None:
+            return structured.check_schema(so.json_schema), so.json_schema
+        assert so.ddl is not None
+        try:
+            kind = T._parse_datatype_string(so.ddl)
+        except Exception as exc:  # Spark's parser: many exception types
+            raise structured.SchemaError(f"does not parse as a Spark DDL struct: {exc}") from None
+        if not isinstance(kind, T.StructType):
+            raise structured.SchemaError(f"{so.ddl!r} is not a struct of named fields")
+        return kind, structured.json_schema(kind)
+    except structured.SchemaError as exc:
+        key = "json_schema" if so.json_schema is not None else "ddl"
+        raise SpecError(f"structured_output.{key}: {exc}") from None
+
+
+def output_schema(df: DataFrame, spec: JobSpec, answer: T.StructType | None = None) -> T.StructType:
     fields = [df.schema[spec.id_column()]]
     fields += [df.schema[c] for c in spec.output.keep_columns if c != spec.id_column()]
-    return T.StructType(fields + RESULT_FIELDS)
+    fields += RESULT_FIELDS
+    if answer is not None:
+        taken = {f.name for f in fields}
+        clash = [f.name for f in answer if f.name in taken]
+        if clash:
+            raise SpecError(
+                f"structured_output: field(s) {clash} would clash with output columns "
+                f"{sorted(taken)}; rename them"
+            )
+        fields += answer.fields
+    return T.StructType(fields)
 
 
-def task_config(spec: JobSpec, schema: T.StructType, slots: int) -> TaskConfig:
+def task_config(
+    spec: JobSpec,
+    schema: T.StructType,
+    slots: int,
+    answer: tuple[T.StructType, dict[str, Any]] | None = None,
+) -> TaskConfig:
     conc = spec.concurrency
+    sampling = spec.sampling.request_fields()
+    if answer is not None:
+        assert spec.structured_output is not None
+        sampling["response_format"] = structured.response_format(
+            answer[1], spec.structured_output.name
+        )
     return TaskConfig(
         base_url=spec.endpoint.base_url,
         model=spec.endpoint.model,
         task=spec.task,
-        sampling=spec.sampling.request_fields(),
+        sampling=sampling,
         template=spec.prompt.template,
         system=spec.prompt.system,
         prompt_column=spec.prompt.column,
@@ -243,6 +290,8 @@ def task_config(spec: JobSpec, schema: T.StructType, slots: int) -> TaskConfig:
         max_window=conc.max_per_executor,
         metrics_interval_s=conc.metrics_interval_s,
         sampling_column=spec.sampling_column,
+        answer_schema=answer[1] if answer is not None else None,
+        answer_fields=tuple(answer[0].fieldNames()) if answer is not None else (),
         ready_timeout_s=spec.timeouts.ready_s,
         request_timeout_s=spec.timeouts.request_s,
         connect_timeout_s=spec.timeouts.connect_s,
@@ -335,7 +384,8 @@ def plan(spark: SparkSession, spec: JobSpec) -> Plan:
         ]
     )
     df = df.select(*[_quote(c) for c in needed])
-    schema = output_schema(df, spec)
+    answer = answer_shape(spark, spec)
+    schema = output_schema(df, spec, answer[0] if answer else None)
     out = spec.output
     skipped = None
     resuming = False
@@ -361,7 +411,7 @@ def plan(spark: SparkSession, spec: JobSpec) -> Plan:
             skipped = df.join(done, spec.id_column(), "left_semi")
             df = df.join(done, spec.id_column(), "left_anti")
     df = arrange(df, spec, spark)
-    cfg = task_config(spec, schema, task_slots(spark))
+    cfg = task_config(spec, schema, task_slots(spark), answer)
     run_id = results.new_run_id()
     return Plan(
         result=df.mapInArrow(partial(run_partition, cfg=cfg), schema),

@@ -101,7 +101,8 @@ class LocalServer:
             f"last lines of {self.log_path}:\n{tail(self.log_path)}"
         )
 
-    def start(self) -> LocalServer:
+    def launch(self) -> int:
+        """Start the server process (its own session) without waiting; return its pid."""
         env = {**CPU_ENV_DEFAULTS, **os.environ}
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("wb") as log:
@@ -113,6 +114,10 @@ class LocalServer:
                 env=env,
                 start_new_session=True,
             )
+        return self.proc.pid
+
+    def start(self) -> LocalServer:
+        self.launch()
         try:
             wait_ready(
                 self.base_url,

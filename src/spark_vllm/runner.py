@@ -26,6 +26,7 @@ from spark_vllm.client import Result, SidecarClient, read_api_key, server_root, 
 from spark_vllm.prompt import PromptBuilder, RowError
 from spark_vllm.retry import RetryPolicy
 from spark_vllm.spec import RESULT_COLUMNS
+from spark_vllm.structured import AnswerError, AnswerParser
 
 T = TypeVar("T")
 
@@ -80,6 +81,8 @@ class TaskConfig:
     max_window: int = 0  # adaptive: the largest window a task may open (0: `window`)
     metrics_interval_s: float = 0.5
     sampling_column: str | None = None
+    answer_schema: dict[str, Any] | None = None  # structured output: the JSON schema
+    answer_fields: tuple[str, ...] = ()  # its top-level properties, one column each
 
 
 class _LoopThread:
@@ -139,15 +142,20 @@ class _Columns:
     def __init__(self, cfg: TaskConfig) -> None:
         self.schema = cfg.output_schema
         self.copied = (cfg.id_column, *cfg.keep_columns)
+        self.answer_fields = cfg.answer_fields
         self.data: dict[str, list[Any]] = {name: [] for name in self.schema.names}
         self.rows = 0
 
-    def add(self, row: dict[str, Any], result: Result) -> None:
+    def add(
+        self, row: dict[str, Any], result: Result, answer: dict[str, Any] | None = None
+    ) -> None:
         data = self.data
         for name in self.copied:
             data[name].append(row[name])
         for name in RESULT_COLUMNS:
             data[name].append(getattr(result, name))
+        for name in self.answer_fields:
+            data[name].append(answer.get(name) if answer is not None else None)
         self.rows += 1
 
     def flush(self) -> pa.RecordBatch:
@@ -164,6 +172,14 @@ def _put_done(
     fut: Future[Result],
 ) -> None:
     done.put((row, fut))
+
+
+def answer_parser(cfg: TaskConfig) -> AnswerParser | None:
+    """The structured-output parser, typed like the answer's output columns."""
+    if cfg.answer_schema is None:
+        return None
+    fields = [cfg.output_schema.field(name) for name in cfg.answer_fields]
+    return AnswerParser(cfg.answer_schema, pa.struct(fields))
 
 
 def window_for(cfg: TaskConfig) -> AdaptiveWindow | None:
@@ -210,12 +226,19 @@ def run_partition(batches: Iterator[pa.RecordBatch], cfg: TaskConfig) -> Iterato
     done: queue.SimpleQueue[tuple[dict[str, Any], Future[Result]]] = queue.SimpleQueue()
     out = _Columns(cfg)
     pending = 0
+    parser = answer_parser(cfg)
 
     seen = failed = 0
 
     def collect(row: dict[str, Any], result: Result) -> None:
         nonlocal seen, failed
         seen += 1
+        answer = None
+        if parser is not None and result.error is None:
+            try:
+                answer = parser.parse(result.response)
+            except AnswerError as exc:
+                result.error = f"bad answer: {exc}"
         if result.error is not None:
             failed += 1
             if cfg.on_error == "fail":
@@ -229,7 +252,7 @@ def run_partition(batches: Iterator[pa.RecordBatch], cfg: TaskConfig) -> Iterato
                     f"{failed} of {seen} rows failed in this task, more than max_error_rate "
                     f"{rate:g}; last error: {result.error}"
                 )
-        out.add(row, result)
+        out.add(row, result, answer)
 
     def take_one(timeout: float | None = None) -> None:
         nonlocal pending

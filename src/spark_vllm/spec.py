@@ -161,6 +161,30 @@ class SamplingSpec(BaseModel):
         return fields
 
 
+class StructuredSpec(_Strict):
+    json_schema: dict[str, Any] | None = Field(
+        default=None,
+        description="JSON schema of the answer: an object whose properties become columns",
+    )
+    ddl: str | None = Field(
+        default=None, description="the answer as a Spark DDL struct, e.g. 'label STRING, n INT'"
+    )
+    name: str = Field(default="answer", description="the schema's name in the request")
+
+    @model_validator(mode="after")
+    def _one_shape(self) -> StructuredSpec:
+        if (self.json_schema is None) == (self.ddl is None):
+            raise ValueError("set exactly one of structured_output.json_schema and .ddl")
+        if self.json_schema is not None:
+            from spark_vllm.structured import SchemaError, check_schema
+
+            try:
+                check_schema(self.json_schema)
+            except SchemaError as exc:
+                raise ValueError(f"structured_output.json_schema: {exc}") from None
+        return self
+
+
 class ConcurrencySpec(_Strict):
     mode: Literal["adaptive", "fixed"] = Field(
         default="adaptive",
@@ -233,6 +257,10 @@ class JobSpec(_Strict):
         default=None,
         description="column of per-row sampling overrides (a struct, a map or a JSON object "
         "string), e.g. {max_tokens: 64}; its non-null fields override `sampling` for that row",
+    )
+    structured_output: StructuredSpec | None = Field(
+        default=None,
+        description="guided decoding to a JSON schema; the answer's fields become typed columns",
     )
     concurrency: ConcurrencySpec = Field(default_factory=ConcurrencySpec)
     retries: RetrySpec = Field(default_factory=RetrySpec)

@@ -103,9 +103,7 @@ CASES: dict[str, Case] = {
             ("model.hfToken.secretName", "huggingface"),
         ),
     ),
-    "tensor-parallel-2": Case(
-        "chat.yaml", (("sidecar.vllm.tensorParallelSize", 2), ("volcano.enabled", True))
-    ),
+    "tensor-parallel-2": Case("chat.yaml", (("sidecar.gpu.count", 2), ("volcano.enabled", True))),
     "cpu-only": Case("chat.yaml", (("sidecar.gpu.count", 0), ("volcano.enabled", True))),
     "dynamic-allocation": Case(
         "chat.yaml",

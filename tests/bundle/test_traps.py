@@ -7,7 +7,16 @@ from __future__ import annotations
 
 import pytest
 
-from .render import SPARK_CONTAINER, Rendered, containers_of, operator_pod, vllm_container
+from .render import (
+    CHART,
+    SPARK_CONTAINER,
+    Case,
+    Rendered,
+    containers_of,
+    operator_pod,
+    run_helm,
+    vllm_container,
+)
 
 pytestmark = pytest.mark.bundle
 
@@ -45,6 +54,30 @@ def test_tensor_parallel_over_two_gpus(rendered: dict[str, Rendered]) -> None:
     assert vllm["args"][vllm["args"].index("--tensor-parallel-size") + 1] == "2"
     assert vllm["resources"]["limits"]["nvidia.com/gpu"] == "2"
     assert vllm["resources"]["requests"]["nvidia.com/gpu"] == "2"
+
+
+def test_tensor_parallelism_and_shm_follow_the_sidecars_gpus(rendered: dict[str, Rendered]) -> None:
+    """gpu.count is the one knob: vLLM gets one rank per GPU and 4 GiB of /dev/shm each."""
+    sizes = {}
+    for name in ("chat", "tensor-parallel-2", "cpu-only"):
+        spec = rendered[name].app_spec()
+        args = vllm_container(spec)["args"]
+        (shm,) = [v for v in spec["volumes"] if v["name"] == "dshm"]
+        sizes[name] = (args[args.index("--tensor-parallel-size") + 1], shm["emptyDir"]["sizeLimit"])
+    assert sizes == {
+        "chat": ("1", "4096Mi"),
+        "tensor-parallel-2": ("2", "8192Mi"),
+        "cpu-only": ("1", "1024Mi"),
+    }
+
+
+def test_more_tensor_parallel_ranks_than_gpus_is_refused(helm: str) -> None:
+    case = Case("chat.yaml", (("sidecar.gpu.count", 2), ("sidecar.vllm.tensorParallelSize", 4)))
+    result = run_helm(helm, "template", "t", str(CHART), *case.helm_args())
+    assert result.returncode != 0
+    assert "tensorParallelSize 4 needs that many GPUs, but sidecar.gpu.count is 2" in result.stderr
+    fewer = Case("chat.yaml", (("sidecar.gpu.count", 4), ("sidecar.vllm.tensorParallelSize", 2)))
+    assert run_helm(helm, "template", "t", str(CHART), *fewer.helm_args()).returncode == 0
 
 
 def test_cpu_only_sidecar_asks_for_no_gpu(rendered: dict[str, Rendered]) -> None:

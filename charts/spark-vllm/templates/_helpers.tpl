@@ -76,12 +76,30 @@ Kubernetes API, and the operator's pod spec has no automountServiceAccountToken 
 {{- default (printf "%s-model-cache" (include "spark-vllm.fullname" .)) .Values.model.cache.pvc.claimName }}
 {{- end }}
 
-{{/* GPUs held by one sidecar: gpu.count, or one per tensor-parallel rank. */}}
+{{/* GPUs held by one sidecar: gpu.count (0: a CPU sidecar). */}}
 {{- define "spark-vllm.sidecarGpus" -}}
-{{- if kindIs "invalid" .Values.sidecar.gpu.count }}
-{{- int .Values.sidecar.vllm.tensorParallelSize }}
-{{- else }}
 {{- int .Values.sidecar.gpu.count }}
+{{- end }}
+
+{{/* vLLM's --tensor-parallel-size: the value set, else one rank per GPU of the sidecar. */}}
+{{- define "spark-vllm.tensorParallelSize" -}}
+{{- $gpus := int (include "spark-vllm.sidecarGpus" .) }}
+{{- $tp := .Values.sidecar.vllm.tensorParallelSize }}
+{{- if kindIs "invalid" $tp }}
+{{- max 1 $gpus }}
+{{- else if and (gt $gpus 0) (gt (int $tp) $gpus) }}
+{{- fail (printf "sidecar.vllm.tensorParallelSize %d needs that many GPUs, but sidecar.gpu.count is %d; raise gpu.count or unset tensorParallelSize (it follows gpu.count)" (int $tp) $gpus) }}
+{{- else }}
+{{- int $tp }}
+{{- end }}
+{{- end }}
+
+{{/* /dev/shm in MiB: the value set, else 4 GiB per GPU (NCCL between ranks), at least 1 GiB. */}}
+{{- define "spark-vllm.shmSizeMi" -}}
+{{- if kindIs "invalid" .Values.sidecar.shmSizeMi }}
+{{- max 1024 (mul 4096 (int (include "spark-vllm.sidecarGpus" .))) }}
+{{- else }}
+{{- int .Values.sidecar.shmSizeMi }}
 {{- end }}
 {{- end }}
 
@@ -136,7 +154,7 @@ the operator's webhook adds a volume to a pod only when the Spark container moun
 - name: dshm
   emptyDir:
     medium: Memory
-    sizeLimit: {{ printf "%dMi" (int .Values.sidecar.shmSizeMi) }}
+    sizeLimit: {{ printf "%dMi" (int (include "spark-vllm.shmSizeMi" .)) }}
 - name: model-cache
 {{- if eq .Values.model.cache.type "pvc" }}
   persistentVolumeClaim:
@@ -177,7 +195,7 @@ args:
   - --dtype
   - {{ $v.dtype | quote }}
   - --tensor-parallel-size
-  - {{ $v.tensorParallelSize | quote }}
+  - {{ include "spark-vllm.tensorParallelSize" . | quote }}
   - --max-num-seqs
   - {{ $v.maxNumSeqs | quote }}
 {{- if not (kindIs "invalid" $v.gpuMemoryUtilization) }}

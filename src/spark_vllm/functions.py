@@ -1,0 +1,183 @@
+"""Column functions for any PySpark job: `df.withColumn("answer", chat("question", model=...))`.
+
+They run the job's own partition runner (bounded window of requests in flight, adaptive
+by default, retries, the outage gate, one error per failed row) inside an Arrow UDF, and
+hand results back in input order, one struct per row:
+
+    response, finish_reason, prompt_tokens, completion_tokens, latency_ms, attempts, error
+
+A row that fails has `error` set and `response` null; the query goes on. Each executor
+needs the vLLM server at `base_url` (the sidecar on 127.0.0.1:8000 by default).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyspark.sql import Column
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+from pyspark.sql.pandas.types import to_arrow_schema
+
+from spark_vllm.job import RESULT_FIELDS
+from spark_vllm.retry import RetryPolicy
+from spark_vllm.runner import TaskConfig, run_partition
+from spark_vllm.spec import DEFAULT_BASE_URL, RESULT_COLUMNS
+
+_INDEX = "__spark_vllm_index"
+_PROMPT = "prompt"
+
+# The struct each row gets: the job's result columns.
+RESULT_TYPE = T.StructType(RESULT_FIELDS)
+
+
+class _InOrder:
+    """Puts the runner's results (in completion order) back in input-batch order."""
+
+    def __init__(self, schema: pa.Schema) -> None:
+        self.schema = schema  # of the runner's result batches
+        self.bounds: list[int] = [0]  # bounds[k]: index of batch k's first row
+        self.left: list[int] = []  # rows of batch k still running
+        self.done: list[pa.RecordBatch] = []
+        self.emitted = 0  # batches handed back so far
+
+    def feed(self, arrays: Iterator[pa.Array]) -> Iterator[pa.RecordBatch]:
+        """Number the rows of every input batch and remember where each batch starts."""
+        for array in arrays:
+            start = self.bounds[-1]
+            self.bounds.append(start + len(array))
+            self.left.append(len(array))
+            index = pa.array(range(start, start + len(array)), type=pa.int64())
+            yield pa.RecordBatch.from_arrays([index, array], names=[_INDEX, _PROMPT])
+
+    def take(self, batch: pa.RecordBatch) -> Iterator[pa.Array]:
+        """Record finished rows; yield every input batch that is now complete, in order."""
+        self.done.append(batch)
+        for i in batch.column(_INDEX).to_pylist():
+            self.left[bisect.bisect_right(self.bounds, i) - 1] -= 1
+        while self.emitted < len(self.left) and self.left[self.emitted] == 0:
+            yield self._emit(self.emitted)
+            self.emitted += 1
+
+    def _emit(self, k: int) -> pa.Array:
+        lo, hi = self.bounds[k], self.bounds[k + 1]
+        table = pa.Table.from_batches(self.done, schema=self.schema)
+        index = table.column(_INDEX)
+        mine = pc.and_(pc.greater_equal(index, lo), pc.less(index, hi))
+        rest = table.filter(pc.invert(mine))
+        self.done = rest.to_batches()
+        rows = table.filter(mine).sort_by(_INDEX)
+        return pa.StructArray.from_arrays(
+            [rows.column(name).combine_chunks() for name in RESULT_COLUMNS],
+            names=list(RESULT_COLUMNS),
+        )
+
+
+def _answers(arrays: Iterator[pa.Array], cfg: TaskConfig) -> Iterator[pa.Array]:
+    order = _InOrder(cfg.output_schema)
+    for batch in run_partition(order.feed(arrays), cfg):
+        yield from order.take(batch)
+    yield from order.take(pa.RecordBatch.from_pylist([], schema=cfg.output_schema))  # empty inputs
+    if order.emitted != len(order.left):  # every row yields a result; this cannot happen
+        raise RuntimeError(f"spark-vllm: {order.left[order.emitted]} rows got no result")
+
+
+def _config(
+    task: str,
+    *,
+    model: str,
+    base_url: str,
+    system: str | None,
+    sampling: dict[str, Any] | None,
+    window: int,
+    adaptive: bool,
+    max_window: int,
+    retries: int,
+    request_timeout_s: float,
+    ready_timeout_s: float,
+    api_key_env: str | None,
+) -> TaskConfig:
+    schema = T.StructType([T.StructField(_INDEX, T.LongType()), *RESULT_TYPE.fields])
+    return TaskConfig(
+        base_url=base_url.rstrip("/"),
+        model=model,
+        task=task,
+        sampling=dict(sampling or {}),
+        template=None,
+        system=system,
+        prompt_column=_PROMPT,
+        policy=RetryPolicy(attempts=retries),
+        window=window,
+        ready_timeout_s=ready_timeout_s,
+        request_timeout_s=request_timeout_s,
+        connect_timeout_s=10.0,
+        on_error="record",
+        id_column=_INDEX,
+        keep_columns=(),
+        output_schema=to_arrow_schema(schema),
+        api_key_env=api_key_env,
+        outage_timeout_s=600.0,
+        adaptive=adaptive,
+        max_window=max_window,
+    )
+
+
+def chat(
+    prompt: Column | str,
+    *,
+    model: str,
+    base_url: str = DEFAULT_BASE_URL,
+    system: str | None = None,
+    sampling: dict[str, Any] | None = None,
+    window: int = 64,
+    adaptive: bool = True,
+    max_window: int = 1024,
+    retries: int = 5,
+    request_timeout_s: float = 600.0,
+    ready_timeout_s: float = 900.0,
+    api_key_env: str | None = None,
+) -> Column:
+    """A chat completion per row of `prompt`: a user message (string), or a whole
+    conversation (an array of {role, content} structs, or a JSON string of one).
+
+    `system` is a system message put before a string prompt; `sampling` holds request
+    fields sent with every row (max_tokens, temperature, ignore_eos, ...). `window` is
+    where each task's requests in flight start; with `adaptive`, they follow vLLM's queue
+    up to `max_window`, as in the job (`concurrency.mode: adaptive`).
+    """
+    for name, value in (("window", window), ("max_window", max_window), ("retries", retries)):
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
+    cfg = _config(
+        "chat",
+        model=model,
+        base_url=base_url,
+        system=system,
+        sampling=sampling,
+        window=window,
+        adaptive=adaptive,
+        max_window=max(max_window, window),
+        retries=retries,
+        request_timeout_s=request_timeout_s,
+        ready_timeout_s=ready_timeout_s,
+        api_key_env=api_key_env,
+    )
+    column: Column = _udf(cfg)(F.col(prompt) if isinstance(prompt, str) else prompt)
+    return column
+
+
+def _udf(cfg: TaskConfig) -> Any:
+    from pyspark.sql.pandas.functions import arrow_udf
+
+    # The type hints make it an iterator UDF: the runner's window spans the input batches.
+    def answers(arrays: Iterator[pa.Array]) -> Iterator[pa.Array]:
+        return _answers(arrays, cfg)
+
+    return arrow_udf(answers, RESULT_TYPE)  # type: ignore[call-overload]  # stubs lag 4.1
+
+
+__all__ = ["RESULT_TYPE", "chat"]
