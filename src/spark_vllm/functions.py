@@ -160,7 +160,7 @@ def chat(
         sampling=sampling,
         window=window,
         adaptive=adaptive,
-        max_window=max(max_window, window),
+        max_window=max_window,  # the runner opens at most max(max_window, window)
         retries=retries,
         request_timeout_s=request_timeout_s,
         ready_timeout_s=ready_timeout_s,

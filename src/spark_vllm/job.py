@@ -174,7 +174,6 @@ def default_partitions(spark: SparkSession) -> int:
     if (sc.master or "").startswith("local"):
         return slots
     conf = sc.getConf()
-    executors = 0
     if conf.get("spark.dynamicAllocation.enabled", "false").lower() == "true":
         executors = int(conf.get("spark.dynamicAllocation.maxExecutors", "0") or 0)
     else:
@@ -198,8 +197,7 @@ def max_tokens_hint(df: DataFrame, spec: JobSpec) -> Column | None:
             per_row = F.get_json_object(col, "$.max_tokens")
     if per_row is None:
         return None
-    fallback = F.lit(default) if default is not None else F.lit(None)
-    return F.coalesce(per_row.cast("long"), fallback.cast("long"))
+    return F.coalesce(per_row.cast("long"), F.lit(default).cast("long"))
 
 
 def arrange(df: DataFrame, spec: JobSpec, spark: SparkSession) -> DataFrame:
@@ -221,8 +219,10 @@ def arrange(df: DataFrame, spec: JobSpec, spark: SparkSession) -> DataFrame:
 Answer = tuple[T.StructType, dict[str, Any]]
 
 
-def answer_shape(spark: SparkSession, spec: JobSpec) -> Answer | None:
-    """structured_output as (the answer's columns, the JSON schema vLLM decodes to)."""
+def answer_shape(spec: JobSpec) -> Answer | None:
+    """structured_output as (the answer's columns, the JSON schema vLLM decodes to).
+
+    A DDL is parsed by the active SparkContext's JVM."""
     so = spec.structured_output
     if so is None:
         return None
@@ -262,7 +262,7 @@ def task_config(
     spec: JobSpec,
     schema: T.StructType,
     slots: int,
-    answer: tuple[T.StructType, dict[str, Any]] | None = None,
+    answer: Answer | None = None,
 ) -> TaskConfig:
     conc = spec.concurrency
     sampling = spec.sampling.request_fields()
@@ -384,7 +384,7 @@ def plan(spark: SparkSession, spec: JobSpec) -> Plan:
         ]
     )
     df = df.select(*[_quote(c) for c in needed])
-    answer = answer_shape(spark, spec)
+    answer = answer_shape(spec)
     schema = output_schema(df, spec, answer[0] if answer else None)
     out = spec.output
     skipped = None

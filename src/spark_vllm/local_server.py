@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -40,17 +41,30 @@ def tail(path: Path, lines: int = 20) -> str:
         return ""
 
 
-def stop_group(proc: subprocess.Popen[bytes], grace_s: float = 20.0) -> None:
-    """SIGTERM a process started with start_new_session=True and everything it spawned;
-    SIGKILL what is left after `grace_s` (vLLM's engine core may outlive its API server)."""
+def stop_process_group(pgid: int, exited: Callable[[float], bool], grace_s: float = 20.0) -> None:
+    """SIGTERM a process group (a process started with start_new_session=True and all it
+    spawned); SIGKILL it if `exited(seconds)` says the leader is still there after
+    `grace_s`, and once more at the end (vLLM's engine core may outlive its API server)."""
     for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=wait)
+            os.killpg(pgid, sig)
+        if exited(wait):
             break
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def stop_group(proc: subprocess.Popen[bytes], grace_s: float = 20.0) -> None:
+    """stop_process_group for a child of this process (reaped as it exits)."""
+
+    def exited(timeout: float) -> bool:
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
+    stop_process_group(proc.pid, exited, grace_s)
 
 
 class LocalServer:

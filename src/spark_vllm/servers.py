@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import signal
 import socket
 import tempfile
 import time
@@ -33,7 +32,7 @@ from typing import Any
 from pyspark.sql import SparkSession
 
 from spark_vllm.client import wait_ready
-from spark_vllm.local_server import LocalServer
+from spark_vllm.local_server import LocalServer, stop_process_group, tail
 
 
 @dataclass(frozen=True)
@@ -76,6 +75,16 @@ def _alive(pid: int) -> bool:
     return stat[stat.rindex(")") + 2] != "Z"
 
 
+def _exits_within(pid: int, seconds: float) -> bool:
+    """Wait up to `seconds` for a process that is not our child to go away."""
+    end = time.monotonic() + seconds
+    while _alive(pid):
+        if time.monotonic() >= end:
+            return False
+        time.sleep(0.2)
+    return True
+
+
 def _read_pid(cfg: ServerConfig) -> int | None:
     try:
         pid = int(cfg.path("pid").read_text().strip())
@@ -110,13 +119,12 @@ def start_here(cfg: ServerConfig) -> ServerState:
             )
             pid = server.launch()
             cfg.path("pid").write_text(f"{pid}\n")
-    log = cfg.path("log")
 
     def gone() -> str | None:
         if _alive(pid):
             return None
-        tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-        return f"the server (pid {pid}) exited; end of {log}:\n{tail}"
+        log = cfg.path("log")
+        return f"the server (pid {pid}) exited; last lines of {log}:\n{tail(log)}"
 
     wait_ready(cfg.base_url, cfg.served_model_name, cfg.ready_timeout_s, poll_s=2.0, gone=gone)
     return ServerState(socket.gethostname(), pid, cfg.base_url, started)
@@ -127,14 +135,7 @@ def stop_here(cfg: ServerConfig, grace_s: float = 20.0) -> int | None:
     with _host_lock(cfg):
         pid = _read_pid(cfg)
         if pid is not None:
-            for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(pid, sig)
-                end = time.monotonic() + wait
-                while _alive(pid) and time.monotonic() < end:
-                    time.sleep(0.2)
-                if not _alive(pid):
-                    break
+            stop_process_group(pid, partial(_exits_within, pid), grace_s)
         cfg.path("pid").unlink(missing_ok=True)
     return pid
 

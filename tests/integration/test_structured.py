@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -25,6 +26,12 @@ SCHEMA = {
 }
 
 
+def column_types(out: Path) -> dict[str, str]:
+    """The Arrow type of each column of the job's first output file."""
+    (part, *_) = out.glob("run=*/part-*")
+    return {f.name: str(f.type) for f in pq.read_schema(part)}
+
+
 def test_answers_are_decoded_to_the_schema_and_land_as_typed_columns(spark, vllm_server, tmp_path):
     rows = sample_rows(16)
     doc = spec_doc(
@@ -37,8 +44,7 @@ def test_answers_are_decoded_to_the_schema_and_land_as_typed_columns(spark, vllm
     run_job(spark, spec_from_dict(doc))
     out = read_rows(tmp_path / "out")
     assert_one_row_per_input(out, rows)
-    (part, *_) = (tmp_path / "out").glob("run=*/part-*")
-    types = {f.name: str(f.type) for f in pq.read_schema(part)}
+    types = column_types(tmp_path / "out")
     assert types["sentiment"] == "string" and types["urgent"] == "bool"
     good = [r for r in out if r["error"] is None]
     # Even a random-weight model answers within the grammar; the rows that ran out of
@@ -71,6 +77,5 @@ def test_an_answer_cut_short_is_an_error_row_and_a_ddl_gives_the_columns(
     assert_one_row_per_input(out, rows)
     assert all(r["error"].startswith("bad answer: answer is not JSON") for r in out)
     assert all(r["label"] is None and r["n"] is None for r in out)
-    (part, *_) = (tmp_path / "out").glob("run=*/part-*")
-    types = {f.name: str(f.type) for f in pq.read_schema(part)}
+    types = column_types(tmp_path / "out")
     assert types["label"] == "string" and types["n"] == "int32"
