@@ -118,6 +118,15 @@ fi
 build_args+=(${DOCKER_BUILD_ARGS:-})
 say "building $image from $BASE_IMAGE"
 start=$SECONDS
+if [ "$variant" = cpu ]; then
+    # The venv stage is several GB and is rebuilt whenever the wheelhouse is (pyspark's
+    # wheel is built from source, so its bytes differ each time). Tag it to keep it as
+    # the cache for the next build, and remove the untagged venv stages this tag moved
+    # away from, so that repeated builds do not fill the disk.
+    docker build --file "$dockerfile" --target venv --build-arg "BASE_IMAGE=$BASE_IMAGE" \
+        "${build_args[@]}" --tag spark-vllm-venv:cpu .
+    docker image prune --force --filter label=io.github.spark-vllm.stage=venv >/dev/null
+fi
 docker build \
     --file "$dockerfile" \
     --build-arg "BASE_IMAGE=$BASE_IMAGE" \
@@ -125,4 +134,6 @@ docker build \
     "${build_args[@]}" \
     --tag "$image" \
     .
+# An image this tag moved away from is left untagged; it is ours (by its label): remove it.
+docker image prune --force --filter label=io.github.spark-vllm.stage=image >/dev/null
 say "built $image in $((SECONDS - start))s ($(docker image inspect --format '{{.Size}}' "$image" | awk '{printf "%.1f GB", $1/1e9}'))"

@@ -33,6 +33,8 @@ from .pod import (
 REPOSITORY = "spark-vllm"
 SERVED_NAME = "tiny-llama"
 MODEL_DIR = "tiny-llama"
+# The venv stage and the image are about 5 and 4 GB; a rebuild holds old and new at once.
+MIN_FREE_GIB = 16
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -51,6 +53,13 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> str:
     name = f"{REPOSITORY}:{tag}"
     if image_exists(name):
         return name
+    root = docker("info", "--format", "{{.DockerRootDir}}").strip()
+    free = shutil.disk_usage(root).free / 2**30
+    if free < MIN_FREE_GIB:
+        pytest.fail(
+            f"building the image needs about {MIN_FREE_GIB} GiB free under {root}, "
+            f"found {free:.1f} GiB: remove unused images (docker image prune)"
+        )
     log = tmp_path_factory.mktemp("build") / "build.log"
     with log.open("w") as fh:
         proc = subprocess.run(
