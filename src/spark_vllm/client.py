@@ -12,8 +12,9 @@ import os
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiohttp
@@ -30,12 +31,21 @@ class Result:
     """The outcome of one row; `error` is None on success."""
 
     response: str | None = None
+    embedding: list[float] | None = None
     finish_reason: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     latency_ms: float = 0.0
     attempts: int = 0
     error: str | None = None
+    # The error came from failures that retrying might have cured (not from the row).
+    error_transient: bool = field(default=False, repr=False)
+    # The last HTTP answer: status and body text (None: no answer), and the request id
+    # sent with it (format openai-batch).
+    status: int | None = field(default=None, repr=False)
+    body: str | None = field(default=None, repr=False)
+    request_id: str | None = field(default=None, repr=False)
+    line: str | None = field(default=None, repr=False)  # format openai-batch: the output line
 
 
 def read_api_key(env_name: str | None) -> str | None:
@@ -178,8 +188,9 @@ class SidecarClient:
         api_key: str | None = None,
         outage_s: float | None = None,
     ) -> None:
-        path = "/chat/completions" if task == "chat" else "/completions"
-        self.url = base_url.rstrip("/") + path
+        path = {"chat": "/chat/completions", "completion": "/completions"}.get(task, "/embeddings")
+        self.base_url = base_url.rstrip("/")
+        self.url = self.base_url + path
         self.metrics_url = server_root(base_url) + "/metrics"
         self.task = task
         self.body = {"model": model, **sampling}
@@ -227,31 +238,90 @@ class SidecarClient:
         Raises SidecarDown only when the sidecar stays down past the outage budget: that
         is the task's failure, not the row's, and Spark's task retry takes over.
         """
-        assert self._session is not None, "use SidecarClient as an async context manager"
-        body = {**self.body, **fields}
-        start = time.monotonic()
         result = Result()
+        data, text = await self._post({**self.body, **fields}, result)
+        if data is not None:
+            try:
+                self._parse(data, result)
+            except (KeyError, IndexError, TypeError) as exc:
+                result.error = f"unexpected response ({exc!r}): {text[:500]}"
+        return result
+
+    async def embed(self, inputs: list[str]) -> list[Result]:
+        """Many rows in one /v1/embeddings request: one Result per input, in order.
+
+        vLLM refuses the whole request when one input is bad (too long, say); then each
+        input is sent on its own, so only the bad rows fail.
+        """
+        shared = Result()
+        data, text = await self._post({**self.body, "input": inputs}, shared)
+        if data is None:
+            if len(inputs) > 1 and shared.error is not None and not shared.error_transient:
+                singles = await asyncio.gather(*(self._embed_one(x) for x in inputs))
+                for single in singles:  # the shared try counts too
+                    single.attempts += shared.attempts
+                    single.latency_ms += shared.latency_ms
+                return list(singles)
+            return [replace(shared) for _ in inputs]
+        try:
+            items = sorted(data["data"], key=lambda item: item["index"])
+            vectors = [item["embedding"] for item in items]
+            if len(vectors) != len(inputs):
+                raise ValueError(f"{len(vectors)} vectors for {len(inputs)} inputs")
+        except (ValueError, KeyError, TypeError) as exc:
+            shared.error = f"unexpected response ({exc!r}): {text[:500]}"
+            return [replace(shared) for _ in inputs]
+        return [replace(shared, embedding=vector) for vector in vectors]
+
+    async def call_raw(self, path: str, body: dict[str, Any]) -> Result:
+        """One request body as it is (format openai-batch) to `path` under /v1: the
+        answer's status and text are kept, whatever they are."""
+        request_id = f"spark-vllm-{uuid.uuid4().hex}"
+        result = Result(request_id=request_id)
+        headers = {"X-Request-Id": request_id}
+        await self._post({**self.body, **body}, result, self.base_url + path, headers)
+        return result
+
+    async def _embed_one(self, text: str) -> Result:
+        (result,) = await self.embed([text])
+        return result
+
+    async def _post(
+        self,
+        body: dict[str, Any],
+        result: Result,
+        url: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[Any, str]:
+        """POST `body` to `url` (default: the task's endpoint), retrying transient
+        failures: (the parsed JSON, its text) on 200, else (None, the last text) with
+        `result.error` set. Counts attempts and latency; keeps the last status and text."""
+        assert self._session is not None, "use SidecarClient as an async context manager"
+        url = url or self.url
+        start = time.monotonic()
         counted = 0  # tries that count against retries.attempts (not those lost to an outage)
-        last = ""
+        last = text = ""
         while True:
             result.attempts += 1
             sent = time.monotonic()
             try:
-                async with self._session.post(self.url, json=body) as resp:
+                async with self._session.post(url, json=body, headers=headers) as resp:
+                    text = await resp.text()
+                    result.status, result.body = resp.status, text
                     if resp.status == 200:
-                        text = await resp.text()
-                        try:
-                            self._parse(json.loads(text), result)
-                        except (ValueError, KeyError, IndexError, TypeError) as exc:
-                            result.error = f"unexpected response ({exc!r}): {text[:500]}"
                         result.latency_ms = (time.monotonic() - start) * 1000
-                        return result
-                    last = f"HTTP {resp.status}: {_error_text(await resp.text())}"
+                        try:
+                            return json.loads(text), text
+                        except ValueError as exc:
+                            result.error = f"unexpected response ({exc!r}): {text[:500]}"
+                            return None, text
+                    last = f"HTTP {resp.status}: {_error_text(text)}"
                     transient = is_transient_status(resp.status)
                     maybe_down = resp.status in SERVER_DOWN_STATUS
             except (TimeoutError, aiohttp.ClientError) as exc:
                 last = _describe_exception(exc)
                 transient = maybe_down = True
+                result.status = result.body = None
             if not transient:
                 result.error = last
                 break
@@ -260,10 +330,11 @@ class SidecarClient:
             counted += 1
             if not self.policy.should_retry(counted):
                 result.error = f"gave up after {result.attempts} attempts; last: {last}"
+                result.error_transient = True
                 break
             await asyncio.sleep(self.policy.delay(counted))
         result.latency_ms = (time.monotonic() - start) * 1000
-        return result
+        return None, text
 
 
 class SidecarDown(RuntimeError):

@@ -1,13 +1,19 @@
-"""Column functions for any PySpark job: `df.withColumn("answer", chat("question", model=...))`.
+"""Column functions for any PySpark job: `df.withColumn("answer", chat("question", model=...))`
+and `df.withColumn("vec", embed("text", model=...))`.
 
 They run the job's own partition runner (bounded window of requests in flight, adaptive
 by default, retries, the outage gate, one error per failed row) inside an Arrow UDF, and
-hand results back in input order, one struct per row:
+hand results back in input order, one struct per row. chat() gives
 
     response, finish_reason, prompt_tokens, completion_tokens, latency_ms, attempts, error
 
-A row that fails has `error` set and `response` null; the query goes on. Each executor
-needs the vLLM server at `base_url` (the sidecar on 127.0.0.1:8000 by default).
+and embed() gives
+
+    embedding (array<float>), latency_ms, attempts, error
+
+A row that fails has `error` set and `response` / `embedding` null; the query goes on.
+Each executor needs the vLLM server at `base_url` (the sidecar on 127.0.0.1:8000 by
+default); embed() needs one serving an embedding model (`--runner pooling`).
 """
 
 from __future__ import annotations
@@ -23,16 +29,17 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.pandas.types import to_arrow_schema
 
-from spark_vllm.job import RESULT_FIELDS
+from spark_vllm.job import EMBEDDING_RESULT_FIELDS, RESULT_FIELDS
 from spark_vllm.retry import RetryPolicy
 from spark_vllm.runner import TaskConfig, run_partition
-from spark_vllm.spec import DEFAULT_BASE_URL, RESULT_COLUMNS
+from spark_vllm.spec import DEFAULT_BASE_URL, EmbeddingSpec
 
 _INDEX = "__spark_vllm_index"
 _PROMPT = "prompt"
 
-# The struct each row gets: the job's result columns.
+# The struct each row gets: the job's result columns for the task.
 RESULT_TYPE = T.StructType(RESULT_FIELDS)
+EMBEDDING_TYPE = T.StructType(EMBEDDING_RESULT_FIELDS)
 
 
 class _InOrder:
@@ -71,9 +78,9 @@ class _InOrder:
         rest = table.filter(pc.invert(mine))
         self.done = rest.to_batches()
         rows = table.filter(mine).sort_by(_INDEX)
+        names = [name for name in self.schema.names if name != _INDEX]
         return pa.StructArray.from_arrays(
-            [rows.column(name).combine_chunks() for name in RESULT_COLUMNS],
-            names=list(RESULT_COLUMNS),
+            [rows.column(name).combine_chunks() for name in names], names=names
         )
 
 
@@ -89,6 +96,7 @@ def _answers(arrays: Iterator[pa.Array], cfg: TaskConfig) -> Iterator[pa.Array]:
 def _config(
     task: str,
     *,
+    result_type: T.StructType,
     model: str,
     base_url: str,
     system: str | None,
@@ -100,8 +108,12 @@ def _config(
     request_timeout_s: float,
     ready_timeout_s: float,
     api_key_env: str | None,
+    batch_size: int = 1,
 ) -> TaskConfig:
-    schema = T.StructType([T.StructField(_INDEX, T.LongType()), *RESULT_TYPE.fields])
+    for name, value in (("window", window), ("max_window", max_window), ("retries", retries)):
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
+    schema = T.StructType([T.StructField(_INDEX, T.LongType()), *result_type.fields])
     return TaskConfig(
         base_url=base_url.rstrip("/"),
         model=model,
@@ -123,6 +135,7 @@ def _config(
         outage_timeout_s=600.0,
         adaptive=adaptive,
         max_window=max_window,
+        batch_size=batch_size,
     )
 
 
@@ -149,11 +162,9 @@ def chat(
     where each task's requests in flight start; with `adaptive`, they follow vLLM's queue
     up to `max_window`, as in the job (`concurrency.mode: adaptive`).
     """
-    for name, value in (("window", window), ("max_window", max_window), ("retries", retries)):
-        if value < 1:
-            raise ValueError(f"{name} must be at least 1, got {value}")
     cfg = _config(
         "chat",
+        result_type=RESULT_TYPE,
         model=model,
         base_url=base_url,
         system=system,
@@ -166,18 +177,64 @@ def chat(
         ready_timeout_s=ready_timeout_s,
         api_key_env=api_key_env,
     )
-    column: Column = _udf(cfg)(F.col(prompt) if isinstance(prompt, str) else prompt)
-    return column
+    return _apply(cfg, RESULT_TYPE, prompt)
 
 
-def _udf(cfg: TaskConfig) -> Any:
+def embed(
+    text: Column | str,
+    *,
+    model: str,
+    base_url: str = DEFAULT_BASE_URL,
+    batch_size: int = 32,
+    dimensions: int | None = None,
+    truncate_prompt_tokens: int | None = None,
+    window: int = 256,
+    adaptive: bool = True,
+    max_window: int = 1024,
+    retries: int = 5,
+    request_timeout_s: float = 600.0,
+    ready_timeout_s: float = 900.0,
+    api_key_env: str | None = None,
+) -> Column:
+    """An embedding per row of the string column `text`, `batch_size` rows per
+    /v1/embeddings request, as in the job (`task: embedding`).
+
+    `window` counts rows in flight. A request that vLLM refuses as a whole (one input
+    too long, say) is split, so only the bad rows get an error. `dimensions` and
+    `truncate_prompt_tokens` go to vLLM with every request.
+    """
+    options = EmbeddingSpec(
+        batch_size=batch_size, dimensions=dimensions, truncate_prompt_tokens=truncate_prompt_tokens
+    )
+    cfg = _config(
+        "embedding",
+        result_type=EMBEDDING_TYPE,
+        model=model,
+        base_url=base_url,
+        system=None,
+        sampling=options.request_fields(),
+        window=window,
+        adaptive=adaptive,
+        max_window=max_window,
+        retries=retries,
+        request_timeout_s=request_timeout_s,
+        ready_timeout_s=ready_timeout_s,
+        api_key_env=api_key_env,
+        batch_size=options.batch_size,
+    )
+    return _apply(cfg, EMBEDDING_TYPE, text)
+
+
+def _apply(cfg: TaskConfig, result_type: T.StructType, column: Column | str) -> Column:
     from pyspark.sql.pandas.functions import arrow_udf
 
     # The type hints make it an iterator UDF: the runner's window spans the input batches.
     def answers(arrays: Iterator[pa.Array]) -> Iterator[pa.Array]:
         return _answers(arrays, cfg)
 
-    return arrow_udf(answers, RESULT_TYPE)  # type: ignore[call-overload]  # stubs lag 4.1
+    udf = arrow_udf(answers, result_type)  # type: ignore[call-overload]  # stubs lag 4.1
+    result: Column = udf(F.col(column) if isinstance(column, str) else column)
+    return result
 
 
-__all__ = ["RESULT_TYPE", "chat"]
+__all__ = ["EMBEDDING_TYPE", "RESULT_TYPE", "chat", "embed"]

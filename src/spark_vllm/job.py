@@ -15,7 +15,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.pandas.types import to_arrow_schema
 
-from spark_vllm import results, structured
+from spark_vllm import openai_batch, results, structured
 from spark_vllm.retry import RetryPolicy
 from spark_vllm.runner import TaskConfig, run_partition
 from spark_vllm.spec import InputSpec, JobSpec, SpecError
@@ -29,6 +29,16 @@ RESULT_FIELDS = [
     T.StructField("attempts", T.IntegerType()),
     T.StructField("error", T.StringType()),
 ]
+EMBEDDING_RESULT_FIELDS = [
+    T.StructField("embedding", T.ArrayType(T.FloatType())),
+    *(f for f in RESULT_FIELDS if f.name in ("latency_ms", "attempts", "error")),
+]
+
+
+def result_fields(task: str) -> list[T.StructField]:
+    """The typed columns of `spec.result_columns(task)`."""
+    return EMBEDDING_RESULT_FIELDS if task == "embedding" else RESULT_FIELDS
+
 
 # Length of the hex digest kept for a derived id: 128 bits, collisions negligible.
 DERIVED_ID_HEX = 32
@@ -48,6 +58,7 @@ class Summary:
     run_id: str = ""
     output_ids: int = 0
     output_failed: int = 0
+    tokens: bool = True  # False for task embedding: vLLM reports no tokens per row
 
     @property
     def rows_per_s(self) -> float:
@@ -63,11 +74,19 @@ class Summary:
             f"  rows          {self.rows}",
             f"  succeeded     {self.succeeded}",
             f"  failed        {self.failed}",
-            f"  tokens in     {self.prompt_tokens}",
-            f"  tokens out    {self.completion_tokens}",
+        ]
+        if self.tokens:
+            lines += [
+                f"  tokens in     {self.prompt_tokens}",
+                f"  tokens out    {self.completion_tokens}",
+            ]
+        lines += [
             f"  wall time     {self.wall_s:.1f} s",
             f"  rows/s        {self.rows_per_s:.2f}",
-            f"  out tokens/s  {self.output_tokens_per_s:.1f}",
+        ]
+        if self.tokens:
+            lines.append(f"  out tokens/s  {self.output_tokens_per_s:.1f}")
+        lines += [
             f"  skipped       {self.skipped} (succeeded in earlier runs)",
             f"  output        {self.output}: {self.output_ids} ids, {self.output_failed} failed",
         ]
@@ -81,8 +100,38 @@ def _quote(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
 
 
+# Spark's name for the raw text of an input line that is not JSON.
+CORRUPT = "_corrupt_record"
+
+
+def read_batch_file(spark: SparkSession, spec: InputSpec) -> DataFrame:
+    """Request lines of an OpenAI batch file; refuses lines that are not JSON objects."""
+    assert spec.path is not None
+    schema = T.StructType(
+        [*openai_batch.INPUT_SCHEMA.fields, T.StructField(CORRUPT, T.StringType())]
+    )
+    df = (
+        spark.read.options(**spec.options)
+        .schema(schema)
+        .option("mode", "PERMISSIVE")
+        .option("columnNameOfCorruptRecord", CORRUPT)
+        .json(spec.path)
+        .cache()  # Spark reads the corrupt-record column only from a cached frame
+    )
+    bad = df.where(F.col(CORRUPT).isNotNull()).select(CORRUPT).limit(3).collect()
+    if bad:
+        shown = ", ".join(repr(r[CORRUPT][:120]) for r in bad)
+        raise SpecError(
+            f"input.path {spec.path!r}: lines that are not JSON objects: {shown}; expected "
+            '{"custom_id": ..., "method": "POST", "url": "/v1/chat/completions", "body": {...}}'
+        )
+    return df.drop(CORRUPT)
+
+
 def read_input(spark: SparkSession, spec: InputSpec) -> DataFrame:
     reader = spark.read.options(**spec.options)
+    if spec.format == "openai-batch":
+        return read_batch_file(spark, spec)
     if spec.format == "table":
         assert spec.table is not None
         return spark.table(spec.table)
@@ -243,9 +292,12 @@ def answer_shape(spec: JobSpec) -> Answer | None:
 
 
 def output_schema(df: DataFrame, spec: JobSpec, answer: T.StructType | None = None) -> T.StructType:
+    """The rows the tasks hand to the writer (openai-batch: the finished lines)."""
+    if spec.input.format == "openai-batch":
+        return openai_batch.LINE_SCHEMA
     fields = [df.schema[spec.id_column()]]
     fields += [df.schema[c] for c in spec.output.keep_columns if c != spec.id_column()]
-    fields += RESULT_FIELDS
+    fields += result_fields(spec.task)
     if answer is not None:
         taken = {f.name for f in fields}
         clash = [f.name for f in answer if f.name in taken]
@@ -265,7 +317,9 @@ def task_config(
     answer: Answer | None = None,
 ) -> TaskConfig:
     conc = spec.concurrency
-    sampling = spec.sampling.request_fields()
+    embedding = spec.task == "embedding"
+    prompt = spec.prompt
+    sampling = spec.embedding.request_fields() if embedding else spec.sampling.request_fields()
     if answer is not None:
         assert spec.structured_output is not None
         sampling["response_format"] = structured.response_format(
@@ -274,11 +328,11 @@ def task_config(
     return TaskConfig(
         base_url=spec.endpoint.base_url,
         model=spec.endpoint.model,
-        task=spec.task,
-        sampling=sampling,
-        template=spec.prompt.template,
-        system=spec.prompt.system,
-        prompt_column=spec.prompt.column,
+        task="openai-batch" if prompt is None else spec.task,
+        sampling={} if prompt is None else sampling,
+        template=prompt.template if prompt else None,
+        system=prompt.system if prompt else None,
+        prompt_column=prompt.column if prompt else None,
         policy=RetryPolicy(
             attempts=spec.retries.attempts,
             initial_s=spec.retries.backoff_initial_s,
@@ -292,6 +346,7 @@ def task_config(
         sampling_column=spec.sampling_column,
         answer_schema=answer[1] if answer is not None else None,
         answer_fields=tuple(answer[0].fieldNames()) if answer is not None else (),
+        batch_size=spec.embedding.batch_size if embedding else 1,
         ready_timeout_s=spec.timeouts.ready_s,
         request_timeout_s=spec.timeouts.request_s,
         connect_timeout_s=spec.timeouts.connect_s,
@@ -301,10 +356,29 @@ def task_config(
         output_schema=to_arrow_schema(schema),
         api_key_env=spec.endpoint.api_key_env,
         outage_timeout_s=spec.timeouts.outage_s,
-        seed_auto=spec.sampling.seed == "auto",
+        seed_auto=not embedding and spec.sampling.seed == "auto",
         max_error_rate=spec.max_error_rate,
         error_rate_min_rows=spec.error_rate_min_rows,
     )
+
+
+def out_lines(spec: JobSpec) -> bool:
+    """Whether the output is OpenAI batch lines rather than result columns."""
+    return spec.output.format == "openai-batch"
+
+
+def stored_columns(spec: JobSpec) -> tuple[Column, Column, Column]:
+    """(error text, prompt tokens, completion tokens) of a row of the output."""
+    if out_lines(spec):
+        body = F.col("response.body")
+        return (
+            F.col("error.message"),
+            F.get_json_object(body, "$.usage.prompt_tokens").cast("long"),
+            F.get_json_object(body, "$.usage.completion_tokens").cast("long"),
+        )
+    if spec.task == "embedding":
+        return F.col("error"), F.lit(0), F.lit(0)
+    return F.col("error"), F.col("prompt_tokens"), F.col("completion_tokens")
 
 
 def summarize(
@@ -319,13 +393,15 @@ def summarize(
     summary = Summary(
         0, 0, 0, 0, 0, wall_s, f"{out.path} ({out.format})", skipped=skipped, run_id=job.run_id
     )
+    summary.tokens = out_lines(spec) or spec.task != "embedding"
+    error, tokens_in, tokens_out = stored_columns(spec)
     if results.entries(spark, job.run_path):
         this_run = results.read_attempts(spark, job.run_path, out.format, job.schema)
         totals = this_run.agg(
             F.count(F.lit(1)).alias("rows"),
             F.count(F.when(F.col("error").isNull(), 1)).alias("ok"),
-            F.coalesce(F.sum("prompt_tokens"), F.lit(0)).alias("tin"),
-            F.coalesce(F.sum("completion_tokens"), F.lit(0)).alias("tout"),
+            F.coalesce(F.sum(tokens_in), F.lit(0)).alias("tin"),
+            F.coalesce(F.sum(tokens_out), F.lit(0)).alias("tout"),
         ).first()
         assert totals is not None
         summary.rows = totals["rows"]
@@ -336,7 +412,7 @@ def summarize(
         if summary.failed:
             errors = (
                 this_run.where(F.col("error").isNotNull())
-                .groupBy(F.substring("error", 1, 300).alias("e"))
+                .groupBy(F.substring(error, 1, 300).alias("e"))
                 .count()
                 .orderBy(F.desc("count"))
                 .limit(5)
@@ -378,7 +454,8 @@ def plan(spark: SparkSession, spec: JobSpec) -> Plan:
     needed = dict.fromkeys(
         [
             spec.id_column(),
-            *sorted(spec.prompt.columns()),
+            *spec.prompt_columns(),
+            *(["method", "url", "body"] if spec.input.format == "openai-batch" else []),
             *([spec.sampling_column] if spec.sampling_column else []),
             *spec.output.keep_columns,
         ]
@@ -386,6 +463,8 @@ def plan(spark: SparkSession, spec: JobSpec) -> Plan:
     df = df.select(*[_quote(c) for c in needed])
     answer = answer_shape(spec)
     schema = output_schema(df, spec, answer[0] if answer else None)
+    # The output rows as written and read back (openai-batch: lines, parsed again).
+    stored = openai_batch.STORED_SCHEMA if out_lines(spec) else schema
     out = spec.output
     skipped = None
     resuming = False
@@ -402,7 +481,7 @@ def plan(spark: SparkSession, spec: JobSpec) -> Plan:
         except ValueError as exc:
             raise SpecError(str(exc)) from None
         if resuming:
-            attempts = results.read_attempts(spark, out.path, out.format, schema)
+            attempts = results.read_attempts(spark, out.path, out.format, stored)
             done = (
                 results.latest(attempts, spec.id_column())
                 .where(F.col("error").isNull())
@@ -415,7 +494,7 @@ def plan(spark: SparkSession, spec: JobSpec) -> Plan:
     run_id = results.new_run_id()
     return Plan(
         result=df.mapInArrow(partial(run_partition, cfg=cfg), schema),
-        schema=schema,
+        schema=stored,
         run_id=run_id,
         run_path=results.run_path(out.path, run_id),
         skipped=skipped,

@@ -90,7 +90,7 @@ def _non_empty(text: str, what: str) -> str:
 
 
 class PromptBuilder:
-    """Builds the prompt part of a request body for one task ('chat' or 'completion')."""
+    """Builds the prompt part of a request body for one task (chat, completion, embedding)."""
 
     def __init__(
         self,
@@ -118,9 +118,12 @@ class PromptBuilder:
         return _non_empty(value, f"column {self.column!r}")
 
     def build(self, row: Mapping[str, Any]) -> dict[str, Any]:
-        """The request fields for this row: {'messages': [...]} or {'prompt': '...'}."""
+        """The request fields for this row: {'messages': [...]}, {'prompt': '...'} or
+        {'input': '...'} (embedding: one input of a request that carries many)."""
         if self.task == "completion":
             return {"prompt": self._user_text(row)}
+        if self.task == "embedding":
+            return {"input": self._user_text(row)}
         if self.column is not None:
             value = row.get(self.column)
             if value is None:

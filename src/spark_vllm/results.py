@@ -73,9 +73,14 @@ def holds_runs(spark: SparkSession, path: str) -> bool:
 
 
 def write_run(df: DataFrame, path: str, fmt: str) -> None:
+    """Write one run; format openai-batch takes the finished lines of a `line` column."""
+    if fmt == "openai-batch":
+        df = df.select("line")
     writer = df.write.mode("errorifexists").options(**COMMIT_OPTIONS)
     if fmt == "parquet":
         writer.parquet(path)
+    elif fmt == "openai-batch":
+        writer.text(path)
     else:
         # Every row carries every key, `error: null` included.
         writer.option("ignoreNullFields", "false").json(path)
@@ -84,7 +89,8 @@ def write_run(df: DataFrame, path: str, fmt: str) -> None:
 def read_attempts(
     spark: SparkSession, path: str, fmt: str, schema: T.StructType | None = None
 ) -> DataFrame:
-    """Every row ever written under `path` (all runs), with the `run` column."""
+    """Every row ever written under `path` (all runs), with the `run` column. Format
+    openai-batch reads the lines as JSON (give its stored schema to keep bodies as text)."""
     reader = spark.read
     if schema is not None:
         reader = reader.schema(

@@ -21,11 +21,12 @@ from typing import Any, TypeVar
 
 import pyarrow as pa
 
+from spark_vllm import openai_batch
 from spark_vllm.adaptive import AdaptiveWindow, WindowPolicy
 from spark_vllm.client import Result, SidecarClient, read_api_key, server_root, wait_ready
 from spark_vllm.prompt import PromptBuilder, RowError
 from spark_vllm.retry import RetryPolicy
-from spark_vllm.spec import RESULT_COLUMNS
+from spark_vllm.spec import result_columns
 from spark_vllm.structured import AnswerError, AnswerParser
 
 T = TypeVar("T")
@@ -83,6 +84,7 @@ class TaskConfig:
     sampling_column: str | None = None
     answer_schema: dict[str, Any] | None = None  # structured output: the JSON schema
     answer_fields: tuple[str, ...] = ()  # its top-level properties, one column each
+    batch_size: int = 1  # rows per request (embedding; the generating tasks send one)
 
 
 class _LoopThread:
@@ -143,6 +145,7 @@ class _Columns:
         self.schema = cfg.output_schema
         self.copied = (cfg.id_column, *cfg.keep_columns)
         self.answer_fields = cfg.answer_fields
+        self.results = result_columns(cfg.task)
         self.data: dict[str, list[Any]] = {name: [] for name in self.schema.names}
         self.rows = 0
 
@@ -152,7 +155,7 @@ class _Columns:
         data = self.data
         for name in self.copied:
             data[name].append(row[name])
-        for name in RESULT_COLUMNS:
+        for name in self.results:
             data[name].append(getattr(result, name))
         for name in self.answer_fields:
             data[name].append(answer.get(name) if answer is not None else None)
@@ -166,12 +169,19 @@ class _Columns:
         return batch
 
 
+Rows = list[dict[str, Any]]
+
+
 def _put_done(
-    done: queue.SimpleQueue[tuple[dict[str, Any], Future[Result]]],
-    row: dict[str, Any],
-    fut: Future[Result],
+    done: queue.SimpleQueue[tuple[Rows, Future[list[Result]]]],
+    rows: Rows,
+    fut: Future[list[Result]],
 ) -> None:
-    done.put((row, fut))
+    done.put((rows, fut))
+
+
+async def _one(call: Coroutine[Any, Any, Result]) -> list[Result]:
+    return [await call]
 
 
 def answer_parser(cfg: TaskConfig) -> AnswerParser | None:
@@ -195,9 +205,14 @@ def window_for(cfg: TaskConfig) -> AdaptiveWindow | None:
     )
 
 
-def build_request(builder: PromptBuilder, cfg: TaskConfig, row: dict[str, Any]) -> dict[str, Any]:
-    """The request fields for one row (prompt, per-row sampling, seed); RowError if it can't."""
+def build_request(builder: PromptBuilder | None, cfg: TaskConfig, row: dict[str, Any]) -> Any:
+    """What to send for one row: its request fields (prompt, per-row sampling, seed), the
+    input text (embedding) or (path, body) (openai-batch); RowError if it can't."""
+    if builder is None:
+        return openai_batch.request(row)
     fields = builder.build(row)
+    if cfg.task == "embedding":
+        return fields["input"]
     if cfg.sampling_column is not None:
         fields.update(row_sampling(row.get(cfg.sampling_column), cfg.sampling_column))
     if cfg.seed_auto and "seed" not in fields:
@@ -209,7 +224,10 @@ def run_partition(batches: Iterator[pa.RecordBatch], cfg: TaskConfig) -> Iterato
     """mapInArrow body: input batches in, result batches out, one row per input row."""
     api_key = read_api_key(cfg.api_key_env)
     wait_ready(cfg.base_url, cfg.model, cfg.ready_timeout_s, api_key)
-    builder = PromptBuilder(cfg.task, cfg.template, cfg.system, cfg.prompt_column)
+    lines = cfg.task == "openai-batch"
+    builder = (
+        None if lines else PromptBuilder(cfg.task, cfg.template, cfg.system, cfg.prompt_column)
+    )
     adaptive = window_for(cfg)
     client = SidecarClient(
         cfg.base_url,
@@ -223,7 +241,7 @@ def run_partition(batches: Iterator[pa.RecordBatch], cfg: TaskConfig) -> Iterato
         api_key=api_key,
         outage_s=cfg.outage_timeout_s,
     )
-    done: queue.SimpleQueue[tuple[dict[str, Any], Future[Result]]] = queue.SimpleQueue()
+    done: queue.SimpleQueue[tuple[Rows, Future[list[Result]]]] = queue.SimpleQueue()
     out = _Columns(cfg)
     pending = 0
     parser = answer_parser(cfg)
@@ -252,19 +270,42 @@ def run_partition(batches: Iterator[pa.RecordBatch], cfg: TaskConfig) -> Iterato
                     f"{failed} of {seen} rows failed in this task, more than max_error_rate "
                     f"{rate:g}; last error: {result.error}"
                 )
+        if lines:
+            result.line = openai_batch.output_line(row[cfg.id_column], result)
         out.add(row, result, answer)
 
     def take_one(timeout: float | None = None) -> None:
         nonlocal pending
         try:
-            row, fut = done.get(timeout=timeout)
+            rows, fut = done.get(timeout=timeout)
         except queue.Empty:
             return
-        pending -= 1
-        collect(row, fut.result())
+        pending -= len(rows)
+        for row, result in zip(rows, fut.result(), strict=True):
+            collect(row, result)
 
     def window() -> int:
         return adaptive.limit if adaptive is not None else cfg.window
+
+    # Rows waiting to go out together (embedding: up to batch_size per request).
+    group: Rows = []
+    inputs: list[Any] = []
+
+    def send() -> None:
+        """Send the group once the window has room (requests in flight count in rows)."""
+        nonlocal pending, group, inputs
+        while pending >= window():
+            # Wake now and then: an adaptive window may have grown meanwhile.
+            take_one(timeout=cfg.metrics_interval_s if adaptive else None)
+        if cfg.task == "embedding":
+            fut = loop.submit(client.embed(inputs))
+        elif lines:
+            fut = loop.submit(_one(client.call_raw(*inputs[0])))
+        else:
+            fut = loop.submit(_one(client.call(inputs[0])))
+        fut.add_done_callback(partial(_put_done, done, group))
+        pending += len(group)
+        group, inputs = [], []
 
     loop = _LoopThread()
     try:
@@ -278,16 +319,16 @@ def run_partition(batches: Iterator[pa.RecordBatch], cfg: TaskConfig) -> Iterato
                 except RowError as exc:
                     collect(row, Result(error=f"bad input: {exc}"))
                 else:
-                    while pending >= window():
-                        # Wake now and then: an adaptive window may have grown meanwhile.
-                        take_one(timeout=cfg.metrics_interval_s if adaptive else None)
-                    fut = loop.submit(client.call(fields))
-                    fut.add_done_callback(partial(_put_done, done, row))
-                    pending += 1
+                    group.append(row)
+                    inputs.append(fields)
+                    if len(group) >= cfg.batch_size:
+                        send()
                 while not done.empty():
                     take_one()
                 if out.rows >= cfg.flush_rows:
                     yield out.flush()
+        if group:
+            send()
         while pending:
             take_one()
             if out.rows >= cfg.flush_rows:

@@ -24,7 +24,7 @@ from spark_vllm.prompt import PromptError, template_variables
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 
-# Columns the job adds to every output row; an input column may not reuse these names.
+# Columns the job adds to every output row of a generating task (chat, completion).
 RESULT_COLUMNS = (
     "response",
     "finish_reason",
@@ -34,6 +34,22 @@ RESULT_COLUMNS = (
     "attempts",
     "error",
 )
+# The same for task embedding: the vector instead of the text. vLLM counts the tokens of
+# a request of many inputs as one total, so a row has no token count of its own.
+EMBEDDING_RESULT_COLUMNS = ("embedding", "latency_ms", "attempts", "error")
+
+Task = Literal["chat", "completion", "embedding"]
+
+
+# Format openai-batch: each task hands over finished output lines (see openai_batch).
+LINE_RESULT_COLUMNS = ("line", "error")
+
+
+def result_columns(task: str) -> tuple[str, ...]:
+    """The columns the runner adds to each row for this task ('openai-batch': lines)."""
+    if task == "openai-batch":
+        return LINE_RESULT_COLUMNS
+    return EMBEDDING_RESULT_COLUMNS if task == "embedding" else RESULT_COLUMNS
 
 
 class SpecError(ValueError):
@@ -45,7 +61,10 @@ class _Strict(BaseModel):
 
 
 class InputSpec(_Strict):
-    format: Literal["parquet", "jsonl", "csv", "table"]
+    format: Literal["parquet", "jsonl", "csv", "table", "openai-batch"] = Field(
+        description="openai-batch: request lines {custom_id, method, url, body} as for "
+        "OpenAI's Batch API or vllm run-batch; each line's body is sent as it is"
+    )
     path: str | None = Field(default=None, description="file or directory (all formats but table)")
     table: str | None = Field(default=None, description="catalog table name (format: table)")
     id_column: str | None = Field(
@@ -66,11 +85,20 @@ class InputSpec(_Strict):
                 raise ValueError(f"format '{self.format}' needs input.path")
             if self.table:
                 raise ValueError(f"format '{self.format}' reads input.path; remove input.table")
+        if self.format == "openai-batch" and self.id_column not in (None, "custom_id"):
+            raise ValueError(
+                f"format 'openai-batch' identifies lines by custom_id; "
+                f"remove input.id_column ({self.id_column!r})"
+            )
         return self
 
 
 class OutputSpec(_Strict):
-    format: Literal["parquet", "jsonl"] = "parquet"
+    format: Literal["parquet", "jsonl", "openai-batch"] = Field(
+        default="parquet",
+        description="openai-batch (the default for that input): one line per request, "
+        "{id, custom_id, response: {status_code, request_id, body}, error}",
+    )
     path: str
     keep_columns: list[str] = Field(default_factory=list, description="input columns copied over")
     mode: Literal["resume", "overwrite", "error"] = Field(
@@ -82,13 +110,22 @@ class OutputSpec(_Strict):
     @field_validator("keep_columns")
     @classmethod
     def _no_result_names(cls, value: list[str]) -> list[str]:
-        clash = sorted(set(value) & set(RESULT_COLUMNS))
+        clash = sorted(set(value) & {*RESULT_COLUMNS, *EMBEDDING_RESULT_COLUMNS})
         if clash:
             raise ValueError(
                 f"{clash} are result columns the job writes itself; "
                 "rename the input column or drop it from keep_columns"
             )
         return value
+
+    @model_validator(mode="after")
+    def _batch_lines(self) -> OutputSpec:
+        if self.format == "openai-batch" and self.keep_columns:
+            raise ValueError(
+                "format 'openai-batch' writes the batch API's own line shape; "
+                "remove output.keep_columns"
+            )
+        return self
 
 
 class EndpointSpec(_Strict):
@@ -185,6 +222,29 @@ class StructuredSpec(_Strict):
         return self
 
 
+class EmbeddingSpec(_Strict):
+    batch_size: int = Field(
+        default=32,
+        ge=1,
+        le=2048,
+        description="inputs per /v1/embeddings request; requests in flight are counted in rows",
+    )
+    dimensions: int | None = Field(
+        default=None, ge=1, description="shorter vectors, for models trained for it (Matryoshka)"
+    )
+    truncate_prompt_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description="cut each input to this many tokens instead of failing an over-long row",
+    )
+
+    def request_fields(self) -> dict[str, Any]:
+        """Fields sent with every /v1/embeddings request besides model and input."""
+        fields: dict[str, Any] = {"encoding_format": "float"}
+        fields.update(self.model_dump(exclude_none=True, exclude={"batch_size"}))
+        return fields
+
+
 class ConcurrencySpec(_Strict):
     mode: Literal["adaptive", "fixed"] = Field(
         default="adaptive",
@@ -250,8 +310,17 @@ class JobSpec(_Strict):
     input: InputSpec
     output: OutputSpec
     endpoint: EndpointSpec
-    task: Literal["chat", "completion"] = "chat"
-    prompt: PromptSpec
+    task: Task = Field(
+        default="chat",
+        description="chat: /v1/chat/completions; completion: /v1/completions; "
+        "embedding: /v1/embeddings, many rows per request, an array<float> column",
+    )
+    prompt: PromptSpec | None = Field(
+        default=None, description="what to send for each row (every input format but openai-batch)"
+    )
+    embedding: EmbeddingSpec = Field(
+        default_factory=EmbeddingSpec, description="task embedding: batching and vector shape"
+    )
     sampling: SamplingSpec = Field(default_factory=SamplingSpec)
     sampling_column: str | None = Field(
         default=None,
@@ -285,19 +354,70 @@ class JobSpec(_Strict):
 
     @model_validator(mode="after")
     def _task_prompt(self) -> JobSpec:
-        if self.task == "completion" and self.prompt.system is not None:
-            raise ValueError("prompt.system is for task 'chat'; task 'completion' takes one prompt")
+        if self.input.format == "openai-batch":
+            return self._batch_file()
+        if self.output.format == "openai-batch":
+            raise ValueError(
+                "output.format 'openai-batch' answers request lines: it needs "
+                "input.format 'openai-batch' (lines with custom_id, url and body)"
+            )
+        if self.prompt is None:
+            raise ValueError("prompt is missing: set prompt.template or prompt.column")
+        if self.task != "chat" and self.prompt.system is not None:
+            raise ValueError(
+                f"prompt.system is for task 'chat'; task '{self.task}' takes one text per row"
+            )
+        generating = ("sampling", "sampling_column", "structured_output")
+        if self.task == "embedding":
+            wrong = [k for k in generating if k in self.model_fields_set]
+            if wrong:
+                raise ValueError(
+                    f"{wrong} are for generating tasks (chat, completion); task 'embedding' "
+                    "takes embedding.batch_size, .dimensions and .truncate_prompt_tokens"
+                )
+        elif "embedding" in self.model_fields_set:
+            raise ValueError(f"embedding settings are for task 'embedding', not '{self.task}'")
+        return self
+
+    def _batch_file(self) -> JobSpec:
+        per_line = (
+            "task",
+            "prompt",
+            "sampling",
+            "sampling_column",
+            "structured_output",
+            "embedding",
+        )
+        wrong = [k for k in per_line if k in self.model_fields_set and getattr(self, k) is not None]
+        if wrong:
+            raise ValueError(
+                f"input.format 'openai-batch': each line's url and body say what to send; "
+                f"remove {wrong}"
+            )
+        if "format" not in self.output.model_fields_set:
+            self.output.format = "openai-batch"
+        elif self.output.format != "openai-batch":
+            raise ValueError(
+                f"input.format 'openai-batch' is answered in output.format 'openai-batch', "
+                f"not {self.output.format!r}; remove output.format or set it to openai-batch"
+            )
         return self
 
     def id_column(self) -> str:
         """Name of the id column in the output: the input's, or 'id' when derived."""
+        if self.input.format == "openai-batch":
+            return "custom_id"
         return self.input.id_column or "id"
+
+    def prompt_columns(self) -> list[str]:
+        """Input columns the prompt reads (none for openai-batch: the body is whole)."""
+        return sorted(self.prompt.columns()) if self.prompt is not None else []
 
     def check_columns(self, columns: list[str]) -> None:
         """Refuse a spec that reads columns the input does not have."""
         have = set(columns)
         wanted = [
-            ("prompt", sorted(self.prompt.columns())),
+            ("prompt", self.prompt_columns()),
             ("output.keep_columns", self.output.keep_columns),
         ]
         if self.sampling_column:

@@ -86,6 +86,7 @@ class Case:
 CASES: dict[str, Case] = {
     "chat": Case("chat.yaml"),
     "scheduled": Case("scheduled.yaml"),
+    "embedding": Case("embedding.yaml"),
     "classic-sidecar": Case("chat.yaml", (("sidecar.mode", "classic"),)),
     "volcano": Case("chat.yaml", (("volcano.enabled", True),)),
     "pvc-created": Case(

@@ -14,6 +14,7 @@ from .render import (
     Rendered,
     containers_of,
     operator_pod,
+    render,
     run_helm,
     vllm_container,
 )
@@ -78,6 +79,18 @@ def test_more_tensor_parallel_ranks_than_gpus_is_refused(helm: str) -> None:
     assert "tensorParallelSize 4 needs that many GPUs, but sidecar.gpu.count is 2" in result.stderr
     fewer = Case("chat.yaml", (("sidecar.gpu.count", 4), ("sidecar.vllm.tensorParallelSize", 2)))
     assert run_helm(helm, "template", "t", str(CHART), *fewer.helm_args()).returncode == 0
+
+
+def test_embedding_job_gets_a_pooling_sidecar(rendered: dict[str, Rendered], helm: str) -> None:
+    """vLLM serves an embedding model on /v1/embeddings only with --runner pooling."""
+
+    def runner(args: list[str]) -> str | None:
+        return args[args.index("--runner") + 1] if "--runner" in args else None
+
+    assert runner(vllm_container(rendered["embedding"].app_spec())["args"]) == "pooling"
+    assert runner(vllm_container(rendered["chat"].app_spec())["args"]) is None
+    explicit = Case("chat.yaml", (("sidecar.vllm.runner", "pooling"),))
+    assert runner(vllm_container(render(helm, "t", explicit).app_spec())["args"]) == "pooling"
 
 
 def test_cpu_only_sidecar_asks_for_no_gpu(rendered: dict[str, Rendered]) -> None:

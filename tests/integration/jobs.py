@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from spark_vllm.results import read_results
+from spark_vllm.spec import JobSpec, spec_from_dict
 from tests.conftest import SERVED_NAME, write_jsonl
 
 MAX_TOKENS = 16
@@ -103,3 +105,38 @@ def run_cli(
         timeout=timeout,
         cwd=tmp_path,
     )
+
+
+def batch_line(custom_id: str, url: str, body: Any, method: str = "POST") -> dict[str, Any]:
+    return {"custom_id": custom_id, "method": method, "url": url, "body": body}
+
+
+def write_batch(path: Path, lines: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return path
+
+
+def batch_spec(tmp_path: Path, base_url: str, model: str, lines: list[dict[str, Any]]) -> JobSpec:
+    """A job over an OpenAI batch file holding `lines`."""
+    return spec_from_dict(
+        {
+            "input": {
+                "format": "openai-batch",
+                "path": str(write_batch(tmp_path / "batch.jsonl", lines)),
+            },
+            "output": {"path": str(tmp_path / "out")},
+            "endpoint": {"base_url": base_url, "model": model},
+            "retries": {"attempts": 2, "backoff_initial_s": 0.2},
+            "timeouts": {"ready_s": 30},
+            "partitions": 2,
+        }
+    )
+
+
+def batch_output(path: Path) -> list[dict[str, Any]]:
+    """Every output line of every run, parsed, with its run folder."""
+    found = []
+    for part in sorted(path.glob("run=*/part-*")):
+        for text in part.read_text().splitlines():
+            found.append({**json.loads(text), "_run": part.parent.name})
+    return found

@@ -58,7 +58,7 @@ def test_wrong_type_names_path_value_and_expectation():
 def test_bad_enum_value_lists_the_choices():
     message = error_of(minimal(task="translate"))
     assert "task: got 'translate'" in message
-    assert "'chat' or 'completion'" in message
+    assert "'chat', 'completion' or 'embedding'" in message
 
 
 def test_template_that_does_not_parse_is_refused():
@@ -161,3 +161,49 @@ def test_resume_is_the_default_output_mode_and_rates_are_shares():
     assert spec.output.mode == "resume"
     assert spec.max_error_rate is None
     assert "max_error_rate: got 1.5" in error_of(minimal(max_error_rate=1.5))
+
+
+def test_embedding_task_sends_its_own_fields_and_no_sampling():
+    spec = spec_from_dict(minimal(task="embedding", embedding={"batch_size": 8, "dimensions": 64}))
+    assert spec.embedding.batch_size == 8
+    assert spec.embedding.request_fields() == {"encoding_format": "float", "dimensions": 64}
+
+
+@pytest.mark.parametrize(
+    ("changes", "named"),
+    [
+        ({"sampling": {"max_tokens": 8}}, "['sampling'] are for generating tasks"),
+        ({"sampling_column": "s"}, "['sampling_column'] are for generating tasks"),
+        ({"structured_output": {"ddl": "a INT"}}, "['structured_output'] are for generating"),
+        ({"prompt": {"template": "{{ q }}", "system": "be brief"}}, "prompt.system is for task"),
+        ({"embedding": {"batch_size": 0}}, "embedding.batch_size: got 0"),
+    ],
+)
+def test_embedding_task_refuses_what_only_generation_takes(changes, named):
+    assert named in error_of(minimal(task="embedding", **changes))
+
+
+def test_embedding_settings_on_a_chat_task_are_refused():
+    message = error_of(minimal(embedding={"batch_size": 8}))
+    assert "embedding settings are for task 'embedding', not 'chat'" in message
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLE.parent.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_example_spec_is_valid_and_its_input_exists(path):
+    spec = load_spec(path)
+    assert (EXAMPLE.parents[2] / spec.input.path).is_file()
+
+
+def test_openai_batch_input_is_answered_in_its_own_format():
+    batch = {"format": "openai-batch", "path": "b.jsonl"}
+    spec = spec_from_dict(minimal(input=batch, prompt=None))
+    assert spec.output.format == "openai-batch"
+    assert spec.id_column() == "custom_id"
+    message = error_of(minimal(input=batch))
+    assert "each line's url and body say what to send; remove ['prompt']" in message
+    message = error_of(minimal(input=batch, prompt=None, output={"path": "o", "format": "jsonl"}))
+    assert "answered in output.format 'openai-batch', not 'jsonl'" in message
+    message = error_of(minimal(output={"path": "o", "format": "openai-batch"}))
+    assert "needs input.format 'openai-batch'" in message
+    message = error_of(minimal(input={**batch, "id_column": "n"}, prompt=None))
+    assert "identifies lines by custom_id" in message

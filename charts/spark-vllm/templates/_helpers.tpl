@@ -206,6 +206,11 @@ args:
   - --max-model-len
   - {{ $v.maxModelLen | quote }}
 {{- end }}
+{{- $runner := $v.runner | default (eq (toString (dig "task" "" .Values.job)) "embedding" | ternary "pooling" "") }}
+{{- if $runner }}
+  - --runner
+  - {{ $runner | quote }}
+{{- end }}
 {{- range $v.extraArgs }}
   - {{ . | quote }}
 {{- end }}
