@@ -32,7 +32,7 @@ HELM        ?= $(TOOLS)/bin/helm
 TOOLS_STAMP := $(TOOLS)/venv/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup model run run-embedding tools manifests base-image build-image test test-unit \
+.PHONY: help setup model run run-embedding postgres tools manifests base-image build-image test test-unit \
 	test-bundle test-image bench smoke lint format clean
 
 help: ## list the verbs
@@ -87,7 +87,21 @@ base-image: ## make local/debian:bookworm without any registry (debootstrap + do
 build-image: setup ## build the image: spark-vllm:dev (GPU) or, with VARIANT=cpu, spark-vllm:dev-cpu
 	PYTHON=$(BIN)/python scripts/build-image.sh $(VARIANT)
 
-test: setup tools ## run every tier: unit, integration (real Spark + vLLM), bundle, image
+# The JDBC tests run a real PostgreSQL (Debian's postgresql) through its JDBC driver
+# (libpostgresql-jdbc-java); installed with apt-get when missing and make runs as root.
+PG_JDBC_JAR := /usr/share/java/postgresql.jar
+postgres: ## install Debian's postgresql and libpostgresql-jdbc-java when missing (root)
+	@if [ -f $(PG_JDBC_JAR) ] && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  exit 0; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -qq --no-install-recommends postgresql libpostgresql-jdbc-java \
+	  || { apt-get update -qq && apt-get install -y -qq --no-install-recommends postgresql libpostgresql-jdbc-java; }; \
+	else \
+	  echo "the JDBC tests need: sudo apt-get install postgresql libpostgresql-jdbc-java" >&2; exit 1; \
+	fi
+
+test: setup tools postgres ## run every tier: unit, integration (real Spark + vLLM + PostgreSQL), bundle, image
 	$(BIN)/pytest -m "$(TEST_MARKERS)" tests
 
 test-bundle: setup tools ## the chart rendered by helm, checked against the operator's API models

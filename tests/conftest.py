@@ -15,6 +15,7 @@ SAMPLE = ROOT / "examples" / "data" / "questions.jsonl"
 SERVED_NAME = "tiny-llama"
 # Small context so an over-long prompt is easy to make.
 MAX_MODEL_LEN = 512
+POSTGRES_JDBC_JAR = Path("/usr/share/java/postgresql.jar")
 
 
 @pytest.fixture(scope="session")
@@ -72,6 +73,29 @@ def vllm_server(vllm_local) -> str:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="session")
+def postgres():  # type: ignore[no-untyped-def]
+    """A real PostgreSQL server (Debian's package) on a free loopback port, with an empty
+    database `shop`; started when a test first asks for it."""
+    import shutil
+    import tempfile
+
+    from tests.integration.postgres import Postgres
+
+    assert POSTGRES_JDBC_JAR.is_file(), (
+        f"{POSTGRES_JDBC_JAR} is missing: install libpostgresql-jdbc-java (make test does)"
+    )
+    # Not under pytest's tmp_path: the postgres user must be able to reach it.
+    root = Path(tempfile.mkdtemp(prefix="spark-vllm-pg-"))
+    root.chmod(0o755)
+    server = Postgres(root).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
 def spark():  # type: ignore[no-untyped-def]
     from pyspark.sql import SparkSession
 
@@ -79,6 +103,9 @@ def spark():  # type: ignore[no-untyped-def]
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.master("local[2]").appName("spark-vllm-tests")
+    # The PostgreSQL JDBC driver (Debian's libpostgresql-jdbc-java) for the JDBC tests.
+    if POSTGRES_JDBC_JAR.is_file():
+        builder = builder.config("spark.jars", str(POSTGRES_JDBC_JAR))
     for key, value in {**LOCAL_DEFAULTS, "spark.sql.shuffle.partitions": "4"}.items():
         builder = builder.config(key, value)
     session = builder.getOrCreate()

@@ -103,6 +103,7 @@ def _task_error(exc: BaseException) -> str | None:
 
 
 def run(spec: JobSpec) -> int:
+    from spark_vllm.jdbc import JdbcError
     from spark_vllm.job import JobFailed, run_job
 
     spark = spark_session(spec)
@@ -111,6 +112,9 @@ def run(spec: JobSpec) -> int:
     except SpecError as exc:
         print(f"spark-vllm: {exc}", file=sys.stderr)
         return 2
+    except JdbcError as exc:  # the database cannot be reached: nothing was sent
+        print(f"spark-vllm: {exc}", file=sys.stderr)
+        return 1
     except JobFailed as exc:
         print(exc.summary.render())
         reason = _task_error(exc.cause) or f"{type(exc.cause).__name__}: {exc.cause}"

@@ -15,7 +15,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.pandas.types import to_arrow_schema
 
-from spark_vllm import openai_batch, results, structured
+from spark_vllm import jdbc, openai_batch, results, structured
 from spark_vllm.retry import RetryPolicy
 from spark_vllm.runner import TaskConfig, run_partition
 from spark_vllm.spec import InputSpec, JobSpec, SpecError
@@ -130,6 +130,8 @@ def read_batch_file(spark: SparkSession, spec: InputSpec) -> DataFrame:
 
 def read_input(spark: SparkSession, spec: InputSpec) -> DataFrame:
     reader = spark.read.options(**spec.options)
+    if spec.jdbc is not None:
+        return jdbc.read(spark, spec.jdbc)
     if spec.format == "openai-batch":
         return read_batch_file(spark, spec)
     if spec.format == "table":
@@ -390,13 +392,15 @@ def summarize(
     the whole output's latest-attempt view only when earlier runs are there.
     """
     out = spec.output
-    summary = Summary(
-        0, 0, 0, 0, 0, wall_s, f"{out.path} ({out.format})", skipped=skipped, run_id=job.run_id
-    )
+    summary = Summary(0, 0, 0, 0, 0, wall_s, out.where(), skipped=skipped, run_id=job.run_id)
     summary.tokens = out_lines(spec) or spec.task != "embedding"
     error, tokens_in, tokens_out = stored_columns(spec)
-    if results.entries(spark, job.run_path):
+    this_run = None
+    if out.jdbc is not None:
+        this_run = jdbc.read_table(spark, out.jdbc).where(F.col(jdbc.RUN_COLUMN) == job.run_id)
+    elif results.entries(spark, job.run_path):
         this_run = results.read_attempts(spark, job.run_path, out.format, job.schema)
+    if this_run is not None:
         totals = this_run.agg(
             F.count(F.lit(1)).alias("rows"),
             F.count(F.when(F.col("error").isNull(), 1)).alias("ok"),
@@ -420,9 +424,7 @@ def summarize(
             )
             summary.errors = [(r["e"], r["count"]) for r in errors]
     if job.earlier_runs:
-        view = results.latest(
-            results.read_attempts(spark, out.path, out.format, job.schema), spec.id_column()
-        )
+        view = results.latest(output_rows(spark, spec, job.schema), spec.id_column())
         overall = view.agg(
             F.count(F.lit(1)).alias("ids"),
             F.count(F.when(F.col("error").isNotNull(), 1)).alias("bad"),
@@ -432,6 +434,52 @@ def summarize(
     else:
         summary.output_ids, summary.output_failed = summary.rows, summary.failed
     return summary
+
+
+def output_rows(spark: SparkSession, spec: JobSpec, stored: T.StructType) -> DataFrame:
+    """Every row at the output, of every run (with the `run` column)."""
+    out = spec.output
+    if out.jdbc is not None:
+        return jdbc.read_table(spark, out.jdbc)
+    assert out.path is not None
+    return results.read_attempts(spark, out.path, out.format, stored)
+
+
+def earlier_successes(spark: SparkSession, spec: JobSpec, stored: T.StructType) -> DataFrame | None:
+    """The ids whose latest row at the output succeeded, or None when there are no earlier
+    runs to resume from (none yet, or output.mode / write_mode replaces them)."""
+    out = spec.output
+    if out.jdbc is not None:
+        db = jdbc.Database(spark, out.jdbc, "output.jdbc")
+        if not db.has_table(out.jdbc.table):
+            return None
+        if out.mode == "error":
+            raise SpecError(
+                f"output.jdbc.table {out.jdbc.table!r} exists and output.mode is 'error'; "
+                "use mode resume, or another table"
+            )
+        if out.jdbc.write_mode == "overwrite":
+            return None
+    else:
+        assert out.path is not None
+        if out.mode == "overwrite":
+            results.delete(spark, out.path)
+            return None
+        if results.exists(spark, out.path) and out.mode == "error":
+            raise SpecError(
+                f"output.path {out.path!r} exists and output.mode is 'error'; "
+                "use mode resume or overwrite, or another path"
+            )
+        try:
+            if not results.holds_runs(spark, out.path):
+                return None
+        except ValueError as exc:
+            raise SpecError(str(exc)) from None
+    return (
+        results.latest(output_rows(spark, spec, stored), spec.id_column())
+        .where(F.col("error").isNull())
+        .select(_quote(spec.id_column()))
+    )
 
 
 @dataclass
@@ -467,28 +515,10 @@ def plan(spark: SparkSession, spec: JobSpec) -> Plan:
     stored = openai_batch.STORED_SCHEMA if out_lines(spec) else schema
     out = spec.output
     skipped = None
-    resuming = False
-    if out.mode == "overwrite":
-        results.delete(spark, out.path)
-    elif results.exists(spark, out.path) and out.mode == "error":
-        raise SpecError(
-            f"output.path {out.path!r} exists and output.mode is 'error'; "
-            "use mode resume or overwrite, or another path"
-        )
-    else:
-        try:
-            resuming = results.holds_runs(spark, out.path)
-        except ValueError as exc:
-            raise SpecError(str(exc)) from None
-        if resuming:
-            attempts = results.read_attempts(spark, out.path, out.format, stored)
-            done = (
-                results.latest(attempts, spec.id_column())
-                .where(F.col("error").isNull())
-                .select(_quote(spec.id_column()))
-            )
-            skipped = df.join(done, spec.id_column(), "left_semi")
-            df = df.join(done, spec.id_column(), "left_anti")
+    done = earlier_successes(spark, spec, stored)
+    if done is not None:
+        skipped = df.join(done, spec.id_column(), "left_semi")
+        df = df.join(done, spec.id_column(), "left_anti")
     df = arrange(df, spec, spark)
     cfg = task_config(spec, schema, task_slots(spark), answer)
     run_id = results.new_run_id()
@@ -496,10 +526,23 @@ def plan(spark: SparkSession, spec: JobSpec) -> Plan:
         result=df.mapInArrow(partial(run_partition, cfg=cfg), schema),
         schema=stored,
         run_id=run_id,
-        run_path=results.run_path(out.path, run_id),
+        run_path=results.run_path(out.path, run_id) if out.path else "",
         skipped=skipped,
-        earlier_runs=resuming,
+        earlier_runs=done is not None,
     )
+
+
+def write_to_database(spark: SparkSession, spec: JobSpec, job: Plan) -> None:
+    """format jdbc: the tasks fill a staging table, then one transaction moves its rows to
+    the target. Rows staged before a task failed for good are moved too (resume)."""
+    out = spec.output.jdbc
+    assert out is not None
+    staging = jdbc.staging_table(out, job.run_id)
+    try:
+        jdbc.write_staging(job.result, out, job.run_id)
+    finally:
+        if jdbc.Database(spark, out, "output.jdbc").has_table(staging):
+            jdbc.move_rows(spark, out, staging, spec.id_column())
 
 
 class JobFailed(RuntimeError):
@@ -519,7 +562,10 @@ def run_job(spark: SparkSession, spec: JobSpec) -> Summary:
     skipped = job.skipped.count() if job.skipped is not None else 0
     failure: BaseException | None = None
     try:
-        results.write_run(job.result, job.run_path, out.format)
+        if out.jdbc is not None:
+            write_to_database(spark, spec, job)
+        else:
+            results.write_run(job.result, job.run_path, out.format)
     except Exception as exc:  # a task failed for good: report what was committed
         failure = exc
     wall = time.monotonic() - start

@@ -60,8 +60,84 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class JdbcConnection(_Strict):
+    url: str = Field(description="JDBC URL, e.g. jdbc:postgresql://db:5432/shop")
+    user_env: str | None = Field(
+        default=None, description="environment variable holding the user name"
+    )
+    password_env: str | None = Field(
+        default=None, description="environment variable holding the password (never the password)"
+    )
+    driver: str | None = Field(
+        default=None,
+        description="driver class; default: org.postgresql.Driver for jdbc:postgresql:, "
+        "com.microsoft.sqlserver.jdbc.SQLServerDriver for jdbc:sqlserver:",
+    )
+    properties: dict[str, str] = Field(
+        default_factory=dict, description="more connection properties (e.g. sslmode)"
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _jdbc_url(cls, value: str) -> str:
+        if not value.startswith("jdbc:"):
+            raise ValueError("expected a JDBC URL such as jdbc:postgresql://db:5432/shop")
+        return value
+
+    @field_validator("properties")
+    @classmethod
+    def _no_secrets(cls, value: dict[str, str]) -> dict[str, str]:
+        if {"user", "password"} & set(value):
+            raise ValueError(
+                "user and password come from environment variables: use user_env and "
+                "password_env (on Kubernetes, filled from a Secret)"
+            )
+        return value
+
+
+class JdbcInput(JdbcConnection):
+    table: str | None = Field(default=None, description="table (or view) to read")
+    query: str | None = Field(default=None, description="instead of table: a SELECT to read")
+    partition_column: str | None = Field(
+        default=None, description="numeric, date or timestamp column to split the read on"
+    )
+    lower_bound: int | str | None = Field(default=None, description="partition_column's low end")
+    upper_bound: int | str | None = Field(default=None, description="partition_column's high end")
+    num_partitions: int | None = Field(default=None, ge=1, description="parallel reads")
+    fetch_size: int | None = Field(default=None, ge=1, description="rows per round trip")
+
+    @model_validator(mode="after")
+    def _source(self) -> JdbcInput:
+        if (self.table is None) == (self.query is None):
+            raise ValueError("set exactly one of input.jdbc.table and input.jdbc.query")
+        parts = {
+            "partition_column": self.partition_column,
+            "lower_bound": self.lower_bound,
+            "upper_bound": self.upper_bound,
+            "num_partitions": self.num_partitions,
+        }
+        given = [k for k, v in parts.items() if v is not None]
+        if given and len(given) != len(parts):
+            missing = [k for k in parts if k not in given]
+            raise ValueError(
+                f"a partitioned read needs partition_column, lower_bound, upper_bound and "
+                f"num_partitions together; {missing} missing"
+            )
+        return self
+
+
+class JdbcOutput(JdbcConnection):
+    table: str = Field(description="table to write; created when missing")
+    write_mode: Literal["upsert", "append", "overwrite"] = Field(
+        default="upsert",
+        description="upsert: merge by id (a rerun replaces a row); append: add rows; "
+        "overwrite: replace the table's rows with this run's",
+    )
+    batch_size: int = Field(default=1000, ge=1, description="rows per insert batch")
+
+
 class InputSpec(_Strict):
-    format: Literal["parquet", "jsonl", "csv", "table", "openai-batch"] = Field(
+    format: Literal["parquet", "jsonl", "csv", "table", "openai-batch", "jdbc"] = Field(
         description="openai-batch: request lines {custom_id, method, url, body} as for "
         "OpenAI's Batch API or vllm run-batch; each line's body is sent as it is"
     )
@@ -72,10 +148,18 @@ class InputSpec(_Strict):
         description="column holding a unique row id; when absent an id is derived from the row",
     )
     options: dict[str, str] = Field(default_factory=dict, description="passed to Spark's reader")
+    jdbc: JdbcInput | None = Field(default=None, description="format jdbc: what to read")
 
     @model_validator(mode="after")
     def _source(self) -> InputSpec:
-        if self.format == "table":
+        if self.format == "jdbc" and self.jdbc is None:
+            raise ValueError("format 'jdbc' needs input.jdbc (url, and table or query)")
+        if self.format != "jdbc" and self.jdbc is not None:
+            raise ValueError(f"input.jdbc goes with format 'jdbc', not {self.format!r}")
+        if self.format == "jdbc":
+            if self.path or self.table:
+                raise ValueError("format 'jdbc' reads input.jdbc; remove input.path/input.table")
+        elif self.format == "table":
             if not self.table:
                 raise ValueError("format 'table' needs input.table (a catalog table name)")
             if self.path:
@@ -94,12 +178,13 @@ class InputSpec(_Strict):
 
 
 class OutputSpec(_Strict):
-    format: Literal["parquet", "jsonl", "openai-batch"] = Field(
+    format: Literal["parquet", "jsonl", "openai-batch", "jdbc"] = Field(
         default="parquet",
         description="openai-batch (the default for that input): one line per request, "
         "{id, custom_id, response: {status_code, request_id, body}, error}",
     )
-    path: str
+    path: str | None = Field(default=None, description="where to write (every format but jdbc)")
+    jdbc: JdbcOutput | None = Field(default=None, description="format jdbc: where to write")
     keep_columns: list[str] = Field(default_factory=list, description="input columns copied over")
     mode: Literal["resume", "overwrite", "error"] = Field(
         default="resume",
@@ -117,6 +202,31 @@ class OutputSpec(_Strict):
                 "rename the input column or drop it from keep_columns"
             )
         return value
+
+    @model_validator(mode="after")
+    def _target(self) -> OutputSpec:
+        if self.format == "jdbc":
+            if self.jdbc is None:
+                raise ValueError("format 'jdbc' needs output.jdbc (url, table)")
+            if self.path is not None:
+                raise ValueError("format 'jdbc' writes output.jdbc.table; remove output.path")
+            if self.mode == "overwrite":
+                raise ValueError(
+                    "format 'jdbc' replaces rows with output.jdbc.write_mode: overwrite; "
+                    "remove output.mode"
+                )
+        else:
+            if self.jdbc is not None:
+                raise ValueError(f"output.jdbc goes with format 'jdbc', not {self.format!r}")
+            if self.path is None:
+                raise ValueError(f"format {self.format!r} needs output.path")
+        return self
+
+    def where(self) -> str:
+        """The output, for messages and the summary."""
+        if self.jdbc is not None:
+            return f"table {self.jdbc.table} (jdbc)"
+        return f"{self.path} ({self.format})"
 
     @model_validator(mode="after")
     def _batch_lines(self) -> OutputSpec:

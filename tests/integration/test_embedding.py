@@ -14,6 +14,7 @@ from spark_vllm.job import run_job
 from spark_vllm.spec import spec_from_dict
 from tests.conftest import write_jsonl
 from tests.integration.jobs import batch_line, batch_output, batch_spec, latest_rows
+from tests.integration.postgres import PASSWORD, USER
 
 pytestmark = pytest.mark.integration
 
@@ -171,3 +172,49 @@ def test_batch_file_of_embedding_lines(spark, embedding_server, tmp_path):
     out = {x["custom_id"]: x["response"]["body"] for x in batch_output(tmp_path / "out")}
     assert [len(d["embedding"]) for d in out["one"]["data"]] == [384]
     assert [d["index"] for d in out["many"]["data"]] == [0, 1, 2]
+
+
+def test_embeddings_from_a_database_table_back_into_one(
+    spark, embedding_server, reference, postgres, monkeypatch
+):
+    """The seed's job: product rows from SQL, one vector per row written back (real[])."""
+    rows = products()
+    values = ", ".join(f"('{r['sku']}', '{r['description']}')" for r in rows)
+    postgres.psql(
+        "CREATE SCHEMA catalog;"
+        "CREATE TABLE catalog.items (sku text PRIMARY KEY, description text);"
+        f"INSERT INTO catalog.items VALUES {values};"
+    )
+    monkeypatch.setenv("CATALOG_USER", USER)
+    monkeypatch.setenv("CATALOG_PASSWORD", PASSWORD)
+    db = {"url": postgres.url, "user_env": "CATALOG_USER", "password_env": "CATALOG_PASSWORD"}
+    spec = spec_from_dict(
+        {
+            "task": "embedding",
+            "input": {
+                "format": "jdbc",
+                "id_column": "sku",
+                "jdbc": {**db, "table": "catalog.items"},
+            },
+            "output": {"format": "jdbc", "jdbc": {**db, "table": "catalog.item_vectors"}},
+            "endpoint": {"base_url": embedding_server, "model": EMBEDDING_NAME},
+            "prompt": {"column": "description"},
+            "embedding": {"batch_size": 8},
+            "timeouts": {"ready_s": 30},
+            "partitions": 2,
+        }
+    )
+    summary = run_job(spark, spec)
+    assert (summary.rows, summary.failed) == (len(rows), 0)
+    kind = postgres.psql(
+        "SELECT data_type FROM information_schema.columns "
+        "WHERE table_name = 'item_vectors' AND column_name = 'embedding'"
+    )
+    assert kind == "ARRAY\n"
+    stored = {}
+    for text in postgres.psql("SELECT sku, embedding FROM catalog.item_vectors").splitlines():
+        sku, vector = text.split("|")
+        stored[sku] = [float(x) for x in vector.strip("{}").split(",")]
+    by_sku = {r["sku"]: r["description"] for r in rows}
+    assert sorted(stored) == sorted(by_sku)
+    assert_matches([by_sku[s] for s in stored], list(stored.values()), reference)

@@ -207,3 +207,73 @@ def test_openai_batch_input_is_answered_in_its_own_format():
     assert "needs input.format 'openai-batch'" in message
     message = error_of(minimal(input={**batch, "id_column": "n"}, prompt=None))
     assert "identifies lines by custom_id" in message
+
+
+JDBC = {"url": "jdbc:postgresql://db:5432/shop", "user_env": "DB_USER", "password_env": "DB_PW"}
+
+
+def test_jdbc_in_and_out():
+    spec = spec_from_dict(
+        minimal(
+            input={"format": "jdbc", "jdbc": {**JDBC, "table": "products"}},
+            output={"format": "jdbc", "jdbc": {**JDBC, "table": "answers"}},
+        )
+    )
+    assert spec.output.jdbc is not None and spec.output.jdbc.write_mode == "upsert"
+    assert spec.output.where() == "table answers (jdbc)"
+
+
+@pytest.mark.parametrize(
+    ("inp", "out", "named"),
+    [
+        ({"table": "t", "query": "select 1"}, {"table": "a"}, "exactly one of input.jdbc.table"),
+        (
+            {"table": "t", "partition_column": "id"},
+            {"table": "a"},
+            "['lower_bound', 'upper_bound', 'num_partitions'] missing",
+        ),
+        ({"table": "t", "url": "postgresql://db/shop"}, {"table": "a"}, "expected a JDBC URL"),
+        (
+            {"table": "t", "properties": {"password": "x"}},
+            {"table": "a"},
+            "use user_env and password_env",
+        ),
+        (
+            {"table": "t"},
+            {"table": "a", "write_mode": "merge"},
+            "'upsert', 'append' or 'overwrite'",
+        ),
+    ],
+)
+def test_jdbc_mistakes_are_named(inp, out, named):
+    doc = minimal(
+        input={"format": "jdbc", "jdbc": {**JDBC, **inp}},
+        output={"format": "jdbc", "jdbc": {**JDBC, **out}},
+    )
+    assert named in error_of(doc)
+
+
+def test_jdbc_output_takes_a_table_not_a_path_or_mode_overwrite():
+    target = {"format": "jdbc", "jdbc": {**JDBC, "table": "a"}}
+    assert "remove output.path" in error_of(minimal(output={**target, "path": "out"}))
+    message = error_of(minimal(output={**target, "mode": "overwrite"}))
+    assert "output.jdbc.write_mode: overwrite" in message
+    assert "needs output.jdbc" in error_of(minimal(output={"format": "jdbc"}))
+    assert "needs input.jdbc" in error_of(minimal(input={"format": "jdbc"}))
+
+
+def test_jdbc_credentials_are_read_from_the_named_variables(monkeypatch):
+    from spark_vllm import jdbc
+    from spark_vllm.spec import JdbcInput
+
+    src = JdbcInput(**JDBC, table="t")
+    monkeypatch.setenv("DB_USER", "ann")
+    monkeypatch.delenv("DB_PW", raising=False)
+    with pytest.raises(SpecError, match="input.jdbc.password_env names 'DB_PW', but that"):
+        jdbc.properties(src, "input.jdbc")
+    monkeypatch.setenv("DB_PW", "pw")
+    assert jdbc.properties(src, "input.jdbc") == {
+        "user": "ann",
+        "password": "pw",
+        "driver": "org.postgresql.Driver",
+    }

@@ -1,0 +1,268 @@
+"""SQL databases over JDBC: the input read in parallel, the results written once.
+
+Reading is Spark's JDBC source (`dbtable`, or a query wrapped as a subquery so that it
+can be partitioned too). Writing goes through a staging table: the tasks insert this
+run's rows into `<table>__spark_vllm_<run id>`, then one transaction on the driver moves
+them into the target (append, overwrite, or upsert by id with MERGE) and drops the
+staging table. A task that Spark ran twice, or a failed task's partial insert, can leave
+copies of an id in staging; the move keeps one row per id (a success before a failure),
+so the target never gets an id twice from one run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from spark_vllm.spec import JdbcConnection, JdbcInput, JdbcOutput, SpecError
+
+# The run column: which run wrote a row of the target table.
+RUN_COLUMN = "run"
+
+
+class JdbcError(RuntimeError):
+    """The database cannot be reached or refused a statement; the message says why."""
+
+
+def _java_cause(exc: Exception) -> str:
+    """The innermost Java exception's message of a py4j error (the driver's own words)."""
+    throwable = getattr(exc, "java_exception", None)
+    if throwable is None:
+        return str(exc)
+    while throwable.getCause() is not None:
+        throwable = throwable.getCause()
+    return str(throwable.getMessage() or throwable.toString())
+
+
+# Driver classes for the JDBC URL schemes the README documents.
+KNOWN_DRIVERS = {
+    "jdbc:postgresql:": "org.postgresql.Driver",
+    "jdbc:sqlserver:": "com.microsoft.sqlserver.jdbc.SQLServerDriver",
+}
+
+
+def driver_class(conn: JdbcConnection) -> str | None:
+    if conn.driver:
+        return conn.driver
+    return next((c for prefix, c in KNOWN_DRIVERS.items() if conn.url.startswith(prefix)), None)
+
+
+def properties(conn: JdbcConnection, where: str) -> dict[str, str]:
+    """Connection properties: the spec's, the driver class, and the credentials read from
+    the environment variables the spec names (on Kubernetes, filled from a Secret)."""
+    props = dict(conn.properties)
+    for key, env in (("user", conn.user_env), ("password", conn.password_env)):
+        if env is None:
+            continue
+        value = os.environ.get(env)
+        if not value:
+            raise SpecError(
+                f"{where}.{key}_env names {env!r}, but that environment variable is not set "
+                f"or empty here; set it (on Kubernetes, from a Secret) or remove {key}_env"
+            )
+        props[key] = value
+    driver = driver_class(conn)
+    if driver:
+        props["driver"] = driver
+    return props
+
+
+def quote_spark(name: str) -> str:
+    """A column name for Spark's parser."""
+    return "`" + name.replace("`", "``") + "`"
+
+
+def quote(name: str) -> str:
+    """An identifier in ANSI double quotes (PostgreSQL; SQL Server with QUOTED_IDENTIFIER)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+_QUOTED = re.compile(r'"(?:[^"]|"")+"')
+
+
+def quote_table(name: str) -> str:
+    """schema.table, each part quoted unless it already is (properly)."""
+    return ".".join(p if _QUOTED.fullmatch(p) else quote(p) for p in name.split("."))
+
+
+# The statements below are built from identifiers only (quoted by quote/quote_table);
+# no value from the data is ever spliced into SQL.
+
+
+def read(spark: SparkSession, src: JdbcInput) -> DataFrame:
+    Database(spark, src, "input.jdbc").check()  # a clear message, not Spark's redacted one
+    reader = spark.read.format("jdbc").option("url", src.url)
+    reader = reader.options(**properties(src, "input.jdbc"))
+    if src.table is not None:
+        reader = reader.option("dbtable", src.table)
+    else:
+        # A subquery rather than Spark's `query` option, which cannot be partitioned.
+        reader = reader.option("dbtable", f"({src.query}) spark_vllm_input")
+    if src.partition_column is not None:
+        reader = reader.options(
+            partitionColumn=src.partition_column,
+            lowerBound=str(src.lower_bound),
+            upperBound=str(src.upper_bound),
+            numPartitions=str(src.num_partitions),
+        )
+    if src.fetch_size is not None:
+        reader = reader.option("fetchsize", str(src.fetch_size))
+    return reader.load()
+
+
+class Database:
+    """A JDBC connection from the driver's JVM, for the statements Spark cannot run."""
+
+    def __init__(self, spark: SparkSession, conn: JdbcConnection, where: str) -> None:
+        self.spark = spark
+        self.url = conn.url
+        self.where = where
+        self.props = properties(conn, where)
+
+    def _connect(self) -> Any:
+        from py4j.protocol import Py4JJavaError
+
+        try:
+            return self._open()
+        except Py4JJavaError as exc:
+            raise JdbcError(
+                f"{self.where}: cannot connect to {self.url}: {_java_cause(exc)}"
+            ) from None
+
+    def check(self) -> None:
+        """Connect once, to fail early and clearly (bad URL, credentials, no driver)."""
+        self._connect().close()
+
+    def _open(self) -> Any:
+        jvm = self.spark.sparkContext._jvm
+        assert jvm is not None
+        jprops = jvm.java.util.Properties()
+        for key, value in self.props.items():
+            jprops.setProperty(key, value)
+        name = self.props.get("driver")
+        if name:
+            # Through Spark's class loader: it sees jars added with spark.jars / --jars,
+            # which java.sql.DriverManager does not.
+            cls = jvm.org.apache.spark.util.Utils.classForName(name, True, False)
+            connection = cls.newInstance().connect(self.url, jprops)
+            if connection is None:
+                raise JdbcError(f"{self.where}: driver {name} does not accept the url {self.url}")
+            return connection
+        return jvm.java.sql.DriverManager.getConnection(self.url, jprops)
+
+    def has_table(self, table: str) -> bool:
+        connection = self._connect()
+        try:
+            statement = connection.createStatement()
+            try:
+                probe = f"SELECT 1 FROM {quote_table(table)} WHERE 1 = 0"
+                statement.executeQuery(probe).close()
+                return True
+            except Exception as exc:  # the driver's SQLException, through py4j
+                if "SQLException" in str(exc) or "PSQLException" in str(exc):
+                    return False
+                raise
+            finally:
+                statement.close()
+        finally:
+            connection.close()
+
+    def run_in_transaction(self, statements: list[str]) -> list[int]:
+        """Run the statements in one transaction; the update count of each."""
+        connection = self._connect()
+        try:
+            connection.setAutoCommit(False)
+            counts = []
+            statement = connection.createStatement()
+            try:
+                for sql in statements:
+                    statement.execute(sql)
+                    counts.append(int(statement.getUpdateCount()))
+                connection.commit()
+            except Exception as exc:
+                connection.rollback()
+                raise JdbcError(f"{self.where}: {_java_cause(exc)}") from exc
+            finally:
+                statement.close()
+            return counts
+        finally:
+            connection.close()
+
+
+def read_table(spark: SparkSession, out: JdbcOutput, table: str | None = None) -> DataFrame:
+    return (
+        spark.read.format("jdbc")
+        .option("url", out.url)
+        .options(**properties(out, "output.jdbc"))
+        .option("dbtable", quote_table(table or out.table))
+        .load()
+    )
+
+
+def staging_table(out: JdbcOutput, run_id: str) -> str:
+    base = out.table.split(".")
+    base[-1] = re.sub(r"[^A-Za-z0-9_]", "_", base[-1].strip('"')) + "__spark_vllm_" + run_id.lower()
+    return ".".join(base)
+
+
+def write_staging(df: DataFrame, out: JdbcOutput, run_id: str) -> str:
+    """Insert this run's rows (with the run column) into a fresh staging table."""
+    table = staging_table(out, run_id)
+    # PostgreSQL's text cannot hold NUL, which a model may emit: write U+FFFD instead.
+    text = [f.name for f in df.schema.fields if isinstance(f.dataType, T.StringType)]
+    df = df.withColumns(
+        {c: F.regexp_replace(F.col(quote_spark(c)), "\u0000", "\ufffd") for c in text}
+    )
+    (
+        df.withColumn(RUN_COLUMN, F.lit(run_id))
+        .write.format("jdbc")
+        .option("url", out.url)
+        .options(**properties(out, "output.jdbc"))
+        .option("dbtable", quote_table(table))
+        .option("batchsize", str(out.batch_size))
+        .mode("overwrite")
+        .save()
+    )
+    return table
+
+
+def move_rows(spark: SparkSession, out: JdbcOutput, staging: str, id_column: str) -> None:
+    """One transaction: staging → target (append / overwrite / upsert), staging dropped.
+
+    The target is created first, empty and shaped like staging, if it does not exist.
+    """
+    db = Database(spark, out, "output.jdbc")
+    target = quote_table(out.table)
+    if not db.has_table(out.table):
+        read_table(spark, out, staging).limit(0).write.format("jdbc").option(
+            "url", out.url
+        ).options(**properties(out, "output.jdbc")).option("dbtable", target).mode("append").save()
+    columns = read_table(spark, out, staging).columns
+    cols = ", ".join(quote(c) for c in columns)
+    key = quote(id_column)
+    # One row per id: a success before a failure (copies come from task re-runs).
+    source = (
+        f"SELECT {cols} FROM (SELECT {cols}, ROW_NUMBER() OVER (PARTITION BY {key} "
+        f"ORDER BY CASE WHEN {quote('error')} IS NULL THEN 0 ELSE 1 END) AS spark_vllm_n "
+        f"FROM {quote_table(staging)}) s WHERE spark_vllm_n = 1"
+    )
+    statements = []
+    if out.write_mode == "overwrite":
+        statements.append(f"DELETE FROM {target}")
+    if out.write_mode == "upsert":
+        updates = ", ".join(f"{quote(c)} = s.{quote(c)}" for c in columns if c != id_column)
+        values = ", ".join(f"s.{quote(c)}" for c in columns)
+        statements.append(
+            f"MERGE INTO {target} t USING ({source}) s ON t.{key} = s.{key} "
+            f"WHEN MATCHED THEN UPDATE SET {updates} "
+            f"WHEN NOT MATCHED THEN INSERT ({cols}) VALUES ({values})"
+        )
+    else:
+        statements.append(f"INSERT INTO {target} ({cols}) {source}")
+    statements.append(f"DROP TABLE {quote_table(staging)}")
+    db.run_in_transaction(statements)
