@@ -172,6 +172,20 @@ class Database:
         finally:
             connection.close()
 
+    def table_names(self, schema: str | None) -> list[str]:
+        """The tables of `schema` (default: the connection's current schema)."""
+        connection = self._connect()
+        try:
+            schema = schema or connection.getSchema()
+            found = connection.getMetaData().getTables(None, schema, "%", None)
+            names = []
+            while found.next():
+                names.append(str(found.getString("TABLE_NAME")))
+            found.close()
+            return names
+        finally:
+            connection.close()
+
     def run_in_transaction(self, statements: list[str]) -> list[int]:
         """Run the statements in one transaction; the update count of each."""
         connection = self._connect()
@@ -204,10 +218,40 @@ def read_table(spark: SparkSession, out: JdbcOutput, table: str | None = None) -
     )
 
 
+def _staging_prefix(out: JdbcOutput) -> str:
+    return re.sub(r"[^A-Za-z0-9_]", "_", out.table.split(".")[-1].strip('"')) + "__spark_vllm_"
+
+
+def _sibling(out: JdbcOutput, name: str) -> str:
+    """A table name in the target's schema."""
+    return ".".join([*out.table.split(".")[:-1], name])
+
+
 def staging_table(out: JdbcOutput, run_id: str) -> str:
-    base = out.table.split(".")
-    base[-1] = re.sub(r"[^A-Za-z0-9_]", "_", base[-1].strip('"')) + "__spark_vllm_" + run_id.lower()
-    return ".".join(base)
+    return _sibling(out, _staging_prefix(out) + run_id.lower())
+
+
+def leftover_staging(spark: SparkSession, out: JdbcOutput) -> list[str]:
+    """Staging tables of this target that no driver moved (it died), oldest first."""
+    parts = out.table.split(".")
+    schema = parts[-2].strip('"') if len(parts) > 1 else None
+    names = Database(spark, out, "output.jdbc").table_names(schema)
+    prefix = _staging_prefix(out)
+    return [_sibling(out, n) for n in sorted(names) if n.startswith(prefix)]
+
+
+def recover(spark: SparkSession, out: JdbcOutput, id_column: str) -> list[str]:
+    """Move the rows a crashed driver left staged into the target (they are answers the
+    next run need not ask for again); with write_mode overwrite, drop them instead."""
+    leftovers = leftover_staging(spark, out)
+    for table in leftovers:
+        if out.write_mode == "overwrite":
+            Database(spark, out, "output.jdbc").run_in_transaction(
+                [f"DROP TABLE {quote_table(table)}"]
+            )
+        else:
+            move_rows(spark, out, table, id_column)
+    return leftovers
 
 
 def write_staging(df: DataFrame, out: JdbcOutput, run_id: str) -> str:

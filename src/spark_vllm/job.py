@@ -450,6 +450,7 @@ def earlier_successes(spark: SparkSession, spec: JobSpec, stored: T.StructType) 
     runs to resume from (none yet, or output.mode / write_mode replaces them)."""
     out = spec.output
     if out.jdbc is not None:
+        jdbc.recover(spark, out.jdbc, spec.id_column())
         db = jdbc.Database(spark, out.jdbc, "output.jdbc")
         if not db.has_table(out.jdbc.table):
             return None

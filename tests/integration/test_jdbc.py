@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from spark_vllm import jdbc
 from spark_vllm.jdbc import JdbcError
-from spark_vllm.job import run_job
+from spark_vllm.job import plan, run_job
 from spark_vllm.spec import SpecError, spec_from_dict
 from tests.conftest import SERVED_NAME
 from tests.integration.postgres import PASSWORD, USER
@@ -130,3 +131,21 @@ def test_credentials_come_from_the_environment(spark, vllm_server, postgres, pro
         "password authentication failed for user",
     ):
         run_job(spark, spec)
+
+
+def test_rows_staged_by_a_driver_that_died_are_kept(spark, vllm_server, postgres, products, db_env):
+    source = {"query": "SELECT product_id, name FROM products WHERE product_id BETWEEN 11 AND 20"}
+    spec = jdbc_spec(postgres.url, vllm_server, db_env, source, {"table": "crashed"})
+    # What a driver that died after some tasks committed leaves: a staging table.
+    died = plan(spark, spec)
+    staging = jdbc.write_staging(died.result.limit(4), spec.output.jdbc, died.run_id)
+    assert postgres.psql(f"SELECT count(*) FROM {staging}") == "4\n"
+
+    summary = run_job(spark, spec)  # moves the 4 staged answers first, asks for the other 6
+    assert (summary.skipped, summary.rows, summary.failed) == (4, 6, 0)
+    counts = postgres.psql(
+        "SELECT count(*), count(DISTINCT product_id), count(DISTINCT run) FROM crashed"
+    )
+    assert counts == "10|10|2\n"
+    left = postgres.psql("SELECT tablename FROM pg_tables WHERE tablename LIKE 'crashed%'")
+    assert left == "crashed\n"
