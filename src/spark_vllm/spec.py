@@ -188,8 +188,9 @@ class OutputSpec(_Strict):
     keep_columns: list[str] = Field(default_factory=list, description="input columns copied over")
     mode: Literal["resume", "overwrite", "error"] = Field(
         default="resume",
-        description="resume: skip ids that already succeeded at this path and retry the rest; "
-        "overwrite: delete the path first; error: refuse to run when the path exists",
+        description="resume: skip ids that already succeeded at this path (or table) and "
+        "retry the rest; overwrite: delete the path first (jdbc: use jdbc.write_mode); "
+        "error: refuse to run when the path (or table) exists",
     )
 
     @field_validator("keep_columns")
