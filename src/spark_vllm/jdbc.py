@@ -155,36 +155,24 @@ class Database:
             return connection
         return jvm.java.sql.DriverManager.getConnection(self.url, jprops)
 
-    def has_table(self, table: str) -> bool:
-        connection = self._connect()
-        try:
-            statement = connection.createStatement()
-            try:
-                probe = f"SELECT 1 FROM {quote_table(table)} WHERE 1 = 0"
-                statement.executeQuery(probe).close()
-                return True
-            except Exception as exc:  # the driver's SQLException, through py4j
-                if "SQLException" in str(exc) or "PSQLException" in str(exc):
-                    return False
-                raise
-            finally:
-                statement.close()
-        finally:
-            connection.close()
-
     def table_names(self, schema: str | None) -> list[str]:
         """The tables of `schema` (default: the connection's current schema)."""
         connection = self._connect()
         try:
-            schema = schema or connection.getSchema()
+            schema = schema or str(connection.getSchema())
             found = connection.getMetaData().getTables(None, schema, "%", None)
             names = []
-            while found.next():
-                names.append(str(found.getString("TABLE_NAME")))
+            while found.next():  # the schema argument is a LIKE pattern: match it exactly
+                if found.getString("TABLE_SCHEM") == schema:
+                    names.append(str(found.getString("TABLE_NAME")))
             found.close()
             return names
         finally:
             connection.close()
+
+    def has_table(self, table: str) -> bool:
+        schema, name = split_table(table)
+        return name in self.table_names(schema)
 
     def run_in_transaction(self, statements: list[str]) -> list[int]:
         """Run the statements in one transaction; the update count of each."""
@@ -218,8 +206,14 @@ def read_table(spark: SparkSession, out: JdbcOutput, table: str | None = None) -
     )
 
 
+def split_table(table: str) -> tuple[str | None, str]:
+    """(schema or None, name) of `schema.table`, quotes taken off."""
+    *schema, name = table.split(".")
+    return (schema[-1].strip('"') if schema else None), name.strip('"')
+
+
 def _staging_prefix(out: JdbcOutput) -> str:
-    return re.sub(r"[^A-Za-z0-9_]", "_", out.table.split(".")[-1].strip('"')) + "__spark_vllm_"
+    return re.sub(r"[^A-Za-z0-9_]", "_", split_table(out.table)[1]) + "__spark_vllm_"
 
 
 def _sibling(out: JdbcOutput, name: str) -> str:
@@ -233,9 +227,7 @@ def staging_table(out: JdbcOutput, run_id: str) -> str:
 
 def leftover_staging(spark: SparkSession, out: JdbcOutput) -> list[str]:
     """Staging tables of this target that no driver moved (it died), oldest first."""
-    parts = out.table.split(".")
-    schema = parts[-2].strip('"') if len(parts) > 1 else None
-    names = Database(spark, out, "output.jdbc").table_names(schema)
+    names = Database(spark, out, "output.jdbc").table_names(split_table(out.table)[0])
     prefix = _staging_prefix(out)
     return [_sibling(out, n) for n in sorted(names) if n.startswith(prefix)]
 

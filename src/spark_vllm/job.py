@@ -116,9 +116,15 @@ def read_batch_file(spark: SparkSession, spec: InputSpec) -> DataFrame:
         .option("mode", "PERMISSIVE")
         .option("columnNameOfCorruptRecord", CORRUPT)
         .json(spec.path)
-        .cache()  # Spark reads the corrupt-record column only from a cached frame
     )
-    bad = df.where(F.col(CORRUPT).isNotNull()).select(CORRUPT).limit(3).collect()
+    # Spark refuses a query of the corrupt-record column alone (unless the whole input
+    # is cached): read custom_id along with it.
+    bad = (
+        df.where(F.col(CORRUPT).isNotNull())
+        .select(openai_batch.ID_COLUMN, CORRUPT)
+        .limit(3)
+        .collect()
+    )
     if bad:
         shown = ", ".join(repr(r[CORRUPT][:120]) for r in bad)
         raise SpecError(
