@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import enum
 import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from pydantic import BaseModel, Field
 
 from spark_vllm.job import run_job
 from spark_vllm.spec import spec_from_dict
@@ -79,3 +81,49 @@ def test_an_answer_cut_short_is_an_error_row_and_a_ddl_gives_the_columns(
     assert all(r["label"] is None and r["n"] is None for r in out)
     types = column_types(tmp_path / "out")
     assert types["label"] == "string" and types["n"] == "int32"
+
+
+class Mood(enum.StrEnum):
+    CALM = "calm"
+    ANGRY = "angry"
+
+
+class Place(BaseModel):
+    city: str = Field(max_length=12)
+
+
+class Ticket(BaseModel):
+    mood: Mood
+    note: str | None = Field(default=None, max_length=12)
+    place: Place = Field(description="where it happened")
+    seen: list[Place] = Field(max_length=2)
+
+
+def test_a_pydantic_schema_runs_and_lands_as_typed_nested_columns(spark, vllm_server, tmp_path):
+    # optional field, nested model ($ref beside a description), list of models, enum ($ref)
+    rows = sample_rows(8)
+    doc = spec_doc(
+        tmp_path,
+        vllm_server,
+        rows,
+        sampling={"max_tokens": 160, "temperature": 0.0},
+        structured_output={"json_schema": Ticket.model_json_schema()},
+    )
+    run_job(spark, spec_from_dict(doc))
+    out = read_rows(tmp_path / "out")
+    assert_one_row_per_input(out, rows)
+    types = column_types(tmp_path / "out")
+    assert types["mood"] == "string" and types["note"] == "string"
+    assert types["place"] == "struct<city: string>"
+    assert types["seen"] == "list<element: struct<city: string>>"
+    good = [r for r in out if r["error"] is None]
+    assert good, [r["error"] for r in out]
+    for r in good:
+        # The columns hold what Pydantic reads from the raw answer: an optional field the
+        # model left out is null, nested models are structs, the enum its value.
+        answer = Ticket.model_validate_json(r["response"]).model_dump(mode="json")
+        assert {k: r[k] for k in answer} == answer
+    for r in out:
+        if r["error"] is not None:
+            assert r["error"].startswith("bad answer: answer is not JSON"), r["error"]
+            assert r["finish_reason"] == "length"
