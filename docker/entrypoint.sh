@@ -4,6 +4,8 @@
 #                   itself is the cluster-mode driver), bound to the pod IP.
 #   executor        Spark on Kubernetes executor, configured by the SPARK_EXECUTOR_*
 #                   and SPARK_* variables that Spark puts into the executor pod.
+#   submit ARGS...  spark-submit in cluster mode from inside a pod, exiting with the
+#                   driver's outcome (the chart's operator-less Job; see submit.py).
 #   anything else   run as given: `vllm serve ...`, `python -m ...`, `spark-vllm run ...`.
 # This follows the contract of Spark's own Kubernetes image entrypoint, so the Spark
 # Operator and plain spark-submit both drive it unchanged. tini (the image's PID 1)
@@ -73,8 +75,12 @@ case "${1:-}" in
             --podName "${SPARK_EXECUTOR_POD_NAME:-$HOSTNAME}"
         )
         ;;
+    submit)
+        shift
+        cmd=(python3 /opt/spark-vllm/submit.py "$@")
+        ;;
     "")
-        die "no command given: expected driver, executor, or a command to run"
+        die "no command given: expected driver, executor, submit, or a command to run"
         ;;
     *)
         cmd=("$@")

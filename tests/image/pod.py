@@ -23,6 +23,7 @@ IMAGE_INPUTS = [
     ".dockerignore",
     "docker/Dockerfile.cpu",
     "docker/entrypoint.sh",
+    "docker/submit.py",
     "docker/setup-image.sh",
     "pyproject.toml",
     "scripts/build-image.sh",
