@@ -126,6 +126,34 @@ CASES: dict[str, Case] = {
 }
 
 
+# The operator-less path (operator.enabled false): a Job running spark-submit with pod
+# templates. Kept apart from CASES, whose tests read the SparkApplication.
+SUBMIT_CASES: dict[str, Case] = {
+    "submit-chat": Case("chat.yaml", (("operator.enabled", False),)),
+    "submit-classic": Case("chat.yaml", (("operator.enabled", False), ("sidecar.mode", "classic"))),
+    "submit-smoke": Case("smoke.yaml", (("operator.enabled", False), ("sidecar.mode", "classic"))),
+    "submit-api-key": Case(
+        "chat.yaml",
+        (
+            ("operator.enabled", False),
+            ("sidecar.apiKey.enabled", True),
+            ("sidecar.apiKey.secretName", "vllm-api-key"),
+            ("hadoopConf", {"fs.s3a.path.style.access": "true"}),
+            ("image.pullSecrets", ["registry-a", "registry-b"]),
+        ),
+    ),
+    "submit-dynamic": Case(
+        "chat.yaml",
+        (
+            ("operator.enabled", False),
+            ("dynamicAllocation.enabled", True),
+            ("dynamicAllocation.shuffleTrackingTimeout", 60000),
+            ("restartPolicy.type", "OnFailure"),
+        ),
+    ),
+}
+
+
 @dataclass
 class Rendered:
     """The documents `helm template` printed for one case."""
@@ -140,6 +168,22 @@ class Rendered:
         found = self.of_kind(kind)
         assert len(found) == 1, f"{self.name}: expected one {kind}, found {len(found)}"
         return found[0]
+
+    def submit_files(self) -> dict[str, str]:
+        """The operator-less path's ConfigMap: spark.properties and the two pod templates."""
+        (config,) = [
+            d for d in self.of_kind("ConfigMap") if d["metadata"]["name"].endswith("-submit")
+        ]
+        files: dict[str, str] = config["data"]
+        return files
+
+    def spark_properties(self) -> dict[str, str]:
+        lines = self.submit_files()["spark.properties"].splitlines()
+        return dict(line.split("=", 1) for line in lines if line)
+
+    def pod_template(self, role: str) -> Doc:
+        template: Doc = yaml.safe_load(self.submit_files()[f"{role}-template.yaml"])
+        return template
 
     def app_spec(self) -> Doc:
         """The SparkApplication spec, or the template of the ScheduledSparkApplication."""

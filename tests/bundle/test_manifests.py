@@ -43,6 +43,13 @@ def test_manifests_hold_the_promised_objects() -> None:
     assert kinds == {
         "rbac.yaml": ["Role", "RoleBinding", "ServiceAccount", "ServiceAccount"],
         "chat-job.yaml": ["ConfigMap", "NetworkPolicy", "NetworkPolicy", "SparkApplication"],
+        "chat-job-spark-submit.yaml": [
+            "ConfigMap",
+            "ConfigMap",
+            "Job",
+            "NetworkPolicy",
+            "NetworkPolicy",
+        ],
         "embedding-job.yaml": ["ConfigMap", "NetworkPolicy", "NetworkPolicy", "SparkApplication"],
         "scheduled-job.yaml": [
             "ConfigMap",

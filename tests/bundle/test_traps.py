@@ -5,6 +5,13 @@ Each test names the trap; see charts/spark-vllm/README.md for the reasoning.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
 import pytest
 
 from .render import (
@@ -145,9 +152,26 @@ def test_vllm_binds_loopback_and_is_probed_from_inside_the_pod(
     assert "0.0.0.0" not in " ".join(args)
     assert not vllm.get("ports"), "a loopback server has no port to declare"
     port = args[args.index("--port") + 1]
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+    probes = ["startupProbe", "readinessProbe"]
+    probes += ["livenessProbe"] if name != "classic-sidecar" else []
+    for probe in probes:
         assert "httpGet" not in vllm[probe]
         assert f"http://127.0.0.1:{port}/health" in " ".join(vllm[probe]["exec"]["command"])
+
+
+def test_classic_sidecar_restarts_vllm_itself_and_has_no_liveness_probe(
+    rendered: dict[str, Rendered],
+) -> None:
+    """Spark gives executor pods restartPolicy Never: the kubelet restarts no container, so
+    a liveness probe would only kill vLLM for good. A loop in the container restarts it."""
+    vllm = vllm_container(rendered["classic-sidecar"].app_spec())
+    assert "livenessProbe" not in vllm
+    assert vllm["command"][:2] == ["/bin/bash", "-c"]
+    assert "while true" in vllm["command"][2]
+    assert vllm["command"][3] == "vllm-supervisor"
+    native = vllm_container(rendered["chat"].app_spec())
+    assert vllm["command"][4:] == native["command"]
+    assert vllm["args"] == native["args"]
 
 
 def test_startup_probe_waits_as_long_as_the_model_load_may_take(
@@ -358,3 +382,32 @@ def test_rapids_gets_a_gpu_of_its_own_and_is_counted(rendered: dict[str, Rendere
     # Two executors, each with one GPU for vLLM and one for RAPIDS.
     assert spec["batchSchedulerOptions"]["resources"]["nvidia.com/gpu"] == "4"
     assert "spark.plugins" not in rendered["chat"].app_spec().get("sparkConf", {})
+
+
+def test_classic_sidecar_loop_restarts_a_killed_server_and_stops_on_sigterm(
+    rendered: dict[str, Rendered], tmp_path: Path
+) -> None:
+    """The rendered loop, run by bash with a stand-in server: kill the server, the loop starts
+    another; SIGTERM to the loop (the kubelet stopping the pod) ends it and the server."""
+    script = vllm_container(rendered["classic-sidecar"].app_spec())["command"][2]
+    starts = tmp_path / "starts"
+    server = f"echo $$ >> {starts}; exec sleep 300"
+    loop = subprocess.Popen(["bash", "-c", script, "vllm-supervisor", "sh", "-c", server])
+    try:
+        _wait(lambda: starts.exists() and len(starts.read_text().split()) == 1)
+        first = int(starts.read_text().split()[0])
+        os.kill(first, signal.SIGKILL)
+        _wait(lambda: len(starts.read_text().split()) == 2, timeout=20)
+        second = int(starts.read_text().split()[1])
+        loop.send_signal(signal.SIGTERM)
+        assert loop.wait(timeout=10) == 143
+        _wait(lambda: not Path(f"/proc/{second}").exists())
+    finally:
+        loop.kill()
+
+
+def _wait(check: Callable[[], bool], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)

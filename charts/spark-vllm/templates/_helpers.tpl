@@ -148,6 +148,11 @@ the operator's webhook adds a volume to a pod only when the Spark container moun
 - name: job-spec
   configMap:
     name: {{ include "spark-vllm.jobConfigMapName" . }}
+{{ include "spark-vllm.executorVolumes" . }}
+{{- end }}
+
+{{/* The executor pod's volumes: /tmp, the sidecar's /dev/shm and model cache. */}}
+{{- define "spark-vllm.executorVolumes" -}}
 - name: tmp
   emptyDir:
     sizeLimit: {{ printf "%dMi" (int .Values.tmpSizeMi) }}
@@ -180,9 +185,20 @@ image: {{ include "spark-vllm.sidecarImage" . }}
 imagePullPolicy: {{ .Values.image.pullPolicy }}
 {{- if eq .Values.sidecar.mode "native" }}
 restartPolicy: Always
-{{- end }}
 command:
   {{- toYaml .Values.sidecar.command | nindent 2 }}
+{{- else }}
+# Classic sidecar: Spark gives executor pods restartPolicy Never, so the kubelet never
+# restarts a container that exits. This loop restarts vLLM when it dies (the executor's
+# tasks wait for it, within the job's timeouts.outage_s) and stops it when the pod stops.
+command:
+  - /bin/bash
+  - -c
+  - |
+    {{- include "spark-vllm.supervisor" . | nindent 4 }}
+  - vllm-supervisor
+  {{- toYaml .Values.sidecar.command | nindent 2 }}
+{{- end }}
 args:
   - --model
   - {{ include "spark-vllm.modelArg" . | quote }}
@@ -277,6 +293,7 @@ readinessProbe:
   periodSeconds: 10
   timeoutSeconds: 8
   failureThreshold: 3
+{{- if eq .Values.sidecar.mode "native" }}
 livenessProbe:
   exec:
     command:
@@ -286,6 +303,10 @@ livenessProbe:
   periodSeconds: 30
   timeoutSeconds: 8
   failureThreshold: 4
+{{- end }}
+{{- /* No liveness probe for a classic sidecar: in a pod with restartPolicy Never a failed
+liveness probe kills vLLM for good, and while the loop above restarts vLLM (minutes for a
+big model) the probe would fail. */}}
 securityContext:
   {{- toYaml .Values.containerSecurityContext | nindent 2 }}
 volumeMounts:
@@ -296,6 +317,20 @@ volumeMounts:
   - name: model-cache
     mountPath: {{ .Values.model.cache.mountPath }}
     readOnly: {{ .Values.model.cache.readOnly }}
+{{- end }}
+
+{{/* The classic sidecar's restart loop ("$@" is sidecar.command followed by its args). */}}
+{{- define "spark-vllm.supervisor" -}}
+trap 'kill -TERM -- "-$child" 2>/dev/null; wait "$child"; exit 143' TERM INT
+while true; do
+  setsid "$@" & child=$!
+  wait "$child"
+  status=$?
+  # vLLM's engine processes can outlive a server that was killed: end its whole group.
+  kill -KILL -- "-$child" 2>/dev/null
+  echo "vllm-supervisor: vLLM exited with status $status; starting it again in 5 s" >&2
+  sleep 5 & wait $!
+done
 {{- end }}
 
 {{/* Volcano PodGroup resources: driver + executors + their sidecars, in Kubernetes units. */}}
