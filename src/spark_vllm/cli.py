@@ -1,21 +1,30 @@
-"""The `spark-vllm` command: validate a job spec, run a job, or run it with a local vLLM.
+"""The `spark-vllm` command: validate a job spec, run a job, run it with a local vLLM, or
+serve a local vLLM for your own code.
 
 Exit codes: 0 done; 1 the job failed (a row failed under on_error: fail, the sidecar
-never became ready, Spark failed); 2 the job spec or the command line is wrong.
+never became ready, Spark failed); 2 the job spec or the command line is wrong; 130
+interrupted (Ctrl-C): what was committed stays, and the same command resumes.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from spark_vllm.client import SidecarNotReady
 from spark_vllm.spec import JobSpec, SpecError, load_spec
+
+if TYPE_CHECKING:
+    from spark_vllm.inputs import Columns
+    from spark_vllm.local_server import LocalServer
 
 # Our own exceptions raised inside Spark tasks; their text is what the user needs.
 _TASK_ERRORS = re.compile(
@@ -43,20 +52,15 @@ def _add_spec_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="spark-vllm", description="Batch LLM inference with Spark and a vLLM sidecar."
+def _add_server_args(parser: argparse.ArgumentParser, default_port: int | None) -> None:
+    parser.add_argument("--model", required=True, help="model directory or id for vLLM")
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=default_port,
+        help=f"server port (default: {default_port or 'a free one'})",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
-    _add_spec_args(sub.add_parser("validate", help="check a job spec and exit"))
-    _add_spec_args(sub.add_parser("run", help="run a job against its endpoint (the sidecar)"))
-    local = sub.add_parser(
-        "local", help="start a vLLM server on loopback, run the job against it, stop it"
-    )
-    _add_spec_args(local)
-    local.add_argument("--model", required=True, help="model directory or id for vLLM")
-    local.add_argument("--port", type=int, default=None, help="server port (default: a free one)")
-    local.add_argument(
+    parser.add_argument(
         "--vllm-arg",
         dest="vllm_args",
         action="append",
@@ -64,11 +68,43 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ARG",
         help="passed to vLLM untouched, e.g. --vllm-arg=--max-model-len=1024 (repeatable)",
     )
-    local.add_argument(
+    parser.add_argument(
         "--server-log", default="build/vllm-server.log", help="where the server's output goes"
     )
-    local.add_argument(
+    parser.add_argument(
         "--server-timeout", type=float, default=600.0, help="seconds to wait for the server"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="spark-vllm", description="Batch LLM inference with Spark and a vLLM sidecar."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    validate = sub.add_parser(
+        "validate", help="check a job spec, and the input's columns where that is cheap"
+    )
+    _add_spec_args(validate)
+    validate.add_argument(
+        "--spark",
+        action="store_true",
+        help="also read the columns of a table, a JDBC input or a remote path with a "
+        "local Spark session",
+    )
+    _add_spec_args(sub.add_parser("run", help="run a job against its endpoint (the sidecar)"))
+    local = sub.add_parser(
+        "local", help="start a vLLM server on loopback, run the job against it, stop it"
+    )
+    _add_spec_args(local)
+    _add_server_args(local, None)
+    serve = sub.add_parser(
+        "serve",
+        help="start a vLLM server on loopback, as `local` does, until Ctrl-C "
+        "(for the column functions and your own code)",
+    )
+    _add_server_args(serve, 8000)
+    serve.add_argument(
+        "--served-model-name", default=None, help="the name to serve it under (default: --model)"
     )
     return parser
 
@@ -102,55 +138,205 @@ def _task_error(exc: BaseException) -> str | None:
     return f"{match.group(1)}: {match.group(2)}" if match else None
 
 
-def run(spec: JobSpec) -> int:
+class _CtrlC:
+    """SIGINT while the job's Spark session lives.
+
+    PySpark's own handler cancels the Spark jobs with a py4j call from the main thread,
+    which is then itself inside a py4j call: the call re-enters the connection, fails
+    with pages of tracebacks, and leaves the driver hanging. Here the first Ctrl-C
+    cancels the jobs from a thread of its own, so the main thread's call returns with
+    the job cancelled and the job ends with a summary of what was committed; a second
+    Ctrl-C stops at once (the local vLLM first)."""
+
+    def __init__(self, spark: Any, server: LocalServer | None) -> None:
+        self.spark = spark
+        self.server = server
+        self.count = 0
+
+    @property
+    def seen(self) -> bool:
+        return self.count > 0
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.count += 1
+        if self.count > 1:
+            if self.server is not None:
+                self.server.stop(grace_s=5)
+            os._exit(130)
+        print(
+            "spark-vllm: interrupted: cancelling the Spark jobs (Ctrl-C again to stop at once)",
+            file=sys.stderr,
+            flush=True,
+        )
+        threading.Thread(target=self._cancel, daemon=True).start()
+
+    def _cancel(self) -> None:
+        with contextlib.suppress(Exception):  # the session may be stopping already
+            context = self.spark.sparkContext
+            context.setLogLevel("FATAL")  # no page of errors per cancelled task
+            context.cancelAllJobs()
+
+
+@contextlib.contextmanager
+def _plain_sigint() -> Iterator[None]:
+    """Ctrl-C as a KeyboardInterrupt, where the main thread makes no py4j call."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def run(spec: JobSpec, server: LocalServer | None = None) -> int:
+    """Plan the job, start `server` (if any) only when there is something to send, run."""
     from spark_vllm.jdbc import JdbcError
-    from spark_vllm.job import JobFailed, run_job
+    from spark_vllm.job import JobFailed, JobInterrupted, execute, plan
 
     spark = spark_session(spec)
+    ctrl_c = _CtrlC(spark, server)
+    signal.signal(signal.SIGINT, ctrl_c)
+    stopped = (
+        f"spark-vllm: interrupted; the rows committed before it stay in "
+        f"{spec.output.where()}, and running the same command again resumes from them"
+    )
     try:
-        summary = run_job(spark, spec)
+        job = plan(spark, spec)
+        if ctrl_c.seen:
+            raise KeyboardInterrupt
+        if job.result is not None and server is not None:
+            with _plain_sigint():
+                _start(server)
+        summary = execute(spark, spec, job)
     except SpecError as exc:
         print(f"spark-vllm: {exc}", file=sys.stderr)
         return 2
-    except JdbcError as exc:  # the database cannot be reached: nothing was sent
+    except (JdbcError, SidecarNotReady) as exc:  # nothing was sent
         print(f"spark-vllm: {exc}", file=sys.stderr)
         return 1
-    except JobFailed as exc:
+    except (JobFailed, JobInterrupted) as exc:
         print(exc.summary.render())
+        if ctrl_c.seen or isinstance(exc, JobInterrupted):
+            print(stopped, file=sys.stderr)
+            return 130
+        assert isinstance(exc, JobFailed)
         reason = _task_error(exc.cause) or f"{type(exc.cause).__name__}: {exc.cause}"
         print(f"spark-vllm: job failed: {reason}", file=sys.stderr)
         return 1
+    except Exception:
+        if not ctrl_c.seen:
+            raise
+        print(stopped, file=sys.stderr)  # cancelled while planning: nothing was sent
+        return 130
+    except KeyboardInterrupt:
+        print(stopped, file=sys.stderr)
+        return 130
     finally:
         if not _under_spark_submit():
             spark.stop()
+        if server is not None:
+            _stop(server)
     print(summary.render())
     return 0
 
 
-def run_local(spec: JobSpec, args: argparse.Namespace) -> int:
+def _local_server(spec: JobSpec | None, args: argparse.Namespace) -> LocalServer:
     from spark_vllm.local_server import LocalServer
 
-    server = LocalServer(
+    name = args.served_model_name if spec is None else spec.endpoint.model
+    return LocalServer(
         model=args.model,
-        served_model_name=spec.endpoint.model,
+        served_model_name=name or args.model,
         log_path=Path(args.server_log),
         port=args.port,
         vllm_args=args.vllm_args,
         ready_timeout_s=args.server_timeout,
     )
-    print(f"spark-vllm: starting vLLM for {args.model} (log: {args.server_log}) ...", flush=True)
+
+
+def _start(server: LocalServer) -> None:
+    print(f"spark-vllm: starting vLLM for {server.model} (log: {server.log_path}) ...", flush=True)
+    server.start()
+    print(f"spark-vllm: vLLM ready at {server.base_url}", flush=True)
+
+
+def _stop(server: LocalServer) -> None:
+    if server.proc is not None:
+        print("spark-vllm: stopping vLLM", flush=True)
+        server.stop()
+
+
+def run_local(spec: JobSpec, args: argparse.Namespace) -> int:
+    """`local`: the job against a vLLM on loopback, started only if there is anything to
+    send (a resume with every id done starts none)."""
+    server = _local_server(spec, args)
+    spec.endpoint.base_url = server.base_url
+    return run(spec, server)
+
+
+def serve(args: argparse.Namespace) -> int:
+    """`serve`: a vLLM on loopback until Ctrl-C or SIGTERM."""
+    server = _local_server(None, args)
     try:
-        server.start()
+        _start(server)
+        print(
+            f"spark-vllm: serving {server.served_model_name!r} at {server.base_url} until Ctrl-C",
+            flush=True,
+        )
+        assert server.proc is not None
+        code = server.proc.wait()
+        print(f"spark-vllm: vLLM exited with code {code}", file=sys.stderr)
+        return 1
     except SidecarNotReady as exc:
         print(f"spark-vllm: {exc}", file=sys.stderr)
         return 1
-    try:
-        print(f"spark-vllm: vLLM ready at {server.base_url}", flush=True)
-        spec.endpoint.base_url = server.base_url
-        return run(spec)
+    except KeyboardInterrupt:
+        return 130
     finally:
-        print("spark-vllm: stopping vLLM", flush=True)
-        server.stop()
+        _stop(server)
+
+
+def validate(spec: JobSpec, args: argparse.Namespace) -> int:
+    """`validate`: the spec, then the columns it reads against the input's, where cheap."""
+    from spark_vllm.inputs import columns_without_spark
+
+    columns = columns_without_spark(spec)
+    if columns.names is None and args.spark:
+        columns = _columns_with_spark(spec)
+    if columns.names is None:
+        print(f"spark-vllm: {args.spec} is a valid job spec")
+        print(
+            f"spark-vllm: the input's columns were not checked: {columns.source}; "
+            "`run` checks them before any request"
+            + ("" if args.spark else " (--spark reads them with a local Spark session)")
+        )
+        return 0
+    try:
+        spec.check_columns(columns.names)
+    except SpecError as exc:
+        if columns.complete:
+            print(f"spark-vllm: {exc} (read from {columns.source})", file=sys.stderr)
+            return 2
+        print(f"spark-vllm: {args.spec} is a valid job spec")
+        print(f"spark-vllm: warning: {exc}; only {columns.source} were read")
+        return 0
+    print(
+        f"spark-vllm: {args.spec} is a valid job spec, and the columns it reads are in the "
+        f"input (read from {columns.source})"
+    )
+    return 0
+
+
+def _columns_with_spark(spec: JobSpec) -> Columns:
+    from spark_vllm.inputs import Columns, read_input
+
+    spark = spark_session(spec)
+    try:
+        df = read_input(spark, spec)
+        return Columns(df.columns if df is not None else None, "Spark's reader")
+    except SpecError as exc:
+        return Columns(None, str(exc))
+    finally:
+        spark.stop()
 
 
 def _terminate(signum: int, frame: object) -> None:
@@ -160,14 +346,16 @@ def _terminate(signum: int, frame: object) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        signal.signal(signal.SIGTERM, _terminate)
+        return serve(args)
     try:
         spec = load_spec(args.spec, args.overrides)
     except SpecError as exc:
         print(f"spark-vllm: {exc}", file=sys.stderr)
         return 2
     if args.command == "validate":
-        print(f"spark-vllm: {args.spec} is a valid job spec")
-        return 0
+        return validate(spec, args)
     signal.signal(signal.SIGTERM, _terminate)
     if args.command == "local":
         return run_local(spec, args)

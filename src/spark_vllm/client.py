@@ -46,6 +46,8 @@ class Result:
     body: str | None = field(default=None, repr=False)
     request_id: str | None = field(default=None, repr=False)
     line: str | None = field(default=None, repr=False)  # format openai-batch: the output line
+    # With sampling.logprobs: [{token, logprob, top_logprobs: [{token, logprob}]}] per token.
+    logprobs: list[dict[str, Any]] | None = None
 
 
 def read_api_key(env_name: str | None) -> str | None:
@@ -161,6 +163,88 @@ def _error_text(body: str) -> str:
     return body.strip()[:2000]
 
 
+# finish_reason values with which vLLM ends an answer it did not finish: the request was
+# aborted (preempted past recovery, the engine shutting down) or failed in the engine.
+# Another try may well succeed, so they are retried like a 503.
+UNFINISHED = frozenset({"abort", "error"})
+
+# The kinds of answer the checks below know, by the url a request goes to.
+KIND_OF_URL = {"/v1/chat/completions": "chat", "/v1/completions": "completion"}
+
+# A problem with a 200 answer: (what is wrong, whether another try may cure it).
+Problem = tuple[str, bool]
+
+
+def unfinished(data: dict[str, Any]) -> Problem | None:
+    """A problem when any choice of a chat or completion answer ended unfinished."""
+    choices = data.get("choices")
+    for choice in choices if isinstance(choices, list) else []:
+        reason = choice.get("finish_reason") if isinstance(choice, dict) else None
+        if reason in UNFINISHED:
+            return f"the server ended the answer with finish_reason {reason!r}", True
+    return None
+
+
+def answer_problem(kind: str, data: Any) -> Problem | None:
+    """What keeps a 200 answer of a generating task from being a success, or None.
+
+    A success has a first choice whose finish_reason is not abort or error and whose
+    text is a string (chat: `message.content`; completion: `text`)."""
+    if not isinstance(data, dict):
+        return f"the answer is not a JSON object: {str(data)[:200]}", False
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return f"the answer has no choices: {json.dumps(data)[:300]}", False
+    problem = unfinished(data)
+    if problem is not None:
+        return problem
+    choice = choices[0]
+    if kind == "chat":
+        message = choice.get("message")
+        text = message.get("content") if isinstance(message, dict) else None
+        what = "message.content"
+    else:
+        text, what = choice.get("text"), "text"
+    if not isinstance(text, str):
+        return (
+            f"the answer has no {what} (finish_reason {choice.get('finish_reason')!r}): "
+            f"{json.dumps(choice)[:300]}",
+            False,
+        )
+    return None
+
+
+def token_logprobs(kind: str, choice: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The answer's tokens with their log-probabilities, one shape for both kinds:
+    [{token, logprob, top_logprobs: [{token, logprob}]}]."""
+    found = choice.get("logprobs")
+    if not isinstance(found, dict):
+        return None
+    if kind == "chat":
+        return [
+            {
+                "token": item.get("token"),
+                "logprob": item.get("logprob"),
+                "top_logprobs": [
+                    {"token": top.get("token"), "logprob": top.get("logprob")}
+                    for top in item.get("top_logprobs") or []
+                ],
+            }
+            for item in found.get("content") or []
+        ]
+    tokens = found.get("tokens") or []
+    values = found.get("token_logprobs") or [None] * len(tokens)
+    tops = found.get("top_logprobs") or [None] * len(tokens)
+    return [
+        {
+            "token": token,
+            "logprob": value,
+            "top_logprobs": [{"token": k, "logprob": v} for k, v in (top or {}).items()],
+        }
+        for token, value, top in zip(tokens, values, tops, strict=False)
+    ]
+
+
 def _describe_exception(exc: BaseException) -> str:
     if isinstance(exc, asyncio.TimeoutError):
         return "request timed out"
@@ -187,10 +271,13 @@ class SidecarClient:
         pool_size: int,
         api_key: str | None = None,
         outage_s: float | None = None,
+        logprobs: bool = False,
     ) -> None:
         path = {"chat": "/chat/completions", "completion": "/completions"}.get(task, "/embeddings")
         self.base_url = base_url.rstrip("/")
+        self.root = server_root(base_url)
         self.url = self.base_url + path
+        self.logprobs = logprobs
         self.metrics_url = server_root(base_url) + "/metrics"
         self.task = task
         self.body = {"model": model, **sampling}
@@ -220,16 +307,22 @@ class SidecarClient:
             resp.raise_for_status()
             return await resp.text()
 
+    def _check(self, data: Any) -> Problem | None:
+        return answer_problem(self.task, data)
+
     def _parse(self, data: dict[str, Any], result: Result) -> Result:
+        """Fill the row's result from an answer `answer_problem` passed."""
         choice = data["choices"][0]
         if self.task == "chat":
-            result.response = choice["message"].get("content") or ""
+            result.response = choice["message"]["content"]
         else:
             result.response = choice["text"]
         result.finish_reason = choice.get("finish_reason")
         usage = data.get("usage") or {}
         result.prompt_tokens = usage.get("prompt_tokens")
         result.completion_tokens = usage.get("completion_tokens")
+        if self.logprobs:
+            result.logprobs = token_logprobs(self.task, choice)
         return result
 
     async def call(self, fields: dict[str, Any]) -> Result:
@@ -239,12 +332,9 @@ class SidecarClient:
         is the task's failure, not the row's, and Spark's task retry takes over.
         """
         result = Result()
-        data, text = await self._post({**self.body, **fields}, result)
+        data, _ = await self._post({**self.body, **fields}, result, check=self._check)
         if data is not None:
-            try:
-                self._parse(data, result)
-            except (KeyError, IndexError, TypeError) as exc:
-                result.error = f"unexpected response ({exc!r}): {text[:500]}"
+            self._parse(data, result)
         return result
 
     async def embed(self, inputs: list[str]) -> list[Result]:
@@ -273,13 +363,15 @@ class SidecarClient:
             return [replace(shared) for _ in inputs]
         return [replace(shared, embedding=vector) for vector in vectors]
 
-    async def call_raw(self, path: str, body: dict[str, Any]) -> Result:
-        """One request body as it is (format openai-batch) to `path` under /v1: the
-        answer's status and text are kept, whatever they are."""
+    async def call_raw(self, url: str, body: dict[str, Any]) -> Result:
+        """One request body as it is (format openai-batch) to `url` under the server's
+        root: the answer's status and text are kept, whatever they are. A chat or
+        completion answer that ended unfinished (abort, error) is retried, then failed."""
         request_id = f"spark-vllm-{uuid.uuid4().hex}"
         result = Result(request_id=request_id)
         headers = {"X-Request-Id": request_id}
-        await self._post({**self.body, **body}, result, self.base_url + path, headers)
+        check = unfinished if url in KIND_OF_URL else None
+        await self._post({**self.body, **body}, result, self.root + url, headers, check)
         return result
 
     async def _embed_one(self, text: str) -> Result:
@@ -292,10 +384,13 @@ class SidecarClient:
         result: Result,
         url: str | None = None,
         headers: dict[str, str] | None = None,
+        check: Callable[[Any], Problem | None] | None = None,
     ) -> tuple[Any, str]:
         """POST `body` to `url` (default: the task's endpoint), retrying transient
-        failures: (the parsed JSON, its text) on 200, else (None, the last text) with
-        `result.error` set. Counts attempts and latency; keeps the last status and text."""
+        failures: (the parsed JSON, its text) on a 200 that `check` finds no problem
+        with, else (None, the last text) with `result.error` set. A problem `check`
+        calls transient is retried like a 503. Counts attempts and latency; keeps the
+        last status and text."""
         assert self._session is not None, "use SidecarClient as an async context manager"
         url = url or self.url
         start = time.monotonic()
@@ -309,15 +404,20 @@ class SidecarClient:
                     text = await resp.text()
                     result.status, result.body = resp.status, text
                     if resp.status == 200:
-                        result.latency_ms = (time.monotonic() - start) * 1000
                         try:
-                            return json.loads(text), text
+                            data = json.loads(text)
                         except ValueError as exc:
                             result.error = f"unexpected response ({exc!r}): {text[:500]}"
-                            return None, text
-                    last = f"HTTP {resp.status}: {_error_text(text)}"
-                    transient = is_transient_status(resp.status)
-                    maybe_down = resp.status in SERVER_DOWN_STATUS
+                            break
+                        problem = check(data) if check is not None else None
+                        if problem is None:
+                            result.latency_ms = (time.monotonic() - start) * 1000
+                            return data, text
+                        (last, transient), maybe_down = problem, False
+                    else:
+                        last = f"HTTP {resp.status}: {_error_text(text)}"
+                        transient = is_transient_status(resp.status)
+                        maybe_down = resp.status in SERVER_DOWN_STATUS
             except (TimeoutError, aiohttp.ClientError) as exc:
                 last = _describe_exception(exc)
                 transient = maybe_down = True

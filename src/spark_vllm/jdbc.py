@@ -19,6 +19,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from spark_vllm.fingerprint import RunRecord
 from spark_vllm.spec import JdbcConnection, JdbcInput, JdbcOutput, SpecError
 
 # The run column: which run wrote a row of the target table.
@@ -225,11 +226,47 @@ def staging_table(out: JdbcOutput, run_id: str) -> str:
     return _sibling(out, _staging_prefix(out) + run_id.lower())
 
 
+# A run id as it appears in a staging table's name (see results.new_run_id, lowered).
+_RUN_ID = re.compile(r"\d{8}t\d{12}z")
+
+
 def leftover_staging(spark: SparkSession, out: JdbcOutput) -> list[str]:
     """Staging tables of this target that no driver moved (it died), oldest first."""
     names = Database(spark, out, "output.jdbc").table_names(split_table(out.table)[0])
     prefix = _staging_prefix(out)
-    return [_sibling(out, n) for n in sorted(names) if n.startswith(prefix)]
+    return [
+        _sibling(out, n)
+        for n in sorted(names)
+        if n.startswith(prefix) and _RUN_ID.fullmatch(n[len(prefix) :])
+    ]
+
+
+def runs_table(out: JdbcOutput) -> str:
+    """The table of the target's run records (run, record): one row per run."""
+    return _sibling(out, _staging_prefix(out) + "runs")
+
+
+def write_record(spark: SparkSession, out: JdbcOutput, record: RunRecord) -> None:
+    """Record a run's fingerprint (before the run stages any row); the table is created,
+    with the database's own text type, when missing."""
+    (
+        spark.createDataFrame([(record.run, record.to_json())], "run string, record string")
+        .write.format("jdbc")
+        .option("url", out.url)
+        .options(**properties(out, "output.jdbc"))
+        .option("dbtable", quote_table(runs_table(out)))
+        .mode("append")
+        .save()
+    )
+
+
+def read_records(spark: SparkSession, out: JdbcOutput) -> dict[str, RunRecord]:
+    """The run records of the target, by run id (none when the table is missing)."""
+    table = runs_table(out)
+    if not Database(spark, out, "output.jdbc").has_table(table):
+        return {}
+    rows = read_table(spark, out, table).collect()
+    return {r["run"]: RunRecord.from_json(r["run"], r["record"]) for r in rows}
 
 
 def recover(spark: SparkSession, out: JdbcOutput, id_column: str) -> list[str]:

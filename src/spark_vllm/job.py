@@ -15,10 +15,11 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.pandas.types import to_arrow_schema
 
-from spark_vllm import jdbc, openai_batch, results, structured
+from spark_vllm import inputs, jdbc, openai_batch, results, structured
+from spark_vllm.fingerprint import Fingerprint, RunRecord, changes, fingerprint, matching_runs
 from spark_vllm.retry import RetryPolicy
 from spark_vllm.runner import TaskConfig, run_partition
-from spark_vllm.spec import InputSpec, JobSpec, SpecError
+from spark_vllm.spec import LOGPROBS_COLUMN, JobSpec, SpecError
 
 RESULT_FIELDS = [
     T.StructField("response", T.StringType()),
@@ -33,6 +34,16 @@ EMBEDDING_RESULT_FIELDS = [
     T.StructField("embedding", T.ArrayType(T.FloatType())),
     *(f for f in RESULT_FIELDS if f.name in ("latency_ms", "attempts", "error")),
 ]
+
+
+_TOKEN = [T.StructField("token", T.StringType()), T.StructField("logprob", T.DoubleType())]
+# sampling.logprobs: each answer token, its log-probability and the top alternatives.
+LOGPROBS_FIELD = T.StructField(
+    LOGPROBS_COLUMN,
+    T.ArrayType(
+        T.StructType([*_TOKEN, T.StructField("top_logprobs", T.ArrayType(T.StructType(_TOKEN)))])
+    ),
+)
 
 
 def result_fields(task: str) -> list[T.StructField]:
@@ -59,6 +70,7 @@ class Summary:
     output_ids: int = 0
     output_failed: int = 0
     tokens: bool = True  # False for task embedding: vLLM reports no tokens per row
+    note: str = ""  # why nothing was sent, when nothing was
 
     @property
     def rows_per_s(self) -> float:
@@ -75,6 +87,8 @@ class Summary:
             f"  succeeded     {self.succeeded}",
             f"  failed        {self.failed}",
         ]
+        if self.note:
+            lines.insert(1, f"  {self.note}")
         if self.tokens:
             lines += [
                 f"  tokens in     {self.prompt_tokens}",
@@ -100,57 +114,6 @@ def _quote(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
 
 
-# Spark's name for the raw text of an input line that is not JSON.
-CORRUPT = "_corrupt_record"
-
-
-def read_batch_file(spark: SparkSession, spec: InputSpec) -> DataFrame:
-    """Request lines of an OpenAI batch file; refuses lines that are not JSON objects."""
-    assert spec.path is not None
-    schema = T.StructType(
-        [*openai_batch.INPUT_SCHEMA.fields, T.StructField(CORRUPT, T.StringType())]
-    )
-    df = (
-        spark.read.options(**spec.options)
-        .schema(schema)
-        .option("mode", "PERMISSIVE")
-        .option("columnNameOfCorruptRecord", CORRUPT)
-        .json(spec.path)
-    )
-    # Spark refuses a query of the corrupt-record column alone (unless the whole input
-    # is cached): read custom_id along with it.
-    bad = (
-        df.where(F.col(CORRUPT).isNotNull())
-        .select(openai_batch.ID_COLUMN, CORRUPT)
-        .limit(3)
-        .collect()
-    )
-    if bad:
-        shown = ", ".join(repr(r[CORRUPT][:120]) for r in bad)
-        raise SpecError(
-            f"input.path {spec.path!r}: lines that are not JSON objects: {shown}; expected "
-            '{"custom_id": ..., "method": "POST", "url": "/v1/chat/completions", "body": {...}}'
-        )
-    return df.drop(CORRUPT)
-
-
-def read_input(spark: SparkSession, spec: InputSpec) -> DataFrame:
-    reader = spark.read.options(**spec.options)
-    if spec.jdbc is not None:
-        return jdbc.read(spark, spec.jdbc)
-    if spec.format == "openai-batch":
-        return read_batch_file(spark, spec)
-    if spec.format == "table":
-        assert spec.table is not None
-        return spark.table(spec.table)
-    assert spec.path is not None
-    if spec.format == "parquet":
-        return reader.parquet(spec.path)
-    if spec.format == "jsonl":
-        return reader.json(spec.path)
-    return reader.options(header="true", inferSchema="true").csv(spec.path)
-
-
 def derived_id(columns: list[str]) -> Column:
     """A stable id from the row's content: SHA-256 of its JSON, columns sorted by name.
 
@@ -166,7 +129,10 @@ def with_ids(df: DataFrame, spec: JobSpec) -> DataFrame:
     Identical rows get the same digest; the second and later copies get `-2`, `-3`, …
     appended, so each input row keeps its own output row and the ids stay stable
     (copies are interchangeable, so which copy gets which suffix does not matter).
+    An OpenAI batch file's custom_id was checked as the file was read.
     """
+    if spec.input.format == "openai-batch":
+        return df
     if spec.input.id_column is None:
         digest = "__spark_vllm_digest"
         df = df.withColumn(digest, derived_id(df.columns))
@@ -306,13 +272,16 @@ def output_schema(df: DataFrame, spec: JobSpec, answer: T.StructType | None = No
     fields = [df.schema[spec.id_column()]]
     fields += [df.schema[c] for c in spec.output.keep_columns if c != spec.id_column()]
     fields += result_fields(spec.task)
+    if spec.wants_logprobs():
+        fields.append(LOGPROBS_FIELD)
     if answer is not None:
-        taken = {f.name for f in fields}
-        clash = [f.name for f in answer if f.name in taken]
+        # Spark matches column names regardless of case: `Error` would shadow `error`.
+        taken = {f.name.lower() for f in fields}
+        clash = [f.name for f in answer if f.name.lower() in taken]
         if clash:
             raise SpecError(
                 f"structured_output: field(s) {clash} would clash with output columns "
-                f"{sorted(taken)}; rename them"
+                f"{sorted(f.name for f in fields)}; rename them"
             )
         fields += answer.fields
     return T.StructType(fields)
@@ -367,6 +336,7 @@ def task_config(
         seed_auto=not embedding and spec.sampling.seed == "auto",
         max_error_rate=spec.max_error_rate,
         error_rate_min_rows=spec.error_rate_min_rows,
+        logprobs=spec.wants_logprobs(),
     )
 
 
@@ -402,7 +372,9 @@ def summarize(
     summary.tokens = out_lines(spec) or spec.task != "embedding"
     error, tokens_in, tokens_out = stored_columns(spec)
     this_run = None
-    if out.jdbc is not None:
+    if job.result is None:
+        summary.note = job.note
+    elif out.jdbc is not None:
         this_run = jdbc.read_table(spark, out.jdbc).where(F.col(jdbc.RUN_COLUMN) == job.run_id)
     elif results.entries(spark, job.run_path):
         this_run = results.read_attempts(spark, job.run_path, out.format, job.schema)
@@ -442,7 +414,7 @@ def summarize(
     return summary
 
 
-def output_rows(spark: SparkSession, spec: JobSpec, stored: T.StructType) -> DataFrame:
+def output_rows(spark: SparkSession, spec: JobSpec, stored: T.StructType | None) -> DataFrame:
     """Every row at the output, of every run (with the `run` column)."""
     out = spec.output
     if out.jdbc is not None:
@@ -451,59 +423,145 @@ def output_rows(spark: SparkSession, spec: JobSpec, stored: T.StructType) -> Dat
     return results.read_attempts(spark, out.path, out.format, stored)
 
 
-def earlier_successes(spark: SparkSession, spec: JobSpec, stored: T.StructType) -> DataFrame | None:
-    """The ids whose latest row at the output succeeded, or None when there are no earlier
-    runs to resume from (none yet, or output.mode / write_mode replaces them)."""
+def prepare_output(spark: SparkSession, spec: JobSpec) -> bool:
+    """Make the output ready for this run; True when it holds earlier runs to resume from.
+
+    Changes the output on purpose: `output.mode: overwrite` deletes the path, and the
+    staging tables a JDBC driver left behind (it died) are moved into the target, or
+    dropped under `write_mode: overwrite`. Refuses an existing output under
+    `output.mode: error`, and a path that holds something other than runs."""
     out = spec.output
     if out.jdbc is not None:
         jdbc.recover(spark, out.jdbc, spec.id_column())
-        db = jdbc.Database(spark, out.jdbc, "output.jdbc")
-        if not db.has_table(out.jdbc.table):
-            return None
+        if not jdbc.Database(spark, out.jdbc, "output.jdbc").has_table(out.jdbc.table):
+            return False
         if out.mode == "error":
             raise SpecError(
                 f"output.jdbc.table {out.jdbc.table!r} exists and output.mode is 'error'; "
                 "use mode resume, or another table"
             )
-        if out.jdbc.write_mode == "overwrite":
-            return None
+        return out.jdbc.write_mode != "overwrite"
+    assert out.path is not None
+    if out.mode == "overwrite":
+        results.delete(spark, out.path)
+        return False
+    if results.exists(spark, out.path) and out.mode == "error":
+        raise SpecError(
+            f"output.path {out.path!r} exists and output.mode is 'error'; "
+            "use mode resume or overwrite, or another path"
+        )
+    try:
+        return results.holds_runs(spark, out.path)
+    except ValueError as exc:
+        raise SpecError(str(exc)) from None
+
+
+def run_records(spark: SparkSession, spec: JobSpec) -> dict[str, RunRecord]:
+    """What each earlier run at the output recorded (its fingerprint), by run id."""
+    out = spec.output
+    if out.jdbc is not None:
+        return jdbc.read_records(spark, out.jdbc)
+    assert out.path is not None
+    return results.read_records(spark, out.path)
+
+
+def write_record(spark: SparkSession, spec: JobSpec, record: RunRecord) -> None:
+    out = spec.output
+    if out.jdbc is not None:
+        jdbc.write_record(spark, out.jdbc, record)
     else:
         assert out.path is not None
-        if out.mode == "overwrite":
-            results.delete(spark, out.path)
-            return None
-        if results.exists(spark, out.path) and out.mode == "error":
-            raise SpecError(
-                f"output.path {out.path!r} exists and output.mode is 'error'; "
-                "use mode resume or overwrite, or another path"
-            )
-        try:
-            if not results.holds_runs(spark, out.path):
-                return None
-        except ValueError as exc:
-            raise SpecError(str(exc)) from None
+        results.write_record(spark, out.path, record)
+
+
+def _changed_settings(
+    spec: JobSpec, record: RunRecord | None, answers: int, current: Fingerprint
+) -> str:
+    out = spec.output
+    if out.jdbc is not None:
+        where = f"output.jdbc.table {out.jdbc.table!r}"
+        ways = "output.jdbc.write_mode: overwrite, or another output.jdbc.table"
+    else:
+        where = f"output.path {out.path!r}"
+        ways = "output.mode: overwrite, or another output.path"
+    if record is None or record.fingerprint is None:
+        what = (
+            f"was written by a run that recorded no settings ({record.run if record else '?'}; "
+            "an older spark-vllm), so they may not be this job's answers"
+        )
+        diff = ""
+    else:
+        what = f"came from run {record.run}, made with other settings:"
+        diff = "".join(f"\n  {line}" for line in changes(record.fingerprint, current))
     return (
-        results.latest(output_rows(spark, spec, stored), spec.id_column())
-        .where(F.col("error").isNull())
-        .select(_quote(spec.id_column()))
+        f"{where} holds {answers} answer(s) that resume would count as done, but the latest "
+        f"{what}{diff}\nTo start afresh: {ways}. To keep those answers and resume anyway: "
+        "output.on_change: resume."
     )
+
+
+def earlier_successes(
+    spark: SparkSession, spec: JobSpec, stored: T.StructType | None, current: Fingerprint
+) -> tuple[DataFrame, list[str]]:
+    """(the ids whose latest row at the output succeeded, the earlier runs this run
+    adopts). A success counts only when the run that made it had these settings (or
+    was adopted by one that had): otherwise SpecError naming what changed, unless
+    `output.on_change` is resume, and then its run is adopted."""
+    records = run_records(spark, spec)
+    same = matching_runs(records, current)
+    successes = results.latest(output_rows(spark, spec, stored), spec.id_column()).where(
+        F.col("error").isNull()
+    )
+    stale = (
+        successes.where(~F.col(results.RUN_COLUMN).isin(sorted(same)))
+        .groupBy(results.RUN_COLUMN)
+        .count()
+        .collect()
+    )
+    adopted: list[str] = []
+    if stale:
+        if spec.output.on_change == "refuse":
+            latest = max(stale, key=lambda r: r[results.RUN_COLUMN])[results.RUN_COLUMN]
+            record = records.get(latest, RunRecord(latest, None))
+            answers = sum(r["count"] for r in stale)
+            raise SpecError(_changed_settings(spec, record, answers, current))
+        adopted = sorted(r[results.RUN_COLUMN] for r in stale)
+    return successes.select(_quote(spec.id_column())), adopted
 
 
 @dataclass
 class Plan:
-    """A job ready to run: the lazy result, where it goes, and what resume skipped."""
+    """A job ready to run: the lazy result (None: nothing to send, and why), where it goes,
+    what resume skipped, and the record the run leaves before it sends anything."""
 
-    result: DataFrame
-    schema: T.StructType
+    result: DataFrame | None
+    schema: T.StructType | None
     run_id: str
     run_path: str
     skipped: DataFrame | None
+    record: RunRecord
+    started: float
     earlier_runs: bool = False
+    note: str = ""
 
 
 def plan(spark: SparkSession, spec: JobSpec) -> Plan:
-    """Read, check and prepare; spec errors surface here, before any request."""
-    df = read_input(spark, spec.input)
+    """Read, check and prepare; spec errors surface here, before any request.
+
+    Nothing is sent when the input is empty or every id already succeeded: then
+    `result` is None and `note` says why."""
+    started = time.monotonic()
+    run_id = results.new_run_id()
+    current = fingerprint(spec)
+    out = spec.output
+    run_path = results.run_path(out.path, run_id) if out.path else ""
+    df = inputs.read_input(spark, spec)
+    earlier = prepare_output(spark, spec)
+    record = RunRecord(run_id, current)
+    if df is None:
+        return Plan(
+            None, None, run_id, run_path, None, record, started, earlier, "the input is empty"
+        )
     spec.check_columns(df.columns)
     df = with_ids(df, spec)
     needed = dict.fromkeys(
@@ -520,22 +578,29 @@ def plan(spark: SparkSession, spec: JobSpec) -> Plan:
     schema = output_schema(df, spec, answer[0] if answer else None)
     # The output rows as written and read back (openai-batch: lines, parsed again).
     stored = openai_batch.STORED_SCHEMA if out_lines(spec) else schema
-    out = spec.output
     skipped = None
-    done = earlier_successes(spark, spec, stored)
-    if done is not None:
+    if earlier:
+        done, record.adopted = earlier_successes(spark, spec, stored, current)
         skipped = df.join(done, spec.id_column(), "left_semi")
         df = df.join(done, spec.id_column(), "left_anti")
+    if df.isEmpty():
+        note = (
+            "nothing to send: every id succeeded in earlier runs"
+            if earlier
+            else ("the input is empty")
+        )
+        return Plan(None, stored, run_id, run_path, skipped, record, started, earlier, note)
     df = arrange(df, spec, spark)
     cfg = task_config(spec, schema, task_slots(spark), answer)
-    run_id = results.new_run_id()
     return Plan(
         result=df.mapInArrow(partial(run_partition, cfg=cfg), schema),
         schema=stored,
         run_id=run_id,
-        run_path=results.run_path(out.path, run_id) if out.path else "",
+        run_path=run_path,
         skipped=skipped,
-        earlier_runs=done is not None,
+        record=record,
+        started=started,
+        earlier_runs=earlier,
     )
 
 
@@ -543,7 +608,7 @@ def write_to_database(spark: SparkSession, spec: JobSpec, job: Plan) -> None:
     """format jdbc: the tasks fill a staging table, then one transaction moves its rows to
     the target. Rows staged before a task failed for good are moved too (resume)."""
     out = spec.output.jdbc
-    assert out is not None
+    assert out is not None and job.result is not None
     staging = jdbc.staging_table(out, job.run_id)
     try:
         jdbc.write_staging(job.result, out, job.run_id)
@@ -561,22 +626,44 @@ class JobFailed(RuntimeError):
         self.summary = summary
 
 
-def run_job(spark: SparkSession, spec: JobSpec) -> Summary:
-    """Run the job end to end and return its summary, read back from the output."""
-    start = time.monotonic()
-    job = plan(spark, spec)
+class JobInterrupted(RuntimeError):
+    """Ctrl-C stopped the job; `summary` covers the rows committed before it stopped."""
+
+    def __init__(self, summary: Summary) -> None:
+        super().__init__("interrupted")
+        self.summary = summary
+
+
+def execute(spark: SparkSession, spec: JobSpec, job: Plan) -> Summary:
+    """Send what `plan` found to send, write it, and return the summary read back from
+    the output. The run's record is written first, so even a run that dies midway
+    leaves the settings its answers were made with."""
     out = spec.output
     skipped = job.skipped.count() if job.skipped is not None else 0
     failure: BaseException | None = None
-    try:
-        if out.jdbc is not None:
-            write_to_database(spark, spec, job)
-        else:
-            results.write_run(job.result, job.run_path, out.format)
-    except Exception as exc:  # a task failed for good: report what was committed
-        failure = exc
-    wall = time.monotonic() - start
+    if job.result is not None or job.record.adopted:
+        # Adopting earlier answers (on_change: resume) is recorded even with nothing to
+        # send, so the next run with these settings counts them without being told again.
+        write_record(spark, spec, job.record)
+    if job.result is not None:
+        try:
+            if out.jdbc is not None:
+                write_to_database(spark, spec, job)
+            else:
+                results.write_run(job.result, job.run_path, out.format)
+        except Exception as exc:  # a task failed for good: report what was committed
+            failure = exc
+        except KeyboardInterrupt as exc:  # PySpark has cancelled the running Spark jobs
+            failure = exc
+    wall = time.monotonic() - job.started
     summary = summarize(spark, spec, job, wall, skipped)
+    if isinstance(failure, KeyboardInterrupt):
+        raise JobInterrupted(summary) from None
     if failure is not None:
         raise JobFailed(failure, summary) from failure
     return summary
+
+
+def run_job(spark: SparkSession, spec: JobSpec) -> Summary:
+    """Run the job end to end and return its summary, read back from the output."""
+    return execute(spark, spec, plan(spark, spec))

@@ -10,27 +10,39 @@ Output, one line per input line:
      "response": {"status_code": 200, "request_id": "...", "body": {...}},
      "error": null}
 
-Each line's body goes to the sidecar as it is, to the endpoint its url names (chat,
-completions or embeddings; a file may mix them), except `model`, which is the job's
-`endpoint.model`: the sidecar serves one model. A line whose request failed keeps the
-HTTP status and vLLM's error body under `response` (when there was an answer) and gets
-`error: {code, message}`; a line that cannot be sent (bad method, url or body) gets
+The file's shape is checked before any request (`check_line`): every line a JSON object,
+`custom_id` a non-empty string, unique in the file, `method` and `url` strings, `body` an
+object; a problem anywhere refuses the whole file, naming each line. What a well-formed
+line asks for is then judged line by line, as `vllm run-batch` does: a method other than
+POST, a url the sidecar does not serve, or `stream` in the body gets an output line with
 `response: null` and `error.code` "invalid_request".
+
+Each line's body goes to the sidecar as it is, at the url it names (chat, completions,
+embeddings, score or rerank; a file may mix them), except `model`, which is the job's
+`endpoint.model`: the sidecar serves one model. An answered line keeps the answer's body;
+a line whose request failed keeps the HTTP status under `response` with `body: null` (the
+shape vLLM's own `BatchRequestOutput` model accepts) and gets `error: {code, message}`
+with vLLM's message.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
+import pyarrow as pa
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
 from pyspark.sql import types as T
+from pyspark.sql.pandas.types import to_arrow_schema
 
 from spark_vllm.client import Result
 from spark_vllm.prompt import RowError
 
 ID_COLUMN = "custom_id"
-# The columns read from each input line; `body` stays the line's own JSON text.
+# The columns of each input line; `body` is the line's body object as JSON text.
 INPUT_SCHEMA = T.StructType(
     [
         T.StructField(ID_COLUMN, T.StringType()),
@@ -39,6 +51,21 @@ INPUT_SCHEMA = T.StructType(
         T.StructField("body", T.StringType()),
     ]
 )
+# Where a line was read (its file, the start of the split it was read in, its index in
+# that split, blank lines counted) and what is wrong with its shape (null: nothing).
+FILE, BLOCK, POSITION, PROBLEM = "_file", "_block", "_position", "_problem"
+PARSED_SCHEMA = T.StructType(
+    [
+        *INPUT_SCHEMA.fields,
+        T.StructField(FILE, T.StringType()),
+        T.StructField(BLOCK, T.LongType()),
+        T.StructField(POSITION, T.LongType()),
+        T.StructField(PROBLEM, T.StringType()),
+    ]
+)
+_PARSED_ARROW = to_arrow_schema(PARSED_SCHEMA)
+# The keys a line has; anything else is refused (a misspelt custom_id, say).
+LINE_KEYS = ("custom_id", "method", "url", "body")
 # What a task hands to the writer: the finished line, and the error for the summary.
 LINE_SCHEMA = T.StructType(
     [
@@ -70,33 +97,169 @@ STORED_SCHEMA = T.StructType(
         ),
     ]
 )
-# The urls a line may name, and the path under the sidecar's /v1 they go to.
-ENDPOINTS = {
-    "/v1/chat/completions": "/chat/completions",
-    "/v1/completions": "/completions",
-    "/v1/embeddings": "/embeddings",
-}
+# The urls a line may name, relative to the server's root (vLLM serves score and rerank
+# both with and without /v1, and rerank under /v2 too).
+URLS = (
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/score",
+    "/score",
+    "/v1/rerank",
+    "/rerank",
+    "/v2/rerank",
+)
+# The line's example, for messages.
+EXAMPLE = (
+    '{"custom_id": "request-1", "method": "POST", "url": "/v1/chat/completions", '
+    '"body": {"messages": [...]}}'
+)
+# Problems shown in one refusal; the rest are counted.
+SHOWN_PROBLEMS = 20
+
+
+def _kind(value: Any) -> str:
+    """A JSON value's type, for messages."""
+    if value is None:
+        return "null"
+    return {bool: "a boolean", int: "a number", float: "a number", str: "a string"}.get(
+        type(value), "an array" if isinstance(value, list) else "an object"
+    )
+
+
+def check_line(text: str) -> tuple[dict[str, str | None], str | None]:
+    """One input line: its fields (the body as JSON text) and what is wrong with its
+    shape (None: nothing). Only the shape is judged here; see `request`."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return {}, f"not JSON ({exc.msg} at column {exc.colno}): {text[:80]!r}"
+    if not isinstance(value, dict):
+        return {}, f"expected a JSON object, got {_kind(value)}: {text[:80]!r}"
+    problems = [
+        f"unknown key {key!r} (a line has {', '.join(LINE_KEYS)})"
+        for key in value
+        if key not in LINE_KEYS
+    ]
+    custom_id = value.get(ID_COLUMN)
+    if custom_id is None:
+        problems.append("custom_id is missing")
+    elif not isinstance(custom_id, str):
+        problems.append(f"custom_id must be a string, got {_kind(custom_id)} ({custom_id!r})")
+    elif custom_id == "":
+        problems.append("custom_id is empty")
+    for key in ("method", "url"):
+        if value.get(key) is None:
+            problems.append(f"{key} is missing")
+        elif not isinstance(value[key], str):
+            problems.append(f"{key} must be a string, got {_kind(value[key])}")
+    body = value.get("body")
+    if not isinstance(body, dict):
+        problems.append(f"body must be a JSON object, got {_kind(body)}")
+    fields = {
+        ID_COLUMN: custom_id if isinstance(custom_id, str) else None,
+        "method": value.get("method") if isinstance(value.get("method"), str) else None,
+        "url": value.get("url") if isinstance(value.get("url"), str) else None,
+        "body": json.dumps(body, ensure_ascii=False) if isinstance(body, dict) else None,
+    }
+    return fields, "; ".join(problems) or None
+
+
+def parse_lines(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """mapInArrow body: rows of (text, file, split start) in, PARSED_SCHEMA rows out.
+
+    Spark's text source hands each split's lines over in order, one split after
+    another, so counting within a split gives each line's position in it. Blank lines
+    are counted but give no row; a byte-order mark at the start of a file is dropped.
+    """
+    where: tuple[str, int] | None = None
+    position = -1
+    for batch in batches:
+        out: dict[str, list[Any]] = {name: [] for name in _PARSED_ARROW.names}
+        texts, files, blocks = (batch.column(i).to_pylist() for i in range(3))
+        for text, file, block in zip(texts, files, blocks, strict=True):
+            if (file, block) != where:
+                where, position = (file, block), 0
+            else:
+                position += 1
+            if text is None or not text.strip():
+                continue
+            if block == 0 and position == 0:
+                text = text.removeprefix("\ufeff")
+            fields, problem = check_line(text)
+            for name in INPUT_SCHEMA.fieldNames():
+                out[name].append(fields.get(name))
+            out[FILE].append(file)
+            out[BLOCK].append(block)
+            out[POSITION].append(position)
+            out[PROBLEM].append(problem)
+        yield pa.RecordBatch.from_pydict(out, schema=_PARSED_ARROW)
+
+
+def read_lines(lines: DataFrame) -> DataFrame:
+    """The input lines, parsed and placed: `lines` holds (value, file, split start)."""
+    return lines.mapInArrow(parse_lines, PARSED_SCHEMA)
+
+
+def _place(lines: DataFrame, file: str, block: int, position: int) -> str:
+    """`name:line` of a line, from where it was read."""
+    before = 0
+    if block > 0:  # a file read in several splits: count the lines of the splits before
+        before = lines.where((F.col(FILE) == file) & (F.col(BLOCK) < block)).count()
+    return f"{file.rstrip('/').rsplit('/', 1)[-1]}:{before + position + 1}"
+
+
+def shape_problems(parsed: DataFrame, lines: DataFrame) -> tuple[list[str], int]:
+    """What breaks the format in the file: (up to SHOWN_PROBLEMS messages, how many in all).
+
+    Lines whose shape is wrong are named one by one; a custom_id on several lines is
+    named with its lines (the id is the row id: resume and the output need it unique).
+    """
+    order = [F.col(FILE), F.col(BLOCK), F.col(POSITION)]
+    bad = parsed.where(F.col(PROBLEM).isNotNull()).orderBy(*order).limit(SHOWN_PROBLEMS + 1)
+    shown = [
+        f"{_place(lines, r[FILE], r[BLOCK], r[POSITION])}: {r[PROBLEM]}" for r in bad.collect()
+    ]
+    total = len(shown)
+    if total > SHOWN_PROBLEMS:
+        total = parsed.where(F.col(PROBLEM).isNotNull()).count()
+        shown = shown[:SHOWN_PROBLEMS]
+    named = parsed.where(F.col(PROBLEM).isNull() & F.col(ID_COLUMN).isNotNull())
+    repeated = (
+        named.groupBy(ID_COLUMN)
+        .count()
+        .where(F.col("count") > 1)
+        .orderBy(F.desc("count"), ID_COLUMN)
+        .limit(SHOWN_PROBLEMS)
+        .collect()
+    )
+    if repeated:
+        ids = [r[ID_COLUMN] for r in repeated]
+        where: dict[str, list[str]] = {i: [] for i in ids}
+        for r in named.where(F.col(ID_COLUMN).isin(ids)).orderBy(*order).collect():
+            if len(where[r[ID_COLUMN]]) < 5:
+                where[r[ID_COLUMN]].append(_place(lines, r[FILE], r[BLOCK], r[POSITION]))
+        for r in repeated:
+            places = ", ".join(where[r[ID_COLUMN]]) + (", …" if r["count"] > 5 else "")
+            shown.append(f"custom_id {r[ID_COLUMN]!r} is on {r['count']} lines: {places}")
+        total += len(repeated)
+    return shown, total
 
 
 def request(row: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """(path under /v1, body) for one input line; RowError naming what is wrong."""
+    """(url under the server's root, body) for one well-formed line; RowError naming
+    what the sidecar cannot be asked (the line then gets an invalid_request answer)."""
     method = row.get("method")
     if method != "POST":
         raise RowError(f"method {method!r}: expected 'POST'")
     url = row.get("url")
-    if url not in ENDPOINTS:
-        raise RowError(f"url {url!r}: expected one of {sorted(ENDPOINTS)}")
-    text = row.get("body")
-    try:
-        body = json.loads(text) if text is not None else None
-    except json.JSONDecodeError:
-        body = None
-    if not isinstance(body, dict):
-        raise RowError(f"body: expected a JSON object, got {str(text)[:100]!r}")
+    if url not in URLS:
+        raise RowError(f"url {url!r}: expected one of {list(URLS)}")
+    body = json.loads(row["body"])
     if body.get("stream"):
         raise RowError("body.stream: a batch line cannot stream; remove it or set it false")
     body.pop("model", None)  # the sidecar's model (endpoint.model) answers every line
-    return ENDPOINTS[url], body
+    return url, body
 
 
 def _error_code(result: Result) -> str:
@@ -106,20 +269,20 @@ def _error_code(result: Result) -> str:
 
 
 def output_line(custom_id: str, result: Result) -> str:
-    """The output line for one input line, as JSON text."""
-    body: Any = None
-    if result.body is not None:
-        try:
-            body = json.loads(result.body)
-        except json.JSONDecodeError:
-            body = result.body
+    """The output line for one input line, as JSON text.
+
+    The body of a 200 answer is kept whole; an error answer's status is kept with
+    `body: null` and vLLM's message goes to `error` (so vLLM's `BatchRequestOutput`
+    validates every line)."""
     response = None
     if result.status is not None:
-        response = {
-            "status_code": result.status,
-            "request_id": result.request_id,
-            "body": body,
-        }
+        body = None
+        if result.status == 200 and result.body is not None:
+            try:
+                body = json.loads(result.body)
+            except json.JSONDecodeError:
+                body = None
+        response = {"status_code": result.status, "request_id": result.request_id, "body": body}
     error = None
     if result.error is not None:
         error = {"code": _error_code(result), "message": result.error}

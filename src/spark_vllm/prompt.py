@@ -8,6 +8,7 @@ records it as an error row.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
@@ -67,20 +68,75 @@ def render(source: str, row: Mapping[str, Any]) -> str:
         raise RowError(f"template failed: {exc}") from None
 
 
-def _messages_from_value(value: Any, column: str) -> list[dict[str, Any]]:
+# The roles of the chat-completions API's messages (function: its older form of tool).
+ROLES = ("system", "developer", "user", "assistant", "tool", "function")
+# A string that starts like this is meant as a JSON conversation.
+_JSON_LIST_OF_OBJECTS = re.compile(r"\[\s*\{")
+
+
+def _without_nulls(value: Any) -> Any:
+    """A JSON-like value with null fields left out, recursively, and Arrow maps (lists of
+    key-value pairs) as objects: in the API a null field means an absent one, and a
+    Spark struct carries every field of every message and part."""
+    if isinstance(value, Mapping):
+        return {str(k): _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        if value and all(isinstance(kv, tuple) and len(kv) == 2 for kv in value):
+            return {str(k): _without_nulls(v) for k, v in value if v is not None}
+        return [_without_nulls(v) for v in value]
+    return value
+
+
+def _check_message(message: Any, where: str) -> None:
+    if not isinstance(message, dict):
+        raise RowError(f"{where}: expected an object with 'role', got {type(message).__name__}")
+    role = message.get("role")
+    if role not in ROLES:
+        raise RowError(f"{where} needs 'role' (one of {', '.join(ROLES)}), got {role!r}")
+    content = message.get("content")
+    if content is None:
+        if role != "assistant":
+            raise RowError(f"{where} ({role}) needs 'content'")
+        return  # an assistant turn may be only tool calls
+    if isinstance(content, list):
+        for j, part in enumerate(content):
+            if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                raise RowError(
+                    f"{where}: content part {j} needs 'type' (text, image_url, …), got {part!r}"
+                )
+    elif not isinstance(content, str):
+        raise RowError(
+            f"{where}: content must be a string or a list of parts, got {type(content).__name__}"
+        )
+
+
+def conversation(value: Any, column: str) -> list[dict[str, Any]] | None:
+    """The messages when `value` is a conversation, None when it is plain text.
+
+    A conversation is a list of messages, or a string holding one as JSON (it starts
+    with `[{`); every shape of message the chat-completions API takes is sent as it is
+    (content a string, a list of parts, or absent on an assistant turn with tool calls;
+    tool_calls, tool_call_id, name…). Any other string is plain text.
+    """
     if isinstance(value, str):
+        if not _JSON_LIST_OF_OBJECTS.match(value.lstrip()):
+            return None
         try:
             value = json.loads(value)
         except json.JSONDecodeError as exc:
-            raise RowError(f"column {column!r} is not a JSON messages list: {exc.msg}") from None
+            raise RowError(
+                f"column {column!r} starts like a conversation but is not a JSON messages "
+                f"list: {exc.msg} at column {exc.colno}"
+            ) from None
     if not isinstance(value, list) or not value:
-        raise RowError(f"column {column!r}: expected a non-empty list of messages")
-    messages = []
-    for i, item in enumerate(value):
-        if not isinstance(item, Mapping) or "role" not in item or "content" not in item:
-            raise RowError(f"column {column!r}: message {i} needs 'role' and 'content'")
-        messages.append({k: v for k, v in item.items() if v is not None})
-    return messages
+        raise RowError(
+            f"column {column!r}: expected text or a non-empty list of messages, "
+            f"got {type(value).__name__}"
+        )
+    messages = _without_nulls(value)
+    for i, message in enumerate(messages):
+        _check_message(message, f"column {column!r}: message {i}")
+    return list(messages)
 
 
 def _non_empty(text: str, what: str) -> str:
@@ -128,9 +184,9 @@ class PromptBuilder:
             value = row.get(self.column)
             if value is None:
                 raise RowError(f"column {self.column!r} is null")
-            # A list, or a string holding a JSON list, is a complete conversation.
-            if not isinstance(value, str) or value.lstrip().startswith("["):
-                return {"messages": _messages_from_value(value, self.column)}
+            found = conversation(value, self.column)
+            if found is not None:
+                return {"messages": found}
         messages = []
         if self.system is not None:
             messages.append({"role": "system", "content": render(self.system, row)})

@@ -3,6 +3,7 @@
 Layout of `output.path`:
 
     output.path/run=20261122T070501123456Z/part-00000-….parquet   (one folder per run)
+    output.path/_spark_vllm/runs/20261122T070501123456Z.json       (its fingerprint)
 
 A run's rows are committed task by task through Spark's commit protocol (Hadoop's file
 output committer, algorithm 2): a task's files appear whole when it commits, only one
@@ -18,6 +19,8 @@ from datetime import UTC, datetime
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
+
+from spark_vllm.fingerprint import RunRecord
 
 RUN_COLUMN = "run"
 # Hadoop's committer setting, passed as a write option: commit each task's files into
@@ -58,6 +61,40 @@ def entries(spark: SparkSession, path: str) -> list[str]:
         return []
     names = [str(status.getPath().getName()) for status in fs.listStatus(jpath)]
     return [n for n in names if not n.startswith(("_", "."))]
+
+
+# Where each run's record goes (spark and Hadoop skip names that start with `_`).
+RECORDS = "_spark_vllm/runs"
+
+
+def write_record(spark: SparkSession, path: str, record: RunRecord) -> None:
+    """Record a run's fingerprint under `path` (before the run writes any row)."""
+    fs, jpath = _fs(spark, f"{path.rstrip('/')}/{RECORDS}/{record.run}.json")
+    stream = fs.create(jpath, True)
+    try:
+        stream.write(bytearray(record.to_json().encode("utf-8")))
+    finally:
+        stream.close()
+
+
+def read_records(spark: SparkSession, path: str) -> dict[str, RunRecord]:
+    """The records of the runs under `path`, by run id."""
+    folder = f"{path.rstrip('/')}/{RECORDS}"
+    fs, _ = _fs(spark, folder)
+    jvm = spark.sparkContext._jvm
+    assert jvm is not None
+    found = {}
+    for name in entries(spark, folder):
+        if not name.endswith(".json"):
+            continue
+        stream = fs.open(jvm.org.apache.hadoop.fs.Path(f"{folder}/{name}"))
+        try:
+            text = str(jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8"))
+        finally:
+            stream.close()
+        run = name.removesuffix(".json")
+        found[run] = RunRecord.from_json(run, text)
+    return found
 
 
 def holds_runs(spark: SparkSession, path: str) -> bool:

@@ -26,7 +26,7 @@ from spark_vllm.adaptive import AdaptiveWindow, WindowPolicy
 from spark_vllm.client import Result, SidecarClient, read_api_key, server_root, wait_ready
 from spark_vllm.prompt import PromptBuilder, RowError
 from spark_vllm.retry import RetryPolicy
-from spark_vllm.spec import result_columns
+from spark_vllm.spec import LOGPROBS_COLUMN, result_columns, unstored_field
 from spark_vllm.structured import AnswerError, AnswerParser
 
 T = TypeVar("T")
@@ -35,7 +35,9 @@ T = TypeVar("T")
 FLUSH_ROWS = 256
 
 # Request fields a row's sampling column may not set: the job builds these itself.
-RESERVED_FIELDS = frozenset({"model", "messages", "prompt", "stream", "n"})
+RESERVED_FIELDS = frozenset({"model", "messages", "prompt", "input"})
+# Set per row, these would change the output's columns from row to row.
+COLUMN_FIELDS = frozenset({"logprobs", "top_logprobs"})
 
 
 class RowFailed(RuntimeError):
@@ -85,6 +87,7 @@ class TaskConfig:
     answer_schema: dict[str, Any] | None = None  # structured output: the JSON schema
     answer_fields: tuple[str, ...] = ()  # its top-level properties, one column each
     batch_size: int = 1  # rows per request (embedding; the generating tasks send one)
+    logprobs: bool = False  # sampling.logprobs: a logprobs column
 
 
 class _LoopThread:
@@ -132,9 +135,17 @@ def row_sampling(value: Any, column: str) -> dict[str, Any]:
             f"got {type(value).__name__}"
         )
     fields = {str(k): v for k, v in value.items() if v is not None}
-    reserved = sorted(RESERVED_FIELDS.intersection(fields))
+    reserved = sorted((RESERVED_FIELDS | COLUMN_FIELDS).intersection(fields))
     if reserved:
-        raise RowError(f"sampling column {column!r} may not set {reserved}")
+        raise RowError(
+            f"sampling column {column!r} may not set {reserved}: the job sets the prompt "
+            "and the model itself, and log-probabilities are set for the whole job "
+            "(sampling.logprobs)"
+        )
+    for key, val in fields.items():
+        reason = unstored_field(key, val)
+        if reason is not None:
+            raise RowError(f"sampling column {column!r} sets {key}={val!r}: {reason}")
     return fields
 
 
@@ -145,7 +156,7 @@ class _Columns:
         self.schema = cfg.output_schema
         self.copied = (cfg.id_column, *cfg.keep_columns)
         self.answer_fields = cfg.answer_fields
-        self.results = result_columns(cfg.task)
+        self.results = result_columns(cfg.task) + ((LOGPROBS_COLUMN,) if cfg.logprobs else ())
         self.data: dict[str, list[Any]] = {name: [] for name in self.schema.names}
         self.rows = 0
 
@@ -223,7 +234,6 @@ def build_request(builder: PromptBuilder | None, cfg: TaskConfig, row: dict[str,
 def run_partition(batches: Iterator[pa.RecordBatch], cfg: TaskConfig) -> Iterator[pa.RecordBatch]:
     """mapInArrow body: input batches in, result batches out, one row per input row."""
     api_key = read_api_key(cfg.api_key_env)
-    wait_ready(cfg.base_url, cfg.model, cfg.ready_timeout_s, api_key)
     lines = cfg.task == "openai-batch"
     builder = (
         None if lines else PromptBuilder(cfg.task, cfg.template, cfg.system, cfg.prompt_column)
@@ -240,6 +250,7 @@ def run_partition(batches: Iterator[pa.RecordBatch], cfg: TaskConfig) -> Iterato
         pool_size=adaptive.policy.maximum + 1 if adaptive else cfg.window,  # +1: /metrics
         api_key=api_key,
         outage_s=cfg.outage_timeout_s,
+        logprobs=cfg.logprobs,
     )
     done: queue.SimpleQueue[tuple[Rows, Future[list[Result]]]] = queue.SimpleQueue()
     out = _Columns(cfg)
@@ -291,9 +302,22 @@ def run_partition(batches: Iterator[pa.RecordBatch], cfg: TaskConfig) -> Iterato
     group: Rows = []
     inputs: list[Any] = []
 
+    started = False
+
+    def start() -> None:
+        """Wait for the sidecar, once a row needs sending: a task with no rows, or none
+        that can become a request, never waits for it."""
+        nonlocal started
+        wait_ready(cfg.base_url, cfg.model, cfg.ready_timeout_s, api_key)
+        if adaptive is not None:
+            loop.submit(adaptive.run(client.fetch_metrics, lambda: pending))
+        started = True
+
     def send() -> None:
         """Send the group once the window has room (requests in flight count in rows)."""
         nonlocal pending, group, inputs
+        if not started:
+            start()
         while pending >= window():
             # Wake now and then: an adaptive window may have grown meanwhile.
             take_one(timeout=cfg.metrics_interval_s if adaptive else None)
@@ -310,8 +334,6 @@ def run_partition(batches: Iterator[pa.RecordBatch], cfg: TaskConfig) -> Iterato
     loop = _LoopThread()
     try:
         loop.submit(client.__aenter__()).result()
-        if adaptive is not None:
-            loop.submit(adaptive.run(client.fetch_metrics, lambda: pending))
         for batch in batches:
             for row in batch.to_pylist():
                 try:

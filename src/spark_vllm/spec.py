@@ -43,6 +43,38 @@ Task = Literal["chat", "completion", "embedding"]
 
 # Format openai-batch: each task hands over finished output lines (see openai_batch).
 LINE_RESULT_COLUMNS = ("line", "error")
+# With `sampling.logprobs`, generating tasks add each answer token's log-probability.
+LOGPROBS_COLUMN = "logprobs"
+
+# Request fields that would change the answer's shape beyond what the job stores (one
+# text per row, and with logprobs its tokens' log-probabilities), and why. They are
+# refused in `sampling` and in a row's sampling column; a batch file keeps whole bodies.
+_TOOLS = "the answer would be tool calls, which the job does not store"
+UNSTORED_FIELDS = {
+    "stream": "the job reads whole answers, not server-sent events",
+    "stream_options": "it goes with stream, which the job does not use",
+    "n": "the job stores one answer per row",
+    "prompt_logprobs": "the job does not store the prompt's log-probabilities",
+    "return_token_ids": "the job does not store token ids",
+    "tools": _TOOLS,
+    "tool_choice": _TOOLS,
+    "parallel_tool_calls": _TOOLS,
+    "functions": _TOOLS,
+    "function_call": _TOOLS,
+}
+# The values of those fields that change nothing.
+_HARMLESS = {"stream": (False, None), "n": (1, None)}
+
+
+def unstored_field(key: str, value: Any) -> str | None:
+    """Why a request field cannot be sent with a job's rows, or None when it can."""
+    reason = UNSTORED_FIELDS.get(key)
+    if reason is None or value in _HARMLESS.get(key, (None,)):
+        return None
+    return (
+        f"{reason}; remove it, or run the requests as an OpenAI batch file "
+        "(input.format: openai-batch), whose output keeps each answer's whole body"
+    )
 
 
 def result_columns(task: str) -> tuple[str, ...]:
@@ -192,11 +224,17 @@ class OutputSpec(_Strict):
         "retry the rest; overwrite: delete the path first (jdbc: use jdbc.write_mode); "
         "error: refuse to run when the path (or table) exists",
     )
+    on_change: Literal["refuse", "resume"] = Field(
+        default="refuse",
+        description="resume, when earlier answers at the output were made with other "
+        "settings (task, model, prompt, sampling, structured output, embedding options): "
+        "refuse: do not start, and name the changes; resume: count them as done anyway",
+    )
 
     @field_validator("keep_columns")
     @classmethod
     def _no_result_names(cls, value: list[str]) -> list[str]:
-        clash = sorted(set(value) & {*RESULT_COLUMNS, *EMBEDDING_RESULT_COLUMNS})
+        clash = sorted(set(value) & {*RESULT_COLUMNS, *EMBEDDING_RESULT_COLUMNS, LOGPROBS_COLUMN})
         if clash:
             raise ValueError(
                 f"{clash} are result columns the job writes itself; "
@@ -307,6 +345,12 @@ class SamplingSpec(BaseModel):
         if fields.get("seed") == "auto":
             del fields["seed"]
         return fields
+
+    def wants_logprobs(self) -> bool:
+        """Whether the answers carry log-probabilities (chat: logprobs true; completion:
+        logprobs a number of alternatives, 0 for the chosen tokens only)."""
+        value = self.model_dump().get("logprobs")
+        return value is not None and value is not False
 
 
 class StructuredSpec(_Strict):
@@ -479,6 +523,8 @@ class JobSpec(_Strict):
                 f"prompt.system is for task 'chat'; task '{self.task}' takes one text per row"
             )
         generating = ("sampling", "sampling_column", "structured_output")
+        if self.task != "embedding":
+            self._check_sampling()
         if self.task == "embedding":
             wrong = [k for k in generating if k in self.model_fields_set]
             if wrong:
@@ -489,6 +535,48 @@ class JobSpec(_Strict):
         elif "embedding" in self.model_fields_set:
             raise ValueError(f"embedding settings are for task 'embedding', not '{self.task}'")
         return self
+
+    def _check_sampling(self) -> None:
+        fields = self.sampling.model_dump(exclude_none=True)
+        for key, value in fields.items():
+            reason = unstored_field(key, value)
+            if reason is not None:
+                raise ValueError(f"sampling.{key} ({value!r}): {reason}")
+        if "response_format" in fields and self.structured_output is not None:
+            raise ValueError(
+                "sampling.response_format: structured_output sets the response format; "
+                "remove one of them"
+            )
+        logprobs = fields.get("logprobs")
+        if self.task == "chat" and logprobs is not None and not isinstance(logprobs, bool):
+            raise ValueError(
+                f"sampling.logprobs ({logprobs!r}): task chat takes true or false, and "
+                "sampling.top_logprobs for the number of alternatives per token"
+            )
+        if (
+            self.task == "completion"
+            and logprobs is not None
+            and (isinstance(logprobs, bool) or not isinstance(logprobs, int) or logprobs < 0)
+        ):
+            raise ValueError(
+                f"sampling.logprobs ({logprobs!r}): task completion takes the number of "
+                "alternatives per token (0: the chosen tokens' own log-probabilities)"
+            )
+        if self.task == "completion" and "top_logprobs" in fields:
+            raise ValueError(
+                "sampling.top_logprobs is for task chat; task completion takes the number "
+                "of alternatives per token as sampling.logprobs"
+            )
+        if "top_logprobs" in fields and not self.sampling.wants_logprobs():
+            raise ValueError("sampling.top_logprobs needs sampling.logprobs: true")
+
+    def wants_logprobs(self) -> bool:
+        """Whether the output has a logprobs column."""
+        return (
+            self.task != "embedding"
+            and self.prompt is not None
+            and (self.sampling.wants_logprobs())
+        )
 
     def _batch_file(self) -> JobSpec:
         per_line = (
@@ -575,7 +663,17 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         value = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError as exc:
-        raise SpecError(f"override {text!r}: value is not valid YAML: {exc}") from None
+        hint = ""
+        if raw.lstrip().startswith(("{", "[")) or "{{" in raw:
+            quoted = '"' + raw.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            hint = (
+                "; values are read as YAML, where {…} is a mapping and […] a list: to give "
+                f"text (a template, say), quote it as YAML text: --set '{key}={quoted}'"
+            )
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise SpecError(
+            f"override {text!r}: the value is not valid YAML ({problem}){hint}"
+        ) from None
     return key.split("."), value
 
 

@@ -1,8 +1,10 @@
 """A fault-injecting HTTP proxy for the fault tests, between the job and the real vLLM.
 
 It forwards every request to vLLM unchanged, except that it can reset a share of the
-POST connections (a TCP RST, as from a crashing peer) and answer bursts of 503 or 429
-in vLLM's own error format. A real vLLM cannot be made to do either on cue; everything
+POST connections (a TCP RST, as from a crashing peer), answer bursts of 503 or 429 in
+vLLM's own error format, and turn the first N answers into ones that vLLM ended
+unfinished (HTTP 200, empty text, finish_reason "abort", as when a request is aborted). A real
+vLLM cannot be made to do any of these on cue; everything
 else the job sees is the real server's answer. It runs on its own thread and loop on a
 free loopback port, and counts what it did so tests can wait for the job's progress.
 """
@@ -28,6 +30,8 @@ class Faults:
     burst_status: int = 503  # status of the burst answers
     burst_every: int = 0  # every Nth POST starts a burst (0: no bursts)
     burst_length: int = 0  # POSTs answered with burst_status in each burst
+    unfinished_first: int = 0  # the first N POSTs' answers end with finish_reason below
+    unfinished_reason: str = "abort"
     seed: int = 0
 
 
@@ -40,6 +44,7 @@ class FaultProxy:
         self.forwarded = 0
         self.resets = 0
         self.bursts = 0
+        self.unfinished = 0
         self._burst_left = 0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -103,6 +108,7 @@ class FaultProxy:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         fault = self._fault_for_post() if request.method == "POST" else None
+        number = self.posts  # this POST's place, before others arrive meanwhile
         if fault == "reset":
             self.resets += 1
             transport = request.transport
@@ -124,6 +130,8 @@ class FaultProxy:
             ) as upstream:
                 payload = await upstream.read()
                 self.forwarded += 1
+                if request.method == "POST" and number <= self.faults.unfinished_first:
+                    payload = self._unfinished(payload)
                 return web.Response(
                     status=upstream.status,
                     body=payload,
@@ -132,3 +140,15 @@ class FaultProxy:
         except OSError:
             # vLLM is down: what a reverse proxy would say.
             return web.Response(status=502, text='{"error": {"message": "upstream down"}}')
+
+    def _unfinished(self, payload: bytes) -> bytes:
+        """The real answer, ended as vLLM ends a request it aborted: no text."""
+        data = json.loads(payload)
+        for choice in data.get("choices", []):
+            choice["finish_reason"] = self.faults.unfinished_reason
+            if "message" in choice:
+                choice["message"]["content"] = ""
+            else:
+                choice["text"] = ""
+        self.unfinished += 1
+        return json.dumps(data).encode()

@@ -94,12 +94,13 @@ def assert_one_row_per_input(out: list[dict[str, Any]], rows: list[dict[str, Any
 
 
 def run_cli(
-    spec: dict, tmp_path: Path, *args: str, timeout: float = 240
+    spec: dict, tmp_path: Path, *args: str, timeout: float = 240, command: str = "run"
 ) -> subprocess.CompletedProcess:
+    """`spark-vllm COMMAND job.yaml ARGS` in a process of its own."""
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(spec))
     return subprocess.run(
-        [sys.executable, "-m", "spark_vllm.cli", "run", str(path), *args],
+        [sys.executable, "-m", "spark_vllm.cli", command, str(path), *args],
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -83,9 +83,9 @@ def test_table_in_partitioned_read_upsert_out_and_a_resume(
     assert [int(r[0]) for r in bad] == [7]
     answered = sql("SELECT count(*) FROM answers WHERE response IS NOT NULL")
     assert answered == f"{PRODUCTS - 1}\n"
-    # The staging table is gone.
+    # The staging table is gone; the run's record (its settings) stays beside the table.
     tables = sql("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
-    assert sorted(tables.split()) == ["answers", "products"]
+    assert sorted(tables.split()) == ["answers", "answers__spark_vllm_runs", "products"]
 
     # Fix the bad row at the source; the rerun sends only it and upserts it in place.
     sql("UPDATE products SET name = 'product 7' WHERE product_id = 7")
@@ -136,8 +136,10 @@ def test_credentials_come_from_the_environment(spark, vllm_server, postgres, pro
 def test_rows_staged_by_a_driver_that_died_are_kept(spark, vllm_server, postgres, products, db_env):
     source = {"query": "SELECT product_id, name FROM products WHERE product_id BETWEEN 11 AND 20"}
     spec = jdbc_spec(postgres.url, vllm_server, db_env, source, {"table": "crashed"})
-    # What a driver that died after some tasks committed leaves: a staging table.
+    # What a driver that died after some tasks committed leaves: its record and a
+    # staging table.
     died = plan(spark, spec)
+    jdbc.write_record(spark, spec.output.jdbc, died.record)
     staging = jdbc.write_staging(died.result.limit(4), spec.output.jdbc, died.run_id)
     assert postgres.psql(f"SELECT count(*) FROM {staging}") == "4\n"
 
@@ -148,4 +150,28 @@ def test_rows_staged_by_a_driver_that_died_are_kept(spark, vllm_server, postgres
     )
     assert counts == "10|10|2\n"
     left = postgres.psql("SELECT tablename FROM pg_tables WHERE tablename LIKE 'crashed%'")
-    assert left == "crashed\n"
+    assert sorted(left.split()) == ["crashed", "crashed__spark_vllm_runs"]
+
+
+def test_a_table_written_with_other_settings_is_not_resumed_into(
+    spark, vllm_server, postgres, products, db_env
+):
+    source = {"query": "SELECT product_id, name FROM products WHERE product_id BETWEEN 21 AND 25"}
+    spec = jdbc_spec(postgres.url, vllm_server, db_env, source, {"table": "changed"})
+    assert run_job(spark, spec).succeeded == 5
+    other = spec.model_copy(deep=True)
+    assert other.prompt is not None
+    other.prompt.template = "Name {{ name }}."
+    with pytest.raises(SpecError) as info:
+        run_job(spark, other)
+    message = str(info.value)
+    assert "output.jdbc.table 'changed' holds 5 answer(s)" in message
+    assert 'prompt.template: "Describe {{ name }}." → "Name {{ name }}."' in message
+    assert "output.jdbc.write_mode: overwrite, or another output.jdbc.table" in message
+    assert postgres.psql("SELECT count(DISTINCT run) FROM changed") == "1\n"
+
+    other.output.on_change = "resume"
+    adopted = run_job(spark, other)
+    assert (adopted.skipped, adopted.rows) == (5, 0)
+    other.output.on_change = "refuse"  # adopted once, they count from now on
+    assert run_job(spark, other).skipped == 5

@@ -58,10 +58,11 @@ def test_batch_file_runs_unchanged_and_each_line_gets_its_answer(spark, vllm_ser
     assert tokens == sorted(tokens) and len(set(tokens)) == 6, tokens
     assert out["text-0"]["response"]["body"]["object"] == "text_completion"
 
-    # A server of a generating model has no /v1/embeddings: vLLM's own answer is kept.
+    # A server of a generating model has no /v1/embeddings: the status is kept, vLLM's
+    # message goes to `error`, and the body is null (as vLLM's BatchRequestOutput has it).
     refused = out["embed-on-chat-model"]
     assert refused["response"]["status_code"] == 404
-    assert refused["response"]["body"] == {"detail": "Not Found"}
+    assert refused["response"]["body"] is None
     assert refused["error"] == {"code": "http_404", "message": 'HTTP 404: {"detail":"Not Found"}'}
     for custom_id, words in (("get", "method 'GET'"), ("responses-api", "url '/v1/responses'")):
         assert out[custom_id]["response"] is None
@@ -76,6 +77,9 @@ def test_batch_file_runs_unchanged_and_each_line_gets_its_answer(spark, vllm_ser
 
 def test_batch_file_with_a_line_that_is_not_json_is_refused(spark, vllm_server, tmp_path):
     spec = batch_spec(tmp_path, vllm_server, SERVED_NAME, [line("a", "/v1/completions", {})])
-    Path(spec.input.path).write_text('{"custom_id": "a"}\nnot json at all\n')
-    with pytest.raises(SpecError, match="lines that are not JSON objects: 'not json at all'"):
+    Path(spec.input.path).write_text(
+        '{"custom_id": "a", "method": "POST", "url": "/v1/completions", "body": {}}\n'
+        "not json at all\n"
+    )
+    with pytest.raises(SpecError, match=r"batch.jsonl:2: not JSON \(Expecting value"):
         run_job(spark, spec)

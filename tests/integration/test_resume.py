@@ -133,7 +133,7 @@ def test_bad_input_rows_become_error_rows_naming_the_cause(spark, vllm_server, t
     out = {r["id"]: r for r in read_rows(tmp_path / "out")}
     assert out["ok-list"]["error"] is None
     assert "not a JSON messages list" in out["bad-json"]["error"]
-    assert "needs 'role' and 'content'" in out["no-role"]["error"]
+    assert "message 0 needs 'role'" in out["no-role"]["error"]
     assert out["empty"]["error"] == "bad input: column 'messages' is empty"
     assert out["null"]["error"] == "bad input: column 'messages' is null"
     assert "maximum context length" in out["too-long"]["error"]

@@ -11,7 +11,7 @@ import pytest
 from pydantic import BaseModel, Field
 
 from spark_vllm.job import run_job
-from spark_vllm.spec import spec_from_dict
+from spark_vllm.spec import SpecError, spec_from_dict
 from tests.conftest import sample_rows
 from tests.integration.jobs import assert_one_row_per_input, read_rows, spec_doc
 
@@ -127,3 +127,13 @@ def test_a_pydantic_schema_runs_and_lands_as_typed_nested_columns(spark, vllm_se
         if r["error"] is not None:
             assert r["error"].startswith("bad answer: answer is not JSON"), r["error"]
             assert r["finish_reason"] == "length"
+
+
+def test_an_answer_field_named_like_an_output_column_in_another_case_is_refused(
+    spark, vllm_server, tmp_path
+):
+    # Spark matches column names regardless of case: `Error` would shadow `error`.
+    schema = {"type": "object", "properties": {"Error": {"type": "string"}}}
+    doc = spec_doc(tmp_path, vllm_server, sample_rows(2), structured_output={"json_schema": schema})
+    with pytest.raises(SpecError, match=r"field\(s\) \['Error'\] would clash with output columns"):
+        run_job(spark, spec_from_dict(doc))

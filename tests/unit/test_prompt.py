@@ -1,5 +1,7 @@
 """Prompt rendering: rows become request fields, or a RowError naming the cause."""
 
+import json
+
 import pytest
 
 from spark_vllm.prompt import PromptBuilder, PromptError, RowError, template_variables
@@ -73,3 +75,63 @@ def test_plain_string_column_becomes_the_user_message():
 def test_bad_rows_raise_row_error_naming_the_cause(builder, row, cause):
     with pytest.raises(RowError, match=cause):
         builder.build(row)
+
+
+def chat_column(value):
+    return PromptBuilder("chat", column="m").build({"m": value})
+
+
+def test_content_as_a_list_of_parts_is_sent_as_is():
+    parts = [{"type": "text", "text": "Describe this."}]
+    messages = [{"role": "user", "content": parts}]
+    assert chat_column(messages) == {"messages": messages}
+    assert chat_column(json.dumps(messages)) == {"messages": messages}
+
+
+def test_an_assistant_turn_of_tool_calls_without_content_and_the_tool_answer_are_accepted():
+    call = {"id": "c1", "type": "function", "function": {"name": "w", "arguments": "{}"}}
+    messages = [
+        {"role": "developer", "content": "Use the tools."},
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+    ]
+    assert chat_column(json.dumps(messages)) == {"messages": messages}
+    # As a Spark struct gives it: every field on every message, null where absent.
+    structs = [
+        {"role": m["role"], "content": m.get("content"), "tool_calls": m.get("tool_calls"),
+         "tool_call_id": m.get("tool_call_id")}
+        for m in messages
+    ]  # fmt: skip
+    assert chat_column(structs) == {"messages": messages}
+
+
+def test_a_map_typed_message_becomes_an_object():
+    # An Arrow map arrives as a list of (key, value) pairs.
+    assert chat_column([[("role", "user"), ("content", "hi")]]) == {
+        "messages": [{"role": "user", "content": "hi"}]
+    }
+
+
+@pytest.mark.parametrize(
+    "text", ["[1] Why is the sky blue?", "[citation needed] explain", "{not a list}", "plain"]
+)
+def test_text_that_is_not_a_conversation_is_the_user_message(text):
+    assert chat_column(text) == {"messages": [{"role": "user", "content": text}]}
+
+
+@pytest.mark.parametrize(
+    ("value", "cause"),
+    [
+        ('[{"role": "user", "content": "x"', "starts like a conversation but is not a JSON"),
+        ([{"role": "robot", "content": "x"}], "message 0 needs 'role' .*got 'robot'"),
+        ([{"role": "user"}], r"message 0 \(user\) needs 'content'"),
+        ([{"role": "user", "content": 5}], "content must be a string or a list of parts"),
+        ([{"role": "user", "content": [{"text": "x"}]}], "content part 0 needs 'type'"),
+        ([], "expected text or a non-empty list of messages"),
+        ({"role": "user"}, "expected text or a non-empty list of messages, got dict"),
+    ],
+)
+def test_a_broken_conversation_is_a_row_error_naming_the_message(value, cause):
+    with pytest.raises(RowError, match=cause):
+        chat_column(value)

@@ -277,3 +277,70 @@ def test_jdbc_credentials_are_read_from_the_named_variables(monkeypatch):
         "password": "pw",
         "driver": "org.postgresql.Driver",
     }
+
+
+def test_a_template_given_by_set_without_quotes_is_explained():
+    with pytest.raises(SpecError) as info:
+        apply_overrides({}, ["prompt.template={{ question }}"])
+    message = str(info.value)
+    assert "found unhashable key" in message
+    assert "read as YAML" in message
+    assert "--set 'prompt.template=\"{{ question }}\"'" in message
+    # The quoted form it suggests is accepted as the text.
+    assert apply_overrides({}, ['prompt.template="{{ question }}"']) == {
+        "prompt": {"template": "{{ question }}"}
+    }
+
+
+@pytest.mark.parametrize(
+    ("sampling", "named"),
+    [
+        ({"stream": True}, "sampling.stream (True): the job reads whole answers"),
+        ({"stream_options": {"include_usage": True}}, "sampling.stream_options"),
+        ({"n": 3}, "sampling.n (3): the job stores one answer per row"),
+        ({"prompt_logprobs": 2}, "sampling.prompt_logprobs"),
+        ({"return_token_ids": True}, "sampling.return_token_ids"),
+        ({"tools": [{"type": "function"}]}, "sampling.tools ([{'type': 'function'}]): the answer"),
+        ({"tool_choice": "required"}, "sampling.tool_choice"),
+    ],
+)
+def test_request_fields_that_change_the_answers_shape_are_refused(sampling, named):
+    message = error_of(minimal(sampling=sampling))
+    assert named in message
+    assert "input.format: openai-batch" in message
+
+
+@pytest.mark.parametrize("sampling", [{"stream": False}, {"n": 1}, {"echo": True}])
+def test_request_fields_that_change_nothing_pass(sampling):
+    spec_from_dict(minimal(sampling=sampling))
+
+
+def test_logprobs_make_a_column_and_take_each_tasks_own_form():
+    chat = spec_from_dict(minimal(sampling={"logprobs": True, "top_logprobs": 3}))
+    assert chat.wants_logprobs()
+    assert not spec_from_dict(minimal(sampling={"logprobs": False})).wants_logprobs()
+    completion = spec_from_dict(minimal(task="completion", sampling={"logprobs": 0}))
+    assert completion.wants_logprobs()
+    assert "task chat takes true or false" in error_of(minimal(sampling={"logprobs": 2}))
+    assert "task completion takes the number" in error_of(
+        minimal(task="completion", sampling={"logprobs": True})
+    )
+    assert "needs sampling.logprobs: true" in error_of(minimal(sampling={"top_logprobs": 2}))
+    assert "logprobs" in error_of(
+        minimal(sampling={"logprobs": True}, output={"path": "o", "keep_columns": ["logprobs"]})
+    )
+
+
+def test_response_format_and_structured_output_are_one_or_the_other():
+    doc = minimal(
+        sampling={"response_format": {"type": "json_object"}},
+        structured_output={"ddl": "a STRING"},
+    )
+    assert "structured_output sets the response format" in error_of(doc)
+
+
+def test_on_change_refuses_by_default_and_takes_resume():
+    assert spec_from_dict(minimal()).output.on_change == "refuse"
+    doc = minimal(output={"path": "o", "on_change": "resume"})
+    assert spec_from_dict(doc).output.on_change == "resume"
+    assert "output.on_change" in error_of(minimal(output={"path": "o", "on_change": "maybe"}))

@@ -1,0 +1,228 @@
+"""The input: read with Spark for a run, or its columns read without Spark for `validate`.
+
+Spark's readers get the defaults a user's files need: CSV as RFC 4180 writes it, JSON
+Lines with a conversation column kept as its JSON text, an OpenAI batch file checked
+line by line. An empty input (a 0-byte file, a folder with no data files) is no rows,
+not an error; a path or table that is not there is a SpecError.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from spark_vllm import jdbc, openai_batch
+from spark_vllm.spec import InputSpec, JobSpec, SpecError
+
+
+def read_batch_file(spark: SparkSession, spec: InputSpec) -> DataFrame:
+    """Request lines of an OpenAI batch file, their shape checked before any request.
+
+    Raises SpecError naming every line (file:line) that is not a JSON object with a
+    non-empty string custom_id, string method and url and an object body, and every
+    custom_id found on more than one line."""
+    assert spec.path is not None
+    lines = (
+        spark.read.options(**spec.options)
+        .text(spec.path)
+        .select(
+            "value",
+            F.col("_metadata.file_path").alias(openai_batch.FILE),
+            F.col("_metadata.file_block_start").alias(openai_batch.BLOCK),
+        )
+    )
+    parsed = openai_batch.read_lines(lines)
+    shown, total = openai_batch.shape_problems(parsed, lines)
+    if shown:
+        more = f"\n  … and {total - len(shown)} more" if total > len(shown) else ""
+        raise SpecError(
+            f"input.path {spec.path!r} is not a valid OpenAI batch file ({total} "
+            f"problem{'s' if total != 1 else ''}); each line is one JSON object such as "
+            f"{openai_batch.EXAMPLE}, with a custom_id of its own:\n  " + "\n  ".join(shown) + more
+        )
+    return parsed.select(*openai_batch.INPUT_SCHEMA.fieldNames())
+
+
+# A CSV file as RFC 4180 writes it: a header row, quoted fields that may hold line breaks,
+# quotes inside them doubled, and each value the text it is (no type inference: `007`
+# stays `007`). input.options override each.
+CSV_DEFAULTS = {
+    "header": "true",
+    "multiLine": "true",
+    "quote": '"',
+    "escape": '"',
+    "inferSchema": "false",
+}
+
+
+def _conversation_column(spec: JobSpec) -> str | None:
+    """The column that may hold conversations (chat over prompt.column), if any."""
+    if spec.task == "chat" and spec.prompt is not None:
+        return spec.prompt.column
+    return None
+
+
+def _read_json(spark: SparkSession, spec: JobSpec) -> DataFrame:
+    """JSON Lines, with a conversation column kept as its JSON text: inferring one type for
+    every row's messages would turn a list of content parts into a string."""
+    assert spec.input.path is not None
+    reader = spark.read.options(**spec.input.options)
+    df = reader.json(spec.input.path)
+    column = _conversation_column(spec)
+    if column is None or column not in df.columns:
+        return df
+    if isinstance(df.schema[column].dataType, T.StringType):
+        return df
+    schema = T.StructType(
+        [T.StructField(f.name, T.StringType()) if f.name == column else f for f in df.schema]
+    )
+    return reader.schema(schema).json(spec.input.path)
+
+
+def _read(spark: SparkSession, spec: JobSpec) -> DataFrame:
+    src = spec.input
+    if src.jdbc is not None:
+        return jdbc.read(spark, src.jdbc)
+    if src.format == "openai-batch":
+        return read_batch_file(spark, src)
+    if src.format == "table":
+        assert src.table is not None
+        return spark.table(src.table)
+    assert src.path is not None
+    if src.format == "parquet":
+        return spark.read.options(**src.options).parquet(src.path)
+    if src.format == "jsonl":
+        return _read_json(spark, spec)
+    return spark.read.options(**{**CSV_DEFAULTS, **src.options}).csv(src.path)
+
+
+def read_input(spark: SparkSession, spec: JobSpec) -> DataFrame | None:
+    """The input rows, or None when the input holds no rows and no columns (an empty
+    file, or a folder with no data files). SpecError for a path or table not there."""
+    from pyspark.errors import AnalysisException
+
+    src = spec.input
+    try:
+        df = _read(spark, spec)
+    except AnalysisException as exc:
+        condition = exc.getCondition()
+        if condition == "PATH_NOT_FOUND":
+            raise SpecError(f"input.path {src.path!r} does not exist") from None
+        if condition == "TABLE_OR_VIEW_NOT_FOUND":
+            raise SpecError(f"input.table {src.table!r} is not in the catalog") from None
+        if condition == "UNABLE_TO_INFER_SCHEMA":  # a folder with no data files
+            return None
+        raise
+    if not df.columns and df.isEmpty():  # an empty JSON Lines file
+        return None
+    return df
+
+
+# Lines of a JSON Lines input that `validate` reads for its columns.
+SAMPLE_LINES = 1000
+
+
+@dataclass
+class Columns:
+    """An input's columns as read without Spark: `names` None when they were not read
+    (`source` says why), `complete` False when only the first lines were read."""
+
+    names: list[str] | None
+    source: str
+    complete: bool = True
+
+
+def _local(path: str) -> Path | None:
+    parsed = urlparse(path)
+    if parsed.scheme not in ("", "file"):
+        return None
+    return Path(parsed.path if parsed.scheme else path)
+
+
+def _data_files(root: Path) -> list[Path]:
+    """The data files under a file or folder, as Spark lists them (hidden names left out)."""
+    if root.is_file():
+        return [root]
+    return sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file()
+        and not any(part.startswith(("_", ".")) for part in p.relative_to(root).parts)
+    )
+
+
+def _json_columns(files: list[Path]) -> tuple[list[str], bool]:
+    names: dict[str, None] = {}
+    read = 0
+    for file in files:
+        with file.open(encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if not line.strip():
+                    continue
+                if read == SAMPLE_LINES:
+                    return list(names), False
+                read += 1
+                try:
+                    value = json.loads(line.removeprefix("\ufeff"))
+                except json.JSONDecodeError:
+                    continue  # Spark keeps such a line as a corrupt record
+                if isinstance(value, dict):
+                    names.update(dict.fromkeys(value))
+    return list(names), True
+
+
+def _csv_columns(file: Path, options: dict[str, str]) -> list[str]:
+    settings = {**CSV_DEFAULTS, **{k.lower(): v for k, v in options.items()}}
+    with file.open(encoding=settings.get("encoding", "utf-8"), newline="") as fh:
+        first = next(
+            csv.reader(
+                fh,
+                delimiter=settings.get("sep", settings.get("delimiter", ",")),
+                quotechar=settings.get("quote", '"'),
+            ),
+            [],
+        )
+    if settings.get("header", "true").lower() == "true":
+        return first
+    return [f"_c{i}" for i in range(len(first))]
+
+
+def columns_without_spark(spec: JobSpec) -> Columns:
+    """The input's columns where reading them is cheap and needs no Spark: the footer of
+    a local parquet file, the header of a local CSV file, the keys of the first
+    SAMPLE_LINES lines of a local JSON Lines input."""
+    src = spec.input
+    if src.format == "openai-batch":
+        return Columns(list(openai_batch.INPUT_SCHEMA.fieldNames()), "the batch format")
+    if src.format in ("table", "jdbc"):
+        where = "the catalog" if src.format == "table" else "the database"
+        return Columns(None, f"input.format {src.format} is read from {where} by Spark")
+    assert src.path is not None
+    root = _local(src.path)
+    if root is None:
+        return Columns(None, f"input.path {src.path!r} is not on this machine's file system")
+    if not root.exists():
+        return Columns(None, f"input.path {src.path!r} does not exist here")
+    files = _data_files(root)
+    if not files:
+        return Columns(None, f"input.path {src.path!r} holds no data files (an empty input)")
+    if src.format == "parquet":
+        import pyarrow.parquet as pq
+
+        names = list(pq.read_schema(files[0]).names)
+        # Partition folders (key=value) become columns too.
+        parts = files[0].relative_to(root).parts[:-1] if root.is_dir() else ()
+        names += [p.split("=", 1)[0] for p in parts if "=" in p]
+        return Columns(names, f"the footer of {files[0].name}")
+    if src.format == "csv":
+        return Columns(_csv_columns(files[0], src.options), f"the header of {files[0].name}")
+    names, complete = _json_columns(files)
+    source = "every line" if complete else f"the first {SAMPLE_LINES} lines"
+    return Columns(names, f"{source} of {src.path}", complete)

@@ -1,0 +1,99 @@
+"""The README's local examples, as written and in the order shown, against the session's
+one vLLM server (each `make run` of the README is `spark-vllm local` with a server of its
+own; here the same spec and arguments go to `spark-vllm run` and the shared server)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.integration
+
+README = (ROOT / "README.md").read_text()
+DEFAULT_JOB = "examples/jobs/chat.yaml"  # the Makefile's JOB
+MAKE_RUN = re.compile(r'`make run(?: JOB=(?P<job>\S+))?(?: ARGS="(?P<args>.*?)")?`')
+
+
+def section(title: str) -> str:
+    start = README.index(title)
+    end = README.find("\n## ", start + len(title))
+    return README[start : end if end > 0 else None]
+
+
+def make_runs() -> list[tuple[str, list[str]]]:
+    """Each distinct `make run …` of the README's first section, in order: (job, args)."""
+    found: dict[tuple[str, tuple[str, ...]], None] = {}
+    for match in MAKE_RUN.finditer(section("## Two commands")):
+        job = match["job"] or DEFAULT_JOB
+        if "my-job" in job:  # the README's placeholder for a spec of your own
+            continue
+        found[(job, tuple(shlex.split(match["args"] or "")))] = None
+    return [(job, list(args)) for job, args in found]
+
+
+def spark_vllm(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "spark_vllm.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=cwd,
+        env={**os.environ, "PYSPARK_PYTHON": sys.executable},
+    )
+
+
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A working directory that looks like a fresh clone: the examples, no build/."""
+    where = tmp_path_factory.mktemp("clone")
+    (where / "examples").symlink_to(ROOT / "examples")
+    return where
+
+
+def test_the_readme_names_the_examples_this_test_runs():
+    runs = make_runs()
+    assert runs[0] == (DEFAULT_JOB, [])
+    assert (DEFAULT_JOB, ["--set", "output.mode=overwrite"]) in runs
+    assert any("task=completion" in " ".join(args) for _, args in runs)
+    assert any("structured_output.ddl=category STRING, short BOOLEAN" in args for _, args in runs)
+    assert ("examples/jobs/openai-batch.yaml", []) in runs
+
+
+def test_every_make_run_of_the_readme_works_as_written_in_order(vllm_server, clone):
+    served = ["--set", f"endpoint.base_url={vllm_server}"]
+    first, *rest = make_runs()
+
+    done = spark_vllm(clone, "run", first[0], *first[1], *served)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "  rows          300\n  succeeded     300" in done.stdout
+    assert "output        build/output/chat (parquet): 300 ids, 0 failed" in done.stdout
+
+    # "A second `make run` resumes: ... says `nothing to send ...` and `skipped 300`".
+    again = spark_vllm(clone, "run", first[0], *first[1], *served)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "nothing to send: every id succeeded in earlier runs" in again.stdout
+    assert "skipped       300" in again.stdout
+
+    for job, args in rest:
+        done = spark_vllm(clone, "run", job, *args, *served)
+        assert done.returncode == 0, (job, args, done.stderr[-3000:])
+        assert "failed        0" in done.stdout, (job, args, done.stdout)
+        assert "nothing to send" not in done.stdout, (job, args)
+
+
+def test_the_commands_of_the_spark_vllm_section_work(clone):
+    done = spark_vllm(clone, "validate", DEFAULT_JOB)
+    assert done.returncode == 0, done.stderr
+    assert "the columns it reads are in the input" in done.stdout
+    wrong = spark_vllm(clone, "validate", DEFAULT_JOB, "--set", "prompt.template={{ question }}")
+    assert wrong.returncode == 2 and "--set 'prompt.template=" in wrong.stderr
+    quoted = spark_vllm(clone, "validate", DEFAULT_JOB, "--set", 'prompt.template="{{ question }}"')
+    assert quoted.returncode == 0, quoted.stderr

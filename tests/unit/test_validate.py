@@ -1,0 +1,91 @@
+"""`spark-vllm validate`: the spec, then the columns it reads, read without Spark."""
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from spark_vllm.cli import main
+from spark_vllm.inputs import SAMPLE_LINES, columns_without_spark
+from spark_vllm.spec import spec_from_dict
+
+pytestmark = pytest.mark.unit
+
+
+def job(tmp_path, fmt, path, template="{{ question }}", **extra):
+    doc = {
+        "input": {"format": fmt, "path": str(path), **extra},
+        "output": {"path": str(tmp_path / "out")},
+        "endpoint": {"model": "m"},
+        "prompt": {"template": template},
+    }
+    spec_path = tmp_path / "job.yaml"
+    spec_path.write_text(yaml.safe_dump(doc))
+    return spec_path
+
+
+def validate(spec_path, capsys, *args):
+    code = main(["validate", str(spec_path), *args])
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+def test_a_template_naming_a_column_the_jsonl_input_lacks_is_refused(tmp_path, capsys):
+    data = tmp_path / "in.jsonl"
+    data.write_text('{"question": "Why?", "topic": "x"}\n')
+    code, text = validate(job(tmp_path, "jsonl", data, "{{ questoin }}"), capsys)
+    assert code == 2
+    assert "prompt: column(s) ['questoin'] not in the input" in text
+    assert "every line of" in text
+    code, text = validate(job(tmp_path, "jsonl", data), capsys)
+    assert code == 0 and "the columns it reads are in the input" in text
+
+
+def test_parquet_columns_come_from_the_footer_and_partition_folders(tmp_path, capsys):
+    folder = tmp_path / "data" / "day=1"
+    folder.mkdir(parents=True)
+    pq.write_table(pa.table({"question": ["Why?"]}), folder / "part-0.parquet")
+    spec = spec_from_dict(
+        yaml.safe_load(
+            job(tmp_path, "parquet", tmp_path / "data", "{{ question }} {{ day }}").read_text()
+        )
+    )
+    found = columns_without_spark(spec)
+    assert found.names == ["question", "day"]
+    code, _ = validate(job(tmp_path, "parquet", tmp_path / "data", "{{ nope }}"), capsys)
+    assert code == 2
+
+
+def test_csv_columns_come_from_the_header(tmp_path, capsys):
+    data = tmp_path / "in.csv"
+    data.write_text('id;"question, long"\n1;"Why?"\n')
+    path = job(tmp_path, "csv", data, "{{ question }}", options={"sep": ";"})
+    code, text = validate(path, capsys)
+    assert code == 2 and "expected one of ['id', 'question, long']" in text
+
+
+def test_a_column_missing_from_the_first_lines_only_warns(tmp_path, capsys):
+    data = tmp_path / "in.jsonl"
+    lines = [{"question": "q"}] * SAMPLE_LINES + [{"question": "q", "late": 1}]
+    data.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    code, text = validate(job(tmp_path, "jsonl", data, "{{ late }}"), capsys)
+    assert code == 0
+    assert "warning: prompt: column(s) ['late'] not in the input" in text
+    assert f"only the first {SAMPLE_LINES} lines" in text
+
+
+@pytest.mark.parametrize(
+    ("fmt", "path", "said"),
+    [
+        ("parquet", "s3a://lake/questions/", "is not on this machine's file system"),
+        ("jsonl", "/no/such/file.jsonl", "does not exist here"),
+    ],
+)
+def test_what_could_not_be_checked_is_said(tmp_path, capsys, fmt, path, said):
+    code, text = validate(job(tmp_path, fmt, path), capsys)
+    assert code == 0
+    assert "is a valid job spec" in text
+    assert "the input's columns were not checked" in text and said in text
+    assert "--spark" in text
