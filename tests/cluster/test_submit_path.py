@@ -1,0 +1,233 @@
+"""The example chat job in real pods through the chart's operator-less path: a Job runs
+spark-submit, the driver pod creates executor pods, each carries the vLLM sidecar on its
+loopback, and the output lands on the node's disk with one row per input id. Then faults at
+pod level, and `helm test` against the real cluster.
+
+vLLM on CPU takes minutes to start, so the tier starts few: one clean job (one executor),
+one job that takes every fault in turn, and its rerun."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .jobs import SERVED_NAME, Job, chat_job, make_job, questions, until
+from .kube import Cluster, Obj, container_ready
+
+pytestmark = pytest.mark.cluster
+
+# Run inside the executor's Spark container: wait until the sidecar answers on the pod's
+# loopback, print what it serves, then show that the pod's own address gets no answer.
+LOOPBACK_PROBE = """
+import json, os, socket, time, urllib.request
+deadline = time.time() + 900
+while True:
+    try:
+        body = urllib.request.urlopen("http://127.0.0.1:8000/v1/models", timeout=5).read()
+        break
+    except OSError:
+        if time.time() > deadline:
+            raise
+        time.sleep(2)
+ip = os.environ["SPARK_EXECUTOR_POD_IP"]
+try:
+    socket.create_connection((ip, 8000), timeout=5).close()
+    outside = "answered"
+except OSError as error:
+    outside = type(error).__name__
+print(json.dumps({"models": json.loads(body), "pod_ip": ip, "pod_ip_8000": outside}))
+"""
+
+
+def loopback_probe(job: Job, pod: str) -> dict[str, Any]:
+    proc = job.cluster.kubectl(
+        "exec", pod, "-n", job.namespace, "-c", "spark-kubernetes-executor", "--",
+        "python3", "-c", LOOPBACK_PROBE, timeout=960,
+    )  # fmt: skip
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+def first_executor(job: Job, not_named: set[str] | None = None) -> Obj | None:
+    running = [
+        p
+        for p in job.executors()
+        if p["metadata"]["name"] not in (not_named or set())
+        and p["status"].get("phase") == "Running"
+        and "deletionTimestamp" not in p["metadata"]
+    ]
+    return running[0] if running else None
+
+
+def successes(rows_by_run: dict[str, list[dict[str, Any]]]) -> Counter[Any]:
+    return Counter(r["id"] for rows in rows_by_run.values() for r in rows if r["error"] is None)
+
+
+@pytest.fixture(scope="module")
+def clean_job(
+    cluster: Cluster,
+    namespace: str,
+    image: str,
+    model_root: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Job, dict[str, Any]]]:
+    """The example chat job over 60 questions, run once to the end; what was seen meanwhile."""
+    job = make_job(
+        cluster, namespace, "chat-k8s", tmp_path_factory.mktemp("clean"), image, model_root,
+        rows=60, job=chat_job(),
+    )  # fmt: skip
+    job.install()
+    try:
+        executor = until("a running executor pod", lambda: first_executor(job), 600)
+        seen: dict[str, Any] = {"executor": executor}
+        seen["probe"] = loopback_probe(job, executor["metadata"]["name"])
+        seen["status"] = job.wait_finished(900)
+        seen["driver"] = cluster.find("pod", job.driver, namespace)
+        yield job, seen
+    finally:
+        job.uninstall()
+
+
+def test_driver_pod_creates_executor_pods_that_carry_the_sidecar(
+    clean_job: tuple[Job, dict[str, Any]],
+) -> None:
+    job, seen = clean_job
+    executor, driver = seen["executor"], seen["driver"]
+    assert driver is not None, job.report()
+    owners = executor["metadata"].get("ownerReferences", [])
+    assert [(o["kind"], o["name"]) for o in owners] == [("Pod", job.driver)]
+    spec = executor["spec"]
+    assert sorted(c["name"] for c in spec["containers"]) == ["spark-kubernetes-executor", "vllm"]
+    # The pod template's settings survived Spark's own: no API token, locked down.
+    assert spec["automountServiceAccountToken"] is False
+    assert spec["serviceAccountName"] == f"{job.name}-executor"
+    assert not any(
+        "serviceaccount" in str(m) for c in spec["containers"] for m in c.get("volumeMounts", [])
+    )
+    assert spec["securityContext"]["runAsUser"] == 185
+    for container in spec["containers"]:
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert executor["metadata"]["labels"]["app.kubernetes.io/component"] == "executor"
+
+
+def test_sidecar_answers_on_the_executors_loopback_only(
+    clean_job: tuple[Job, dict[str, Any]],
+) -> None:
+    _, seen = clean_job
+    probe = seen["probe"]
+    assert [m["id"] for m in probe["models"]["data"]] == [SERVED_NAME]
+    assert probe["pod_ip"] == seen["executor"]["status"]["podIP"]
+    assert probe["pod_ip_8000"] == "ConnectionRefusedError", probe
+
+
+def test_job_succeeds_with_one_row_per_input_id(clean_job: tuple[Job, dict[str, Any]]) -> None:
+    job, seen = clean_job
+    assert seen["status"] == "Complete", job.report()
+    assert seen["driver"]["status"]["phase"] == "Succeeded"
+    runs = job.rows_by_run()
+    assert len(runs) == 1
+    (rows,) = runs.values()
+    assert sorted(r["id"] for r in rows) == sorted(q["id"] for q in questions(60))
+    failed = [r for r in rows if r["error"] is not None]
+    assert not failed, failed[:3]
+    assert all(r["completion_tokens"] > 0 for r in rows)
+
+
+def test_helm_test_validates_the_job_spec_in_the_cluster(
+    cluster: Cluster, clean_job: tuple[Job, dict[str, Any]]
+) -> None:
+    job, _ = clean_job
+    proc = cluster.helm("test", job.name, "-n", job.namespace, "--logs", timeout=600)
+    assert "Phase:          Succeeded" in proc.stdout, proc.stdout
+
+
+# --- faults ------------------------------------------------------------------------------
+
+FAULT_ROWS = 240
+
+
+def test_pod_faults_end_with_every_id_once_and_no_success_redone(
+    cluster: Cluster, namespace: str, image: str, model_root: Path, tmp_path: Path
+) -> None:
+    """One job takes three faults in turn, each while tasks are left to do:
+    1. the vLLM server process is killed inside the sidecar container: the container's
+       supervisor starts it again and the executor's task waits for it;
+    2. the executor pod is deleted: Spark's driver asks for a new one;
+    3. the driver pod is deleted: the Job fails, the executors go with their owner;
+    then the job is run again and resumes. Each id has exactly one successful row over all
+    runs, and the rerun sends nothing for the ids that had succeeded before it."""
+    spec = chat_job(
+        # Slow enough to leave tasks for every fault: many small tasks, few requests at once.
+        partitions=12,
+        sampling={"max_tokens": 48, "temperature": 0.0, "ignore_eos": True},
+        concurrency={"mode": "fixed", "per_executor": 4},
+    )
+    job = make_job(cluster, namespace, "faults", tmp_path, image, model_root, FAULT_ROWS, spec)
+    job.install()
+    try:
+        executor = until("a running executor pod", lambda: first_executor(job), 600)
+        name = executor["metadata"]["name"]
+        loopback_probe(job, name)
+        until("2 committed tasks", lambda: job.committed_tasks() >= 2, 600)
+
+        # 1. vLLM killed inside the sidecar container (the child of tini is the server).
+        job.cluster.kubectl(
+            "exec", name, "-n", namespace, "-c", "vllm", "--",
+            "sh", "-c", 'pkill -KILL -P "$(pgrep -x tini)"',
+        )  # fmt: skip
+        done = job.committed_tasks()
+        until(
+            "the supervisor's restart",
+            lambda: "vllm-supervisor: vLLM exited" in job.logs(name, "vllm"),
+            60,
+        )
+        loopback_probe(job, name)  # answers again
+        until("a task committed after the restart", lambda: job.committed_tasks() > done, 600)
+        pod = cluster.find("pod", name, namespace)
+        assert pod is not None and container_ready(pod, "spark-kubernetes-executor"), job.report()
+
+        # 2. The executor pod deleted: the driver replaces it.
+        cluster.kubectl("delete", "pod", name, "-n", namespace, "--wait=false")
+        replacement = until("a new executor pod", lambda: first_executor(job, {name}), 600)
+        loopback_probe(job, replacement["metadata"]["name"])
+        done = job.committed_tasks()
+        until("a task committed by the new executor", lambda: job.committed_tasks() > done, 600)
+
+        # 3. The driver pod deleted mid-job.
+        before = job.committed_tasks()
+        assert before < 12, f"the job finished before the driver could be deleted:\n{job.report()}"
+        cluster.kubectl("delete", "pod", job.driver, "-n", namespace)
+        assert job.wait_finished(300) == "Failed", job.report()
+        until("the executors gone with their driver", lambda: not job.executors(), 300)
+        succeeded_before = set(successes(job.rows_by_run()))
+        assert 0 < len(succeeded_before) < FAULT_ROWS
+
+        # Run it again: resume.
+        job.rerun()
+        assert job.wait_finished(1200) == "Complete", job.report()
+        summary = job.logs(job.driver)
+    except BaseException:
+        print(job.report())
+        raise
+    finally:
+        job.uninstall()
+
+    runs = job.rows_by_run()
+    ids = {q["id"] for q in questions(FAULT_ROWS)}
+    counts = successes(runs)
+    assert set(counts) == ids, f"ids without a success: {sorted(ids - set(counts))[:10]}"
+    assert max(counts.values()) == 1, (
+        f"successes redone: {[i for i, n in counts.items() if n > 1][:10]}"
+    )
+    last_run = max(runs)
+    redone = succeeded_before & {r["id"] for r in runs[last_run]}
+    assert not redone, f"the rerun sent ids that had succeeded: {sorted(redone)[:10]}"
+    skipped = re.search(r"skipped\s+(\d+)", summary)
+    assert skipped and int(skipped.group(1)) == len(succeeded_before), summary[-3000:]
