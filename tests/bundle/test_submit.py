@@ -86,8 +86,14 @@ def test_spark_configuration_is_what_the_operator_derives_from_the_application(
             )
         wrong = {k: (v, props.get(k)) for k, v in expected.items() if props.get(k) != v}
         assert not wrong, f"{name}: {wrong}"
-        # The driver is reached by its pod IP: no cluster DNS needed for executors.
+        # The driver is reached by its pod IP: no cluster DNS needed for executors, and no
+        # driver Service (which Spark 4 creates by a server-side apply 1.20 refuses); the
+        # chart's NetworkPolicies replace Spark's own, so the Role needs no rights on them.
         assert props["spark.kubernetes.executor.useDriverPodIP"] == "true"
+        assert props["spark.kubernetes.driver.pod.excludedFeatureSteps"] == (
+            "org.apache.spark.deploy.k8s.features.DriverServiceFeatureStep,"
+            "org.apache.spark.deploy.k8s.features.NetworkPolicyFeatureStep"
+        )
         assert props["spark.kubernetes.submission.waitAppCompletion"] == "true"
 
 

@@ -83,6 +83,21 @@ submission.go), plus the pod templates. A dict of strings. */}}
 {{- range $k, $v := .Values.sparkConf }}
 {{- $_ := set $p $k (toString $v) }}
 {{- end }}
+{{- /* Two of Spark 4.3's own driver steps are left out, unless sparkConf names the steps:
+- the headless Service for the driver: executors reach the driver at its pod IP, so it
+  serves nothing, and Kubernetes < 1.21 refuse the server-side apply Spark creates it with
+  (".spec.ports: element 0: associative list with keys has an element that omits key field
+  protocol");
+- the NetworkPolicy Spark makes for the executors: the chart's own (networkPolicy.enabled)
+  admits the same pods, and the driver's Role then needs no rights on NetworkPolicies. */}}
+{{- $stepsKey := "spark.kubernetes.driver.pod.excludedFeatureSteps" }}
+{{- if not (hasKey $p $stepsKey) }}
+{{- $steps := list "org.apache.spark.deploy.k8s.features.NetworkPolicyFeatureStep" }}
+{{- if eq (get $p "spark.kubernetes.executor.useDriverPodIP") "true" }}
+{{- $steps = prepend $steps "org.apache.spark.deploy.k8s.features.DriverServiceFeatureStep" }}
+{{- end }}
+{{- $_ := set $p $stepsKey (join "," $steps) }}
+{{- end }}
 {{- toYaml $p }}
 {{- end }}
 
