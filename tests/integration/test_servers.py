@@ -41,3 +41,22 @@ def test_one_server_per_executor_is_started_used_and_stopped(spark, tiny_model, 
     assert not _alive(pid)
     assert probe(servers.base_url, SERVED_NAME, timeout=2) is not None
     assert not (tmp_path / "run" / f"spark-vllm-{servers.config.port}.pid").exists()
+
+
+def test_serve_reports_a_server_that_cannot_start_and_leaves_nothing_running(tmp_path):
+    """`spark-vllm serve` (`make serve`) with a model vLLM cannot load: exit 1 naming
+    what the server said, no process left behind."""
+    import subprocess
+    import sys
+
+    port = free_port()
+    done = subprocess.run(
+        [sys.executable, "-m", "spark_vllm.cli", "serve", "--model", str(tmp_path / "nothing"),
+         "--port", str(port), "--server-log", str(tmp_path / "serve.log")],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "starting vLLM for" in done.stdout
+    assert "will not come up: the server exited with code" in done.stderr
+    assert str(tmp_path / "serve.log") in done.stderr
+    assert probe(f"http://127.0.0.1:{port}/v1", "nothing", timeout=2) is not None
