@@ -387,23 +387,38 @@ def test_rapids_gets_a_gpu_of_its_own_and_is_counted(rendered: dict[str, Rendere
 def test_classic_sidecar_loop_restarts_a_killed_server_and_stops_on_sigterm(
     rendered: dict[str, Rendered], tmp_path: Path
 ) -> None:
-    """The rendered loop, run by bash with a stand-in server: kill the server, the loop starts
-    another; SIGTERM to the loop (the kubelet stopping the pod) ends it and the server."""
+    """The rendered loop, run by bash with a stand-in server that, like vLLM under tini, has
+    a helper process in a process group of its own: kill the server, and the loop ends the
+    helper (vLLM's engine would hold the memory the next server needs) and starts another;
+    SIGTERM to the loop (the kubelet stopping the pod) ends it and the server."""
     script = vllm_container(rendered["classic-sidecar"].app_spec())["command"][2]
     starts = tmp_path / "starts"
-    server = f"echo $$ >> {starts}; exec sleep 300"
-    loop = subprocess.Popen(["bash", "-c", script, "vllm-supervisor", "sh", "-c", server])
+    helpers = tmp_path / "helpers"
+    server = f"set -m; sleep 300 & echo $! >> {helpers}; echo $$ >> {starts}; wait"
+    loop = subprocess.Popen(["bash", "-c", script, "vllm-supervisor", "bash", "-c", server])
     try:
         _wait(lambda: starts.exists() and len(starts.read_text().split()) == 1)
         first = int(starts.read_text().split()[0])
+        helper = int(helpers.read_text().split()[0])
+        assert os.getpgid(helper) != os.getpgid(first)
         os.kill(first, signal.SIGKILL)
         _wait(lambda: len(starts.read_text().split()) == 2, timeout=20)
+        assert not _alive(helper), "the killed server's helper outlived it"
         second = int(starts.read_text().split()[1])
         loop.send_signal(signal.SIGTERM)
         assert loop.wait(timeout=10) == 143
-        _wait(lambda: not Path(f"/proc/{second}").exists())
+        _wait(lambda: not _alive(second) and not _alive(int(helpers.read_text().split()[1])))
     finally:
         loop.kill()
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie waiting for its parent."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
 
 
 def _wait(check: Callable[[], bool], timeout: float = 10) -> None:

@@ -165,7 +165,7 @@ def test_pod_faults_end_with_every_id_once_and_no_success_redone(
     runs, and the rerun sends nothing for the ids that had succeeded before it."""
     spec = chat_job(
         # Slow enough to leave tasks for every fault: many small tasks, few requests at once.
-        partitions=12,
+        partitions=16,
         sampling={"max_tokens": 48, "temperature": 0.0, "ignore_eos": True},
         concurrency={"mode": "fixed", "per_executor": 4},
     )
@@ -189,6 +189,20 @@ def test_pod_faults_end_with_every_id_once_and_no_success_redone(
             60,
         )
         loopback_probe(job, name)  # answers again
+        engines = job.cluster.kubectl(
+            "exec",
+            name,
+            "-n",
+            namespace,
+            "-c",
+            "vllm",
+            "--",
+            "pgrep",
+            "-c",
+            "-f",
+            "^VLLM::EngineCore",
+        ).stdout.strip()
+        assert engines == "1", f"{engines} vLLM engines in the sidecar: the killed one's lives on"
         until("a task committed after the restart", lambda: job.committed_tasks() > done, 600)
         pod = cluster.find("pod", name, namespace)
         assert pod is not None and container_ready(pod, "spark-kubernetes-executor"), job.report()
@@ -202,7 +216,7 @@ def test_pod_faults_end_with_every_id_once_and_no_success_redone(
 
         # 3. The driver pod deleted mid-job.
         before = job.committed_tasks()
-        assert before < 12, f"the job finished before the driver could be deleted:\n{job.report()}"
+        assert before < 16, f"the job finished before the driver could be deleted:\n{job.report()}"
         cluster.kubectl("delete", "pod", job.driver, "-n", namespace)
         assert job.wait_finished(300) == "Failed", job.report()
         until("the executors gone with their driver", lambda: not job.executors(), 300)

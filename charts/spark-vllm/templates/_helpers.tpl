@@ -321,13 +321,17 @@ volumeMounts:
 
 {{/* The classic sidecar's restart loop ("$@" is sidecar.command followed by its args). */}}
 {{- define "spark-vllm.supervisor" -}}
-trap 'kill -TERM -- "-$child" 2>/dev/null; wait "$child"; exit 143' TERM INT
+trap 'kill -TERM "$child" 2>/dev/null; wait "$child"; pkill -KILL -s "$child"; exit 143' TERM INT
 while true; do
   setsid "$@" & child=$!
   wait "$child"
   status=$?
-  # vLLM's engine processes can outlive a server that was killed: end its whole group.
-  kill -KILL -- "-$child" 2>/dev/null
+  # vLLM's engine processes outlive a server that was killed, holding the memory the next
+  # one needs: end everything in the session it was started in. TERM first, so Python's
+  # resource tracker (it ignores TERM) outlives them and frees their shared memory.
+  pkill -TERM -s "$child"
+  for _ in 1 2 3 4 5 6 7 8 9 10; do pgrep -s "$child" >/dev/null || break; sleep 1; done
+  pkill -KILL -s "$child"
   echo "vllm-supervisor: vLLM exited with status $status; starting it again in 5 s" >&2
   sleep 5 & wait $!
 done
