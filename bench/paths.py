@@ -211,9 +211,8 @@ def warm_spark(spark: Any, slots: int) -> None:
 
 def job(cfg: Config) -> list[Measurement]:
     """`run_job(spark, spec)` timed on its own, the SparkSession made beforehand."""
-    from spark_vllm.cli import spark_session
-    from spark_vllm.job import run_job
-    from spark_vllm.spec import spec_from_dict
+    from spark_vllm import run_job, spec_from_dict
+    from spark_vllm.cli import spark_session  # the session `spark-vllm run` makes
 
     spec = spec_from_dict(cfg["job_spec"])
     spark = spark_session(spec)
@@ -278,14 +277,15 @@ def memory(cfg: Config) -> list[Measurement]:
     import pyarrow as pa
     from pyspark.sql import types as T
 
-    from spark_vllm.job import RESULT_FIELDS, task_config
+    from spark_vllm import spec_from_dict
+    from spark_vllm.job import kind_for, task_config  # internal: one task, no Spark job
     from spark_vllm.runner import run_partition
-    from spark_vllm.spec import spec_from_dict
 
     n, batch_rows = cfg["rows"], cfg["batch_rows"]
     spec = spec_from_dict(cfg["job_spec"])
-    schema = T.StructType([T.StructField("id", T.StringType()), *RESULT_FIELDS])
-    task = task_config(spec, schema, cfg["slots"])
+    kind = kind_for(spec)
+    schema = T.StructType([T.StructField("id", T.StringType()), *kind.result_fields()])
+    task = task_config(spec, schema, cfg["slots"], kind)
     in_schema = pa.schema([("id", pa.string()), ("question", pa.string())])
     base = [r.question for r in Workload("memory", Path(cfg["questions"])).rows()]
 
@@ -318,8 +318,8 @@ def memory(cfg: Config) -> list[Measurement]:
         peak_rss_kib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
         partition_peak_kib=_hwm_kib() if hwm_reset else None,
         rss_samples=samples,
-        window=task.window,
-        adaptive=task.adaptive,
+        window=task.concurrency.per_task,
+        adaptive=task.concurrency.adaptive,
         batch_rows=batch_rows,
     )
     return [m]

@@ -37,7 +37,7 @@ def vllm_local(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):  # t
     name and --max-model-len) to save its start-up while iterating; then this is None
     and the one test that restarts the server cannot run.
     """
-    from spark_vllm.local_server import LocalServer
+    from spark_vllm import LocalServer
 
     if os.environ.get("SPARK_VLLM_TEST_BASE_URL"):
         yield None

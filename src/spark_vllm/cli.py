@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import re
 import signal
 import sys
 import threading
@@ -19,18 +18,19 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from spark_vllm.client import SidecarNotReady
-from spark_vllm.spec import JobSpec, SpecError, load_spec
+from spark_vllm.errors import (
+    JdbcError,
+    JobFailed,
+    JobInterrupted,
+    SidecarNotReady,
+    SpecError,
+    task_error,
+)
+from spark_vllm.spec import JobSpec, load_spec
 
 if TYPE_CHECKING:
     from spark_vllm.inputs import Columns
     from spark_vllm.local_server import LocalServer
-
-# Our own exceptions raised inside Spark tasks; their text is what the user needs.
-_TASK_ERRORS = re.compile(
-    r"(SidecarNotReady|SidecarDown|RowFailed|ErrorBudgetExceeded|SpecError): (.+)"
-)
-
 
 # Local mode stays on loopback and keeps the console readable.
 LOCAL_DEFAULTS = {
@@ -133,11 +133,6 @@ def spark_session(spec: JobSpec):  # type: ignore[no-untyped-def]
     return builder.getOrCreate()
 
 
-def _task_error(exc: BaseException) -> str | None:
-    match = _TASK_ERRORS.search(str(exc))
-    return f"{match.group(1)}: {match.group(2)}" if match else None
-
-
 class _CtrlC:
     """SIGINT while the job's Spark session lives.
 
@@ -189,8 +184,7 @@ def _plain_sigint() -> Iterator[None]:
 
 def run(spec: JobSpec, server: LocalServer | None = None) -> int:
     """Plan the job, start `server` (if any) only when there is something to send, run."""
-    from spark_vllm.jdbc import JdbcError
-    from spark_vllm.job import JobFailed, JobInterrupted, execute, plan
+    from spark_vllm.job import execute, plan
 
     spark = spark_session(spec)
     ctrl_c = _CtrlC(spark, server)
@@ -219,7 +213,9 @@ def run(spec: JobSpec, server: LocalServer | None = None) -> int:
             print(stopped, file=sys.stderr)
             return 130
         assert isinstance(exc, JobFailed)
-        reason = _task_error(exc.cause) or f"{type(exc.cause).__name__}: {exc.cause}"
+        known = task_error(exc.cause)
+        cause = known if known is not None else exc.cause
+        reason = f"{type(cause).__name__}: {cause}"
         print(f"spark-vllm: job failed: {reason}", file=sys.stderr)
         return 1
     except Exception:

@@ -1,7 +1,10 @@
-"""The sidecar client: readiness, and one request per row with retries.
+"""The sidecar client: readiness, and requests with retries and the outage gate.
 
 The sidecar is an OpenAI-compatible vLLM server (default http://127.0.0.1:8000/v1).
-Ready means GET /health is 200 and GET /v1/models lists the model.
+Ready means GET /health is 200 and GET /v1/models lists the model. The client knows no
+kind of request: a kind (see kinds) says where a request goes, what its body is, what
+counts as an answer and what the answer holds; the client sends it, retries what may
+be cured by trying again, and hands back one Result per row.
 """
 
 from __future__ import annotations
@@ -15,39 +18,33 @@ import urllib.request
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
+from spark_vllm.errors import SidecarDown, SidecarNotReady
 from spark_vllm.retry import SERVER_DOWN_STATUS, RetryPolicy, is_transient_status
 
-
-class SidecarNotReady(RuntimeError):
-    """The sidecar did not become ready before the deadline."""
+if TYPE_CHECKING:
+    from spark_vllm.kinds import Problem, RequestKind
 
 
 @dataclass
 class Result:
-    """The outcome of one row; `error` is None on success."""
+    """The outcome of one row's request; `error` is None on success."""
 
-    response: str | None = None
-    embedding: list[float] | None = None
-    finish_reason: str | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
+    # What the answer holds for this row, by result column (see the row's kind).
+    values: dict[str, Any] = field(default_factory=dict)
     latency_ms: float = 0.0
     attempts: int = 0
     error: str | None = None
     # The error came from failures that retrying might have cured (not from the row).
     error_transient: bool = field(default=False, repr=False)
     # The last HTTP answer: status and body text (None: no answer), and the request id
-    # sent with it (format openai-batch).
+    # sent with the request as X-Request-Id.
     status: int | None = field(default=None, repr=False)
     body: str | None = field(default=None, repr=False)
     request_id: str | None = field(default=None, repr=False)
-    line: str | None = field(default=None, repr=False)  # format openai-batch: the output line
-    # With sampling.logprobs: [{token, logprob, top_logprobs: [{token, logprob}]}] per token.
-    logprobs: list[dict[str, Any]] | None = None
 
 
 def read_api_key(env_name: str | None) -> str | None:
@@ -163,88 +160,6 @@ def _error_text(body: str) -> str:
     return body.strip()[:2000]
 
 
-# finish_reason values with which vLLM ends an answer it did not finish: the request was
-# aborted (preempted past recovery, the engine shutting down) or failed in the engine.
-# Another try may well succeed, so they are retried like a 503.
-UNFINISHED = frozenset({"abort", "error"})
-
-# The kinds of answer the checks below know, by the url a request goes to.
-KIND_OF_URL = {"/v1/chat/completions": "chat", "/v1/completions": "completion"}
-
-# A problem with a 200 answer: (what is wrong, whether another try may cure it).
-Problem = tuple[str, bool]
-
-
-def unfinished(data: dict[str, Any]) -> Problem | None:
-    """A problem when any choice of a chat or completion answer ended unfinished."""
-    choices = data.get("choices")
-    for choice in choices if isinstance(choices, list) else []:
-        reason = choice.get("finish_reason") if isinstance(choice, dict) else None
-        if reason in UNFINISHED:
-            return f"the server ended the answer with finish_reason {reason!r}", True
-    return None
-
-
-def answer_problem(kind: str, data: Any) -> Problem | None:
-    """What keeps a 200 answer of a generating task from being a success, or None.
-
-    A success has a first choice whose finish_reason is not abort or error and whose
-    text is a string (chat: `message.content`; completion: `text`)."""
-    if not isinstance(data, dict):
-        return f"the answer is not a JSON object: {str(data)[:200]}", False
-    choices = data.get("choices")
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        return f"the answer has no choices: {json.dumps(data)[:300]}", False
-    problem = unfinished(data)
-    if problem is not None:
-        return problem
-    choice = choices[0]
-    if kind == "chat":
-        message = choice.get("message")
-        text = message.get("content") if isinstance(message, dict) else None
-        what = "message.content"
-    else:
-        text, what = choice.get("text"), "text"
-    if not isinstance(text, str):
-        return (
-            f"the answer has no {what} (finish_reason {choice.get('finish_reason')!r}): "
-            f"{json.dumps(choice)[:300]}",
-            False,
-        )
-    return None
-
-
-def token_logprobs(kind: str, choice: dict[str, Any]) -> list[dict[str, Any]] | None:
-    """The answer's tokens with their log-probabilities, one shape for both kinds:
-    [{token, logprob, top_logprobs: [{token, logprob}]}]."""
-    found = choice.get("logprobs")
-    if not isinstance(found, dict):
-        return None
-    if kind == "chat":
-        return [
-            {
-                "token": item.get("token"),
-                "logprob": item.get("logprob"),
-                "top_logprobs": [
-                    {"token": top.get("token"), "logprob": top.get("logprob")}
-                    for top in item.get("top_logprobs") or []
-                ],
-            }
-            for item in found.get("content") or []
-        ]
-    tokens = found.get("tokens") or []
-    values = found.get("token_logprobs") or [None] * len(tokens)
-    tops = found.get("top_logprobs") or [None] * len(tokens)
-    return [
-        {
-            "token": token,
-            "logprob": value,
-            "top_logprobs": [{"token": k, "logprob": v} for k, v in (top or {}).items()],
-        }
-        for token, value, top in zip(tokens, values, tops, strict=False)
-    ]
-
-
 def _describe_exception(exc: BaseException) -> str:
     if isinstance(exc, asyncio.TimeoutError):
         return "request timed out"
@@ -254,35 +169,25 @@ def _describe_exception(exc: BaseException) -> str:
 
 
 class SidecarClient:
-    """Sends one request per row to the sidecar over one keep-alive connection pool.
+    """Sends requests to the sidecar over one keep-alive connection pool.
 
-    Use inside a running event loop: `async with SidecarClient(...) as c: await c.call(f)`.
+    Use inside a running event loop: `async with SidecarClient(...) as c: await c.send(k, p)`.
     """
 
     def __init__(
         self,
         base_url: str,
-        model: str,
-        task: str,
-        sampling: dict[str, Any],
         policy: RetryPolicy,
-        request_timeout_s: float,
-        connect_timeout_s: float,
+        request_s: float,
+        connect_s: float,
         pool_size: int,
         api_key: str | None = None,
         outage_s: float | None = None,
-        logprobs: bool = False,
     ) -> None:
-        path = {"chat": "/chat/completions", "completion": "/completions"}.get(task, "/embeddings")
-        self.base_url = base_url.rstrip("/")
         self.root = server_root(base_url)
-        self.url = self.base_url + path
-        self.logprobs = logprobs
-        self.metrics_url = server_root(base_url) + "/metrics"
-        self.task = task
-        self.body = {"model": model, **sampling}
+        self.metrics_url = self.root + "/metrics"
         self.policy = policy
-        self.timeout = aiohttp.ClientTimeout(total=request_timeout_s, connect=connect_timeout_s)
+        self.timeout = aiohttp.ClientTimeout(total=request_s, connect=connect_s)
         self.pool_size = pool_size
         self.headers = _headers(api_key)
         self.gate = OutageGate(base_url, outage_s, api_key) if outage_s else None
@@ -307,92 +212,50 @@ class SidecarClient:
             resp.raise_for_status()
             return await resp.text()
 
-    def _check(self, data: Any) -> Problem | None:
-        return answer_problem(self.task, data)
+    async def send(self, kind: RequestKind, payloads: list[Any]) -> list[Result]:
+        """One request carrying `payloads` (a row's, or a batch of rows'): one Result per
+        payload, in order. Never raises for a row's failure.
 
-    def _parse(self, data: dict[str, Any], result: Result) -> Result:
-        """Fill the row's result from an answer `answer_problem` passed."""
-        choice = data["choices"][0]
-        if self.task == "chat":
-            result.response = choice["message"]["content"]
-        else:
-            result.response = choice["text"]
-        result.finish_reason = choice.get("finish_reason")
-        usage = data.get("usage") or {}
-        result.prompt_tokens = usage.get("prompt_tokens")
-        result.completion_tokens = usage.get("completion_tokens")
-        if self.logprobs:
-            result.logprobs = token_logprobs(self.task, choice)
-        return result
-
-    async def call(self, fields: dict[str, Any]) -> Result:
-        """One row: POST, retrying transient failures; never raises for a row's failure.
-
-        Raises SidecarDown only when the sidecar stays down past the outage budget: that
-        is the task's failure, not the row's, and Spark's task retry takes over.
+        A batch that vLLM refuses as a whole (one input too long, say) is sent again one
+        payload at a time, so only the bad rows fail. Raises SidecarDown only when the
+        sidecar stays down past the outage budget: that is the task's failure, not the
+        row's, and Spark's task retry takes over.
         """
-        result = Result()
-        data, _ = await self._post({**self.body, **fields}, result, check=self._check)
-        if data is not None:
-            self._parse(data, result)
-        return result
-
-    async def embed(self, inputs: list[str]) -> list[Result]:
-        """Many rows in one /v1/embeddings request: one Result per input, in order.
-
-        vLLM refuses the whole request when one input is bad (too long, say); then each
-        input is sent on its own, so only the bad rows fail.
-        """
-        shared = Result()
-        data, text = await self._post({**self.body, "input": inputs}, shared)
+        request_id = f"spark-vllm-{uuid.uuid4().hex}"
+        shared = Result(request_id=request_id)
+        url = self.root + kind.request_url(payloads)
+        headers = {"X-Request-Id": request_id}
+        data, text = await self._post(kind.body(payloads), shared, url, headers, kind.check)
         if data is None:
-            if len(inputs) > 1 and shared.error is not None and not shared.error_transient:
-                singles = await asyncio.gather(*(self._embed_one(x) for x in inputs))
-                for single in singles:  # the shared try counts too
+            if len(payloads) > 1 and shared.error is not None and not shared.error_transient:
+                singles = await asyncio.gather(*(self.send(kind, [p]) for p in payloads))
+                results = [single for (single,) in singles]
+                for single in results:  # the shared try counts too
                     single.attempts += shared.attempts
                     single.latency_ms += shared.latency_ms
-                return list(singles)
-            return [replace(shared) for _ in inputs]
+                return results
+            return [replace(shared, values={}) for _ in payloads]
         try:
-            items = sorted(data["data"], key=lambda item: item["index"])
-            vectors = [item["embedding"] for item in items]
-            if len(vectors) != len(inputs):
-                raise ValueError(f"{len(vectors)} vectors for {len(inputs)} inputs")
-        except (ValueError, KeyError, TypeError) as exc:
+            parsed = kind.parse(data, len(payloads))
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
             shared.error = f"unexpected response ({exc!r}): {text[:500]}"
-            return [replace(shared) for _ in inputs]
-        return [replace(shared, embedding=vector) for vector in vectors]
-
-    async def call_raw(self, url: str, body: dict[str, Any]) -> Result:
-        """One request body as it is (format openai-batch) to `url` under the server's
-        root: the answer's status and text are kept, whatever they are. A chat or
-        completion answer that ended unfinished (abort, error) is retried, then failed."""
-        request_id = f"spark-vllm-{uuid.uuid4().hex}"
-        result = Result(request_id=request_id)
-        headers = {"X-Request-Id": request_id}
-        check = unfinished if url in KIND_OF_URL else None
-        await self._post({**self.body, **body}, result, self.root + url, headers, check)
-        return result
-
-    async def _embed_one(self, text: str) -> Result:
-        (result,) = await self.embed([text])
-        return result
+            return [replace(shared, values={}) for _ in payloads]
+        return [replace(shared, values=values) for values in parsed]
 
     async def _post(
         self,
         body: dict[str, Any],
         result: Result,
-        url: str | None = None,
+        url: str,
         headers: dict[str, str] | None = None,
         check: Callable[[Any], Problem | None] | None = None,
     ) -> tuple[Any, str]:
-        """POST `body` to `url` (default: the task's endpoint), retrying transient
+        """POST `body` to `url`, retrying transient
         failures: (the parsed JSON, its text) on a 200 that `check` finds no problem
         with, else (None, the last text) with `result.error` set. A problem `check`
         calls transient is retried like a 503. Counts attempts and latency; keeps the
         last status and text."""
         assert self._session is not None, "use SidecarClient as an async context manager"
-        url = url or self.url
         start = time.monotonic()
         counted = 0  # tries that count against retries.attempts (not those lost to an outage)
         last = text = ""
@@ -437,10 +300,6 @@ class SidecarClient:
         return None, text
 
 
-class SidecarDown(RuntimeError):
-    """The sidecar went down mid-task and did not come back within the outage budget."""
-
-
 class OutageGate:
     """Tells a failed request whether the sidecar was down, and waits for it to return.
 
@@ -448,12 +307,12 @@ class OutageGate:
     flight then fail together. The first to get here checks /health; if the server is
     down, it polls until the server answers again, while the others wait on the lock.
     Requests sent before the recovery are retried without spending their attempts.
-    Past `budget_s` of continuous outage, every caller gets SidecarDown.
+    Past `outage_s` of continuous outage, every caller gets SidecarDown.
     """
 
-    def __init__(self, base_url: str, budget_s: float, api_key: str | None) -> None:
+    def __init__(self, base_url: str, outage_s: float, api_key: str | None) -> None:
         self.health_url = server_root(base_url) + "/health"
-        self.budget_s = budget_s
+        self.outage_s = outage_s
         self.headers = _headers(api_key)
         self.recovered_at = float("-inf")
         self.dead: SidecarDown | None = None
@@ -479,10 +338,10 @@ class OutageGate:
                     return False
                 down_at = time.monotonic()
                 while not await self._healthy(session):
-                    if time.monotonic() - down_at > self.budget_s:
+                    if time.monotonic() - down_at > self.outage_s:
                         self.dead = SidecarDown(
                             f"vLLM sidecar at {self.health_url} has been down for more than "
-                            f"{self.budget_s:g}s (timeouts.outage_s); failing the task so "
+                            f"{self.outage_s:g}s (timeouts.outage_s); failing the task so "
                             "Spark retries it"
                         )
                         raise self.dead

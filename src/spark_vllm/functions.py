@@ -29,17 +29,18 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.pandas.types import to_arrow_schema
 
-from spark_vllm.job import EMBEDDING_RESULT_FIELDS, RESULT_FIELDS
+from spark_vllm.kinds import Chat, Embedding, RequestKind
+from spark_vllm.prompt import PromptBuilder
 from spark_vllm.retry import RetryPolicy
-from spark_vllm.runner import TaskConfig, run_partition
+from spark_vllm.runner import Concurrency, Endpoint, TaskConfig, Timeouts, run_partition
 from spark_vllm.spec import DEFAULT_BASE_URL, EmbeddingSpec
 
 _INDEX = "__spark_vllm_index"
 _PROMPT = "prompt"
 
-# The struct each row gets: the job's result columns for the task.
-RESULT_TYPE = T.StructType(RESULT_FIELDS)
-EMBEDDING_TYPE = T.StructType(EMBEDDING_RESULT_FIELDS)
+# The struct each row gets: the job's result columns for its kind.
+RESULT_TYPE = T.StructType(list(Chat.fields))
+EMBEDDING_TYPE = T.StructType(list(Embedding.fields))
 
 
 class _InOrder:
@@ -85,22 +86,17 @@ class _InOrder:
 
 
 def _answers(arrays: Iterator[pa.Array], cfg: TaskConfig) -> Iterator[pa.Array]:
+    # The runner gives every row a result (it checks), so every input batch comes out.
     order = _InOrder(cfg.output_schema)
     for batch in run_partition(order.feed(arrays), cfg):
         yield from order.take(batch)
     yield from order.take(pa.RecordBatch.from_pylist([], schema=cfg.output_schema))  # empty inputs
-    if order.emitted != len(order.left):  # every row yields a result; this cannot happen
-        raise RuntimeError(f"spark-vllm: {order.left[order.emitted]} rows got no result")
 
 
 def _config(
-    task: str,
+    kind: RequestKind,
     *,
-    result_type: T.StructType,
-    model: str,
     base_url: str,
-    system: str | None,
-    sampling: dict[str, Any] | None,
     window: int,
     adaptive: bool,
     max_window: int,
@@ -108,34 +104,19 @@ def _config(
     request_timeout_s: float,
     ready_timeout_s: float,
     api_key_env: str | None,
-    batch_size: int = 1,
 ) -> TaskConfig:
     for name, value in (("window", window), ("max_window", max_window), ("retries", retries)):
         if value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
-    schema = T.StructType([T.StructField(_INDEX, T.LongType()), *result_type.fields])
+    schema = T.StructType([T.StructField(_INDEX, T.LongType()), *kind.result_fields()])
     return TaskConfig(
-        base_url=base_url.rstrip("/"),
-        model=model,
-        task=task,
-        sampling=dict(sampling or {}),
-        template=None,
-        system=system,
-        prompt_column=_PROMPT,
-        policy=RetryPolicy(attempts=retries),
-        window=window,
-        ready_timeout_s=ready_timeout_s,
-        request_timeout_s=request_timeout_s,
-        connect_timeout_s=10.0,
-        on_error="record",
+        kind=kind,
+        endpoint=Endpoint(base_url.rstrip("/"), api_key_env),
         id_column=_INDEX,
-        keep_columns=(),
         output_schema=to_arrow_schema(schema),
-        api_key_env=api_key_env,
-        outage_timeout_s=600.0,
-        adaptive=adaptive,
-        max_window=max_window,
-        batch_size=batch_size,
+        retries=RetryPolicy(attempts=retries),
+        timeouts=Timeouts(ready_s=ready_timeout_s, request_s=request_timeout_s),
+        concurrency=Concurrency(per_task=window, adaptive=adaptive, max_per_task=max_window),
     )
 
 
@@ -162,13 +143,10 @@ def chat(
     where each task's requests in flight start; with `adaptive`, they follow vLLM's queue
     up to `max_window`, as in the job (`concurrency.mode: adaptive`).
     """
+    kind = Chat(model, PromptBuilder("chat", system=system, column=_PROMPT), sampling)
     cfg = _config(
-        "chat",
-        result_type=RESULT_TYPE,
-        model=model,
+        kind,
         base_url=base_url,
-        system=system,
-        sampling=sampling,
         window=window,
         adaptive=adaptive,
         max_window=max_window,  # the runner opens at most max(max_window, window)
@@ -206,13 +184,11 @@ def embed(
     options = EmbeddingSpec(
         batch_size=batch_size, dimensions=dimensions, truncate_prompt_tokens=truncate_prompt_tokens
     )
+    builder = PromptBuilder("embedding", column=_PROMPT)
+    kind = Embedding(model, builder, options.request_fields(), batch_size=options.batch_size)
     cfg = _config(
-        "embedding",
-        result_type=EMBEDDING_TYPE,
-        model=model,
+        kind,
         base_url=base_url,
-        system=None,
-        sampling=options.request_fields(),
         window=window,
         adaptive=adaptive,
         max_window=max_window,
@@ -220,7 +196,6 @@ def embed(
         request_timeout_s=request_timeout_s,
         ready_timeout_s=ready_timeout_s,
         api_key_env=api_key_env,
-        batch_size=options.batch_size,
     )
     return _apply(cfg, EMBEDDING_TYPE, text)
 

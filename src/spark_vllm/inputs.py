@@ -19,7 +19,8 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from spark_vllm import jdbc, openai_batch
-from spark_vllm.spec import InputSpec, JobSpec, SpecError
+from spark_vllm.errors import SpecError
+from spark_vllm.spec import InputSpec, JobSpec
 
 
 def read_batch_file(spark: SparkSession, spec: InputSpec) -> DataFrame:

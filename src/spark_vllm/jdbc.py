@@ -19,15 +19,12 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from spark_vllm.errors import JdbcError, SpecError
 from spark_vllm.fingerprint import RunRecord
-from spark_vllm.spec import JdbcConnection, JdbcInput, JdbcOutput, SpecError
+from spark_vllm.spec import JdbcConnection, JdbcInput, JdbcOutput
 
 # The run column: which run wrote a row of the target table.
 RUN_COLUMN = "run"
-
-
-class JdbcError(RuntimeError):
-    """The database cannot be reached or refused a statement; the message says why."""
 
 
 def _java_cause(exc: Exception) -> str:

@@ -17,13 +17,7 @@ import jinja2
 import jinja2.meta
 from jinja2.sandbox import SandboxedEnvironment
 
-
-class PromptError(ValueError):
-    """A template does not parse."""
-
-
-class RowError(ValueError):
-    """One row cannot become a request; the message names the cause."""
+from spark_vllm.errors import PromptError, RowError
 
 
 class _NullValue(Exception):

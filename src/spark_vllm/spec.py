@@ -7,6 +7,7 @@ the bad value and what was expected.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,31 +21,12 @@ from pydantic import (
     model_validator,
 )
 
-from spark_vllm.prompt import PromptError, template_variables
+from spark_vllm.errors import PromptError, SchemaError, SpecError
+from spark_vllm.prompt import template_variables
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 
-# Columns the job adds to every output row of a generating task (chat, completion).
-RESULT_COLUMNS = (
-    "response",
-    "finish_reason",
-    "prompt_tokens",
-    "completion_tokens",
-    "latency_ms",
-    "attempts",
-    "error",
-)
-# The same for task embedding: the vector instead of the text. vLLM counts the tokens of
-# a request of many inputs as one total, so a row has no token count of its own.
-EMBEDDING_RESULT_COLUMNS = ("embedding", "latency_ms", "attempts", "error")
-
 Task = Literal["chat", "completion", "embedding"]
-
-
-# Format openai-batch: each task hands over finished output lines (see openai_batch).
-LINE_RESULT_COLUMNS = ("line", "error")
-# With `sampling.logprobs`, generating tasks add each answer token's log-probability.
-LOGPROBS_COLUMN = "logprobs"
 
 # Request fields that would change the answer's shape beyond what the job stores (one
 # text per row, and with logprobs its tokens' log-probabilities), and why. They are
@@ -75,17 +57,6 @@ def unstored_field(key: str, value: Any) -> str | None:
         f"{reason}; remove it, or run the requests as an OpenAI batch file "
         "(input.format: openai-batch), whose output keeps each answer's whole body"
     )
-
-
-def result_columns(task: str) -> tuple[str, ...]:
-    """The columns the runner adds to each row for this task ('openai-batch': lines)."""
-    if task == "openai-batch":
-        return LINE_RESULT_COLUMNS
-    return EMBEDDING_RESULT_COLUMNS if task == "embedding" else RESULT_COLUMNS
-
-
-class SpecError(ValueError):
-    """The job spec is invalid. The message names the key path, the value and the fix."""
 
 
 class _Strict(BaseModel):
@@ -234,7 +205,9 @@ class OutputSpec(_Strict):
     @field_validator("keep_columns")
     @classmethod
     def _no_result_names(cls, value: list[str]) -> list[str]:
-        clash = sorted(set(value) & {*RESULT_COLUMNS, *EMBEDDING_RESULT_COLUMNS, LOGPROBS_COLUMN})
+        from spark_vllm.kinds import reserved_columns
+
+        clash = sorted(set(value) & reserved_columns())
         if clash:
             raise ValueError(
                 f"{clash} are result columns the job writes itself; "
@@ -368,7 +341,7 @@ class StructuredSpec(_Strict):
         if (self.json_schema is None) == (self.ddl is None):
             raise ValueError("set exactly one of structured_output.json_schema and .ddl")
         if self.json_schema is not None:
-            from spark_vllm.structured import SchemaError, check_schema
+            from spark_vllm.structured import check_schema
 
             try:
                 check_schema(self.json_schema)
@@ -412,7 +385,7 @@ class ConcurrencySpec(_Strict):
         description="requests in flight per executor, shared by the tasks running on it "
         "(adaptive: where the tasks start)",
     )
-    max_per_executor: int = Field(
+    max_per_task: int = Field(
         default=1024, ge=1, description="adaptive: the most requests one task may keep in flight"
     )
     metrics_interval_s: float = Field(
@@ -424,11 +397,31 @@ class ConcurrencySpec(_Strict):
         "are sent first (needs a per-row max_tokens, see sampling_column); input: as read",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _old_name(cls, data: Any) -> Any:
+        """`max_per_executor`, this key's first name, is read with a warning: the limit
+        always applied to each task, not to an executor."""
+        if isinstance(data, dict) and "max_per_executor" in data:
+            if "max_per_task" in data:
+                raise ValueError(
+                    "set concurrency.max_per_task only; max_per_executor is its old name"
+                )
+            warnings.warn(
+                "concurrency.max_per_executor is deprecated: it is the most requests one "
+                "task keeps in flight; call it concurrency.max_per_task",
+                FutureWarning,
+                stacklevel=2,
+            )
+            data = {**data, "max_per_task": data["max_per_executor"]}
+            del data["max_per_executor"]
+        return data
+
     @model_validator(mode="after")
     def _bounds(self) -> ConcurrencySpec:
-        if self.max_per_executor < self.per_executor:
+        if self.max_per_task < self.per_executor:
             raise ValueError(
-                f"max_per_executor ({self.max_per_executor}) is below per_executor "
+                f"max_per_task ({self.max_per_task}) is below per_executor "
                 f"({self.per_executor}); raise it or lower per_executor"
             )
         return self

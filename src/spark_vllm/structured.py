@@ -29,6 +29,8 @@ from referencing import Registry, Specification
 from referencing.exceptions import Unresolvable
 from referencing.jsonschema import DRAFT202012
 
+from spark_vllm.errors import AnswerError, SchemaError
+
 if TYPE_CHECKING:
     from referencing._core import Resolver
 
@@ -51,14 +53,6 @@ ANY_VALUE = (
     "a schema without one accepts any JSON value, which has no Spark type"
 )
 ONE_TYPE = "give it one type (null aside: every column is nullable), such as a string"
-
-
-class SchemaError(ValueError):
-    """The schema cannot become columns; the message names the property path."""
-
-
-class AnswerError(ValueError):
-    """The model's answer does not fit the schema."""
 
 
 def spark_type(node: Any, where: str = "schema") -> T.DataType:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from aiohttp import ClientSession, ClientTimeout, web
 
-from spark_vllm.client import server_root
+from spark_vllm.client import server_root  # internal helper: base URL -> server root
 
 
 @dataclass

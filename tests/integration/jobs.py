@@ -11,8 +11,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import yaml
 
-from spark_vllm.results import read_results
-from spark_vllm.spec import JobSpec, spec_from_dict
+from spark_vllm import JobSpec, read_results, spec_from_dict
 from tests.conftest import SERVED_NAME, write_jsonl
 
 MAX_TOKENS = 16
@@ -43,38 +42,46 @@ def spec_doc(tmp_path: Path, base_url: str, rows: list[dict[str, Any]], **change
     return doc
 
 
-def task_config(base_url: str, **changes: Any) -> Any:
-    """A TaskConfig for driving `run_partition` directly: chat over `question`, id `id`."""
-    import dataclasses
-
+def task_config(
+    base_url: str,
+    *,
+    window: int = 1,
+    sampling: dict[str, Any] | None = None,
+    adaptive: bool = False,
+    max_window: int = 0,
+    metrics_interval_s: float = 0.5,
+) -> Any:
+    """A TaskConfig for driving `run_partition` directly (internal: one task without a
+    Spark job, to measure its window): chat over `question`, id `id`."""
     from pyspark.sql import types as T
     from pyspark.sql.pandas.types import to_arrow_schema
 
-    from spark_vllm.job import RESULT_FIELDS
+    from spark_vllm.kinds import Chat
+    from spark_vllm.prompt import PromptBuilder
     from spark_vllm.retry import RetryPolicy
-    from spark_vllm.runner import TaskConfig
+    from spark_vllm.runner import Concurrency, Endpoint, TaskConfig, Timeouts
 
-    schema = T.StructType([T.StructField("id", T.StringType()), *RESULT_FIELDS])
-    cfg = TaskConfig(
-        base_url=base_url,
-        model=SERVED_NAME,
-        task="chat",
-        sampling={"max_tokens": 8, "ignore_eos": True},
-        template="{{ question }}",
-        system=None,
-        prompt_column=None,
-        policy=RetryPolicy(attempts=2),
-        window=1,
-        ready_timeout_s=30,
-        request_timeout_s=120,
-        connect_timeout_s=5,
-        on_error="record",
+    kind = Chat(
+        SERVED_NAME,
+        PromptBuilder("chat", template="{{ question }}"),
+        sampling if sampling is not None else {"max_tokens": 8, "ignore_eos": True},
+    )
+    schema = T.StructType([T.StructField("id", T.StringType()), *kind.result_fields()])
+    return TaskConfig(
+        kind=kind,
+        endpoint=Endpoint(base_url),
         id_column="id",
-        keep_columns=(),
         output_schema=to_arrow_schema(schema),
+        retries=RetryPolicy(attempts=2),
+        timeouts=Timeouts(ready_s=30, request_s=120, connect_s=5),
+        concurrency=Concurrency(
+            per_task=window,
+            adaptive=adaptive,
+            max_per_task=max_window,
+            metrics_interval_s=metrics_interval_s,
+        ),
         flush_rows=8,
     )
-    return dataclasses.replace(cfg, **changes)
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:

@@ -9,9 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from spark_vllm.functions import embed
-from spark_vllm.job import run_job
-from spark_vllm.spec import spec_from_dict
+from spark_vllm import embed, run_job, spec_from_dict
 from tests.conftest import write_jsonl
 from tests.integration.jobs import batch_line, batch_output, batch_spec, latest_rows
 from tests.integration.postgres import PASSWORD, USER
@@ -39,7 +37,7 @@ def embedding_server(embedding_model: Path, tmp_path_factory: pytest.TempPathFac
     """Base URL of a second real vLLM server, serving the embedding model (pooling
     runner), for this module only: it stops before the chat tests run on.
     SPARK_VLLM_TEST_EMBEDDING_URL points at one you already run (same served name)."""
-    from spark_vllm.local_server import LocalServer
+    from spark_vllm import LocalServer
 
     if os.environ.get("SPARK_VLLM_TEST_EMBEDDING_URL"):
         yield os.environ["SPARK_VLLM_TEST_EMBEDDING_URL"]

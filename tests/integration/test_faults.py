@@ -18,8 +18,7 @@ import psutil
 import pytest
 import yaml
 
-from spark_vllm.job import run_job
-from spark_vllm.spec import spec_from_dict
+from spark_vllm import run_job, spec_from_dict
 from tests.conftest import sample_rows
 from tests.integration.faultproxy import FaultProxy, Faults
 from tests.integration.jobs import assert_one_row_per_input, latest_rows, read_rows, spec_doc

@@ -14,8 +14,7 @@ import time
 import pytest
 import yaml
 
-from spark_vllm.job import run_job
-from spark_vllm.spec import SpecError, spec_from_dict
+from spark_vllm import SpecError, run_job, spec_from_dict
 from tests.conftest import sample_rows
 from tests.integration.jobs import read_rows, run_cli, spec_doc
 

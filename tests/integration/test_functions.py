@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pyspark.sql import functions as F
 
-from spark_vllm.functions import chat
+from spark_vllm import chat
 from tests.conftest import SERVED_NAME
 
 pytestmark = pytest.mark.integration

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from spark_vllm import jdbc
-from spark_vllm.jdbc import JdbcError
-from spark_vllm.job import plan, run_job
-from spark_vllm.spec import SpecError, spec_from_dict
+from spark_vllm import JdbcError, SpecError, jdbc, plan, run_job, spec_from_dict
 from tests.conftest import SERVED_NAME
 from tests.integration.postgres import PASSWORD, USER
 

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from spark_vllm.job import run_job
-from spark_vllm.spec import SpecError
+from spark_vllm import SpecError, run_job
 from tests.conftest import SERVED_NAME
 from tests.integration.jobs import batch_line as line
 from tests.integration.jobs import batch_output as output_lines

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from spark_vllm.job import run_job
-from spark_vllm.spec import SpecError, spec_from_dict
+from spark_vllm import SpecError, run_job, spec_from_dict
 from tests.conftest import SERVED_NAME
 from tests.integration.faultproxy import FaultProxy, Faults
 from tests.integration.jobs import (

@@ -8,8 +8,7 @@ import pytest
 from pyspark.sql import Window
 from pyspark.sql import functions as F
 
-from spark_vllm.job import JobFailed, run_job
-from spark_vllm.spec import spec_from_dict
+from spark_vllm import JobFailed, run_job, spec_from_dict
 from tests.conftest import sample_rows
 from tests.integration.faultproxy import FaultProxy
 from tests.integration.jobs import assert_one_row_per_input, latest_rows, read_rows, spec_doc
@@ -70,7 +69,7 @@ def test_plain_spark_recipe_in_the_readme_gives_the_same_rows(spark, vllm_server
 def test_overwrite_starts_afresh_and_error_mode_refuses_an_existing_path(
     spark, vllm_server, tmp_path
 ):
-    from spark_vllm.spec import SpecError
+    from spark_vllm import SpecError
 
     rows = sample_rows(5)
     run_job(spark, spec_from_dict(spec_doc(tmp_path, vllm_server, rows)))
@@ -84,7 +83,7 @@ def test_overwrite_starts_afresh_and_error_mode_refuses_an_existing_path(
 
 
 def test_output_path_holding_other_data_is_refused(spark, vllm_server, tmp_path):
-    from spark_vllm.spec import SpecError
+    from spark_vllm import SpecError
 
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "precious.csv").write_text("a,b\n")

@@ -10,8 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from pydantic import BaseModel, Field
 
-from spark_vllm.job import run_job
-from spark_vllm.spec import SpecError, spec_from_dict
+from spark_vllm import SpecError, run_job, spec_from_dict
 from tests.conftest import sample_rows
 from tests.integration.jobs import assert_one_row_per_input, read_rows, spec_doc
 

@@ -9,9 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from spark_vllm.job import run_job
-from spark_vllm.runner import run_partition
-from spark_vllm.spec import spec_from_dict
+from spark_vllm import run_job, spec_from_dict
+from spark_vllm.runner import run_partition  # internal: one task's window, no Spark job
 from tests.conftest import sample_rows
 from tests.integration.jobs import assert_one_row_per_input, read_rows, spec_doc, task_config
 

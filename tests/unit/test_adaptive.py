@@ -4,9 +4,9 @@ import asyncio
 
 import pytest
 
+from spark_vllm import RowError
 from spark_vllm.adaptive import AdaptiveWindow, EngineLoad, WindowPolicy, parse_metrics
-from spark_vllm.prompt import RowError
-from spark_vllm.runner import row_sampling
+from spark_vllm.kinds import row_sampling
 
 pytestmark = pytest.mark.unit
 

@@ -2,7 +2,22 @@
 
 import pytest
 
-from spark_vllm.client import answer_problem, token_logprobs, unfinished
+from spark_vllm.kinds import Chat, Completion, unfinished
+from spark_vllm.prompt import PromptBuilder
+
+KINDS = {
+    "chat": Chat("m", PromptBuilder("chat", template="{{ q }}")),
+    "completion": Completion("m", PromptBuilder("completion", template="{{ q }}")),
+}
+
+
+def answer_problem(kind, data):
+    return KINDS[kind].check(data)
+
+
+def token_logprobs(kind, choice):
+    return KINDS[kind].token_logprobs(choice)
+
 
 pytestmark = pytest.mark.unit
 

@@ -4,7 +4,10 @@ import pyarrow as pa
 import pytest
 
 from spark_vllm.functions import _INDEX, _PROMPT, _InOrder
-from spark_vllm.spec import RESULT_COLUMNS
+from spark_vllm.kinds import Chat
+
+# The columns of chat()'s struct: the chat kind's own.
+RESULT_COLUMNS = tuple(f.name for f in Chat.fields)
 
 pytestmark = pytest.mark.unit
 

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
+from spark_vllm import RowError
 from spark_vllm.client import Result
 from spark_vllm.openai_batch import check_line, output_line, request
-from spark_vllm.prompt import RowError
 
 pytestmark = pytest.mark.unit
 

@@ -4,7 +4,9 @@ import json
 
 import pytest
 
-from spark_vllm.prompt import PromptBuilder, PromptError, RowError, template_variables
+from spark_vllm import RowError
+from spark_vllm.errors import PromptError
+from spark_vllm.prompt import PromptBuilder, template_variables
 
 pytestmark = pytest.mark.unit
 

@@ -344,3 +344,14 @@ def test_on_change_refuses_by_default_and_takes_resume():
     doc = minimal(output={"path": "o", "on_change": "resume"})
     assert spec_from_dict(doc).output.on_change == "resume"
     assert "output.on_change" in error_of(minimal(output={"path": "o", "on_change": "maybe"}))
+
+
+def test_max_per_executor_is_read_as_max_per_task_with_a_warning():
+    with pytest.warns(FutureWarning, match="call it concurrency.max_per_task"):
+        spec = spec_from_dict(minimal(concurrency={"max_per_executor": 512}))
+    assert spec.concurrency.max_per_task == 512
+    both = minimal(concurrency={"max_per_executor": 512, "max_per_task": 512})
+    assert "set concurrency.max_per_task only" in error_of(both)
+    assert "max_per_task (8) is below per_executor (256)" in error_of(
+        minimal(concurrency={"max_per_task": 8})
+    )

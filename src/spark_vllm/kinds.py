@@ -1,0 +1,469 @@
+"""Kinds of request, one class each: chat, completion, embedding, a line of a batch file.
+
+A kind is chosen once on the driver (`kind_for`) and shipped to the tasks inside their
+TaskConfig. It owns everything that differs from one kind of request to another:
+
+- `url`: where a request goes, under the server's root;
+- `request(row)`: what one row becomes (RowError when it cannot), and `body(payloads)`:
+  the body of one request carrying `batch_size` of them;
+- `check(answer)`: what keeps a 200 answer from being a success (retried when transient),
+  and `parse(answer, n)`: the answer taken apart, one mapping of values per payload;
+- `finish(row, result)`: what the row's result needs once its answer is in (structured
+  output is parsed into columns here; a bad answer makes the row an error row);
+- `result_fields()`: the columns it adds to each row, typed, in order — the one
+  definition from which the spec's reserved names, the output schema, the runner's
+  columns and the column functions' struct are all derived;
+- `stored_schema()` and `summary_columns()`: how the summary reads errors and tokens from
+  the rows as they were stored.
+
+The client, the partition runner and the output stores know no kind by name.
+Adding a kind is one class here plus a branch in `kind_for` (see docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
+
+import pyarrow as pa
+from pyspark.sql import Column
+from pyspark.sql import types as T
+
+from spark_vllm import openai_batch
+from spark_vllm.client import Result
+from spark_vllm.errors import AnswerError, RowError
+from spark_vllm.prompt import PromptBuilder
+
+if TYPE_CHECKING:
+    from spark_vllm.structured import AnswerParser
+
+# What keeps a 200 answer from being a success: (what is wrong, whether another try may
+# cure it).
+Problem = tuple[str, bool]
+
+# How the request went, at the end of every kind's row but a batch line's.
+TIMING = (
+    T.StructField("latency_ms", T.DoubleType()),
+    T.StructField("attempts", T.IntegerType()),
+)
+ERROR = T.StructField("error", T.StringType())
+_TOKEN = [T.StructField("token", T.StringType()), T.StructField("logprob", T.DoubleType())]
+LOGPROBS = T.StructField(
+    "logprobs",
+    T.ArrayType(
+        T.StructType([*_TOKEN, T.StructField("top_logprobs", T.ArrayType(T.StructType(_TOKEN)))])
+    ),
+)
+
+# finish_reason values with which vLLM ends an answer it did not finish: the request was
+# aborted (preempted past recovery, the engine shutting down) or failed in the engine.
+# Another try may well succeed, so they are retried like a 503.
+UNFINISHED = frozenset({"abort", "error"})
+
+# Request fields a row's sampling column may not set: the job builds these itself, and
+# log-probabilities decide the output's columns for the whole job.
+RESERVED_FIELDS = frozenset({"model", "messages", "prompt", "input"})
+COLUMN_FIELDS = frozenset({"logprobs", "top_logprobs"})
+
+
+class Answer(NamedTuple):
+    """structured_output, resolved: the answer's columns, the JSON schema vLLM decodes
+    to, and the schema's name in the request."""
+
+    columns: T.StructType
+    schema: dict[str, Any]
+    name: str = "answer"
+
+
+def unfinished(data: Any) -> Problem | None:
+    """A problem when any choice of a chat or completion answer ended unfinished."""
+    choices = data.get("choices") if isinstance(data, dict) else None
+    for choice in choices if isinstance(choices, list) else []:
+        reason = choice.get("finish_reason") if isinstance(choice, dict) else None
+        if reason in UNFINISHED:
+            return f"the server ended the answer with finish_reason {reason!r}", True
+    return None
+
+
+def row_seed(row_id: Any) -> int:
+    """A sampling seed derived from the row id (`seed: auto`): same id, same seed."""
+    digest = hashlib.sha256(str(row_id).encode("utf-8")).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+def row_sampling(value: Any, column: str) -> dict[str, Any]:
+    """A row's sampling overrides from its sampling column: struct, map or JSON object.
+
+    Null (or a null field) overrides nothing; anything else that is not a mapping with
+    string keys, or that sets a field the job sets itself or cannot store, is a RowError
+    naming the column.
+    """
+    from spark_vllm.spec import unstored_field
+
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise RowError(f"sampling column {column!r} is not a JSON object: {exc.msg}") from None
+    elif isinstance(value, list) and all(isinstance(kv, tuple) and len(kv) == 2 for kv in value):
+        value = dict(value)  # an Arrow map arrives as a list of (key, value) pairs
+    if not isinstance(value, Mapping):
+        raise RowError(
+            f'sampling column {column!r}: expected an object such as {{"max_tokens": 64}}, '
+            f"got {type(value).__name__}"
+        )
+    fields = {str(k): v for k, v in value.items() if v is not None}
+    reserved = sorted((RESERVED_FIELDS | COLUMN_FIELDS).intersection(fields))
+    if reserved:
+        raise RowError(
+            f"sampling column {column!r} may not set {reserved}: the job sets the prompt "
+            "and the model itself, and log-probabilities are set for the whole job "
+            "(sampling.logprobs)"
+        )
+    for key, val in fields.items():
+        reason = unstored_field(key, val)
+        if reason is not None:
+            raise RowError(f"sampling column {column!r} sets {key}={val!r}: {reason}")
+    return fields
+
+
+class RequestKind:
+    """What one kind of request does; see the module's text. Subclasses set the class
+    variables and implement `request`, `body` and `parse`."""
+
+    name: ClassVar[str]
+    url: ClassVar[str] = ""
+    # The kind's own result columns, in order.
+    fields: ClassVar[tuple[T.StructField, ...]]
+    # Whether the rows carry token counts for the summary.
+    tokens: ClassVar[bool] = True
+
+    def __init__(self, model: str, batch_size: int = 1) -> None:
+        self.model = model
+        self.batch_size = batch_size
+
+    def result_fields(self) -> list[T.StructField]:
+        """The columns this kind adds to each row, typed, in order."""
+        return list(self.fields)
+
+    def result_columns(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.result_fields())
+
+    def request(self, row: dict[str, Any]) -> Any:
+        """What one row becomes (the kind's payload); RowError when it cannot."""
+        raise NotImplementedError
+
+    def request_url(self, payloads: list[Any]) -> str:
+        """Where a request of these payloads goes, under the server's root."""
+        return self.url
+
+    def body(self, payloads: list[Any]) -> dict[str, Any]:
+        """The JSON body of one request carrying `payloads`."""
+        raise NotImplementedError
+
+    def check(self, data: Any) -> Problem | None:
+        """What keeps a 200 answer from being a success, or None."""
+        return None
+
+    def parse(self, data: Any, count: int) -> list[dict[str, Any]]:
+        """The values of each of `count` payloads from an answer `check` passed.
+        ValueError, KeyError or TypeError for an answer of an unexpected shape."""
+        raise NotImplementedError
+
+    def finish(self, row: dict[str, Any], result: Result) -> None:
+        """Complete a row's result once its answer (or failure) is in."""
+
+    def values(self, row: dict[str, Any], result: Result) -> dict[str, Any]:
+        """The row's value for each result column."""
+        common = {
+            "latency_ms": result.latency_ms,
+            "attempts": result.attempts,
+            "error": result.error,
+        }
+        return {
+            name: common[name] if name in common else result.values.get(name)
+            for name in self.result_columns()
+        }
+
+    def stored_schema(self, schema: T.StructType) -> T.StructType:
+        """The rows as written and read back, from the rows the tasks hand over."""
+        return schema
+
+    def summary_columns(self) -> tuple[Column, Column, Column]:
+        """(error text, prompt tokens, completion tokens) of a stored row."""
+        from pyspark.sql import functions as F
+
+        if not self.tokens:
+            return F.col("error"), F.lit(0), F.lit(0)
+        return F.col("error"), F.col("prompt_tokens"), F.col("completion_tokens")
+
+    def __getstate__(self) -> dict[str, Any]:
+        # What a kind builds for itself on an executor (a parser) is not shipped.
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+
+
+class Generating(RequestKind):
+    """Chat and completion: one row per request, an answer text, token counts; with
+    sampling, a per-row sampling column, `seed: auto`, log-probabilities and a
+    structured answer."""
+
+    fields = (
+        T.StructField("response", T.StringType()),
+        T.StructField("finish_reason", T.StringType()),
+        T.StructField("prompt_tokens", T.IntegerType()),
+        T.StructField("completion_tokens", T.IntegerType()),
+        *TIMING,
+        ERROR,
+    )
+    # Where the answer's text is in a choice.
+    text_key: ClassVar[tuple[str, ...]]
+
+    def __init__(
+        self,
+        model: str,
+        builder: PromptBuilder,
+        sampling: dict[str, Any] | None = None,
+        *,
+        id_column: str = "id",
+        sampling_column: str | None = None,
+        seed_auto: bool = False,
+        logprobs: bool = False,
+        answer: Answer | None = None,
+    ) -> None:
+        super().__init__(model)
+        self.builder = builder
+        self.sampling = dict(sampling or {})
+        self.id_column = id_column
+        self.sampling_column = sampling_column
+        self.seed_auto = seed_auto
+        self.logprobs = logprobs
+        self.answer = answer
+        if answer is not None:
+            from spark_vllm.structured import response_format
+
+            self.sampling["response_format"] = response_format(answer.schema, answer.name)
+
+    def result_fields(self) -> list[T.StructField]:
+        fields = list(self.fields)
+        if self.logprobs:
+            fields.append(LOGPROBS)
+        if self.answer is not None:
+            fields += self.answer.columns.fields
+        return fields
+
+    def request(self, row: dict[str, Any]) -> dict[str, Any]:
+        fields = self.builder.build(row)
+        if self.sampling_column is not None:
+            fields.update(row_sampling(row.get(self.sampling_column), self.sampling_column))
+        if self.seed_auto and "seed" not in fields:
+            fields["seed"] = row_seed(row[self.id_column])
+        return fields
+
+    def body(self, payloads: list[Any]) -> dict[str, Any]:
+        (fields,) = payloads
+        return {"model": self.model, **self.sampling, **fields}
+
+    def _text(self, choice: dict[str, Any]) -> Any:
+        found: Any = choice
+        for key in self.text_key:
+            found = found.get(key) if isinstance(found, dict) else None
+        return found
+
+    def check(self, data: Any) -> Problem | None:
+        """A success has a first choice whose finish_reason is not abort or error and
+        whose text is a string (chat: `message.content`; completion: `text`)."""
+        if not isinstance(data, dict):
+            return f"the answer is not a JSON object: {str(data)[:200]}", False
+        choices = data.get("choices")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            return f"the answer has no choices: {json.dumps(data)[:300]}", False
+        problem = unfinished(data)
+        if problem is not None:
+            return problem
+        choice = choices[0]
+        if not isinstance(self._text(choice), str):
+            return (
+                f"the answer has no {'.'.join(self.text_key)} (finish_reason "
+                f"{choice.get('finish_reason')!r}): {json.dumps(choice)[:300]}",
+                False,
+            )
+        return None
+
+    def parse(self, data: Any, count: int) -> list[dict[str, Any]]:
+        choice = data["choices"][0]
+        usage = data.get("usage") or {}
+        values = {
+            "response": self._text(choice),
+            "finish_reason": choice.get("finish_reason"),
+            "prompt_tokens": usage.get("prompt_tokens"),
+            "completion_tokens": usage.get("completion_tokens"),
+        }
+        if self.logprobs:
+            values["logprobs"] = self.token_logprobs(choice)
+        return [values]
+
+    def token_logprobs(self, choice: dict[str, Any]) -> list[dict[str, Any]] | None:
+        """The answer's tokens with their log-probabilities, one shape for both kinds:
+        [{token, logprob, top_logprobs: [{token, logprob}]}]."""
+        raise NotImplementedError
+
+    def _parser(self) -> AnswerParser:
+        parser: AnswerParser | None = self.__dict__.get("_answer_parser")
+        if parser is None:
+            from pyspark.sql.pandas.types import to_arrow_type
+
+            from spark_vllm.structured import AnswerParser
+
+            assert self.answer is not None
+            arrow = to_arrow_type(self.answer.columns)
+            assert isinstance(arrow, pa.StructType)
+            parser = AnswerParser(self.answer.schema, arrow)
+            self.__dict__["_answer_parser"] = parser
+        return parser
+
+    def finish(self, row: dict[str, Any], result: Result) -> None:
+        """A structured answer becomes its columns; one that does not fit fails the row."""
+        if self.answer is None or result.error is not None:
+            return
+        try:
+            result.values.update(self._parser().parse(result.values.get("response")))
+        except AnswerError as exc:
+            result.error = f"bad answer: {exc}"
+
+
+class Chat(Generating):
+    name = "chat"
+    url = "/v1/chat/completions"
+    text_key = ("message", "content")
+
+    def token_logprobs(self, choice: dict[str, Any]) -> list[dict[str, Any]] | None:
+        found = choice.get("logprobs")
+        if not isinstance(found, dict):
+            return None
+        return [
+            {
+                "token": item.get("token"),
+                "logprob": item.get("logprob"),
+                "top_logprobs": [
+                    {"token": top.get("token"), "logprob": top.get("logprob")}
+                    for top in item.get("top_logprobs") or []
+                ],
+            }
+            for item in found.get("content") or []
+        ]
+
+
+class Completion(Generating):
+    name = "completion"
+    url = "/v1/completions"
+    text_key = ("text",)
+
+    def token_logprobs(self, choice: dict[str, Any]) -> list[dict[str, Any]] | None:
+        found = choice.get("logprobs")
+        if not isinstance(found, dict):
+            return None
+        tokens = found.get("tokens") or []
+        values = found.get("token_logprobs") or [None] * len(tokens)
+        tops = found.get("top_logprobs") or [None] * len(tokens)
+        return [
+            {
+                "token": token,
+                "logprob": value,
+                "top_logprobs": [{"token": k, "logprob": v} for k, v in (top or {}).items()],
+            }
+            for token, value, top in zip(tokens, values, tops, strict=False)
+        ]
+
+
+class Embedding(RequestKind):
+    """`batch_size` rows per /v1/embeddings request; a vector per row. vLLM counts the
+    tokens of a request of many inputs as one total: a row has no count of its own."""
+
+    name = "embedding"
+    url = "/v1/embeddings"
+    fields = (T.StructField("embedding", T.ArrayType(T.FloatType())), *TIMING, ERROR)
+    tokens = False
+
+    def __init__(
+        self,
+        model: str,
+        builder: PromptBuilder,
+        options: dict[str, Any] | None = None,
+        batch_size: int = 32,
+    ) -> None:
+        super().__init__(model, batch_size)
+        self.builder = builder
+        self.options = dict(options or {})
+
+    def request(self, row: dict[str, Any]) -> str:
+        text: str = self.builder.build(row)["input"]
+        return text
+
+    def body(self, payloads: list[Any]) -> dict[str, Any]:
+        return {"model": self.model, **self.options, "input": payloads}
+
+    def parse(self, data: Any, count: int) -> list[dict[str, Any]]:
+        items = sorted(data["data"], key=lambda item: item["index"])
+        vectors = [item["embedding"] for item in items]
+        if len(vectors) != count:
+            raise ValueError(f"{len(vectors)} vectors for {count} inputs")
+        return [{"embedding": vector} for vector in vectors]
+
+
+class BatchLine(RequestKind):
+    """A line of an OpenAI batch file: its body, as it is, to the url it names; the
+    output is the batch format's answer line (see openai_batch)."""
+
+    name = "openai-batch"
+    fields = (
+        T.StructField("line", T.StringType()),
+        ERROR,
+    )
+
+    def request(self, row: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        return openai_batch.request(row)
+
+    def request_url(self, payloads: list[Any]) -> str:
+        url: str = payloads[0][0]
+        return url
+
+    def body(self, payloads: list[Any]) -> dict[str, Any]:
+        ((_, body),) = payloads
+        return {"model": self.model, **body}
+
+    def check(self, data: Any) -> Problem | None:
+        return unfinished(data)
+
+    def parse(self, data: Any, count: int) -> list[dict[str, Any]]:
+        return [{}]  # the line keeps the whole body: see values
+
+    def values(self, row: dict[str, Any], result: Result) -> dict[str, Any]:
+        line = openai_batch.output_line(row[openai_batch.ID_COLUMN], result)
+        return {"line": line, "error": result.error}
+
+    def stored_schema(self, schema: T.StructType) -> T.StructType:
+        return openai_batch.STORED_SCHEMA
+
+    def summary_columns(self) -> tuple[Column, Column, Column]:
+        from pyspark.sql import functions as F
+
+        body = F.col("response.body")
+        return (
+            F.col("error.message"),
+            F.get_json_object(body, "$.usage.prompt_tokens").cast("long"),
+            F.get_json_object(body, "$.usage.completion_tokens").cast("long"),
+        )
+
+
+# Every kind, by the name the job spec uses.
+KINDS: dict[str, type[RequestKind]] = {k.name: k for k in (Chat, Completion, Embedding, BatchLine)}
+
+
+def reserved_columns() -> set[str]:
+    """Every name a kind may give a result column (kept input columns may not)."""
+    names = {f.name for kind in KINDS.values() for f in kind.fields}
+    return names | {LOGPROBS.name}

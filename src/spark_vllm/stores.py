@@ -1,0 +1,171 @@
+"""Where a job's output lives: files under `output.path`, or a table over JDBC.
+
+One interface for both, used by the driver in this order:
+
+1. `prepare()` makes the output ready for the run and says whether earlier runs are
+   there to resume from. Its side effects are explicit steps with their own names:
+   `FileStore.delete` (output.mode overwrite) and `JdbcStore.recover_staging` (the
+   staging tables a driver that died left behind);
+2. `records()` / `record(...)`: what each run recorded before it sent anything (its
+   fingerprint, see fingerprint);
+3. `attempts(...)`: every row ever written, with the `run` column (resume and the
+   summary read the latest attempt per id from it);
+4. `write(result, run_id)` writes a run's rows as the tasks commit them, and
+   `finish(run_id)` completes the run (JDBC: one transaction moves the staged rows into
+   the table), also after a task failed for good;
+5. `this_run(...)`: the rows the run committed, for its summary.
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from spark_vllm import jdbc, results
+from spark_vllm.errors import SpecError
+from spark_vllm.fingerprint import RunRecord
+from spark_vllm.spec import JdbcOutput, JobSpec
+
+
+class OutputStore:
+    """The interface; see the module's text."""
+
+    # How messages name the output, and how to start afresh there.
+    location: str
+    afresh: str
+
+    def __init__(self, spark: SparkSession, spec: JobSpec) -> None:
+        self.spark = spark
+        self.spec = spec
+        self.id_column = spec.id_column()
+
+    def where(self) -> str:
+        """The output, for the summary."""
+        return self.spec.output.where()
+
+    def prepare(self) -> bool:
+        raise NotImplementedError
+
+    def records(self) -> dict[str, RunRecord]:
+        raise NotImplementedError
+
+    def record(self, record: RunRecord) -> None:
+        raise NotImplementedError
+
+    def attempts(self, stored: T.StructType | None) -> DataFrame:
+        raise NotImplementedError
+
+    def write(self, result: DataFrame, run_id: str) -> None:
+        raise NotImplementedError
+
+    def finish(self, run_id: str) -> None:
+        """Complete a run after `write`, whether it succeeded or not."""
+
+    def this_run(self, run_id: str, stored: T.StructType | None) -> DataFrame | None:
+        raise NotImplementedError
+
+
+class FileStore(OutputStore):
+    """parquet, jsonl or openai-batch files: a `run=<id>` folder per run (see results)."""
+
+    def __init__(self, spark: SparkSession, spec: JobSpec) -> None:
+        super().__init__(spark, spec)
+        assert spec.output.path is not None
+        self.path = spec.output.path
+        self.format = spec.output.format
+        self.location = f"output.path {self.path!r}"
+        self.afresh = "output.mode: overwrite, or another output.path"
+
+    def delete(self) -> None:
+        """Delete the output path, runs and records (output.mode: overwrite)."""
+        results.delete(self.spark, self.path)
+
+    def prepare(self) -> bool:
+        mode = self.spec.output.mode
+        if mode == "overwrite":
+            self.delete()
+            return False
+        if mode == "error" and results.exists(self.spark, self.path):
+            raise SpecError(
+                f"output.path {self.path!r} exists and output.mode is 'error'; "
+                "use mode resume or overwrite, or another path"
+            )
+        try:
+            return results.holds_runs(self.spark, self.path)
+        except ValueError as exc:
+            raise SpecError(str(exc)) from None
+
+    def records(self) -> dict[str, RunRecord]:
+        return results.read_records(self.spark, self.path)
+
+    def record(self, record: RunRecord) -> None:
+        results.write_record(self.spark, self.path, record)
+
+    def attempts(self, stored: T.StructType | None) -> DataFrame:
+        return results.read_attempts(self.spark, self.path, self.format, stored)
+
+    def write(self, result: DataFrame, run_id: str) -> None:
+        results.write_run(result, results.run_path(self.path, run_id), self.format)
+
+    def this_run(self, run_id: str, stored: T.StructType | None) -> DataFrame | None:
+        path = results.run_path(self.path, run_id)
+        if not results.entries(self.spark, path):
+            return None
+        return results.read_attempts(self.spark, path, self.format, stored)
+
+
+class JdbcStore(OutputStore):
+    """A table over JDBC, written through a staging table per run (see jdbc)."""
+
+    def __init__(self, spark: SparkSession, spec: JobSpec) -> None:
+        super().__init__(spark, spec)
+        assert spec.output.jdbc is not None
+        self.out: JdbcOutput = spec.output.jdbc
+        self.location = f"output.jdbc.table {self.out.table!r}"
+        self.afresh = "output.jdbc.write_mode: overwrite, or another output.jdbc.table"
+
+    def recover_staging(self) -> list[str]:
+        """Move the rows a driver that died left staged into the table (dropped under
+        write_mode overwrite); the staging tables it found."""
+        return jdbc.recover(self.spark, self.out, self.id_column)
+
+    def prepare(self) -> bool:
+        self.recover_staging()
+        if not jdbc.Database(self.spark, self.out, "output.jdbc").has_table(self.out.table):
+            return False
+        if self.spec.output.mode == "error":
+            raise SpecError(
+                f"output.jdbc.table {self.out.table!r} exists and output.mode is 'error'; "
+                "use mode resume, or another table"
+            )
+        return self.out.write_mode != "overwrite"
+
+    def records(self) -> dict[str, RunRecord]:
+        return jdbc.read_records(self.spark, self.out)
+
+    def record(self, record: RunRecord) -> None:
+        jdbc.write_record(self.spark, self.out, record)
+
+    def attempts(self, stored: T.StructType | None) -> DataFrame:
+        return jdbc.read_table(self.spark, self.out)
+
+    def write(self, result: DataFrame, run_id: str) -> None:
+        jdbc.write_staging(result, self.out, run_id)
+
+    def finish(self, run_id: str) -> None:
+        """Move the staged rows into the table (those staged before a task failed for
+        good too: the next run resumes from them)."""
+        staging = jdbc.staging_table(self.out, run_id)
+        if jdbc.Database(self.spark, self.out, "output.jdbc").has_table(staging):
+            jdbc.move_rows(self.spark, self.out, staging, self.id_column)
+
+    def this_run(self, run_id: str, stored: T.StructType | None) -> DataFrame | None:
+        return self.attempts(stored).where(F.col(jdbc.RUN_COLUMN) == run_id)
+
+
+def store_for(spark: SparkSession, spec: JobSpec) -> OutputStore:
+    """The output store the job spec names."""
+    if spec.output.jdbc is not None:
+        return JdbcStore(spark, spec)
+    return FileStore(spark, spec)
