@@ -320,7 +320,11 @@ EOF
 }
 
 case ${1:-} in
-up) up ;;
+up)
+    # A node that failed to come up is not left half running.
+    trap 'rc=$?; [ "$rc" = 0 ] || down; exit "$rc"' EXIT
+    up
+    ;;
 down) down ;;
 run)
     shift
