@@ -47,8 +47,11 @@ command -v gcc >/dev/null || need+=(gcc libc6-dev)
 command -v dpkg-source >/dev/null || need+=(dpkg-dev)
 if [ ${#need[@]} -gt 0 ]; then
     say "installing ${need[*]}"
-    "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-        -o DPkg::Lock::Timeout=600 --no-install-recommends "${need[@]}" >/dev/null
+    install() {
+        "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+            -o DPkg::Lock::Timeout=600 --no-install-recommends "${need[@]}" >/dev/null
+    }
+    install || { "${as_root[@]}" apt-get update -qq && install; }
 fi
 
 work=$out.build

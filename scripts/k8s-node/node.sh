@@ -184,8 +184,9 @@ up() {
             "(pod sandboxes fail without it where oom_score_adj cannot be lowered)"
     command -v etcd >/dev/null || {
         say "installing Debian's etcd-server"
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=300 \
-            --no-install-recommends etcd-server >/dev/null
+        local install=(env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
+            -o DPkg::Lock::Timeout=300 --no-install-recommends etcd-server)
+        "${install[@]}" >/dev/null || { apt-get update -qq && "${install[@]}" >/dev/null; }
     }
     local bin
     bin=$("$here/build.sh" | tail -n 1)/bin
