@@ -10,7 +10,17 @@ from typing import Any
 import pytest
 import yaml
 
-from .render import CASES, ROOT, Rendered, helm_binary, operator_pod, render, venv_tool
+from .render import (
+    CASES,
+    ROOT,
+    SUBMIT_CASES,
+    Rendered,
+    helm_binary,
+    operator_pod,
+    render,
+    spark_pod,
+    venv_tool,
+)
 
 
 @pytest.fixture(scope="session")
@@ -29,13 +39,22 @@ def checkov_report(
     rendered: dict[str, Rendered], tmp_path_factory: pytest.TempPathFactory
 ) -> list[dict[str, Any]]:
     """One checkov run over every rendered object plus the pods the operator would create
-    from each SparkApplication (checkov knows Pods, not SparkApplications)."""
+    from each SparkApplication (checkov knows Pods, not SparkApplications), and, for the
+    operator-less path, its Job and Spark's pod templates as Pods."""
     checkov = venv_tool("checkov", "CHECKOV")
     scan = tmp_path_factory.mktemp("checkov")
     for name, result in rendered.items():
         docs = [d for d in result.docs if not d["kind"].endswith("SparkApplication")]
         spec = result.app_spec()
         docs += [operator_pod(spec, "driver", name), operator_pod(spec, "executor", name)]
+        (scan / f"{name}.yaml").write_text(yaml.safe_dump_all(docs, sort_keys=False))
+    helm = helm_binary()
+    for name, case in SUBMIT_CASES.items():
+        result = render(helm, name, case)
+        docs = list(result.docs)
+        props = result.spark_properties()
+        for role in ("driver", "executor"):
+            docs.append(spark_pod(result.pod_template(role), props, role, f"{name}-{role}"))
         (scan / f"{name}.yaml").write_text(yaml.safe_dump_all(docs, sort_keys=False))
     proc = subprocess.run(
         [

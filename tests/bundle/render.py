@@ -275,6 +275,31 @@ def operator_pod(app_spec: Doc, role: str, app_name: str) -> Doc:
     }
 
 
+def spark_pod(template: Doc, props: dict[str, str], role: str, name: str) -> Doc:
+    """A pod Spark builds from the chart's pod template and spark.properties, as far as these
+    tests need it: the Spark container gets the image, the pull policy and its resources
+    (cores as the request; memory plus overhead as request and limit), the pod its name,
+    ServiceAccount and restartPolicy Never."""
+    pod: Doc = json.loads(json.dumps(template))
+    spark = next(c for c in pod["spec"]["containers"] if c["name"] == SPARK_CONTAINER[role])
+    memory = _spark_memory_mi(props[f"spark.{role}.memory"]) + _spark_memory_mi(
+        props[f"spark.{role}.memoryOverhead"]
+    )
+    cpu = props.get(f"spark.kubernetes.{role}.request.cores", props[f"spark.{role}.cores"])
+    spark["image"] = props["spark.kubernetes.container.image"]
+    spark["imagePullPolicy"] = props["spark.kubernetes.container.image.pullPolicy"]
+    spark["resources"] = {
+        "requests": {"cpu": cpu, "memory": f"{memory}Mi"},
+        "limits": {"memory": f"{memory}Mi"},
+    }
+    pod["metadata"].update(name=name, namespace=NAMESPACE)
+    pod["spec"]["serviceAccountName"] = props[
+        f"spark.kubernetes.authenticate.{role}.serviceAccountName"
+    ]
+    pod["spec"]["restartPolicy"] = "Never"
+    return pod
+
+
 def containers_of(pod: Doc) -> list[Doc]:
     return [*pod["spec"].get("initContainers", []), *pod["spec"]["containers"]]
 

@@ -49,6 +49,7 @@ def test_manifests_hold_the_promised_objects() -> None:
             "Job",
             "NetworkPolicy",
             "NetworkPolicy",
+            "NetworkPolicy",
         ],
         "embedding-job.yaml": ["ConfigMap", "NetworkPolicy", "NetworkPolicy", "SparkApplication"],
         "scheduled-job.yaml": [

@@ -11,7 +11,17 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
-from .render import CHART, SUBMIT_CASES, Case, Rendered, render, run_helm, vllm_container
+from .render import (
+    CHART,
+    SUBMIT_CASES,
+    Case,
+    Rendered,
+    containers_of,
+    render,
+    run_helm,
+    spark_pod,
+    vllm_container,
+)
 
 pytestmark = pytest.mark.bundle
 
@@ -208,3 +218,46 @@ def test_native_sidecar_is_refused_below_1_29_without_the_operator_too(helm: str
     )
     assert result.returncode != 0
     assert "set sidecar.mode=classic" in result.stderr
+
+
+@pytest.mark.parametrize("name", sorted(SUBMIT_CASES))
+def test_every_pod_of_the_path_runs_locked_down(submit: dict[str, Rendered], name: str) -> None:
+    """The pods Spark builds from the templates, and the spark-submit pod, as the operator
+    path's pods: non-root, no privilege escalation, no capabilities, read-only roots."""
+    rendered = submit[name]
+    props = rendered.spark_properties()
+    pods = [
+        spark_pod(rendered.pod_template(r), props, r, f"{name}-{r}") for r in ("driver", "executor")
+    ]
+    job = rendered.one("Job")
+    pods.append(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "submit"},
+            "spec": job["spec"]["template"]["spec"],
+        }
+    )
+    for pod in pods:
+        kubernetes_validate.validate(pod, KUBERNETES_VERSION, strict=True)
+        context = pod["spec"]["securityContext"]
+        assert context["runAsNonRoot"] is True and context["runAsUser"] == 185
+        assert context["seccompProfile"] == {"type": "RuntimeDefault"}
+        for container in containers_of(pod):
+            c = container["securityContext"]
+            assert c["allowPrivilegeEscalation"] is False, container["name"]
+            assert c["capabilities"] == {"drop": ["ALL"]}, container["name"]
+            assert c["readOnlyRootFilesystem"] is True, container["name"]
+            assert "/tmp" in {m["mountPath"] for m in container.get("volumeMounts", [])}
+
+
+def test_nothing_may_connect_to_the_submitter(submit: dict[str, Rendered]) -> None:
+    rendered = submit["submit-chat"]
+    (policy,) = [
+        p for p in rendered.of_kind("NetworkPolicy") if p["metadata"]["name"].endswith("-submitter")
+    ]
+    selector = policy["spec"]["podSelector"]["matchLabels"]
+    template = rendered.one("Job")["spec"]["template"]["metadata"]["labels"]
+    assert selector.items() <= template.items()
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    assert "ingress" not in policy["spec"]
