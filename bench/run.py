@@ -3,7 +3,8 @@
 One path runs at a time (the machine's cores are shared by the engine and the client):
 (1) vLLM offline first, with no server running; then one vLLM server, started with
 `spark_vllm.local_server.LocalServer` and the same engine arguments, serves (2)-(5) and
-the memory probe. See bench/README.md.
+the memory probe; last, with no vLLM running, the ceiling path (bench/ceiling.py) runs the
+job against an instant stand-in server. See bench/README.md.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import IO, Any
 import yaml
 
 from bench import report
+from bench.ceiling import Ceiling
 from bench.paths import Measurement, _http_run
 from bench.workload import SYSTEM, Row, Workload, make_workloads
 from spark_vllm.local_server import stop_group
@@ -124,8 +126,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--only",
         type=lambda s: set(s.split(",")),
-        default={"offline", "http", "seed", "cli", "job", "variants", "memory"},
-        help="run only these paths (offline,http,seed,cli,job,variants,memory)",
+        default={"offline", "http", "seed", "cli", "job", "variants", "memory", "ceiling"},
+        help="run only these paths (offline,http,seed,cli,job,variants,memory,ceiling)",
+    )
+    c = p.add_argument_group(
+        "ceiling path", "the job against an instant stand-in server (bench/README.md)"
+    )
+    c.add_argument(
+        "--ceiling-rows",
+        type=_ints,
+        help="input sizes for the job (default 10000,100000; quick 2000,10000; add 1000000 "
+        "for the 1M-row runs, about an hour more at today's rates)",
+    )
+    c.add_argument(
+        "--ceiling-kinds",
+        type=lambda s: [k for k in s.split(",") if k],
+        default=["chat", "completion", "embedding", "openai-batch"],
+        help="kinds of job (chat,completion,embedding,openai-batch)",
+    )
+    c.add_argument(
+        "--ceiling-bare-rows",
+        type=int,
+        help="rows the bare client sends (default 50000; quick 5000)",
+    )
+    c.add_argument(
+        "--ceiling-window", type=int, default=256, help="the bare client's requests in flight"
+    )
+    c.add_argument("--ceiling-batch-size", type=int, default=32, help="embedding rows per request")
+    c.add_argument(
+        "--ceiling-dim", type=int, default=384, help="embedding dimensions the stand-in answers"
+    )
+    c.add_argument(
+        "--ceiling-wrk-s", type=float, help="seconds of wrk per endpoint (default 5; quick 2)"
+    )
+    c.add_argument(
+        "--ceiling-set",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="job-spec override for the ceiling's jobs, e.g. concurrency.per_executor=512",
     )
     p.add_argument(
         "--job-set",
@@ -159,6 +198,12 @@ def _defaults(args: argparse.Namespace) -> None:
         args.memory_rows = [1000, 5000] if quick else [1000, 100_000]
     if args.memory_batch_rows is None:
         args.memory_batch_rows = 1000 if quick else 10_000
+    if args.ceiling_rows is None:
+        args.ceiling_rows = [2000, 10_000] if quick else [10_000, 100_000]
+    if args.ceiling_bare_rows is None:
+        args.ceiling_bare_rows = 5000 if quick else 50_000
+    if args.ceiling_wrk_s is None:
+        args.ceiling_wrk_s = 2.0 if quick else 5.0
     if quick:
         args.warmup = min(args.warmup, 8)
 
@@ -308,7 +353,9 @@ class Bench:
             stop_group(proc)
             raise
 
-    def run_path(self, name: str, tag: str, cfg: dict[str, Any]) -> list[Measurement]:
+    def run_path(
+        self, name: str, tag: str, cfg: dict[str, Any], module: str = "bench.paths"
+    ) -> list[Measurement]:
         cfg_path = self.work / f"{tag}.config.json"
         out_path = self.work / f"{tag}.result.json"
         log_path = self.work / f"{tag}.log"
@@ -317,7 +364,7 @@ class Bench:
         began = time.monotonic()
         with log_path.open("wb") as log:
             code = self.call(
-                [sys.executable, "-m", "bench.paths", name, str(cfg_path), str(out_path)], log
+                [sys.executable, "-m", module, name, str(cfg_path), str(out_path)], log
             )
         if code != 0:
             print(f"FAILED (exit {code}; log: {log_path})", flush=True)
@@ -534,6 +581,8 @@ class Bench:
         if "memory" in only:
             with self.serve(self.args.memory_model, "memory"):
                 self.memory()
+        if "ceiling" in only:
+            Ceiling(self).run()
         self.save()
         return report.build(
             {k: _shown(v) for k, v in vars(self.args).items()},
@@ -581,8 +630,10 @@ def main(argv: list[str] | None = None) -> int:
     _defaults(args)
     args.model = args.model.resolve()
     args.memory_model = args.memory_model.resolve()
-    ensure_model(args.model, ["--hidden", "512", "--layers", "6", "--heads", "8"])
-    ensure_model(args.memory_model, ["--hidden", "128", "--layers", "2", "--heads", "2"])
+    if args.only & {"offline", "http", "seed", "cli", "job", "variants"}:
+        ensure_model(args.model, ["--hidden", "512", "--layers", "6", "--heads", "8"])
+    if "memory" in args.only:
+        ensure_model(args.memory_model, ["--hidden", "128", "--layers", "2", "--heads", "2"])
     signal.signal(signal.SIGTERM, _terminate)
     bench = Bench(args)
     print(f"bench: {args.prompts} prompts per workload; work files in {bench.work}", flush=True)
