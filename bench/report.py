@@ -10,6 +10,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from bench import ceiling_report
 from bench.paths import Measurement
 
 LABELS = {
@@ -178,6 +179,7 @@ def build(
     """The report; `load` is the load average when the run ended (default: now)."""
     tables = {w: _table(w, results, expected[w]) for w in expected}
     memory = _memory(results)
+    ceiling = ceiling_report.build(results)
     load = load or os.getloadavg()
     if load[0] > 1.5 and not any(n.startswith("the machine was busy") for n in notes):
         notes.append(
@@ -197,9 +199,11 @@ def build(
         "engine": engine,
         "workloads": expected,
         "tables": tables,
-        "targets": _targets(tables, notes),
+        "targets": _targets(tables, notes)
+        + ceiling_report.targets(ceiling, settings.get("slots", 2)),
         "memory": memory,
         "memory_verdict": _flatness(memory),
+        "ceiling": ceiling,
         "notes": notes,
         "measurements": results,
     }
@@ -208,6 +212,8 @@ def build(
 def render(doc: dict[str, Any]) -> str:
     lines = []
     for workload, rows in doc["tables"].items():
+        if not rows:
+            continue
         exp = doc["workloads"][workload]
         s = doc["settings"]
         what = (
@@ -246,10 +252,18 @@ def render(doc: dict[str, Any]) -> str:
                     f"  {who} vLLM ran {occ['mean_running']:.0f} sequences on average "
                     f"(peak {occ['peak_running']:.0f}); last {occ['tail_s']:.0f} s below half"
                 )
+    s = doc["settings"]
+    lines += ceiling_report.render(doc.get("ceiling"), s.get("slots", 2), s.get("ceiling_dim", 384))
     lines += ["", "targets"]
+    width = max((len(t["target"]) for t in doc["targets"]), default=32)
     for t in doc["targets"]:
-        value = f"{t['value']:.2f}" if t["value"] is not None else t.get("why", "")
-        lines.append(f"  {t['status']:<13} {t['target']:<32} {value}")
+        unit = t.get("unit", "")
+        value = (
+            f"{t['value']:,.{0 if unit == ' rows/s' else 2}f}{unit}"
+            if t["value"] is not None
+            else t.get("why", "")
+        )
+        lines.append(f"  {t['status']:<13} {t['target']:<{width}} {value}")
     if doc["memory"]:
         lines += [
             "",
@@ -399,12 +413,18 @@ def chart(doc: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 2, figsize=(13, 8.5))
-    for ax, (workload, rows) in zip(axes[0], doc["tables"].items(), strict=False):
-        _throughput_panel(ax, workload, rows, doc)
-
-    _memory_panel(axes[1][0], doc)
-    _occupancy_panel(axes[1][1], doc)
+    ceiling = doc.get("ceiling")
+    engine_paths = any(not m["path"].startswith("ceiling-") for m in doc["measurements"])
+    rows = (2 if engine_paths or not ceiling else 0) + (1 if ceiling else 0)
+    fig, axes = plt.subplots(rows, 2, figsize=(13, 4.25 * rows), squeeze=False)
+    if engine_paths or not ceiling:
+        for ax, (workload, table) in zip(axes[0], doc["tables"].items(), strict=False):
+            _throughput_panel(ax, workload, table, doc)
+        _memory_panel(axes[1][0], doc)
+        _occupancy_panel(axes[1][1], doc)
+    if ceiling:
+        ceiling_report.throughput_panel(axes[-1][0], ceiling)
+        ceiling_report.fixed_cost_panel(axes[-1][1], ceiling)
 
     load = doc["machine"]["load_average_at_end"][0]
     fig.suptitle(
