@@ -17,6 +17,7 @@ See bench/README.md, "The ceiling path".
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -150,11 +151,13 @@ class Ceiling:
             for rows in sizes:
                 self.size(rows, resume=rows == resume_at)
 
-    def add_standin_cpu(self, results: list[Measurement], cpu_before: float) -> None:
-        """Add the stand-in's CPU seconds during the run to its (recorded) measurements."""
+    def annotate(self, results: list[Measurement], cpu_before: float) -> None:
+        """Add the stand-in's CPU seconds during the run and the machine's load average
+        at its end (others' work skews the figures) to its recorded measurements."""
         spent = self.server.cpu_s() - cpu_before
         for m in results:
             m.setdefault("cpu_s", {})["standin"] = spent
+            m["load_1m"] = os.getloadavg()[0]
         self.bench.save()
 
     def wrk(self, wrk: str | None) -> None:
@@ -207,7 +210,7 @@ class Ceiling:
         before = self.server.cpu_s()
         tag = f"c-bare-{kind}" + ("-base64" if encoding == "base64" else "")
         results = self.bench.run_path("bare", tag, cfg, module="bench.ceiling_paths")
-        self.add_standin_cpu(results, before)
+        self.annotate(results, before)
 
     def size(self, rows: int, resume: bool) -> None:
         """Every kind's job over `rows` rows; then, at the resume size, chat again."""
@@ -250,4 +253,4 @@ class Ceiling:
         }
         before = self.server.cpu_s()
         results = self.bench.run_path("job", tag, cfg, module="bench.ceiling_paths")
-        self.add_standin_cpu(results, before)
+        self.annotate(results, before)

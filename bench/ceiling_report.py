@@ -69,6 +69,7 @@ def build(results: list[Measurement]) -> dict[str, Any] | None:
             },
             "standin_over_bare": served["rows_per_s"] / rows_per_s if served else None,
             "check": "ok" if m["ok"] == m["requests"] else f"{m['ok']} of {m['requests']} rows",
+            "load_1m": m.get("load_1m"),
         }
     jobs, resumes = [], []
     for m in sorted(
@@ -86,6 +87,7 @@ def build(results: list[Measurement]) -> dict[str, Any] | None:
                     "skipped": m["skipped"],
                     "requests_sent": m["standin_posts"],
                     "cpu_s": m["cpu_s"],
+                    "load_1m": m.get("load_1m"),
                     "check": "ok"
                     if sent_nothing and m["skipped"] == wanted
                     else f"sent {m['standin_posts']}, skipped {m['skipped']} of {wanted}",
@@ -113,6 +115,7 @@ def build(results: list[Measurement]) -> dict[str, Any] | None:
                 "worker_peak_mib": m["peak_rss_mib"].get("python_workers"),
                 "jvm_peak_mib": m["peak_rss_mib"].get("jvm"),
                 "requests_sent": m["standin_posts"],
+                "load_1m": m.get("load_1m"),
                 "check": "ok"
                 if complete
                 else f"{m['ok']} ok, {m['standin_rows']} rows sent, of {wanted}",
@@ -260,26 +263,29 @@ def render(section: dict[str, Any] | None, slots: int, dim: int) -> list[str]:
             f"  bare client: asyncio + aiohttp, one process, {first['window']} requests in "
             f"flight; embedding {batch} rows a request, {dim} dimensions",
             f"    {'kind':<22} {'rows':>7} {'rows/s':>8} {'req/s':>8} {'CPU s/1k rows':>14}"
-            f" {'stand-in/bare':>14}  check",
+            f" {'stand-in/bare':>14} {'load':>5}  check",
         ]
         for key, b in section["bare"].items():
             name = key if b["encoding_format"] == "float" else f"{b['kind']} (base64)"
             lines.append(
                 f"    {name:<22} {b['rows']:>7} {b['rows_per_s']:>8,.0f} {b['req_per_s']:>8,.0f}"
                 f" {_num(b['cpu_per_1k']['client'], '.3f'):>14}"
-                f" {_num(b['standin_over_bare'], '.1f'):>14}  {b['check']}"
+                f" {_num(b['standin_over_bare'], '.1f'):>14} {_num(b['load_1m'], '.1f'):>5}"
+                f"  {b['check']}"
             )
     if section["jobs"]:
         lines += [
             "  the job: run_job in a warm session. rows/s: over run_job's wall time; stream: "
             "from the first request",
-            "  to the last answer; first/after: seconds from run_job's start to the first "
-            "request and from the last",
-            "  answer to its end; CPU s per 1,000 rows of the Python workers, the JVM, the "
-            "driver's Python, the stand-in",
+            "  to the last answer; first, after: seconds from run_job's start to the first "
+            "request, from the last answer",
+            "  to run_job's end; CPU s per 1,000 rows of the Python workers, the JVM, the "
+            "driver's Python, the stand-in;",
+            "  worker MiB: a Python worker's peak RSS; load: the 1-minute load average at "
+            "the run's end",
             f"    {'kind':<13} {'rows':>7} {'rows/s':>7} {'vs bare':>7} {'stream':>7}"
             f" {'first':>6} {'after':>6} {'workers':>8} {'JVM':>6} {'driver':>6}"
-            f" {'stand-in':>8} {'worker MiB':>10}  check",
+            f" {'stand-in':>8} {'worker MiB':>10} {'load':>5}  check",
         ]
         for j in section["jobs"]:
             cpu = j["cpu_per_1k"]
@@ -296,13 +302,15 @@ def render(section: dict[str, Any] | None, slots: int, dim: int) -> list[str]:
                 f"{_num(cpu['driver'], '.3f'):>6}",
                 f"{_num(cpu['standin'], '.3f'):>8}",
                 f"{_num(j['worker_peak_mib'], '.0f'):>10}",
+                f"{_num(j['load_1m'], '.1f'):>5}",
             ]
             lines.append("    " + " ".join(cells) + f"  {j['check']}")
     for r in section["resumes"]:
         lines.append(
             f"  resume of {r['rows']} done {r['kind']} rows: run_job {r['seconds']:.1f} s "
             f"(its summary's wall time {r['job_wall_s']:.1f} s), {r['requests_sent']} requests "
-            f"sent, {r['skipped']} skipped; JVM CPU {r['cpu_s'].get('jvm', 0):.1f} s  {r['check']}"
+            f"sent, {r['skipped']} skipped; JVM CPU {r['cpu_s'].get('jvm', 0):.1f} s; load "
+            f"{_num(r['load_1m'], '.1f')}  {r['check']}"
         )
     if section["memory_verdict"]:
         lines.append(f"  {section['memory_verdict']}")
