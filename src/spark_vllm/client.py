@@ -10,6 +10,7 @@ be cured by trying again, and hands back one Result per row.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import time
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
+import orjson
 
 from spark_vllm.errors import SidecarDown, SidecarNotReady
 from spark_vllm.retry import SERVER_DOWN_STATUS, RetryPolicy, is_transient_status
@@ -40,10 +42,10 @@ class Result:
     error: str | None = None
     # The error came from failures that retrying might have cured (not from the row).
     error_transient: bool = field(default=False, repr=False)
-    # The last HTTP answer: status and body text (None: no answer), and the request id
-    # sent with the request as X-Request-Id.
+    # The last HTTP answer: status and body (None: no answer), and the request id sent
+    # with the request as X-Request-Id.
     status: int | None = field(default=None, repr=False)
-    body: str | None = field(default=None, repr=False)
+    body: bytes | str | None = field(default=None, repr=False)
     request_id: str | None = field(default=None, repr=False)
 
 
@@ -145,19 +147,24 @@ def wait_ready(
         time.sleep(min(poll_s, end - now))
 
 
-def _error_text(body: str) -> str:
+def _error_text(body: bytes | str) -> str:
     """vLLM's own error message out of an error body, or the body itself."""
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
     try:
-        data = json.loads(body)
+        data = json.loads(text)
     except ValueError:
-        return body.strip()[:2000]
+        return text.strip()[:2000]
     if isinstance(data, dict):
         err = data.get("error", data)
         if isinstance(err, dict) and err.get("message"):
             return str(err["message"])
         if isinstance(data.get("message"), str):
             return str(data["message"])
-    return body.strip()[:2000]
+    return text.strip()[:2000]
+
+
+def _shown(body: bytes) -> str:
+    return body[:500].decode("utf-8", "replace")
 
 
 def _describe_exception(exc: BaseException) -> str:
@@ -191,6 +198,8 @@ class SidecarClient:
         self.pool_size = pool_size
         self.headers = _headers(api_key)
         self.gate = OutageGate(base_url, outage_s, api_key) if outage_s else None
+        # Request ids: a random prefix per client and a count, cheaper than a uuid each.
+        self._ids = map(f"spark-vllm-{uuid.uuid4().hex[:16]}-{{}}".format, itertools.count())
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> SidecarClient:
@@ -221,10 +230,10 @@ class SidecarClient:
         sidecar stays down past the outage budget: that is the task's failure, not the
         row's, and Spark's task retry takes over.
         """
-        request_id = f"spark-vllm-{uuid.uuid4().hex}"
+        request_id = next(self._ids)
         shared = Result(request_id=request_id)
         url = self.root + kind.request_url(payloads)
-        headers = {"X-Request-Id": request_id}
+        headers = {"X-Request-Id": request_id, "Content-Type": "application/json"}
         data, text = await self._post(kind.body(payloads), shared, url, headers, kind.check)
         if data is None:
             if len(payloads) > 1 and shared.error is not None and not shared.error_transient:
@@ -238,8 +247,11 @@ class SidecarClient:
         try:
             parsed = kind.parse(data, len(payloads))
         except (ValueError, KeyError, IndexError, TypeError) as exc:
-            shared.error = f"unexpected response ({exc!r}): {text[:500]}"
+            shared.error = f"unexpected response ({exc!r}): {_shown(text)}"
             return [replace(shared, values={}) for _ in payloads]
+        if len(parsed) == 1:
+            shared.values = parsed[0]
+            return [shared]
         return [replace(shared, values=values) for values in parsed]
 
     async def _post(
@@ -249,28 +261,29 @@ class SidecarClient:
         url: str,
         headers: dict[str, str] | None = None,
         check: Callable[[Any], Problem | None] | None = None,
-    ) -> tuple[Any, str]:
-        """POST `body` to `url`, retrying transient
-        failures: (the parsed JSON, its text) on a 200 that `check` finds no problem
-        with, else (None, the last text) with `result.error` set. A problem `check`
-        calls transient is retried like a 503. Counts attempts and latency; keeps the
-        last status and text."""
+    ) -> tuple[Any, bytes]:
+        """POST `body` to `url`, retrying transient failures: (the parsed JSON, its bytes)
+        on a 200 that `check` finds no problem with, else (None, the last bytes) with
+        `result.error` set. A problem `check` calls transient is retried like a 503.
+        Counts attempts and latency; keeps the last status and body."""
         assert self._session is not None, "use SidecarClient as an async context manager"
         start = time.monotonic()
         counted = 0  # tries that count against retries.attempts (not those lost to an outage)
-        last = text = ""
+        last = ""
+        text = b""
+        data_bytes = orjson.dumps(body)
         while True:
             result.attempts += 1
             sent = time.monotonic()
             try:
-                async with self._session.post(url, json=body, headers=headers) as resp:
-                    text = await resp.text()
+                async with self._session.post(url, data=data_bytes, headers=headers) as resp:
+                    text = await resp.read()
                     result.status, result.body = resp.status, text
                     if resp.status == 200:
                         try:
-                            data = json.loads(text)
-                        except ValueError as exc:
-                            result.error = f"unexpected response ({exc!r}): {text[:500]}"
+                            data = orjson.loads(text)
+                        except orjson.JSONDecodeError as exc:
+                            result.error = f"unexpected response ({exc!r}): {_shown(text)}"
                             break
                         problem = check(data) if check is not None else None
                         if problem is None:

@@ -12,9 +12,10 @@ import math
 import os
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from functools import partial
 
+from pyspark.accumulators import Accumulator
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -48,7 +49,7 @@ from spark_vllm.runner import (
 )
 from spark_vllm.spec import JobSpec
 from spark_vllm.stores import OutputStore, store_for
-from spark_vllm.summary import Summary, summarize
+from spark_vllm.summary import Summary, Tally, TallyParam, summarize, summarize_from_output
 
 __all__ = ["JobFailed", "JobInterrupted", "Plan", "Summary", "execute", "plan", "run_job"]
 
@@ -70,38 +71,22 @@ def derived_id(columns: list[str]) -> Column:
 
 
 def with_ids(df: DataFrame, spec: JobSpec) -> DataFrame:
-    """Add a derived id, or check the input's id column holds unique, non-null ids.
+    """The input with its row ids: the input's id column, or a derived one.
 
     Identical rows get the same digest; the second and later copies get `-2`, `-3`, …
     appended, so each input row keeps its own output row and the ids stay stable
     (copies are interchangeable, so which copy gets which suffix does not matter).
-    An OpenAI batch file's custom_id was checked as the file was read.
+    An id column's ids are checked (unique, not null) by the census (see `take_census`).
     """
-    if spec.input.format == "openai-batch":
+    if spec.input.format == "openai-batch" or spec.input.id_column is not None:
         return df
-    if spec.input.id_column is None:
-        digest = "__spark_vllm_digest"
-        df = df.withColumn(digest, derived_id(df.columns))
-        nth = F.row_number().over(Window.partitionBy(digest).orderBy(digest))
-        return df.withColumn(
-            "id",
-            F.when(nth == 1, F.col(digest)).otherwise(F.concat_ws("-", F.col(digest), nth)),
-        ).drop(digest)
-    id_col = spec.input.id_column
-    bad = (
-        df.groupBy(F.col(_quote(id_col)).alias("id"))
-        .count()
-        .where(F.col("id").isNull() | (F.col("count") > 1))
-        .limit(5)
-        .collect()
-    )
-    if bad:
-        examples = ", ".join(f"{r['id']!r} ({r['count']} rows)" for r in bad)
-        raise SpecError(
-            f"input.id_column: column {id_col!r} must hold a unique, non-null id per row; "
-            f"found {examples}. Fix the input, or unset input.id_column to derive ids"
-        )
-    return df
+    digest = "__spark_vllm_digest"
+    df = df.withColumn(digest, derived_id(df.columns))
+    nth = F.row_number().over(Window.partitionBy(digest).orderBy(digest))
+    return df.withColumn(
+        "id",
+        F.when(nth == 1, F.col(digest)).otherwise(F.concat_ws("-", F.col(digest), nth)),
+    ).drop(digest)
 
 
 def task_slots(spark: SparkSession) -> int:
@@ -298,56 +283,114 @@ def _changed_settings(
     )
 
 
-def earlier_successes(
-    spec: JobSpec, store: OutputStore, stored: T.StructType | None, current: Fingerprint
-) -> tuple[DataFrame, list[str]]:
-    """(the ids whose latest row at the output succeeded, the earlier runs this run
-    adopts). A success counts only when the run that made it had these settings (or
-    was adopted by one that had): otherwise SpecError naming what changed, unless
-    `output.on_change` is resume, and then its run is adopted."""
-    records = store.records()
-    same = matching_runs(records, current)
-    successes = results.latest(store.attempts(stored), store.id_column).where(
-        F.col("error").isNull()
+@dataclass
+class Census:
+    """The input and the output before a run, counted in one pass (see `take_census`).
+    Counts are of input rows unless they say otherwise."""
+
+    rows: int = 0
+    bad_ids: int = 0  # ids that are null or on several rows
+    skipped: int = 0  # ids whose latest answer succeeded with these settings
+    stale: int = 0  # ids whose latest answer succeeded with other settings
+    stale_runs: list[str] = field(default_factory=list)  # the runs that made those
+    retried: int = 0  # ids whose latest attempt failed
+    earlier_ids: int = 0  # ids at the output, input or not
+    earlier_failed: int = 0  # of those, the ones whose latest attempt failed
+
+    @property
+    def to_send(self) -> int:
+        return self.rows - self.skipped
+
+
+# The census's own column names.
+_ID, _N, _RUN, _OK = "__sv_id", "__sv_n", "__sv_run", "__sv_ok"
+
+
+def take_census(df: DataFrame, latest: DataFrame | None, id_column: str, same: set[str]) -> Census:
+    """One Spark job: the input's ids grouped (how many rows each, to find the null and
+    repeated ones) and joined with the latest attempt per id at the output (`latest`,
+    None when there is none), whose run made it with these settings when it is in
+    `same`."""
+    ids = df.groupBy(F.col(_quote(id_column)).alias(_ID)).agg(F.count(F.lit(1)).alias(_N))
+    if latest is None:
+        joined = ids.withColumns({_RUN: F.lit(None).cast("string"), _OK: F.lit(None)})
+    else:
+        answers = latest.select(
+            F.col(_quote(id_column)).alias(_ID),
+            F.col(results.RUN_COLUMN).alias(_RUN),
+            F.col("error").isNull().alias(_OK),
+        )
+        joined = ids.join(answers, _ID, "full_outer")
+    in_input = F.col(_N).isNotNull()
+    made_here = F.col(_RUN).isin(sorted(same)) if same else F.lit(False)
+    succeeded = in_input & F.coalesce(F.col(_OK), F.lit(False))
+    stale = succeeded & ~made_here
+    zero = F.lit(0)
+    row = joined.agg(
+        F.coalesce(F.sum(_N), zero).alias("rows"),
+        F.count(F.when(in_input & ((F.col(_N) > 1) | F.col(_ID).isNull()), 1)).alias("bad"),
+        F.coalesce(F.sum(F.when(succeeded & made_here, F.col(_N))), zero).alias("skipped"),
+        F.coalesce(F.sum(F.when(stale, F.col(_N))), zero).alias("stale"),
+        F.collect_set(F.when(stale, F.col(_RUN))).alias("stale_runs"),
+        F.count(F.when(in_input & ~F.coalesce(F.col(_OK), F.lit(True)), 1)).alias("retried"),
+        F.count(F.col(_RUN)).alias("earlier_ids"),
+        F.count(F.when(~F.coalesce(F.col(_OK), F.lit(True)), 1)).alias("earlier_failed"),
+    ).first()
+    assert row is not None
+    return Census(
+        int(row["rows"]),
+        int(row["bad"]),
+        int(row["skipped"]),
+        int(row["stale"]),
+        sorted(row["stale_runs"]),
+        int(row["retried"]),
+        int(row["earlier_ids"]),
+        int(row["earlier_failed"]),
     )
-    stale = (
-        successes.where(~F.col(results.RUN_COLUMN).isin(sorted(same)))
-        .groupBy(results.RUN_COLUMN)
+
+
+def refuse_bad_ids(df: DataFrame, id_column: str) -> None:
+    """SpecError naming a few ids that are null or on several rows."""
+    bad = (
+        df.groupBy(F.col(_quote(id_column)).alias("id"))
         .count()
+        .where(F.col("id").isNull() | (F.col("count") > 1))
+        .limit(5)
         .collect()
     )
-    adopted: list[str] = []
-    if stale:
-        if spec.output.on_change == "refuse":
-            latest = max(stale, key=lambda r: r[results.RUN_COLUMN])[results.RUN_COLUMN]
-            record = records.get(latest, RunRecord(latest, None))
-            answers = sum(r["count"] for r in stale)
-            raise SpecError(_changed_settings(store, record, answers, current))
-        adopted = sorted(r[results.RUN_COLUMN] for r in stale)
-    return successes.select(_quote(store.id_column)), adopted
+    examples = ", ".join(f"{r['id']!r} ({r['count']} rows)" for r in bad)
+    raise SpecError(
+        f"input.id_column: column {id_column!r} must hold a unique, non-null id per row; "
+        f"found {examples}. Fix the input, or unset input.id_column to derive ids"
+    )
 
 
 @dataclass
 class Plan:
     """A job ready to run: its kind and store, the lazy result (None: nothing to send,
-    and `note` says why), the stored rows' schema, what resume skipped, and the record
-    the run leaves before it sends anything."""
+    and `note` says why), the stored rows' schema, the census, the tally the tasks count
+    into, and the record the run leaves before it sends anything."""
 
     kind: RequestKind
     store: OutputStore
     result: DataFrame | None
     schema: T.StructType | None
     run_id: str
-    skipped: DataFrame | None
+    census: Census
     record: RunRecord
     started: float
     earlier_runs: bool = False
     note: str = ""
+    tally: Accumulator[Tally] | None = None
 
 
 def plan(spark: SparkSession, spec: JobSpec) -> Plan:
     """Read, check and prepare; spec errors surface here, before any request.
 
+    One Spark job counts what there is to do (`take_census`): the ids, and with earlier
+    runs, what resume skips. A success counts as done only when the run that made it
+    had these settings (or was adopted by one that had): otherwise SpecError naming
+    what changed, unless `output.on_change` is resume, and then its run is adopted.
     Nothing is sent when the input is empty or every id already succeeded: then
     `result` is None and `note` says why."""
     started = time.monotonic()
@@ -359,16 +402,17 @@ def plan(spark: SparkSession, spec: JobSpec) -> Plan:
     earlier = store.prepare()
     record = RunRecord(run_id, current)
 
-    def nothing(schema: T.StructType | None, skipped: DataFrame | None, note: str) -> Plan:
-        return Plan(kind, store, None, schema, run_id, skipped, record, started, earlier, note)
+    def nothing(schema: T.StructType | None, census: Census, note: str) -> Plan:
+        return Plan(kind, store, None, schema, run_id, census, record, started, earlier, note)
 
     if df is None:
-        return nothing(None, None, "the input is empty")
+        return nothing(None, Census(), "the input is empty")
     spec.check_columns(df.columns)
     df = with_ids(df, spec)
+    id_column = spec.id_column()
     needed = dict.fromkeys(
         [
-            spec.id_column(),
+            id_column,
             *spec.prompt_columns(),
             *(["method", "url", "body"] if spec.input.format == "openai-batch" else []),
             *([spec.sampling_column] if spec.sampling_column else []),
@@ -378,36 +422,49 @@ def plan(spark: SparkSession, spec: JobSpec) -> Plan:
     df = df.select(*[_quote(c) for c in needed])
     schema = output_schema(df, spec, kind)
     stored = kind.stored_schema(schema)
-    skipped = None
-    if earlier:
-        done, record.adopted = earlier_successes(spec, store, stored, current)
-        skipped = df.join(done, spec.id_column(), "left_semi")
-        df = df.join(done, spec.id_column(), "left_anti")
-    if df.isEmpty():
-        note = "the input is empty"
-        if earlier:
-            note = "nothing to send: every id succeeded in earlier runs"
-        return nothing(stored, skipped, note)
-    df = arrange(df, spec, spark)
-    cfg = task_config(spec, schema, task_slots(spark), kind)
+    latest = results.latest(store.attempts(stored), id_column) if earlier else None
+    same = matching_runs(store.records(), current) if earlier else set()
+    census = take_census(df, latest, id_column, same)
+    if census.bad_ids:
+        refuse_bad_ids(df, id_column)
+    if census.stale:
+        if spec.output.on_change == "refuse":
+            run = census.stale_runs[-1]
+            found = store.records().get(run, RunRecord(run, None))
+            raise SpecError(_changed_settings(store, found, census.stale, current))
+        record.adopted = census.stale_runs
+        census.skipped += census.stale
+        same |= set(census.stale_runs)
+    if latest is not None and census.skipped:
+        done = latest.where(F.col("error").isNull() & F.col(results.RUN_COLUMN).isin(sorted(same)))
+        df = df.join(done.select(_quote(id_column)), id_column, "left_anti")
+    if census.to_send == 0:
+        note = (
+            "nothing to send: every id succeeded in earlier runs"
+            if census.rows
+            else ("the input is empty")
+        )
+        return nothing(stored, census, note)
+    tally = spark.sparkContext.accumulator(Tally(), TallyParam())
+    cfg = replace(task_config(spec, schema, task_slots(spark), kind), tally=tally)
     return Plan(
         kind=kind,
         store=store,
-        result=df.mapInArrow(partial(run_partition, cfg=cfg), schema),
+        result=arrange(df, spec, spark).mapInArrow(partial(run_partition, cfg=cfg), schema),
         schema=stored,
         run_id=run_id,
-        skipped=skipped,
+        census=census,
         record=record,
         started=started,
         earlier_runs=earlier,
+        tally=tally,
     )
 
 
 def execute(spark: SparkSession, spec: JobSpec, job: Plan) -> Summary:
-    """Send what `plan` found to send, write it, and return the summary read back from
-    the output. The run's record is written first, so even a run that dies midway
-    leaves the settings its answers were made with."""
-    skipped = job.skipped.count() if job.skipped is not None else 0
+    """Send what `plan` found to send, write it, and return the summary. The run's
+    record is written first, so even a run that dies midway leaves the settings its
+    answers were made with."""
     failure: BaseException | None = None
     if job.result is not None or job.record.adopted:
         # Adopting earlier answers (on_change: resume) is recorded even with nothing to
@@ -423,12 +480,13 @@ def execute(spark: SparkSession, spec: JobSpec, job: Plan) -> Summary:
             failure = exc
         except KeyboardInterrupt as exc:  # PySpark has cancelled the running Spark jobs
             failure = exc
-    summary = summarize(job, time.monotonic() - job.started, skipped)
+    wall = time.monotonic() - job.started
+    if failure is None:
+        return summarize(job, wall)
+    summary = summarize_from_output(job, wall)
     if isinstance(failure, KeyboardInterrupt):
         raise JobInterrupted(summary) from None
-    if failure is not None:
-        raise JobFailed(failure, summary) from failure
-    return summary
+    raise JobFailed(failure, summary) from failure
 
 
 def run_job(spark: SparkSession, spec: JobSpec) -> Summary:

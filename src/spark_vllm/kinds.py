@@ -189,6 +189,12 @@ class RequestKind:
             for name in self.result_columns()
         }
 
+    def tokens_of(self, values: dict[str, Any]) -> tuple[int, int]:
+        """(prompt tokens, completion tokens) of a row's answer, for the summary."""
+        if not self.tokens:
+            return 0, 0
+        return values.get("prompt_tokens") or 0, values.get("completion_tokens") or 0
+
     def stored_schema(self, schema: T.StructType) -> T.StructType:
         """The rows as written and read back, from the rows the tasks hand over."""
         return schema
@@ -439,11 +445,19 @@ class BatchLine(RequestKind):
         return unfinished(data)
 
     def parse(self, data: Any, count: int) -> list[dict[str, Any]]:
-        return [{}]  # the line keeps the whole body: see values
+        return [{"answer": data}]  # the line keeps the whole body: see values
 
     def values(self, row: dict[str, Any], result: Result) -> dict[str, Any]:
-        line = openai_batch.output_line(row[openai_batch.ID_COLUMN], result)
+        answer = result.values.get("answer")
+        line = openai_batch.output_line(row[openai_batch.ID_COLUMN], result, answer)
         return {"line": line, "error": result.error}
+
+    def tokens_of(self, values: dict[str, Any]) -> tuple[int, int]:
+        answer = values.get("answer")
+        usage = answer.get("usage") if isinstance(answer, dict) else None
+        if not isinstance(usage, dict):
+            return 0, 0
+        return usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0
 
     def stored_schema(self, schema: T.StructType) -> T.StructType:
         return openai_batch.STORED_SCHEMA

@@ -32,6 +32,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import orjson
 import pyarrow as pa
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
@@ -268,20 +269,22 @@ def _error_code(result: Result) -> str:
     return f"http_{result.status}"
 
 
-def output_line(custom_id: str, result: Result) -> str:
+def output_line(custom_id: str, result: Result, answer: Any = None) -> str:
     """The output line for one input line, as JSON text.
 
-    The body of a 200 answer is kept whole; an error answer's status is kept with
-    `body: null` and vLLM's message goes to `error` (so vLLM's `BatchRequestOutput`
-    validates every line)."""
+    The body of a 200 answer (`answer`, when it was parsed already) is kept whole; an
+    error answer's status is kept with `body: null` and vLLM's message goes to `error`
+    (so vLLM's `BatchRequestOutput` validates every line)."""
     response = None
     if result.status is not None:
-        body = None
-        if result.status == 200 and result.body is not None:
+        body = answer
+        if result.status == 200 and body is None and result.body is not None:
             try:
-                body = json.loads(result.body)
-            except json.JSONDecodeError:
+                body = orjson.loads(result.body)
+            except orjson.JSONDecodeError:
                 body = None
+        if result.status != 200:
+            body = None
         response = {"status_code": result.status, "request_id": result.request_id, "body": body}
     error = None
     if result.error is not None:
@@ -292,4 +295,4 @@ def output_line(custom_id: str, result: Result) -> str:
         "response": response,
         "error": error,
     }
-    return json.dumps(line, ensure_ascii=False, separators=(",", ":"))
+    return orjson.dumps(line).decode("utf-8")

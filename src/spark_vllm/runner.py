@@ -11,12 +11,11 @@ becomes, and what its answer gives, is its kind's business (see kinds).
 from __future__ import annotations
 
 import asyncio
-import queue
 import threading
+from collections import deque
 from collections.abc import Coroutine, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, TypeVar
 
 import pyarrow as pa
@@ -26,6 +25,7 @@ from spark_vllm.client import Result, SidecarClient, read_api_key, server_root, 
 from spark_vllm.errors import ErrorBudgetExceeded, RowError, RowFailed
 from spark_vllm.kinds import RequestKind
 from spark_vllm.retry import RetryPolicy
+from spark_vllm.summary import Tally
 
 T = TypeVar("T")
 
@@ -86,13 +86,24 @@ class TaskConfig:
     concurrency: Concurrency = field(default_factory=Concurrency)
     errors: ErrorPolicy = field(default_factory=ErrorPolicy)
     flush_rows: int = FLUSH_ROWS
+    # A Spark accumulator of summary.Tally: what the task counted goes there at its end.
+    tally: Any = None
+
+
+def _new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's loop where it is installed (vLLM brings it), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
 
 
 class _LoopThread:
     """A private asyncio event loop on a daemon thread, fed from synchronous code."""
 
     def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
+        self.loop = _new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
 
@@ -138,11 +149,8 @@ class _Columns:
 
 
 Rows = list[dict[str, Any]]
-Done = tuple[Rows, Future[list[Result]]]
-
-
-def _put_done(done: queue.SimpleQueue[Done], rows: Rows, fut: Future[list[Result]]) -> None:
-    done.put((rows, fut))
+# A request's rows, and what came back: their results, or the exception that ended it.
+Finished = tuple[Rows, list[Result] | BaseException]
 
 
 def window_for(cfg: TaskConfig) -> AdaptiveWindow | None:
@@ -162,9 +170,12 @@ def window_for(cfg: TaskConfig) -> AdaptiveWindow | None:
 class PartitionRunner:
     """One task's partition: rows in, one result row per input row out.
 
-    Rows wait in `group` until a request can carry them (`kind.batch_size` of them); a
-    request is sent once the window has room, counting rows in flight (`pending`);
-    finished requests come back through `done`, from the event loop's thread.
+    The task's thread reads rows, builds their requests and gathers results; the event
+    loop's thread only sends. They meet in bulk, not row by row: requests go over in one
+    hand-off per fill of the window (`_launch`), and finished requests pile up in a
+    deque that the task's thread drains whenever it runs, waking it (`_wake`) only when
+    it waits. Rows wait in `group` until a request can carry them (`kind.batch_size`);
+    requests in flight are counted in rows (`pending`).
     """
 
     def __init__(self, cfg: TaskConfig) -> None:
@@ -172,47 +183,53 @@ class PartitionRunner:
         self.kind = cfg.kind
         self.api_key = read_api_key(cfg.endpoint.api_key_env)
         self.adaptive = window_for(cfg)
+        pool = self.adaptive.policy.maximum + 1 if self.adaptive else cfg.concurrency.per_task
         self.client = SidecarClient(
             cfg.endpoint.base_url,
             cfg.retries,
             cfg.timeouts.request_s,
             cfg.timeouts.connect_s,
-            # +1: the adaptive window's /metrics polls
-            pool_size=self.adaptive.policy.maximum + 1
-            if self.adaptive
-            else cfg.concurrency.per_task,
+            pool_size=pool,  # +1 for the adaptive window's /metrics polls
             api_key=self.api_key,
             outage_s=cfg.timeouts.outage_s,
         )
         self.out = _Columns(cfg)
-        self.done: queue.SimpleQueue[Done] = queue.SimpleQueue()
         self.group: Rows = []  # rows waiting to go out together
         self.payloads: list[Any] = []  # their requests
+        self.outbox: list[tuple[Rows, list[Any]]] = []  # requests not yet handed over
+        self.finished: deque[Finished] = deque()  # filled by the loop, drained here
+        self._wake = threading.Event()
+        self._tasks: set[asyncio.Task[None]] = set()  # the loop's requests in flight
         self.rows_in = 0  # input rows read
         self.seen = 0  # rows with a result
         self.failed = 0
-        self.pending = 0  # rows in flight
+        self.pending = 0  # rows in flight (handed over or in the outbox)
         self.started = False
         self.loop: _LoopThread | None = None
+        self.tally = Tally()
 
     def run(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         """The mapInArrow body: result batches, one row per input row."""
         self.loop = _LoopThread()
+        flush = self.cfg.flush_rows
         try:
             self.loop.submit(self.client.__aenter__()).result()
             for batch in batches:
                 for row in batch.to_pylist():
                     self.rows_in += 1
                     self._add(row)
-                    while not self.done.empty():
-                        self._take_one()
-                    if self.out.rows >= self.cfg.flush_rows:
+                    if self.pending >= self._window():
+                        self._make_room()
+                    if self.out.rows >= flush:
                         yield self.out.flush()
+                self._launch()  # the batch's rows go out even if the window is not full
+                self._drain()
             if self.group:
-                self._send()
+                self._queue()
+            self._launch()
             while self.pending:
-                self._take_one()
-                if self.out.rows >= self.cfg.flush_rows:
+                self._wait()
+                if self.out.rows >= flush:
                     yield self.out.flush()
             if self.out.rows:
                 yield self.out.flush()
@@ -221,6 +238,8 @@ class PartitionRunner:
                     f"spark-vllm: {self.rows_in} rows went in and {self.seen} results came "
                     "out; this is a bug, please report it"
                 )
+            if self.cfg.tally is not None:
+                self.cfg.tally.add(self.tally.shipped())
         finally:
             try:
                 self.loop.submit(self.client.__aexit__(None, None, None)).result(timeout=30)
@@ -236,7 +255,7 @@ class PartitionRunner:
         self.group.append(row)
         self.payloads.append(payload)
         if len(self.group) >= self.kind.batch_size:
-            self._send()
+            self._queue()
 
     def _window(self) -> int:
         return self.adaptive.limit if self.adaptive is not None else self.cfg.concurrency.per_task
@@ -251,28 +270,64 @@ class PartitionRunner:
             self.loop.submit(self.adaptive.run(self.client.fetch_metrics, lambda: self.pending))
         self.started = True
 
-    def _send(self) -> None:
-        """Send the group once the window has room (requests in flight count in rows)."""
-        assert self.loop is not None
-        if not self.started:
-            self._start()
-        while self.pending >= self._window():
-            # Wake now and then: an adaptive window may have grown meanwhile.
-            interval = self.cfg.concurrency.metrics_interval_s if self.adaptive else None
-            self._take_one(timeout=interval)
-        fut = self.loop.submit(self.client.send(self.kind, self.payloads))
-        fut.add_done_callback(partial(_put_done, self.done, self.group))
+    def _queue(self) -> None:
+        """The group becomes a request, handed over with the next launch."""
+        self.outbox.append((self.group, self.payloads))
         self.pending += len(self.group)
         self.group, self.payloads = [], []
 
-    def _take_one(self, timeout: float | None = None) -> None:
-        try:
-            rows, fut = self.done.get(timeout=timeout)
-        except queue.Empty:
+    def _launch(self) -> None:
+        """Hand the outbox's requests to the event loop, in one call."""
+        if not self.outbox:
             return
-        self.pending -= len(rows)
-        for row, result in zip(rows, fut.result(), strict=True):
-            self._collect(row, result)
+        assert self.loop is not None
+        if not self.started:
+            self._start()
+        self.loop.loop.call_soon_threadsafe(self._send_all, self.outbox)
+        self.outbox = []
+
+    def _make_room(self) -> None:
+        """Launch what is queued, then wait until the window has room (requests in flight
+        count in rows)."""
+        self._launch()
+        while self.pending >= self._window():
+            self._wait()
+
+    def _wait(self) -> None:
+        """Sleep until a request finishes, then gather every finished one. An adaptive
+        window may grow meanwhile: wake now and then to look."""
+        interval = self.cfg.concurrency.metrics_interval_s if self.adaptive else None
+        if not self.finished:
+            self._wake.wait(interval)
+        self._wake.clear()
+        self._drain()
+
+    def _drain(self) -> None:
+        while self.finished:
+            rows, got = self.finished.popleft()
+            self.pending -= len(rows)
+            if isinstance(got, BaseException):
+                raise got
+            for row, result in zip(rows, got, strict=True):
+                self._collect(row, result)
+
+    # On the event loop's thread:
+
+    def _send_all(self, requests: list[tuple[Rows, list[Any]]]) -> None:
+        loop = asyncio.get_running_loop()
+        for rows, payloads in requests:
+            task = loop.create_task(self._send(rows, payloads))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, rows: Rows, payloads: list[Any]) -> None:
+        try:
+            got: list[Result] | BaseException = await self.client.send(self.kind, payloads)
+        except Exception as exc:  # SidecarDown, say: the task's failure, raised there
+            got = exc
+        self.finished.append((rows, got))
+        if not self._wake.is_set():
+            self._wake.set()
 
     def _collect(self, row: dict[str, Any], result: Result) -> None:
         """The row's result, completed by its kind and judged by the error policy."""
@@ -296,6 +351,7 @@ class PartitionRunner:
                     f"{self.failed} of {self.seen} rows failed in this task, more than "
                     f"max_error_rate {rate:g}; last error: {result.error}"
                 )
+        self.tally.count(result.error, self.kind.tokens_of(result.values))
         self.out.add(row, self.kind.values(row, result))
 
 
