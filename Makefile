@@ -39,7 +39,7 @@ HELM        ?= $(TOOLS)/bin/helm
 TOOLS_STAMP := $(TOOLS)/venv/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup model run run-embedding serve postgres tools manifests base-image build-image test test-unit \
+.PHONY: help setup model run run-embedding serve postgres tools schema manifests base-image build-image test test-unit \
 	test-bundle test-image test-cluster cluster-up cluster-down bench smoke lint format clean
 
 help: ## list the verbs
@@ -89,7 +89,10 @@ $(TOOLS_STAMP): requirements/bundle-tools.txt
 
 tools: $(TOOLS)/bin/helm $(TOOLS_STAMP) ## helm + kubectl, checkov, hadolint, yamllint under build/tools
 
-manifests: tools ## re-render manifests/ from the chart and examples/values/
+schema: setup ## the chart's schema for job:, generated from the job spec's pydantic models
+	$(BIN)/python scripts/job_schema.py
+
+manifests: schema tools ## re-render manifests/ from the chart and examples/values/
 	HELM=$(HELM) scripts/render-manifests.sh
 
 base-image: ## make local/debian:bookworm without any registry (debootstrap + docker import)
