@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--ceiling-rows",
         type=_ints,
         help="input sizes for the job (default 10000,100000; quick 2000,10000; add 1000000 "
-        "for the 1M-row runs, about an hour more at today's rates)",
+        "for the 1M-row runs, about half an hour more here)",
     )
     c.add_argument(
         "--ceiling-kinds",
