@@ -123,10 +123,15 @@ def spark_session(spec: JobSpec):  # type: ignore[no-untyped-def]
     if master:
         builder = builder.master(master)
     if master and master.startswith("local"):
+        from spark_vllm.job import local_cores
+
         # Local Python workers must run this interpreter, which has spark_vllm installed.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         conf.update(LOCAL_DEFAULTS)
+        # A few shuffle partitions per core, not Spark's 200: the plan's census and the
+        # resume join are shuffles, and a local job gains nothing from 200 reducers.
+        conf["spark.sql.shuffle.partitions"] = str(2 * local_cores(master))
     conf.update(spec.spark.conf)
     for key, value in conf.items():
         builder = builder.config(key, value)

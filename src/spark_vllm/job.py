@@ -89,17 +89,22 @@ def with_ids(df: DataFrame, spec: JobSpec) -> DataFrame:
     ).drop(digest)
 
 
+def local_cores(master: str) -> int:
+    """Task slots of a local master: local → 1, local[N] → N, local[*] → every core."""
+    match = re.match(r"local\[(\*|\d+)", master)
+    if not match:
+        return 1
+    if match.group(1) == "*":
+        return os.cpu_count() or 1
+    return int(match.group(1))
+
+
 def task_slots(spark: SparkSession) -> int:
     """How many tasks run at once on one executor (they share its sidecar)."""
     sc = spark.sparkContext
     master = sc.master or ""
     if master.startswith("local"):
-        match = re.match(r"local\[(\*|\d+)", master)
-        if not match:
-            return 1
-        if match.group(1) == "*":
-            return os.cpu_count() or 1
-        return int(match.group(1))
+        return local_cores(master)
     conf = sc.getConf()
     cores = int(conf.get("spark.executor.cores", "1"))
     task_cpus = int(conf.get("spark.task.cpus", "1"))
@@ -308,9 +313,9 @@ _ID, _N, _RUN, _OK = "__sv_id", "__sv_n", "__sv_run", "__sv_ok"
 
 def take_census(df: DataFrame, latest: DataFrame | None, id_column: str, same: set[str]) -> Census:
     """One Spark job: the input's ids grouped (how many rows each, to find the null and
-    repeated ones) and joined with the latest attempt per id at the output (`latest`,
-    None when there is none), whose run made it with these settings when it is in
-    `same`."""
+    repeated ones) and joined with the latest attempt per id at the output (`latest`:
+    `results.latest_outcome`, None when there is none), whose run made it with these
+    settings when it is in `same`."""
     ids = df.groupBy(F.col(_quote(id_column)).alias(_ID)).agg(F.count(F.lit(1)).alias(_N))
     if latest is None:
         joined = ids.withColumns({_RUN: F.lit(None).cast("string"), _OK: F.lit(None)})
@@ -318,7 +323,7 @@ def take_census(df: DataFrame, latest: DataFrame | None, id_column: str, same: s
         answers = latest.select(
             F.col(_quote(id_column)).alias(_ID),
             F.col(results.RUN_COLUMN).alias(_RUN),
-            F.col("error").isNull().alias(_OK),
+            F.col("ok").alias(_OK),
         )
         joined = ids.join(answers, _ID, "full_outer")
     in_input = F.col(_N).isNotNull()
@@ -422,7 +427,7 @@ def plan(spark: SparkSession, spec: JobSpec) -> Plan:
     df = df.select(*[_quote(c) for c in needed])
     schema = output_schema(df, spec, kind)
     stored = kind.stored_schema(schema)
-    latest = results.latest(store.attempts(stored), id_column) if earlier else None
+    latest = results.latest_outcome(store.attempts(stored), id_column) if earlier else None
     same = matching_runs(store.records(), current) if earlier else set()
     census = take_census(df, latest, id_column, same)
     if census.bad_ids:
@@ -436,7 +441,7 @@ def plan(spark: SparkSession, spec: JobSpec) -> Plan:
         census.skipped += census.stale
         same |= set(census.stale_runs)
     if latest is not None and census.skipped:
-        done = latest.where(F.col("error").isNull() & F.col(results.RUN_COLUMN).isin(sorted(same)))
+        done = latest.where(F.col("ok") & F.col(results.RUN_COLUMN).isin(sorted(same)))
         df = df.join(done.select(_quote(id_column)), id_column, "left_anti")
     if census.to_send == 0:
         note = (

@@ -22,11 +22,13 @@ Adding a kind is one class here plus a branch in `kind_for` (see docs/architectu
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
+import numpy as np
 import pyarrow as pa
 from pyspark.sql import Column
 from pyspark.sql import types as T
@@ -385,6 +387,16 @@ class Completion(Generating):
         ]
 
 
+def _vector(value: Any) -> Any:
+    """A vector as the server sent it: base64 of little-endian float32 (what the job asks
+    for), or a list of numbers."""
+    if isinstance(value, str):
+        return np.frombuffer(base64.b64decode(value), dtype="<f4")
+    if not isinstance(value, list):
+        raise TypeError(f"an embedding is a list or base64 text, got {type(value).__name__}")
+    return value
+
+
 class Embedding(RequestKind):
     """`batch_size` rows per /v1/embeddings request; a vector per row. vLLM counts the
     tokens of a request of many inputs as one total: a row has no count of its own."""
@@ -414,10 +426,9 @@ class Embedding(RequestKind):
 
     def parse(self, data: Any, count: int) -> list[dict[str, Any]]:
         items = sorted(data["data"], key=lambda item: item["index"])
-        vectors = [item["embedding"] for item in items]
-        if len(vectors) != count:
-            raise ValueError(f"{len(vectors)} vectors for {count} inputs")
-        return [{"embedding": vector} for vector in vectors]
+        if len(items) != count:
+            raise ValueError(f"{len(items)} vectors for {count} inputs")
+        return [{"embedding": _vector(item["embedding"])} for item in items]
 
 
 class BatchLine(RequestKind):

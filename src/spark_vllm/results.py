@@ -144,6 +144,17 @@ def latest(attempts: DataFrame, id_column: str) -> DataFrame:
     return attempts.withColumn("_n", F.row_number().over(order)).where("_n = 1").drop("_n")
 
 
+def latest_outcome(attempts: DataFrame, id_column: str) -> DataFrame:
+    """One row per id, `(id, run, ok)`: the run of its latest attempt, as `latest` picks it,
+    and whether it succeeded. An aggregation rather than `latest`'s window: no sort, and
+    only those columns are read; what resume and the census need of the output."""
+    key = F.col(f"`{id_column}`")
+    outcome = F.struct(F.col(RUN_COLUMN).alias("run"), F.col("error").isNull().alias("ok"))
+    # Structs compare field by field: the latest run, and within it a success.
+    best = attempts.groupBy(key).agg(F.max(outcome).alias("_best"))
+    return best.select(key, F.col("_best.run").alias(RUN_COLUMN), F.col("_best.ok").alias("ok"))
+
+
 def read_results(
     spark: SparkSession, path: str, id_column: str = "id", fmt: str = "parquet"
 ) -> DataFrame:

@@ -368,7 +368,8 @@ class EmbeddingSpec(_Strict):
 
     def request_fields(self) -> dict[str, Any]:
         """Fields sent with every /v1/embeddings request besides model and input."""
-        fields: dict[str, Any] = {"encoding_format": "float"}
+        # base64 float32 vectors: several times cheaper to read than JSON numbers.
+        fields: dict[str, Any] = {"encoding_format": "base64"}
         fields.update(self.model_dump(exclude_none=True, exclude={"batch_size"}))
         return fields
 

@@ -166,7 +166,7 @@ def test_resume_is_the_default_output_mode_and_rates_are_shares():
 def test_embedding_task_sends_its_own_fields_and_no_sampling():
     spec = spec_from_dict(minimal(task="embedding", embedding={"batch_size": 8, "dimensions": 64}))
     assert spec.embedding.batch_size == 8
-    assert spec.embedding.request_fields() == {"encoding_format": "float", "dimensions": 64}
+    assert spec.embedding.request_fields() == {"encoding_format": "base64", "dimensions": 64}
 
 
 @pytest.mark.parametrize(
