@@ -118,6 +118,21 @@ def sample_rows(n: int) -> list[dict[str, str]]:
         return [json.loads(line) for _, line in zip(range(n), fh, strict=False)]
 
 
+def chart_model_values(model_root: Path, model_dir: str = "tiny-llama") -> dict[str, object]:
+    """The chart's `model` values for the tiny model in a read-only hostPath cache:
+    `model_root` on the node holds the model in `model_dir`, served as SERVED_NAME."""
+    return {
+        "servedName": SERVED_NAME,
+        "path": model_dir,
+        "offline": True,
+        "cache": {
+            "type": "hostPath",
+            "readOnly": True,
+            "hostPath": {"path": str(model_root), "type": "Directory"},
+        },
+    }
+
+
 def write_jsonl(path: Path, rows: list[dict[str, object]]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path

@@ -289,7 +289,9 @@ class SidecarClient:
                         if problem is None:
                             result.latency_ms = (time.monotonic() - start) * 1000
                             return data, text
-                        (last, transient), maybe_down = problem, False
+                        # An answer vLLM ended unfinished (abort/error) may come from an
+                        # engine on its way down: /health tells.
+                        (last, transient), maybe_down = problem, True
                     else:
                         last = f"HTTP {resp.status}: {_error_text(text)}"
                         transient = is_transient_status(resp.status)

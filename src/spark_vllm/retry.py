@@ -11,9 +11,11 @@ import random
 from dataclasses import dataclass
 
 TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
-# Answers that may mean the server behind them is down (a proxy's 502/504, vLLM's 503
-# once its engine died): worth a look at /health before spending a retry.
-SERVER_DOWN_STATUS = frozenset({502, 503, 504})
+# Answers that may mean the server behind them is down: a proxy's 502/504, vLLM's 503, and
+# vLLM's 500 "EngineCore encountered an issue" (EngineDeadError) in the seconds between its
+# engine process dying and the API server exiting, while /health already answers 503.
+# Worth a look at /health before spending a retry; a 429 says the server is up.
+SERVER_DOWN_STATUS = frozenset({500, 502, 503, 504})
 
 
 def is_transient_status(status: int) -> bool:

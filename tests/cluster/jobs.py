@@ -16,10 +16,11 @@ from typing import Any
 import pyarrow.parquet as pq
 import yaml
 
+from tests.conftest import chart_model_values
+
 from .kube import ROOT, Cluster, Obj, wait_for
 
 CHART = "charts/spark-vllm"
-SERVED_NAME = "tiny-llama"
 QUESTIONS = ROOT / "examples" / "data" / "questions.jsonl"
 
 
@@ -48,16 +49,7 @@ def values(
         # No kube-proxy on this node: the kubernetes Service's address routes nowhere.
         "submitter": {"apiServer": api_server},
         "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
-        "model": {
-            "servedName": SERVED_NAME,
-            "path": "tiny-llama",
-            "offline": True,
-            "cache": {
-                "type": "hostPath",
-                "readOnly": True,
-                "hostPath": {"path": str(model_root), "type": "Directory"},
-            },
-        },
+        "model": chart_model_values(model_root),
         "sidecar": {
             # Kubernetes 1.20 has no native sidecars.
             "mode": "classic",

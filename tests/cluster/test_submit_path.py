@@ -17,7 +17,9 @@ from typing import Any
 
 import pytest
 
-from .jobs import SERVED_NAME, Job, chat_job, make_job, questions, until
+from tests.conftest import SERVED_NAME
+
+from .jobs import Job, chat_job, make_job, questions, until
 from .kube import Cluster, Obj, container_ready
 
 pytestmark = pytest.mark.cluster

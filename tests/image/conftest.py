@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.conftest import chart_model_values
+
 from .pod import (
     ROOT,
     Obj,
@@ -31,7 +33,6 @@ from .pod import (
 )
 
 REPOSITORY = "spark-vllm"
-SERVED_NAME = "tiny-llama"
 MODEL_DIR = "tiny-llama"
 # The venv stage and the image are about 5 and 4 GB; a rebuild holds old and new at once.
 MIN_FREE_GIB = 16
@@ -124,16 +125,7 @@ def rendered(image: str, model_root: Path, tmp_path_factory: pytest.TempPathFact
     values: dict[str, Any] = {
         "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
         "job": job,
-        "model": {
-            "servedName": SERVED_NAME,
-            "path": MODEL_DIR,
-            "offline": True,
-            "cache": {
-                "type": "hostPath",
-                "readOnly": True,
-                "hostPath": {"path": str(model_root), "type": "Directory"},
-            },
-        },
+        "model": chart_model_values(model_root, MODEL_DIR),
         "sidecar": {
             "gpu": {"count": 0},
             "cpu": 2,

@@ -11,7 +11,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from .conftest import SERVED_NAME, Rendered, pod_volumes, read_jsonl
+from tests.conftest import SERVED_NAME
+
+from .conftest import Rendered, pod_volumes, read_jsonl
 from .pod import ROOT, Obj, PodVolumes, docker, logs, run_args
 
 pytestmark = pytest.mark.image

@@ -2,7 +2,9 @@
 
 It forwards every request to vLLM unchanged, except that it can reset a share of the
 POST connections (a TCP RST, as from a crashing peer), answer bursts of 503 or 429 in
-vLLM's own error format, and turn the first N answers into ones that vLLM ended
+vLLM's own error format, play a dead engine while `engine_dead` is set (every POST answered
+500 with vLLM's EngineDeadError message and /health 503, as vLLM answers between its engine
+process dying and its API server exiting), and turn the first N answers into ones that vLLM ended
 unfinished (HTTP 200, empty text, finish_reason "abort", as when a request is aborted). A real
 vLLM cannot be made to do any of these on cue; everything
 else the job sees is the real server's answer. It runs on its own thread and loop on a
@@ -22,6 +24,9 @@ from dataclasses import dataclass
 from aiohttp import ClientSession, ClientTimeout, web
 
 from spark_vllm.client import server_root  # internal helper: base URL -> server root
+
+# vLLM's EngineDeadError text (vllm/v1/engine/exceptions.py), as its API server sends it.
+ENGINE_DEAD_MESSAGE = "EngineCore encountered an issue. See stack trace (above) for the root cause."
 
 
 @dataclass
@@ -45,6 +50,8 @@ class FaultProxy:
         self.resets = 0
         self.bursts = 0
         self.unfinished = 0
+        self.engine_dead = False  # set and cleared by the test, from its own thread
+        self.dead_answers = 0
         self._burst_left = 0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -107,6 +114,13 @@ class FaultProxy:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
+        if self.engine_dead:
+            if request.method == "GET" and request.path == "/health":
+                return web.Response(status=503)
+            if request.method == "POST":
+                self.dead_answers += 1
+                error = {"message": ENGINE_DEAD_MESSAGE, "type": "InternalServerError", "code": 500}
+                return web.Response(status=500, text=json.dumps({"error": error}))
         fault = self._fault_for_post() if request.method == "POST" else None
         number = self.posts  # this POST's place, before others arrive meanwhile
         if fault == "reset":

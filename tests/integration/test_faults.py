@@ -54,6 +54,36 @@ def test_resets_and_bursts_are_retried_and_nothing_is_lost(spark, vllm_server, t
     assert summary.succeeded == 120
 
 
+def test_a_dead_engine_is_waited_out_without_spending_row_attempts(spark, vllm_server, tmp_path):
+    """vLLM answers 500 EngineDeadError (and /health 503) while its engine is down: an
+    outage to wait out, not a row's failure. Found by a real kill in CI, where rows in
+    flight spent their three tries on the 500s in 1.5 s and became error rows."""
+    rows = sample_rows(120)
+    with FaultProxy(vllm_server) as proxy:
+        doc = spec_doc(tmp_path, proxy.base_url, rows, timeouts={"ready_s": 30, "outage_s": 120})
+        done: dict[str, object] = {}
+
+        def job() -> None:
+            try:
+                done["summary"] = run_job(spark, spec_from_dict(doc))
+            except BaseException as exc:
+                done["error"] = exc
+
+        thread = threading.Thread(target=job)
+        thread.start()
+        wait_for(lambda: proxy.forwarded >= 20, 180, "20 answered requests")
+        proxy.engine_dead = True
+        wait_for(lambda: proxy.dead_answers >= 4, 60, "requests answered by the dead engine")
+        time.sleep(4)  # longer than the three tries' backoff (0.2 s + 0.4 s)
+        proxy.engine_dead = False
+        thread.join(timeout=300)
+    assert not thread.is_alive(), "the job did not finish after the engine came back"
+    assert "error" not in done, done.get("error")
+    out = read_rows(tmp_path / "out")
+    assert_one_row_per_input(out, rows)
+    assert all(r["error"] is None for r in out), [r["error"] for r in out if r["error"]][:3]
+
+
 def test_vllm_killed_and_restarted_mid_job(spark, vllm_local, tmp_path):
     if vllm_local is None:
         pytest.skip("restarts the test-managed server; unset SPARK_VLLM_TEST_BASE_URL")
