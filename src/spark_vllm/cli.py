@@ -194,10 +194,24 @@ def run(spec: JobSpec, server: LocalServer | None = None) -> int:
     spark = spark_session(spec)
     ctrl_c = _CtrlC(spark, server)
     signal.signal(signal.SIGINT, ctrl_c)
-    stopped = (
-        f"spark-vllm: interrupted; the rows committed before it stay in "
-        f"{spec.output.where()}, and running the same command again resumes from them"
-    )
+    sending = False
+
+    def stopped() -> str:
+        if not sending:
+            return (
+                "spark-vllm: interrupted before any request was sent; "
+                f"{spec.output.where()} is as it was"
+            )
+        where = spec.output.where()
+        where = f"spark-vllm: interrupted; the rows committed before it stay in {where}"
+        if spec.output.mode == "resume":
+            return f"{where}, and running the same command again resumes from them"
+        instead = "starts afresh" if spec.output.mode == "overwrite" else "refuses the output"
+        return (
+            f"{where}; to resume from them, run again with --set output.mode=resume "
+            f"(the same command, with output.mode {spec.output.mode}, {instead})"
+        )
+
     try:
         job = plan(spark, spec)
         if ctrl_c.seen:
@@ -205,6 +219,7 @@ def run(spec: JobSpec, server: LocalServer | None = None) -> int:
         if job.result is not None and server is not None:
             with _plain_sigint():
                 _start(server)
+        sending = True
         summary = execute(spark, spec, job)
     except SpecError as exc:
         print(f"spark-vllm: {exc}", file=sys.stderr)
@@ -215,7 +230,7 @@ def run(spec: JobSpec, server: LocalServer | None = None) -> int:
     except (JobFailed, JobInterrupted) as exc:
         print(exc.summary.render())
         if ctrl_c.seen or isinstance(exc, JobInterrupted):
-            print(stopped, file=sys.stderr)
+            print(stopped(), file=sys.stderr)
             return 130
         assert isinstance(exc, JobFailed)
         known = task_error(exc.cause)
@@ -226,16 +241,16 @@ def run(spec: JobSpec, server: LocalServer | None = None) -> int:
     except Exception:
         if not ctrl_c.seen:
             raise
-        print(stopped, file=sys.stderr)  # cancelled while planning: nothing was sent
+        print(stopped(), file=sys.stderr)  # cancelled while planning: nothing was sent
         return 130
     except KeyboardInterrupt:
-        print(stopped, file=sys.stderr)
+        print(stopped(), file=sys.stderr)
         return 130
     finally:
         if not _under_spark_submit():
             spark.stop()
         if server is not None:
-            _stop(server)
+            _stop(server, grace_s=5 if ctrl_c.seen else 20)
     print(summary.render())
     return 0
 
@@ -260,10 +275,10 @@ def _start(server: LocalServer) -> None:
     print(f"spark-vllm: vLLM ready at {server.base_url}", flush=True)
 
 
-def _stop(server: LocalServer) -> None:
+def _stop(server: LocalServer, grace_s: float = 20) -> None:
     if server.proc is not None:
         print("spark-vllm: stopping vLLM", flush=True)
-        server.stop()
+        server.stop(grace_s)
 
 
 def run_local(spec: JobSpec, args: argparse.Namespace) -> int:
@@ -301,8 +316,19 @@ def validate(spec: JobSpec, args: argparse.Namespace) -> int:
     from spark_vllm.inputs import columns_without_spark
 
     columns = columns_without_spark(spec)
+    if columns.problems:
+        print(
+            f"spark-vllm: input.path {spec.input.path!r} has lines that `run` refuses "
+            f"(read from {columns.source}):\n  " + "\n  ".join(columns.problems),
+            file=sys.stderr,
+        )
+        return 2
     if columns.names is None and args.spark:
-        columns = _columns_with_spark(spec)
+        try:
+            columns = _columns_with_spark(spec)
+        except SpecError as exc:  # Spark's reader refuses the input as `run` would
+            print(f"spark-vllm: {exc}", file=sys.stderr)
+            return 2
     if columns.names is None:
         print(f"spark-vllm: {args.spec} is a valid job spec")
         print(
@@ -334,8 +360,6 @@ def _columns_with_spark(spec: JobSpec) -> Columns:
     try:
         df = read_input(spark, spec)
         return Columns(df.columns if df is not None else None, "Spark's reader")
-    except SpecError as exc:
-        return Columns(None, str(exc))
     finally:
         spark.stop()
 

@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from spark_vllm import jdbc, openai_batch
 from spark_vllm.errors import SpecError
+from spark_vllm.openai_batch import BLOCK, FILE, POSITION
 from spark_vllm.spec import InputSpec, JobSpec
 
 
@@ -70,12 +73,94 @@ def _conversation_column(spec: JobSpec) -> str | None:
     return None
 
 
+_POSITIONS = T.StructType(
+    [
+        T.StructField("value", T.StringType()),
+        T.StructField(FILE, T.StringType()),
+        T.StructField(BLOCK, T.LongType()),
+        T.StructField(POSITION, T.LongType()),
+    ]
+)
+
+
+def _positions(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """mapInArrow body: (text, file, split start) in, each line's index in its split added
+    (Spark's text source hands a split's lines over in order)."""
+    where: tuple[str, int] | None = None
+    position = -1
+    for batch in batches:
+        files, blocks = batch.column(1).to_pylist(), batch.column(2).to_pylist()
+        positions = []
+        for file, block in zip(files, blocks, strict=True):
+            if (file, block) != where:
+                where, position = (file, block), 0
+            else:
+                position += 1
+            positions.append(position)
+        yield pa.RecordBatch.from_arrays(
+            [*batch.columns, pa.array(positions, pa.int64())],
+            names=_POSITIONS.fieldNames(),
+        )
+
+
+def _refuse_malformed_lines(spark: SparkSession, src: InputSpec, df: DataFrame) -> None:
+    """SpecError naming the lines of a JSON Lines input that Spark's parser cannot read as
+    a JSON object (it keeps them as corrupt records: a row of nulls, with no id), when
+    schema inference found any. The lines are parsed again with Spark's own parser and
+    the same options, so exactly the lines Spark refused are named, as file:line."""
+    corrupt = {k.lower(): v for k, v in src.options.items()}.get(
+        "columnnameofcorruptrecord", "_corrupt_record"
+    )
+    mode = {k.lower(): v for k, v in src.options.items()}.get("mode", "PERMISSIVE")
+    if corrupt not in df.columns or mode.upper() != "PERMISSIVE":
+        return
+    assert src.path is not None
+    hint = (
+        "fix them, or set input.options.mode: DROPMALFORMED to leave them out of the job "
+        "(Spark then drops them without a word)"
+    )
+    if {k.lower(): v for k, v in src.options.items()}.get("multiline", "false") == "true":
+        raise SpecError(
+            f"input.path {src.path!r} holds JSON that Spark cannot read as objects "
+            f"(input.options.multiLine is true, so each file is one JSON document); {hint}"
+        )
+    lines = (
+        spark.read.text(src.path)
+        .select(
+            F.regexp_replace("value", "^\ufeff", "").alias("value"),
+            F.col("_metadata.file_path").alias(FILE),
+            F.col("_metadata.file_block_start").alias(BLOCK),
+        )
+        .mapInArrow(_positions, _POSITIONS)
+    )
+    parsed = lines.where(F.trim("value") != "").withColumn(
+        "_parsed", F.from_json("value", df.schema, {**src.options, "mode": "PERMISSIVE"})
+    )
+    bad = parsed.where(F.col("_parsed").isNull() | F.col(f"_parsed.{corrupt}").isNotNull())
+    order = [F.col(FILE), F.col(BLOCK), F.col(POSITION)]
+    first = bad.orderBy(*order).limit(openai_batch.SHOWN_PROBLEMS).collect()
+    total = len(first) if len(first) < openai_batch.SHOWN_PROBLEMS else bad.count()
+    place = openai_batch.place
+    shown = [f"{place(lines, r[FILE], r[BLOCK], r[POSITION])}: {r['value'][:80]!r}" for r in first]
+    more = f"\n  … and {total - len(shown)} more" if total > len(shown) else ""
+    raise SpecError(
+        f"input.path {src.path!r} has {total} line{'s' if total != 1 else ''} that "
+        "Spark cannot read as a JSON object, so they have no id and no columns (each line "
+        'of JSON Lines is one object, such as {"id": "q1", "question": "..."}):\n  '
+        + "\n  ".join(shown)
+        + more
+        + f"\n{hint}"
+    )
+
+
 def _read_json(spark: SparkSession, spec: JobSpec) -> DataFrame:
     """JSON Lines, with a conversation column kept as its JSON text: inferring one type for
-    every row's messages would turn a list of content parts into a string."""
+    every row's messages would turn a list of content parts into a string. Lines that are
+    not JSON objects are refused by file:line (see _refuse_malformed_lines)."""
     assert spec.input.path is not None
     reader = spark.read.options(**spec.input.options)
     df = reader.json(spec.input.path)
+    _refuse_malformed_lines(spark, spec.input, df)
     column = _conversation_column(spec)
     if column is None or column not in df.columns:
         return df
@@ -104,12 +189,30 @@ def _read(spark: SparkSession, spec: JobSpec) -> DataFrame:
     return spark.read.options(**{**CSV_DEFAULTS, **src.options}).csv(src.path)
 
 
+def _missing(spark: SparkSession, path: str) -> bool:
+    """True when nothing is at `path` (a glob matching nothing included), asked of the
+    Hadoop file system before Spark's reader, which logs a stack trace for it first."""
+    from py4j.protocol import Py4JJavaError
+
+    context = spark.sparkContext
+    jvm = context._jvm
+    assert jvm is not None
+    try:
+        jpath = jvm.org.apache.hadoop.fs.Path(path)
+        found = jpath.getFileSystem(context._jsc.hadoopConfiguration()).globStatus(jpath)
+    except Py4JJavaError:  # no such file system, no credentials: Spark's reader will say
+        return False
+    return found is None or len(found) == 0
+
+
 def read_input(spark: SparkSession, spec: JobSpec) -> DataFrame | None:
     """The input rows, or None when the input holds no rows and no columns (an empty
     file, or a folder with no data files). SpecError for a path or table not there."""
     from pyspark.errors import AnalysisException
 
     src = spec.input
+    if src.path is not None and src.jdbc is None and _missing(spark, src.path):
+        raise SpecError(f"input.path {src.path!r} does not exist")
     try:
         df = _read(spark, spec)
     except AnalysisException as exc:
@@ -138,6 +241,8 @@ class Columns:
     names: list[str] | None
     source: str
     complete: bool = True
+    # Lines that `run` would refuse, as "file:line: what is wrong" (at most SHOWN_PROBLEMS).
+    problems: list[str] = field(default_factory=list)
 
 
 def _local(path: str) -> Path | None:
@@ -159,12 +264,14 @@ def _data_files(root: Path) -> list[Path]:
     )
 
 
-def _json_columns(files: list[Path]) -> tuple[list[str], bool]:
+def _json_columns(files: list[Path], problems: list[str]) -> tuple[list[str], bool]:
+    """The keys of the first SAMPLE_LINES lines, and whether that was every line; a line
+    that is not a JSON object is added to `problems` (`run` refuses it)."""
     names: dict[str, None] = {}
     read = 0
     for file in files:
         with file.open(encoding="utf-8", errors="replace") as fh:
-            for line in fh:
+            for number, line in enumerate(fh, 1):
                 if not line.strip():
                     continue
                 if read == SAMPLE_LINES:
@@ -172,11 +279,39 @@ def _json_columns(files: list[Path]) -> tuple[list[str], bool]:
                 read += 1
                 try:
                     value = json.loads(line.removeprefix("\ufeff"))
-                except json.JSONDecodeError:
-                    continue  # Spark keeps such a line as a corrupt record
-                if isinstance(value, dict):
-                    names.update(dict.fromkeys(value))
+                except json.JSONDecodeError as exc:
+                    problem = f"not JSON ({exc.msg} at column {exc.colno})"
+                else:
+                    if isinstance(value, dict):
+                        names.update(dict.fromkeys(value))
+                        continue
+                    problem = f"not a JSON object but {type(value).__name__}"
+                if len(problems) < openai_batch.SHOWN_PROBLEMS:
+                    problems.append(f"{file.name}:{number}: {problem}: {line.strip()[:80]!r}")
     return list(names), True
+
+
+def _batch_file_problems(files: list[Path]) -> list[str]:
+    """What `run` would refuse in local OpenAI batch files, as file:line (every line is
+    read: a batch file holds at most 50,000 requests)."""
+    problems: list[str] = []
+    seen: dict[str, str] = {}
+    for file in files:
+        with file.open(encoding="utf-8", errors="replace") as fh:
+            for number, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                fields, problem = openai_batch.check_line(line.removeprefix("\ufeff").strip())
+                where = f"{file.name}:{number}"
+                custom_id = fields.get(openai_batch.ID_COLUMN)
+                if problem is None and custom_id is not None:
+                    if custom_id in seen:
+                        problem = f"custom_id {custom_id!r} is also on {seen[custom_id]}"
+                    else:
+                        seen[custom_id] = where
+                if problem is not None and len(problems) < openai_batch.SHOWN_PROBLEMS:
+                    problems.append(f"{where}: {problem}")
+    return problems
 
 
 def _csv_columns(file: Path, options: dict[str, str]) -> list[str]:
@@ -201,7 +336,12 @@ def columns_without_spark(spec: JobSpec) -> Columns:
     SAMPLE_LINES lines of a local JSON Lines input."""
     src = spec.input
     if src.format == "openai-batch":
-        return Columns(list(openai_batch.INPUT_SCHEMA.fieldNames()), "the batch format")
+        names = list(openai_batch.INPUT_SCHEMA.fieldNames())
+        root = _local(src.path) if src.path is not None else None
+        if root is None or not root.exists():
+            return Columns(names, "the batch format")
+        files = _data_files(root)
+        return Columns(names, f"every line of {src.path}", problems=_batch_file_problems(files))
     if src.format in ("table", "jdbc"):
         where = "the catalog" if src.format == "table" else "the database"
         return Columns(None, f"input.format {src.format} is read from {where} by Spark")
@@ -224,6 +364,7 @@ def columns_without_spark(spec: JobSpec) -> Columns:
         return Columns(names, f"the footer of {files[0].name}")
     if src.format == "csv":
         return Columns(_csv_columns(files[0], src.options), f"the header of {files[0].name}")
-    names, complete = _json_columns(files)
+    problems: list[str] = []
+    names, complete = _json_columns(files, problems)
     source = "every line" if complete else f"the first {SAMPLE_LINES} lines"
-    return Columns(names, f"{source} of {src.path}", complete)
+    return Columns(names, f"{source} of {src.path}", complete, problems)

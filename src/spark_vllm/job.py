@@ -471,6 +471,7 @@ def execute(spark: SparkSession, spec: JobSpec, job: Plan) -> Summary:
     record is written first, so even a run that dies midway leaves the settings its
     answers were made with."""
     failure: BaseException | None = None
+    job.store.begin()
     if job.result is not None or job.record.adopted:
         # Adopting earlier answers (on_change: resume) is recorded even with nothing to
         # send, so the next run with these settings counts them without being told again.

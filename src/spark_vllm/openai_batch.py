@@ -202,7 +202,7 @@ def read_lines(lines: DataFrame) -> DataFrame:
     return lines.mapInArrow(parse_lines, PARSED_SCHEMA)
 
 
-def _place(lines: DataFrame, file: str, block: int, position: int) -> str:
+def place(lines: DataFrame, file: str, block: int, position: int) -> str:
     """`name:line` of a line, from where it was read."""
     before = 0
     if block > 0:  # a file read in several splits: count the lines of the splits before
@@ -218,9 +218,7 @@ def shape_problems(parsed: DataFrame, lines: DataFrame) -> tuple[list[str], int]
     """
     order = [F.col(FILE), F.col(BLOCK), F.col(POSITION)]
     bad = parsed.where(F.col(PROBLEM).isNotNull()).orderBy(*order).limit(SHOWN_PROBLEMS + 1)
-    shown = [
-        f"{_place(lines, r[FILE], r[BLOCK], r[POSITION])}: {r[PROBLEM]}" for r in bad.collect()
-    ]
+    shown = [f"{place(lines, r[FILE], r[BLOCK], r[POSITION])}: {r[PROBLEM]}" for r in bad.collect()]
     total = len(shown)
     if total > SHOWN_PROBLEMS:
         total = parsed.where(F.col(PROBLEM).isNotNull()).count()
@@ -239,7 +237,7 @@ def shape_problems(parsed: DataFrame, lines: DataFrame) -> tuple[list[str], int]
         where: dict[str, list[str]] = {i: [] for i in ids}
         for r in named.where(F.col(ID_COLUMN).isin(ids)).orderBy(*order).collect():
             if len(where[r[ID_COLUMN]]) < 5:
-                where[r[ID_COLUMN]].append(_place(lines, r[FILE], r[BLOCK], r[POSITION]))
+                where[r[ID_COLUMN]].append(place(lines, r[FILE], r[BLOCK], r[POSITION]))
         for r in repeated:
             places = ", ".join(where[r[ID_COLUMN]]) + (", …" if r["count"] > 5 else "")
             shown.append(f"custom_id {r[ID_COLUMN]!r} is on {r['count']} lines: {places}")

@@ -3,9 +3,11 @@
 One interface for both, used by the driver in this order:
 
 1. `prepare()` makes the output ready for the run and says whether earlier runs are
-   there to resume from. Its side effects are explicit steps with their own names:
-   `FileStore.delete` (output.mode overwrite) and `JdbcStore.recover_staging` (the
-   staging tables a driver that died left behind);
+   there to resume from. Its side effect is an explicit step with its own name:
+   `JdbcStore.recover_staging` (the staging tables a driver that died left behind);
+   `begin()`, once the run is about to send (the sidecar is ready), clears an output
+   that output.mode overwrite replaces (`FileStore.delete`), so a run stopped before
+   that leaves the earlier output as it was;
 2. `records()` / `record(...)`: what each run recorded before it sent anything (its
    fingerprint, see fingerprint);
 3. `attempts(...)`: every row ever written, with the `run` column (resume and the
@@ -47,6 +49,9 @@ class OutputStore:
     def prepare(self) -> bool:
         raise NotImplementedError
 
+    def begin(self) -> None:
+        """The run starts sending: replace what output.mode overwrite replaces."""
+
     def records(self) -> dict[str, RunRecord]:
         raise NotImplementedError
 
@@ -84,8 +89,7 @@ class FileStore(OutputStore):
     def prepare(self) -> bool:
         mode = self.spec.output.mode
         if mode == "overwrite":
-            self.delete()
-            return False
+            return False  # deleted by begin(), when the run starts sending
         if mode == "error" and results.exists(self.spark, self.path):
             raise SpecError(
                 f"output.path {self.path!r} exists and output.mode is 'error'; "
@@ -95,6 +99,10 @@ class FileStore(OutputStore):
             return results.holds_runs(self.spark, self.path)
         except ValueError as exc:
             raise SpecError(str(exc)) from None
+
+    def begin(self) -> None:
+        if self.spec.output.mode == "overwrite":
+            self.delete()
 
     def records(self) -> dict[str, RunRecord]:
         return results.read_records(self.spark, self.path)

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from spark_vllm import SpecError, run_job, spec_from_dict
+from spark_vllm.job import execute, plan  # internal: the two halves of run_job
 from tests.conftest import sample_rows
 from tests.integration.jobs import read_rows, run_cli, spec_doc
 
@@ -114,9 +115,26 @@ def test_nothing_to_send_waits_for_no_server_and_starts_none(spark, vllm_server,
     assert len(read_rows(tmp_path / "out")) == ROWS
 
 
-def test_ctrl_c_stops_quietly_with_a_summary_and_the_rerun_resumes(vllm_server, tmp_path):
+def test_overwrite_replaces_the_output_only_once_the_run_starts_sending(spark, tmp_path):
+    """A run stopped while it plans or while its vLLM starts (Ctrl-C, a server that never
+    gets ready) leaves the earlier output as it was; the output is replaced when the run
+    starts sending. An empty input replaces it too: the output then says "no rows"."""
+    earlier = tmp_path / "out" / "run=20260101T000000000000Z"
+    earlier.mkdir(parents=True)
+    (earlier / "part-0.parquet").write_bytes(b"earlier answers")
+    doc = spec_doc(tmp_path, "http://127.0.0.1:9/v1", [], output={"mode": "overwrite"})
+    spec = spec_from_dict(doc)
+    job = plan(spark, spec)
+    assert (earlier / "part-0.parquet").exists()
+    summary = execute(spark, spec, job)
+    assert summary.note == "the input is empty"
+    assert not earlier.exists()
+
+
+@pytest.mark.parametrize("mode", ["resume", "overwrite"])
+def test_ctrl_c_stops_quietly_with_a_summary_and_the_rerun_resumes(vllm_server, tmp_path, mode):
     rows = sample_rows(60)
-    doc = spec_doc(tmp_path, vllm_server, rows, partitions=6,
+    doc = spec_doc(tmp_path, vllm_server, rows, partitions=6, output={"mode": mode},
                    sampling={"max_tokens": 64, "ignore_eos": True},
                    concurrency={"mode": "fixed", "per_executor": 2})  # fmt: skip
     path = tmp_path / "job.yaml"
@@ -135,10 +153,15 @@ def test_ctrl_c_stops_quietly_with_a_summary_and_the_rerun_resumes(vllm_server, 
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "Exception" not in err, err
     assert "interrupted; the rows committed before it stay in" in err
-    assert "running the same command again resumes from them" in err
+    if mode == "resume":
+        assert "running the same command again resumes from them" in err
+        resume: tuple[str, ...] = ()
+    else:  # the same command would delete them: the message says how to keep them
+        assert "to resume from them, run again with --set output.mode=resume" in err
+        resume = ("--set", "output.mode=resume")
     committed = int(re.search(r"rows +(\d+)", out)[1])
     assert 0 < committed < len(rows), out
 
-    again = run_cli(doc, tmp_path)
+    again = run_cli(doc, tmp_path, *resume)
     assert again.returncode == 0, again.stderr
     assert f"skipped       {committed} " in again.stdout

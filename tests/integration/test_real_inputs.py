@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from spark_vllm import SpecError, run_job, spec_from_dict
+from spark_vllm import SpecError, inputs, run_job, spec_from_dict
 from tests.conftest import SERVED_NAME
 from tests.integration.faultproxy import FaultProxy, Faults
 from tests.integration.jobs import (
@@ -245,6 +245,37 @@ def test_an_input_path_that_is_not_there_is_named(spark, tmp_path):
                    input={"format": "parquet", "path": str(tmp_path / "nope")})  # fmt: skip
     with pytest.raises(SpecError, match=r"input.path '.*nope' does not exist"):
         run_job(spark, spec_from_dict(doc))
+    # A glob that matches nothing too; and the command says so without a Java stack
+    # trace first (Spark's reader logged 90 lines of FileNotFoundException before).
+    doc["input"] = {"format": "jsonl", "path": str(tmp_path / "nope" / "*.jsonl")}
+    done = run_cli(doc, tmp_path)
+    assert done.returncode == 2
+    assert "does not exist" in done.stderr
+    assert "FileNotFoundException" not in done.stderr and "\tat " not in done.stderr
+
+
+def test_jsonl_lines_that_are_not_json_objects_are_refused_by_file_and_line(spark, tmp_path):
+    """A user's JSONL with a cut-off line was refused only as `found None` ids: Spark
+    keeps such a line as a corrupt record, a row of nulls. Now the lines are named as
+    Spark's own parser finds them, and DROPMALFORMED leaves them out on purpose."""
+    good = [{"id": str(i), "question": f"q{i}"} for i in range(3)]
+    lines = [json.dumps(good[0]), '{"id": "1", "question": ', "", json.dumps(good[1]),
+             "[1, 2]", "{'id': '2', 'question': 'single quotes: Spark reads them'}"]  # fmt: skip
+    data = tmp_path / "lines.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    doc = spec_doc(tmp_path, "http://127.0.0.1:9/v1", [], output={"keep_columns": []},
+                   input={"format": "jsonl", "path": str(data)})  # fmt: skip
+    with pytest.raises(SpecError) as refused:
+        run_job(spark, spec_from_dict(doc))
+    text = str(refused.value)
+    assert "has 2 lines that Spark cannot read as a JSON object" in text
+    assert 'lines.jsonl:2: \'{"id": "1", "question": \'' in text
+    assert "lines.jsonl:5: '[1, 2]'" in text
+    assert "lines.jsonl:6" not in text and "DROPMALFORMED" in text
+    doc["input"]["options"] = {"mode": "DROPMALFORMED"}
+    plan_only = inputs.read_input(spark, spec_from_dict(doc))
+    assert plan_only is not None
+    assert sorted(r["id"] for r in plan_only.collect()) == ["0", "1", "2"]
 
 
 # 4. Request fields that change the answer's shape: logprobs are stored.

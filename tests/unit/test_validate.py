@@ -89,3 +89,35 @@ def test_what_could_not_be_checked_is_said(tmp_path, capsys, fmt, path, said):
     assert "is a valid job spec" in text
     assert "the input's columns were not checked" in text and said in text
     assert "--spark" in text
+
+
+def test_lines_that_are_not_json_objects_are_named_by_file_and_line(tmp_path, capsys):
+    """A user's JSONL with one cut-off line: `validate` named the file valid, and `run`
+    then refused it only as a null id; both now name the line."""
+    data = tmp_path / "in.jsonl"
+    data.write_text('{"question": "a"}\n{"question": "b", \n\n[1, 2]\n{"question": "c"}\n')
+    code, text = validate(job(tmp_path, "jsonl", data), capsys)
+    assert code == 2
+    assert "in.jsonl:2: not JSON (Expecting property name enclosed in double quotes" in text
+    assert "in.jsonl:4: not a JSON object but list: '[1, 2]'" in text
+    assert "in.jsonl:3" not in text  # a blank line is no row, as for Spark
+
+
+def test_a_batch_file_is_checked_line_by_line_as_run_checks_it(tmp_path, capsys):
+    data = tmp_path / "batch.jsonl"
+    line = {"custom_id": "r1", "method": "POST", "url": "/v1/chat/completions", "body": {}}
+    data.write_text(
+        "\ufeff" + json.dumps(line) + "\n"
+        + json.dumps({**line, "custom-id": "r2"}) + "\n"
+        + "not json\n"
+        + json.dumps(line) + "\n"
+    )  # fmt: skip
+    doc = yaml.safe_load(job(tmp_path, "openai-batch", data).read_text())
+    doc.pop("prompt")
+    (tmp_path / "batch.yaml").write_text(yaml.safe_dump(doc))
+    code, text = validate(tmp_path / "batch.yaml", capsys)
+    assert code == 2
+    assert "batch.jsonl:1:" not in text  # a byte-order mark is fine
+    assert "batch.jsonl:2: unknown key 'custom-id'" in text
+    assert "batch.jsonl:3: not JSON" in text
+    assert "batch.jsonl:4: custom_id 'r1' is also on batch.jsonl:1" in text
