@@ -125,7 +125,8 @@ def _refuse_malformed_lines(spark: SparkSession, src: InputSpec, df: DataFrame) 
             f"(input.options.multiLine is true, so each file is one JSON document); {hint}"
         )
     lines = (
-        spark.read.text(src.path)
+        spark.read.options(**src.options)  # the same files: pathGlobFilter, recursive…
+        .text(src.path)
         .select(
             F.regexp_replace("value", "^\ufeff", "").alias("value"),
             F.col("_metadata.file_path").alias(FILE),
