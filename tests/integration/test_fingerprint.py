@@ -118,7 +118,7 @@ def test_nothing_to_send_waits_for_no_server_and_starts_none(spark, vllm_server,
 def test_overwrite_replaces_the_output_only_once_the_run_starts_sending(spark, tmp_path):
     """A run stopped while it plans or while its vLLM starts (Ctrl-C, a server that never
     gets ready) leaves the earlier output as it was; the output is replaced when the run
-    starts sending. An empty input replaces it too: the output then says "no rows"."""
+    starts sending. A run of an empty input replaces it too, with nothing."""
     earlier = tmp_path / "out" / "run=20260101T000000000000Z"
     earlier.mkdir(parents=True)
     (earlier / "part-0.parquet").write_bytes(b"earlier answers")
@@ -129,6 +129,37 @@ def test_overwrite_replaces_the_output_only_once_the_run_starts_sending(spark, t
     summary = execute(spark, spec, job)
     assert summary.note == "the input is empty"
     assert not earlier.exists()
+
+
+def test_ctrl_c_while_vllm_starts_leaves_the_output_as_it_was(tiny_model, tmp_path):
+    """A new user's Ctrl-C during `local`'s vLLM start under overwrite: the output was
+    already deleted, and the message promised a resume. Now nothing is touched before the
+    run sends, and the message says so."""
+    rows = sample_rows(ROWS)
+    doc = spec_doc(tmp_path, "http://127.0.0.1:9/v1", rows, output={"mode": "overwrite"})
+    earlier = tmp_path / "out" / "run=20260101T000000000000Z"
+    earlier.mkdir(parents=True)
+    (earlier / "part-0.parquet").write_bytes(b"earlier answers")
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    command = [sys.executable, "-m", "spark_vllm.cli", "local", str(path),
+               "--model", str(tiny_model)]  # fmt: skip
+    proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if "starting vLLM" in line:
+            break
+    else:
+        pytest.fail(f"no vLLM start: {proc.communicate()}")
+    time.sleep(2)
+    start = time.monotonic()
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert time.monotonic() - start < 20
+    assert "interrupted before any request was sent" in err, err
+    assert (earlier / "part-0.parquet").read_bytes() == b"earlier answers"
 
 
 @pytest.mark.parametrize("mode", ["resume", "overwrite"])
