@@ -8,10 +8,12 @@ summarizes what was committed. `run_job` is both.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from functools import partial
 
@@ -389,6 +391,37 @@ class Plan:
     tally: Accumulator[Tally] | None = None
 
 
+# The local properties by which Spark's UI groups and names the jobs a thread starts.
+_UI_PROPERTIES = ("spark.jobGroup.id", "spark.job.description", "spark.job.interruptOnCancel")
+
+
+def job_group(run_id: str) -> str:
+    """The Spark job group of a run's Spark jobs: `spark-vllm-<run id>`."""
+    return f"spark-vllm-{run_id}"
+
+
+@contextlib.contextmanager
+def _ui_step(spark: SparkSession, spec: JobSpec, run_id: str, step: str) -> Iterator[None]:
+    """The Spark jobs started inside are grouped under the run (`job_group`) and described
+    in Spark's UI as `spark-vllm <task> <model>: <step>`; the thread's own group and
+    description are restored after (run_job may be called from a user's session)."""
+    context = spark.sparkContext
+    before = {key: context.getLocalProperty(key) for key in _UI_PROPERTIES}
+    context.setJobGroup(job_group(run_id), f"spark-vllm {spec.task} {spec.endpoint.model}: {step}")
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            context.setLocalProperty(key, value)  # type: ignore[arg-type]  # None unsets
+
+
+def _input_name(spec: JobSpec) -> str:
+    src = spec.input
+    if src.jdbc is not None:
+        return f"table {src.jdbc.table} (jdbc)"
+    return f"table {src.table}" if src.format == "table" else f"{src.path} ({src.format})"
+
+
 def plan(spark: SparkSession, spec: JobSpec) -> Plan:
     """Read, check and prepare; spec errors surface here, before any request.
 
@@ -403,7 +436,22 @@ def plan(spark: SparkSession, spec: JobSpec) -> Plan:
     current = fingerprint(spec)
     kind = kind_for(spec)
     store = store_for(spark, spec)
-    df = inputs.read_input(spark, spec)
+    with _ui_step(spark, spec, run_id, f"reading {_input_name(spec)}"):
+        df = inputs.read_input(spark, spec)
+    with _ui_step(spark, spec, run_id, f"resume check against {spec.output.where()}"):
+        return _plan(spark, spec, started, run_id, current, kind, store, df)
+
+
+def _plan(
+    spark: SparkSession,
+    spec: JobSpec,
+    started: float,
+    run_id: str,
+    current: Fingerprint,
+    kind: RequestKind,
+    store: OutputStore,
+    df: DataFrame | None,
+) -> Plan:
     earlier = store.prepare()
     record = RunRecord(run_id, current)
 
@@ -477,9 +525,14 @@ def execute(spark: SparkSession, spec: JobSpec, job: Plan) -> Summary:
         # send, so the next run with these settings counts them without being told again.
         job.store.record(job.record)
     if job.result is not None:
+        step = (
+            f"requests to {spec.endpoint.base_url}, writing {spec.output.where()} "
+            f"(run {job.run_id})"
+        )
         try:
             try:
-                job.store.write(job.result, job.run_id)
+                with _ui_step(spark, spec, job.run_id, step):
+                    job.store.write(job.result, job.run_id)
             finally:
                 job.store.finish(job.run_id)
         except Exception as exc:  # a task failed for good: report what was committed
@@ -489,7 +542,8 @@ def execute(spark: SparkSession, spec: JobSpec, job: Plan) -> Summary:
     wall = time.monotonic() - job.started
     if failure is None:
         return summarize(job, wall)
-    summary = summarize_from_output(job, wall)
+    with _ui_step(spark, spec, job.run_id, f"summary of run {job.run_id}, read back"):
+        summary = summarize_from_output(job, wall)
     if isinstance(failure, KeyboardInterrupt):
         raise JobInterrupted(summary) from None
     raise JobFailed(failure, summary) from failure

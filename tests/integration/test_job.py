@@ -46,6 +46,42 @@ def test_chat_job_writes_exactly_one_answer_per_input_row(spark, vllm_server, tm
     assert summary.prompt_tokens == sum(r["prompt_tokens"] for r in out)
 
 
+def _spark_ui_jobs(spark) -> list[tuple[str | None, str | None]]:
+    """(job group, description) of every Spark job the session's status store holds:
+    what Spark's UI lists on its Jobs page."""
+    store = spark.sparkContext._jsc.sc().statusStore()
+    jobs = store.jobsList(None)
+    found = []
+    for i in range(jobs.size()):
+        job = jobs.apply(i)  # a Scala Seq
+        group, description = job.jobGroup(), job.description()
+        found.append(
+            (
+                group.get() if group.isDefined() else None,
+                description.get() if description.isDefined() else None,
+            )
+        )
+    return found
+
+
+def test_spark_ui_names_each_step_of_the_job(spark, vllm_server, tmp_path):
+    """Spark's UI lists the run's jobs under one group, each described by its step; the
+    caller's own group and description are back afterwards."""
+    spark.sparkContext.setJobGroup("mine", "my pipeline")
+    summary = run_job(spark, spec_from_dict(spec_doc(tmp_path, vllm_server, sample_rows(6))))
+    ours = [d for g, d in _spark_ui_jobs(spark) if g == f"spark-vllm-{summary.run_id}"]
+    prefix = f"spark-vllm chat {SERVED_NAME}: "
+    assert ours and all(d is not None and d.startswith(prefix) for d in ours), ours
+    steps = {d.removeprefix(prefix).split(" ")[0] for d in ours if d}
+    assert {"reading", "resume", "requests"} <= steps, ours
+    assert any(f"writing {tmp_path / 'out'} (parquet)" in d for d in ours if d)
+    context = spark.sparkContext
+    assert context.getLocalProperty("spark.jobGroup.id") == "mine"
+    assert context.getLocalProperty("spark.job.description") == "my pipeline"
+    context.setLocalProperty("spark.jobGroup.id", None)
+    context.setLocalProperty("spark.job.description", None)
+
+
 def test_completion_task_sends_prompts_to_the_completions_endpoint(spark, vllm_server, tmp_path):
     rows = sample_rows(20)
     doc = spec_doc(
