@@ -20,7 +20,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from spark_vllm import jdbc, openai_batch
+from spark_vllm import jdbc, openai_batch, results
 from spark_vllm.errors import SpecError
 from spark_vllm.openai_batch import BLOCK, FILE, POSITION
 from spark_vllm.spec import InputSpec, JobSpec
@@ -85,18 +85,11 @@ _POSITIONS = T.StructType(
 
 def _positions(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
     """mapInArrow body: (text, file, split start) in, each line's index in its split added
-    (Spark's text source hands a split's lines over in order)."""
-    where: tuple[str, int] | None = None
-    position = -1
+    (see openai_batch.LineCounter)."""
+    count = openai_batch.LineCounter()
     for batch in batches:
         files, blocks = batch.column(1).to_pylist(), batch.column(2).to_pylist()
-        positions = []
-        for file, block in zip(files, blocks, strict=True):
-            if (file, block) != where:
-                where, position = (file, block), 0
-            else:
-                position += 1
-            positions.append(position)
+        positions = [count(file, block) for file, block in zip(files, blocks, strict=True)]
         yield pa.RecordBatch.from_arrays(
             [*batch.columns, pa.array(positions, pa.int64())],
             names=_POSITIONS.fieldNames(),
@@ -108,18 +101,16 @@ def _refuse_malformed_lines(spark: SparkSession, src: InputSpec, df: DataFrame) 
     a JSON object (it keeps them as corrupt records: a row of nulls, with no id), when
     schema inference found any. The lines are parsed again with Spark's own parser and
     the same options, so exactly the lines Spark refused are named, as file:line."""
-    corrupt = {k.lower(): v for k, v in src.options.items()}.get(
-        "columnnameofcorruptrecord", "_corrupt_record"
-    )
-    mode = {k.lower(): v for k, v in src.options.items()}.get("mode", "PERMISSIVE")
-    if corrupt not in df.columns or mode.upper() != "PERMISSIVE":
+    options = {k.lower(): v for k, v in src.options.items()}  # Spark's keys ignore case
+    corrupt = options.get("columnnameofcorruptrecord", "_corrupt_record")
+    if corrupt not in df.columns or options.get("mode", "PERMISSIVE").upper() != "PERMISSIVE":
         return
     assert src.path is not None
     hint = (
         "fix them, or set input.options.mode: DROPMALFORMED to leave them out of the job "
         "(Spark then drops them without a word)"
     )
-    if {k.lower(): v for k, v in src.options.items()}.get("multiline", "false") == "true":
+    if options.get("multiline", "false") == "true":
         raise SpecError(
             f"input.path {src.path!r} holds JSON that Spark cannot read as objects "
             f"(input.options.multiLine is true, so each file is one JSON document); {hint}"
@@ -190,29 +181,14 @@ def _read(spark: SparkSession, spec: JobSpec) -> DataFrame:
     return spark.read.options(**{**CSV_DEFAULTS, **src.options}).csv(src.path)
 
 
-def _missing(spark: SparkSession, path: str) -> bool:
-    """True when nothing is at `path` (a glob matching nothing included), asked of the
-    Hadoop file system before Spark's reader, which logs a stack trace for it first."""
-    from py4j.protocol import Py4JJavaError
-
-    context = spark.sparkContext
-    jvm = context._jvm
-    assert jvm is not None
-    try:
-        jpath = jvm.org.apache.hadoop.fs.Path(path)
-        found = jpath.getFileSystem(context._jsc.hadoopConfiguration()).globStatus(jpath)
-    except Py4JJavaError:  # no such file system, no credentials: Spark's reader will say
-        return False
-    return found is None or len(found) == 0
-
-
 def read_input(spark: SparkSession, spec: JobSpec) -> DataFrame | None:
     """The input rows, or None when the input holds no rows and no columns (an empty
     file, or a folder with no data files). SpecError for a path or table not there."""
     from pyspark.errors import AnalysisException
 
     src = spec.input
-    if src.path is not None and src.jdbc is None and _missing(spark, src.path):
+    # Asked before Spark's reader, which logs a stack trace for a missing path first.
+    if src.path is not None and src.jdbc is None and results.matches(spark, src.path) is False:
         raise SpecError(f"input.path {src.path!r} does not exist")
     try:
         df = _read(spark, spec)

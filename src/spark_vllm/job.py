@@ -13,7 +13,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from functools import partial
 
@@ -401,25 +401,23 @@ def job_group(run_id: str) -> str:
 
 
 @contextlib.contextmanager
-def _ui_step(spark: SparkSession, spec: JobSpec, run_id: str, step: str) -> Iterator[None]:
-    """The Spark jobs started inside are grouped under the run (`job_group`) and described
-    in Spark's UI as `spark-vllm <task> <model>: <step>`; the thread's own group and
-    description are restored after (run_job may be called from a user's session)."""
+def _ui_steps(spark: SparkSession, spec: JobSpec, run_id: str) -> Iterator[Callable[[str], None]]:
+    """Yields `step(what)`: the Spark jobs started after it are grouped under the run
+    (`job_group`) and described in Spark's UI as `spark-vllm <task> <model>: <what>`.
+    The thread's own group and description are restored after (run_job may be called
+    from a user's session)."""
     context = spark.sparkContext
     before = {key: context.getLocalProperty(key) for key in _UI_PROPERTIES}
-    context.setJobGroup(job_group(run_id), f"spark-vllm {spec.task} {spec.endpoint.model}: {step}")
+    prefix = f"spark-vllm {spec.task} {spec.endpoint.model}"
+
+    def step(what: str) -> None:
+        context.setJobGroup(job_group(run_id), f"{prefix}: {what}")
+
     try:
-        yield
+        yield step
     finally:
         for key, value in before.items():
             context.setLocalProperty(key, value)  # type: ignore[arg-type]  # None unsets
-
-
-def _input_name(spec: JobSpec) -> str:
-    src = spec.input
-    if src.jdbc is not None:
-        return f"table {src.jdbc.table} (jdbc)"
-    return f"table {src.table}" if src.format == "table" else f"{src.path} ({src.format})"
 
 
 def plan(spark: SparkSession, spec: JobSpec) -> Plan:
@@ -436,82 +434,70 @@ def plan(spark: SparkSession, spec: JobSpec) -> Plan:
     current = fingerprint(spec)
     kind = kind_for(spec)
     store = store_for(spark, spec)
-    with _ui_step(spark, spec, run_id, f"reading {_input_name(spec)}"):
+    with _ui_steps(spark, spec, run_id) as step:
+        step(f"reading {spec.input.where()}")
         df = inputs.read_input(spark, spec)
-    with _ui_step(spark, spec, run_id, f"resume check against {spec.output.where()}"):
-        return _plan(spark, spec, started, run_id, current, kind, store, df)
+        step(f"resume check against {spec.output.where()}")
+        earlier = store.prepare()
+        record = RunRecord(run_id, current)
 
+        def nothing(schema: T.StructType | None, census: Census, note: str) -> Plan:
+            return Plan(kind, store, None, schema, run_id, census, record, started, earlier, note)
 
-def _plan(
-    spark: SparkSession,
-    spec: JobSpec,
-    started: float,
-    run_id: str,
-    current: Fingerprint,
-    kind: RequestKind,
-    store: OutputStore,
-    df: DataFrame | None,
-) -> Plan:
-    earlier = store.prepare()
-    record = RunRecord(run_id, current)
-
-    def nothing(schema: T.StructType | None, census: Census, note: str) -> Plan:
-        return Plan(kind, store, None, schema, run_id, census, record, started, earlier, note)
-
-    if df is None:
-        return nothing(None, Census(), "the input is empty")
-    spec.check_columns(df.columns)
-    df = with_ids(df, spec)
-    id_column = spec.id_column()
-    needed = dict.fromkeys(
-        [
-            id_column,
-            *spec.prompt_columns(),
-            *(["method", "url", "body"] if spec.input.format == "openai-batch" else []),
-            *([spec.sampling_column] if spec.sampling_column else []),
-            *spec.output.keep_columns,
-        ]
-    )
-    df = df.select(*[_quote(c) for c in needed])
-    schema = output_schema(df, spec, kind)
-    stored = kind.stored_schema(schema)
-    latest = results.latest_outcome(store.attempts(stored), id_column) if earlier else None
-    same = matching_runs(store.records(), current) if earlier else set()
-    census = take_census(df, latest, id_column, same)
-    if census.bad_ids:
-        refuse_bad_ids(df, id_column)
-    if census.stale:
-        if spec.output.on_change == "refuse":
-            run = census.stale_runs[-1]
-            found = store.records().get(run, RunRecord(run, None))
-            raise SpecError(_changed_settings(store, found, census.stale, current))
-        record.adopted = census.stale_runs
-        census.skipped += census.stale
-        same |= set(census.stale_runs)
-    if latest is not None and census.skipped:
-        done = latest.where(F.col("ok") & F.col(results.RUN_COLUMN).isin(sorted(same)))
-        df = df.join(done.select(_quote(id_column)), id_column, "left_anti")
-    if census.to_send == 0:
-        note = (
-            "nothing to send: every id succeeded in earlier runs"
-            if census.rows
-            else ("the input is empty")
+        if df is None:
+            return nothing(None, Census(), "the input is empty")
+        spec.check_columns(df.columns)
+        df = with_ids(df, spec)
+        id_column = spec.id_column()
+        needed = dict.fromkeys(
+            [
+                id_column,
+                *spec.prompt_columns(),
+                *(["method", "url", "body"] if spec.input.format == "openai-batch" else []),
+                *([spec.sampling_column] if spec.sampling_column else []),
+                *spec.output.keep_columns,
+            ]
         )
-        return nothing(stored, census, note)
-    tally = spark.sparkContext.accumulator(Tally(), TallyParam())
-    cfg = replace(task_config(spec, schema, task_slots(spark), kind), tally=tally)
-    return Plan(
-        kind=kind,
-        store=store,
-        result=arrange(df, spec, spark).mapInArrow(partial(run_partition, cfg=cfg), schema),
-        schema=stored,
-        run_id=run_id,
-        census=census,
-        record=record,
-        started=started,
-        earlier_runs=earlier,
-        tally=tally,
-    )
+        df = df.select(*[_quote(c) for c in needed])
+        schema = output_schema(df, spec, kind)
+        stored = kind.stored_schema(schema)
+        latest = results.latest_outcome(store.attempts(stored), id_column) if earlier else None
+        same = matching_runs(store.records(), current) if earlier else set()
+        census = take_census(df, latest, id_column, same)
+        if census.bad_ids:
+            refuse_bad_ids(df, id_column)
+        if census.stale:
+            if spec.output.on_change == "refuse":
+                run = census.stale_runs[-1]
+                found = store.records().get(run, RunRecord(run, None))
+                raise SpecError(_changed_settings(store, found, census.stale, current))
+            record.adopted = census.stale_runs
+            census.skipped += census.stale
+            same |= set(census.stale_runs)
+        if latest is not None and census.skipped:
+            done = latest.where(F.col("ok") & F.col(results.RUN_COLUMN).isin(sorted(same)))
+            df = df.join(done.select(_quote(id_column)), id_column, "left_anti")
+        if census.to_send == 0:
+            note = (
+                "nothing to send: every id succeeded in earlier runs"
+                if census.rows
+                else ("the input is empty")
+            )
+            return nothing(stored, census, note)
+        tally = spark.sparkContext.accumulator(Tally(), TallyParam())
+        cfg = replace(task_config(spec, schema, task_slots(spark), kind), tally=tally)
+        return Plan(
+            kind=kind,
+            store=store,
+            result=arrange(df, spec, spark).mapInArrow(partial(run_partition, cfg=cfg), schema),
+            schema=stored,
+            run_id=run_id,
+            census=census,
+            record=record,
+            started=started,
+            earlier_runs=earlier,
+            tally=tally,
+        )
 
 
 def execute(spark: SparkSession, spec: JobSpec, job: Plan) -> Summary:
@@ -525,13 +511,11 @@ def execute(spark: SparkSession, spec: JobSpec, job: Plan) -> Summary:
         # send, so the next run with these settings counts them without being told again.
         job.store.record(job.record)
     if job.result is not None:
-        step = (
-            f"requests to {spec.endpoint.base_url}, writing {spec.output.where()} "
-            f"(run {job.run_id})"
-        )
         try:
             try:
-                with _ui_step(spark, spec, job.run_id, step):
+                with _ui_steps(spark, spec, job.run_id) as step:
+                    url, where = spec.endpoint.base_url, spec.output.where()
+                    step(f"requests to {url}, writing {where} (run {job.run_id})")
                     job.store.write(job.result, job.run_id)
             finally:
                 job.store.finish(job.run_id)
@@ -542,7 +526,8 @@ def execute(spark: SparkSession, spec: JobSpec, job: Plan) -> Summary:
     wall = time.monotonic() - job.started
     if failure is None:
         return summarize(job, wall)
-    with _ui_step(spark, spec, job.run_id, f"summary of run {job.run_id}, read back"):
+    with _ui_steps(spark, spec, job.run_id) as step:
+        step(f"summary of run {job.run_id}, read back")
         summary = summarize_from_output(job, wall)
     if isinstance(failure, KeyboardInterrupt):
         raise JobInterrupted(summary) from None

@@ -166,23 +166,35 @@ def check_line(text: str) -> tuple[dict[str, str | None], str | None]:
     return fields, "; ".join(problems) or None
 
 
+class LineCounter:
+    """Each line's index in the split it was read in, from (file, split start) pairs in
+    the order Spark's text source hands them over: one split's lines in order, one split
+    after another, so counting within a split places every line (blank ones counted)."""
+
+    def __init__(self) -> None:
+        self.where: tuple[str, int] | None = None
+        self.position = -1
+
+    def __call__(self, file: str, block: int) -> int:
+        if (file, block) != self.where:
+            self.where, self.position = (file, block), 0
+        else:
+            self.position += 1
+        return self.position
+
+
 def parse_lines(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
     """mapInArrow body: rows of (text, file, split start) in, PARSED_SCHEMA rows out.
 
-    Spark's text source hands each split's lines over in order, one split after
-    another, so counting within a split gives each line's position in it. Blank lines
-    are counted but give no row; a byte-order mark at the start of a file is dropped.
+    Lines are placed by LineCounter. Blank lines are counted but give no row; a
+    byte-order mark at the start of a file is dropped.
     """
-    where: tuple[str, int] | None = None
-    position = -1
+    count = LineCounter()
     for batch in batches:
         out: dict[str, list[Any]] = {name: [] for name in _PARSED_ARROW.names}
         texts, files, blocks = (batch.column(i).to_pylist() for i in range(3))
         for text, file, block in zip(texts, files, blocks, strict=True):
-            if (file, block) != where:
-                where, position = (file, block), 0
-            else:
-                position += 1
+            position = count(file, block)
             if text is None or not text.strip():
                 continue
             if block == 0 and position == 0:

@@ -49,6 +49,19 @@ def exists(spark: SparkSession, path: str) -> bool:
     return bool(fs.exists(jpath))
 
 
+def matches(spark: SparkSession, path: str) -> bool | None:
+    """Whether anything is at `path`, a glob included; None when the file system cannot
+    be asked (no such scheme, no credentials: Spark's reader will say what is wrong)."""
+    from py4j.protocol import Py4JJavaError
+
+    try:
+        fs, jpath = _fs(spark, path)
+        found = fs.globStatus(jpath)
+    except Py4JJavaError:
+        return None
+    return found is not None and len(found) > 0
+
+
 def delete(spark: SparkSession, path: str) -> None:
     fs, jpath = _fs(spark, path)
     fs.delete(jpath, True)

@@ -153,6 +153,15 @@ class InputSpec(_Strict):
     options: dict[str, str] = Field(default_factory=dict, description="passed to Spark's reader")
     jdbc: JdbcInput | None = Field(default=None, description="format jdbc: what to read")
 
+    def where(self) -> str:
+        """The input, for messages and Spark's UI."""
+        if self.jdbc is not None:
+            table = self.jdbc.table
+            return f"table {table} (jdbc)" if table else "a query (jdbc)"
+        if self.format == "table":
+            return f"table {self.table}"
+        return f"{self.path} ({self.format})"
+
     @model_validator(mode="after")
     def _source(self) -> InputSpec:
         if self.format == "jdbc" and self.jdbc is None:

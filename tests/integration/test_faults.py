@@ -34,6 +34,22 @@ def wait_for(predicate, timeout: float, what: str) -> None:
         time.sleep(0.2)
 
 
+def start_job(spark, doc: dict) -> tuple[threading.Thread, dict[str, object]]:
+    """run_job on a thread of its own, so the test can break things meanwhile; the dict
+    gets its `summary` or its `error` when it ends."""
+    done: dict[str, object] = {}
+
+    def job() -> None:
+        try:
+            done["summary"] = run_job(spark, spec_from_dict(doc))
+        except BaseException as exc:
+            done["error"] = exc
+
+    thread = threading.Thread(target=job)
+    thread.start()
+    return thread, done
+
+
 @pytest.mark.parametrize("status", [503, 429])
 def test_resets_and_bursts_are_retried_and_nothing_is_lost(spark, vllm_server, tmp_path, status):
     rows = sample_rows(120)
@@ -61,16 +77,7 @@ def test_a_dead_engine_is_waited_out_without_spending_row_attempts(spark, vllm_s
     rows = sample_rows(120)
     with FaultProxy(vllm_server) as proxy:
         doc = spec_doc(tmp_path, proxy.base_url, rows, timeouts={"ready_s": 30, "outage_s": 120})
-        done: dict[str, object] = {}
-
-        def job() -> None:
-            try:
-                done["summary"] = run_job(spark, spec_from_dict(doc))
-            except BaseException as exc:
-                done["error"] = exc
-
-        thread = threading.Thread(target=job)
-        thread.start()
+        thread, done = start_job(spark, doc)
         wait_for(lambda: proxy.forwarded >= 20, 180, "20 answered requests")
         proxy.engine_dead = True
         wait_for(lambda: proxy.dead_answers >= 4, 60, "requests answered by the dead engine")
@@ -97,16 +104,7 @@ def test_vllm_killed_and_restarted_mid_job(spark, vllm_local, tmp_path):
             timeouts={"ready_s": 60, "outage_s": 400},
             concurrency={"per_executor": 8},
         )
-        done: dict[str, object] = {}
-
-        def job() -> None:
-            try:
-                done["summary"] = run_job(spark, spec_from_dict(doc))
-            except BaseException as exc:
-                done["error"] = exc
-
-        thread = threading.Thread(target=job)
-        thread.start()
+        thread, done = start_job(spark, doc)
         wait_for(lambda: proxy.forwarded >= 30, 180, "30 answered requests")
         answered_before = proxy.forwarded
         vllm_local.stop()  # SIGTERM then SIGKILL to the server's whole process group
