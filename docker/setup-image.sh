@@ -2,13 +2,23 @@
 # Run once while building either image variant, as root: lays out what the Spark on
 # Kubernetes image contract expects, on top of a Python environment holding pyspark.
 #
-# Usage: setup-image.sh PYTHON UID
-#   PYTHON  the interpreter whose pyspark package becomes SPARK_HOME's content
-#   UID     uid (and gid) of the unprivileged `spark` user every role runs as
+# Usage: setup-image.sh PYTHON UID [SPARK_VERSION]
+#   PYTHON         the interpreter whose pyspark package becomes SPARK_HOME's content
+#   UID            uid (and gid) of the unprivileged `spark` user every role runs as
+#   SPARK_VERSION  the Spark version the image must carry (pyproject.toml's version set);
+#                  the build fails when the installed pyspark is another
 set -euo pipefail
 
 python=$1
 uid=$2
+want_spark=${3:-}
+
+have_spark=$("$python" -c 'import pyspark; print(pyspark.__version__)')
+if [ -n "$want_spark" ] && [ "$have_spark" != "$want_spark" ]; then
+    echo "setup-image: the wheelhouse holds pyspark $have_spark, the version set says" \
+        "Spark $want_spark: rebuild the wheelhouse (scripts/build-image.sh)" >&2
+    exit 1
+fi
 
 # JAVA_HOME at a fixed path whatever the JDK package's architecture suffix is.
 java_bin=$(readlink -f "$(command -v java)")

@@ -10,7 +10,7 @@ It does what spark-submit alone does not:
   (Spark's default inside the driver, https://kubernetes.default.svc, needs cluster DNS);
 - it names the driver pod SPARK_VLLM_DRIVER_POD, replacing a finished driver of that name
   (a rerun of the job) and refusing to start while one still runs;
-- it exits with the driver's outcome: Spark 4.3's spark-submit waits for the driver but
+- it exits with the driver's outcome: Spark 4's spark-submit waits for the driver but
   exits 0 whatever became of it, so a Job would report success for a failed job.
 
 Only the standard library: the pod's ServiceAccount token authenticates it.

@@ -58,7 +58,7 @@ def test_round_trip_detects_an_unknown_field() -> None:
         "metadata": {"name": "x"},
         "spec": {
             "type": "Python",
-            "sparkVersion": "4.3.0",
+            "sparkVersion": "4.2.0",
             "mainApplicationFile": "f",
             "driver": {"cores": 1},
             "executor": {"instanses": 2},

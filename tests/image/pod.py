@@ -21,7 +21,8 @@ Obj = dict[str, Any]
 # What makes the CPU image: a change to any of these builds a new one.
 IMAGE_INPUTS = [
     ".dockerignore",
-    "docker/Dockerfile.cpu",
+    "docker/Dockerfile",
+    "docker/getGpusResources.sh",
     "docker/entrypoint.sh",
     "docker/submit.py",
     "docker/setup-image.sh",

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import SERVED_NAME
+from tests.versions import VERSIONS
 
 from .conftest import Rendered, pod_volumes, read_jsonl
 from .pod import ROOT, Obj, PodVolumes, docker, logs, run_args
@@ -159,4 +160,12 @@ def test_image_runs_as_non_root_uid_185_with_spark_home_and_java(image: str) -> 
     out = docker("run", "--rm", image, "bash", "-c", script)
     uid, version = out.split("\n")[:2]
     assert uid == "185"
-    assert version == "version 4.3.0"
+    assert version == f"version {VERSIONS['spark']}"
+
+
+def test_image_labels_name_its_version_set(image: str) -> None:
+    labels = json.loads(docker("image", "inspect", "--format", "{{json .Config.Labels}}", image))
+    assert labels["io.github.spark-vllm.variant"] == "cpu"
+    assert labels["io.github.spark-vllm.spark-version"] == VERSIONS["spark"]
+    assert labels["io.github.spark-vllm.vllm-version"] == VERSIONS["vllm"]
+    assert labels["io.github.spark-vllm.rapids-version"] == ""  # the CPU image has none

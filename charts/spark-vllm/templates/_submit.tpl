@@ -83,7 +83,7 @@ submission.go), plus the pod templates. A dict of strings. */}}
 {{- range $k, $v := .Values.sparkConf }}
 {{- $_ := set $p $k (toString $v) }}
 {{- end }}
-{{- /* Two of Spark 4.3's own driver steps are left out, unless sparkConf names the steps:
+{{- /* Two of Spark 4's own driver steps are left out, unless sparkConf names the steps:
 - the headless Service for the driver: executors reach the driver at its pod IP, so it
   serves nothing, and Kubernetes < 1.21 refuse the server-side apply Spark creates it with
   (".spec.ports: element 0: associative list with keys has an element that omits key field
