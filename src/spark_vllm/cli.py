@@ -106,7 +106,53 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--served-model-name", default=None, help="the name to serve it under (default: --model)"
     )
+    summary = sub.add_parser(
+        "summary", help="print the summary an earlier run of the job left beside its output"
+    )
+    _add_spec_args(summary)
+    summary.add_argument("--run", default=None, help="the run's id (default: the latest run)")
+    summary.add_argument(
+        "--json", action="store_true", help="print the summary's JSON document instead"
+    )
+    summary.add_argument("--all", action="store_true", help="every run's summary, the oldest first")
     return parser
+
+
+def show_summaries(spec: JobSpec, args: argparse.Namespace) -> int:
+    """`spark-vllm summary`: the summaries earlier runs left beside the spec's output."""
+    import json
+
+    from spark_vllm.stores import store_for
+    from spark_vllm.summary import Summary
+
+    spark = spark_session(spec)
+    try:
+        found = store_for(spark, spec).summaries()
+    finally:
+        if not _under_spark_submit():
+            spark.stop()
+    where = spec.output.where()
+    if not found:
+        print(f"spark-vllm: {where} holds no run summary", file=sys.stderr)
+        return 1
+    runs = sorted(found)  # run ids begin with their UTC start time
+    if args.run is not None:
+        if args.run not in found:
+            print(
+                f"spark-vllm: {where} holds no summary of run {args.run!r}; it holds "
+                f"{', '.join(runs)}",
+                file=sys.stderr,
+            )
+            return 1
+        runs = [args.run]
+    elif not args.all:
+        runs = runs[-1:]
+    for run in runs:
+        if args.json:
+            print(found[run])
+        else:
+            print(Summary.from_dict(json.loads(found[run])).render())
+    return 0
 
 
 def _under_spark_submit() -> bool:
@@ -381,6 +427,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "validate":
         return validate(spec, args)
+    if args.command == "summary":
+        return show_summaries(spec, args)
     signal.signal(signal.SIGTERM, _terminate)
     if args.command == "local":
         return run_local(spec, args)

@@ -243,27 +243,54 @@ def runs_table(out: JdbcOutput) -> str:
     return _sibling(out, _staging_prefix(out) + "runs")
 
 
-def write_record(spark: SparkSession, out: JdbcOutput, record: RunRecord) -> None:
-    """Record a run's fingerprint (before the run stages any row); the table is created,
-    with the database's own text type, when missing."""
+def summaries_table(out: JdbcOutput) -> str:
+    """The table of the target's run summaries (run, summary: its JSON document)."""
+    return _sibling(out, _staging_prefix(out) + "summaries")
+
+
+def _append_text(
+    spark: SparkSession, out: JdbcOutput, table: str, column: str, row: tuple[str, str]
+) -> None:
+    """Append (run, text) to `table` (columns run and `column`), created with the
+    database's own text type when missing."""
     (
-        spark.createDataFrame([(record.run, record.to_json())], "run string, record string")
+        spark.createDataFrame([row], f"run string, {column} string")
         .write.format("jdbc")
         .option("url", out.url)
         .options(**properties(out, "output.jdbc"))
-        .option("dbtable", quote_table(runs_table(out)))
+        .option("dbtable", quote_table(table))
         .mode("append")
         .save()
     )
 
 
-def read_records(spark: SparkSession, out: JdbcOutput) -> dict[str, RunRecord]:
-    """The run records of the target, by run id (none when the table is missing)."""
-    table = runs_table(out)
+def _read_texts(spark: SparkSession, out: JdbcOutput, table: str, column: str) -> dict[str, str]:
+    """{run: text} of `table`'s columns run and `column` (none when it is missing)."""
     if not Database(spark, out, "output.jdbc").has_table(table):
         return {}
-    rows = read_table(spark, out, table).collect()
-    return {r["run"]: RunRecord.from_json(r["run"], r["record"]) for r in rows}
+    rows = read_table(spark, out, table).select("run", column).collect()
+    return {r["run"]: r[column] for r in rows}
+
+
+def write_record(spark: SparkSession, out: JdbcOutput, record: RunRecord) -> None:
+    """Record a run's fingerprint (before the run stages any row)."""
+    _append_text(spark, out, runs_table(out), "record", (record.run, record.to_json()))
+
+
+def read_records(spark: SparkSession, out: JdbcOutput) -> dict[str, RunRecord]:
+    """The run records of the target, by run id (none when the table is missing)."""
+    texts = _read_texts(spark, out, runs_table(out), "record")
+    return {run: RunRecord.from_json(run, text) for run, text in texts.items()}
+
+
+def write_summary(spark: SparkSession, out: JdbcOutput, run_id: str, text: str) -> None:
+    """Leave a run's summary (its JSON document) beside the target."""
+    _append_text(spark, out, summaries_table(out), "summary", (run_id, text))
+
+
+def read_summaries(spark: SparkSession, out: JdbcOutput) -> dict[str, str]:
+    """The JSON summaries of the target's runs, by run id."""
+    return _read_texts(spark, out, summaries_table(out), "summary")
 
 
 def recover(spark: SparkSession, out: JdbcOutput, id_column: str) -> list[str]:

@@ -9,14 +9,20 @@ summarizes what was committed. `run_job` is both.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
+import logging
 import math
 import os
+import platform
 import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from functools import partial
 
+import pyspark
 from pyspark.accumulators import Accumulator
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
@@ -39,6 +45,7 @@ from spark_vllm.kinds import (
     Embedding,
     RequestKind,
 )
+from spark_vllm.progress import ProgressBoard, ProgressPrinter
 from spark_vllm.prompt import PromptBuilder
 from spark_vllm.retry import RetryPolicy
 from spark_vllm.runner import (
@@ -52,6 +59,8 @@ from spark_vllm.runner import (
 from spark_vllm.spec import JobSpec
 from spark_vllm.stores import OutputStore, store_for
 from spark_vllm.summary import Summary, Tally, TallyParam, summarize, summarize_from_output
+
+log = logging.getLogger(__name__)
 
 __all__ = ["JobFailed", "JobInterrupted", "Plan", "Summary", "execute", "plan", "run_job"]
 
@@ -389,6 +398,7 @@ class Plan:
     earlier_runs: bool = False
     note: str = ""
     tally: Accumulator[Tally] | None = None
+    progress: ProgressBoard | None = None  # where the tasks report as they go
 
 
 # The local properties by which Spark's UI groups and names the jobs a thread starts.
@@ -485,7 +495,12 @@ def plan(spark: SparkSession, spec: JobSpec) -> Plan:
             )
             return nothing(stored, census, note)
         tally = spark.sparkContext.accumulator(Tally(), TallyParam())
-        cfg = replace(task_config(spec, schema, task_slots(spark), kind), tally=tally)
+        board = progress_board(spark, spec)
+        cfg = replace(
+            task_config(spec, schema, task_slots(spark), kind),
+            tally=tally,
+            progress=board.target if board is not None else None,
+        )
         return Plan(
             kind=kind,
             store=store,
@@ -497,7 +512,30 @@ def plan(spark: SparkSession, spec: JobSpec) -> Plan:
             started=started,
             earlier_runs=earlier,
             tally=tally,
+            progress=board,
         )
+
+
+def progress_board(spark: SparkSession, spec: JobSpec) -> ProgressBoard | None:
+    """The driver's progress endpoint for the run's tasks (None: `progress.enabled` is
+    false), listening where Spark's driver listens: its bind address (the pod's IP in a
+    driver pod on Kubernetes, which executors reach without cluster DNS), else its host."""
+    if not spec.progress.enabled:
+        return None
+    conf = spark.sparkContext.getConf()
+    host = conf.get("spark.driver.host") or "127.0.0.1"
+    bind = conf.get("spark.driver.bindAddress") or host
+    if bind not in ("0.0.0.0", "::"):  # noqa: S104  # a wildcard is no address to reach
+        host = bind
+    return ProgressBoard(host, bind, spec.progress.port, spec.progress.interval_s)
+
+
+def _shown(spec: JobSpec, job: Plan) -> contextlib.AbstractContextManager[object]:
+    """The run's progress on stderr while it sends, when the tasks report it."""
+    if job.progress is None:
+        return contextlib.nullcontext()
+    interval = spec.progress.interval_s
+    return ProgressPrinter(job.progress, job.census.to_send, interval, tokens=job.kind.tokens)
 
 
 def execute(spark: SparkSession, spec: JobSpec, job: Plan) -> Summary:
@@ -513,11 +551,13 @@ def execute(spark: SparkSession, spec: JobSpec, job: Plan) -> Summary:
     if job.result is not None:
         try:
             try:
-                with _ui_steps(spark, spec, job.run_id) as step:
+                with _ui_steps(spark, spec, job.run_id) as step, _shown(spec, job):
                     url, where = spec.endpoint.base_url, spec.output.where()
                     step(f"requests to {url}, writing {where} (run {job.run_id})")
                     job.store.write(job.result, job.run_id)
             finally:
+                if job.progress is not None:
+                    job.progress.close()
                 job.store.finish(job.run_id)
         except Exception as exc:  # a task failed for good: report what was committed
             failure = exc
@@ -525,13 +565,39 @@ def execute(spark: SparkSession, spec: JobSpec, job: Plan) -> Summary:
             failure = exc
     wall = time.monotonic() - job.started
     if failure is None:
-        return summarize(job, wall)
-    with _ui_steps(spark, spec, job.run_id) as step:
-        step(f"summary of run {job.run_id}, read back")
-        summary = summarize_from_output(job, wall)
+        summary = summarize(job, wall)
+    else:
+        with _ui_steps(spark, spec, job.run_id) as step:
+            step(f"summary of run {job.run_id}, read back")
+            summary = summarize_from_output(job, wall)
+        summary.status = "interrupted" if isinstance(failure, KeyboardInterrupt) else "failed"
+    if job.result is not None:
+        _leave_summary(spec, job, summary)
+    if failure is None:
+        return summary
     if isinstance(failure, KeyboardInterrupt):
         raise JobInterrupted(summary) from None
     raise JobFailed(failure, summary) from failure
+
+
+def _leave_summary(spec: JobSpec, job: Plan, summary: Summary) -> None:
+    """Complete the summary's account of the run and leave it beside the output as JSON
+    (a failure to write it is logged: it must not hide how the run ended)."""
+    settings = json.dumps(job.record.fingerprint, sort_keys=True, ensure_ascii=False)
+    summary.task, summary.model = spec.task, spec.endpoint.model
+    summary.settings_sha256 = hashlib.sha256(settings.encode()).hexdigest()
+    summary.finished_at = datetime.now(UTC).isoformat(timespec="seconds")
+    from spark_vllm import __version__
+
+    summary.versions = {
+        "spark_vllm": __version__,
+        "pyspark": pyspark.__version__,
+        "python": platform.python_version(),
+    }
+    try:
+        job.store.save_summary(job.run_id, json.dumps(summary.to_dict(), ensure_ascii=False))
+    except Exception as exc:
+        log.warning("could not leave the summary of run %s: %s", job.run_id, exc)
 
 
 def run_job(spark: SparkSession, spec: JobSpec) -> Summary:

@@ -76,38 +76,60 @@ def entries(spark: SparkSession, path: str) -> list[str]:
     return [n for n in names if not n.startswith(("_", "."))]
 
 
-# Where each run's record goes (spark and Hadoop skip names that start with `_`).
+# Where each run's record and summary go (Spark and Hadoop skip names that start with `_`).
 RECORDS = "_spark_vllm/runs"
+SUMMARIES = "_spark_vllm/summaries"
 
 
-def write_record(spark: SparkSession, path: str, record: RunRecord) -> None:
-    """Record a run's fingerprint under `path` (before the run writes any row)."""
-    fs, jpath = _fs(spark, f"{path.rstrip('/')}/{RECORDS}/{record.run}.json")
+def write_text(spark: SparkSession, path: str, text: str) -> None:
+    """Write `text` (UTF-8) to the file `path`, replacing it, through Hadoop's file system."""
+    fs, jpath = _fs(spark, path)
     stream = fs.create(jpath, True)
     try:
-        stream.write(bytearray(record.to_json().encode("utf-8")))
+        stream.write(bytearray(text.encode("utf-8")))
     finally:
         stream.close()
 
 
-def read_records(spark: SparkSession, path: str) -> dict[str, RunRecord]:
-    """The records of the runs under `path`, by run id."""
-    folder = f"{path.rstrip('/')}/{RECORDS}"
+def read_texts(spark: SparkSession, folder: str, suffix: str) -> dict[str, str]:
+    """The text of each file under `folder` whose name ends with `suffix`, by its name
+    without the suffix (none when `folder` is missing)."""
     fs, _ = _fs(spark, folder)
     jvm = spark.sparkContext._jvm
     assert jvm is not None
     found = {}
     for name in entries(spark, folder):
-        if not name.endswith(".json"):
+        if not name.endswith(suffix):
             continue
         stream = fs.open(jvm.org.apache.hadoop.fs.Path(f"{folder}/{name}"))
         try:
-            text = str(jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8"))
+            found[name.removesuffix(suffix)] = str(
+                jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8")
+            )
         finally:
             stream.close()
-        run = name.removesuffix(".json")
-        found[run] = RunRecord.from_json(run, text)
     return found
+
+
+def write_record(spark: SparkSession, path: str, record: RunRecord) -> None:
+    """Record a run's fingerprint under `path` (before the run writes any row)."""
+    write_text(spark, f"{path.rstrip('/')}/{RECORDS}/{record.run}.json", record.to_json())
+
+
+def read_records(spark: SparkSession, path: str) -> dict[str, RunRecord]:
+    """The records of the runs under `path`, by run id."""
+    texts = read_texts(spark, f"{path.rstrip('/')}/{RECORDS}", ".json")
+    return {run: RunRecord.from_json(run, text) for run, text in texts.items()}
+
+
+def write_summary(spark: SparkSession, path: str, run_id: str, text: str) -> None:
+    """Leave a run's summary (its JSON document) under `path`."""
+    write_text(spark, f"{path.rstrip('/')}/{SUMMARIES}/{run_id}.json", text)
+
+
+def read_summaries(spark: SparkSession, path: str) -> dict[str, str]:
+    """The JSON summaries of the runs under `path`, by run id."""
+    return read_texts(spark, f"{path.rstrip('/')}/{SUMMARIES}", ".json")
 
 
 def holds_runs(spark: SparkSession, path: str) -> bool:

@@ -11,7 +11,10 @@ becomes, and what its answer gives, is its kind's business (see kinds).
 from __future__ import annotations
 
 import asyncio
+import random
+import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Coroutine, Iterator
 from concurrent.futures import Future
@@ -24,6 +27,7 @@ from spark_vllm.adaptive import AdaptiveWindow, WindowPolicy
 from spark_vllm.client import Result, SidecarClient, read_api_key, server_root, wait_ready
 from spark_vllm.errors import ErrorBudgetExceeded, RowError, RowFailed
 from spark_vllm.kinds import RequestKind
+from spark_vllm.progress import Counts, ProgressReporter, ProgressTarget, task_identity
 from spark_vllm.retry import RetryPolicy
 from spark_vllm.summary import Tally
 
@@ -88,6 +92,8 @@ class TaskConfig:
     flush_rows: int = FLUSH_ROWS
     # A Spark accumulator of summary.Tally: what the task counted goes there at its end.
     tally: Any = None
+    # The driver's progress endpoint: the task reports its counts there as it goes.
+    progress: ProgressTarget | None = None
 
 
 def _new_event_loop() -> asyncio.AbstractEventLoop:
@@ -146,6 +152,37 @@ class _Columns:
             values.clear()
         self.rows = 0
         return batch
+
+
+class _Latencies:
+    """Request latencies in ms: their mean, and their 95th percentile from a uniform
+    sample of at most `keep` (reservoir sampling), so a long task's memory stays flat."""
+
+    def __init__(self, keep: int = 4096) -> None:
+        self.keep = keep
+        self.count = 0
+        self.total = 0.0
+        self.sample: list[float] = []
+        self._random = random.Random(0)  # noqa: S311  # a sample, not a secret
+
+    def add(self, ms: float) -> None:
+        self.count += 1
+        self.total += ms
+        if len(self.sample) < self.keep:
+            self.sample.append(ms)
+        else:
+            slot = self._random.randrange(self.count)
+            if slot < self.keep:
+                self.sample[slot] = ms
+
+    def mean(self) -> float:
+        return self.total / self.count if self.count else 0.0
+
+    def p95(self) -> float:
+        if not self.sample:
+            return 0.0
+        ranked = sorted(self.sample)
+        return ranked[min(len(ranked) - 1, int(0.95 * len(ranked)))]
 
 
 Rows = list[dict[str, Any]]
@@ -207,13 +244,21 @@ class PartitionRunner:
         self.started = False
         self.loop: _LoopThread | None = None
         self.tally = Tally()
+        self.latencies = _Latencies()
+        self.window_range: tuple[int, int] | None = None  # smallest and largest window used
 
     def run(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         """The mapInArrow body: result batches, one row per input row."""
+        started = time.monotonic()
         self.loop = _LoopThread()
         flush = self.cfg.flush_rows
+        target = self.cfg.progress
+        reporter = ProgressReporter(target, task_identity) if target is not None else None
+        periodic: Future[None] | None = None
         try:
             self.loop.submit(self.client.__aenter__()).result()
+            if reporter is not None:
+                periodic = self.loop.submit(reporter.run(self._counts))
             for batch in batches:
                 for row in batch.to_pylist():
                     self.rows_in += 1
@@ -238,13 +283,39 @@ class PartitionRunner:
                     f"spark-vllm: {self.rows_in} rows went in and {self.seen} results came "
                     "out; this is a bug, please report it"
                 )
+            if reporter is not None:  # the task's last word: its final counts
+                self.loop.submit(reporter.send(self._counts())).result(timeout=30)
+            print(self.log_line(time.monotonic() - started), file=sys.stderr, flush=True)
             if self.cfg.tally is not None:
                 self.cfg.tally.add(self.tally.shipped())
         finally:
             try:
+                if periodic is not None:
+                    periodic.cancel()
+                if reporter is not None:
+                    self.loop.submit(reporter.close()).result(timeout=30)
                 self.loop.submit(self.client.__aexit__(None, None, None)).result(timeout=30)
             finally:
                 self.loop.close()
+
+    def log_line(self, elapsed_s: float) -> str:
+        """The task's line in its executor's log, at its end, e.g. `spark-vllm task:
+        stage 3 partition 0 (task 12): 10,000 rows, 3 failed, 5 retries, window 64-256,
+        latency mean 812 ms p95 1,930 ms, 41.2 s`."""
+        stage, partition, attempt = task_identity()
+        t, lat = self.tally, self.latencies
+        low, high = self.window_range or (0, 0)
+        return (
+            f"spark-vllm task: stage {stage} partition {partition} (task {attempt}): "
+            f"{t.rows:,} rows, {t.failed:,} failed, {t.retries:,} retries, "
+            f"window {low}-{high}, latency mean {lat.mean():,.0f} ms "
+            f"p95 {lat.p95():,.0f} ms, {elapsed_s:.1f} s"
+        )
+
+    def _counts(self) -> Counts:
+        """What the task has a result for so far (read from the event loop's thread)."""
+        t = self.tally
+        return Counts(t.rows, t.succeeded, t.failed, t.prompt_tokens, t.completion_tokens)
 
     def _add(self, row: dict[str, Any]) -> None:
         try:
@@ -281,6 +352,9 @@ class PartitionRunner:
         if not self.outbox:
             return
         assert self.loop is not None
+        window = self._window()
+        low, high = self.window_range or (window, window)
+        self.window_range = (min(low, window), max(high, window))
         if not self.started:
             self._start()
         self.loop.loop.call_soon_threadsafe(self._send_all, self.outbox)
@@ -308,6 +382,9 @@ class PartitionRunner:
             self.pending -= len(rows)
             if isinstance(got, BaseException):
                 raise got
+            if got:  # the rows of one request share its tries and its latency
+                self.tally.retries += max(got[0].attempts - 1, 0)
+                self.latencies.add(got[0].latency_ms)
             for row, result in zip(rows, got, strict=True):
                 self._collect(row, result)
 
@@ -351,7 +428,7 @@ class PartitionRunner:
                     f"{self.failed} of {self.seen} rows failed in this task, more than "
                     f"max_error_rate {rate:g}; last error: {result.error}"
                 )
-        self.tally.count(result.error, self.kind.tokens_of(result.values))
+        self.tally.count(result.error, self.kind.tokens_of(result.values), row[self.cfg.id_column])
         self.out.add(row, self.kind.values(row, result))
 
 

@@ -456,6 +456,25 @@ class TimeoutSpec(_Strict):
     connect_s: float = Field(default=10.0, gt=0)
 
 
+class ProgressSpec(_Strict):
+    enabled: bool = Field(
+        default=True, description="show the run's progress on the driver while it sends"
+    )
+    interval_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="seconds between the driver's progress lines, and between a task's "
+        "reports to the driver; what is shown is at most two intervals old",
+    )
+    port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="port of the driver's progress endpoint that tasks report to (0: any "
+        "free port); it takes only the run's own token",
+    )
+
+
 class SparkSpec(_Strict):
     master: str | None = Field(
         default=None, description="unset: spark-submit's master, else local[*]"
@@ -508,6 +527,7 @@ class JobSpec(_Strict):
         description="tasks the input is split into; default: one per task slot in local "
         "mode, two per task slot of the most executors the job may get on a cluster",
     )
+    progress: ProgressSpec = Field(default_factory=ProgressSpec)
     spark: SparkSpec = Field(default_factory=SparkSpec)
 
     @model_validator(mode="after")

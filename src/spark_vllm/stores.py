@@ -58,6 +58,14 @@ class OutputStore:
     def record(self, record: RunRecord) -> None:
         raise NotImplementedError
 
+    def save_summary(self, run_id: str, text: str) -> None:
+        """Leave the run's summary (JSON) beside the output."""
+        raise NotImplementedError
+
+    def summaries(self) -> dict[str, str]:
+        """The JSON summaries earlier runs left, by run id."""
+        raise NotImplementedError
+
     def attempts(self, stored: T.StructType | None) -> DataFrame:
         raise NotImplementedError
 
@@ -110,6 +118,12 @@ class FileStore(OutputStore):
     def record(self, record: RunRecord) -> None:
         results.write_record(self.spark, self.path, record)
 
+    def save_summary(self, run_id: str, text: str) -> None:
+        results.write_summary(self.spark, self.path, run_id, text)
+
+    def summaries(self) -> dict[str, str]:
+        return results.read_summaries(self.spark, self.path)
+
     def attempts(self, stored: T.StructType | None) -> DataFrame:
         return results.read_attempts(self.spark, self.path, self.format, stored)
 
@@ -154,6 +168,12 @@ class JdbcStore(OutputStore):
 
     def record(self, record: RunRecord) -> None:
         jdbc.write_record(self.spark, self.out, record)
+
+    def save_summary(self, run_id: str, text: str) -> None:
+        jdbc.write_summary(self.spark, self.out, run_id, text)
+
+    def summaries(self) -> dict[str, str]:
+        return jdbc.read_summaries(self.spark, self.out)
 
     def attempts(self, stored: T.StructType | None) -> DataFrame:
         return jdbc.read_table(self.spark, self.out)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pyspark.accumulators import AccumulatorParam
 from pyspark.sql import functions as F
@@ -22,11 +22,38 @@ if TYPE_CHECKING:
 # common ones only.
 ERROR_CHARS = 300
 ERRORS_PER_TASK = 50
+# Kinds of failure the summary lists.
+BREAKDOWN_KINDS = 10
+# Words of a server's message that name the kind of an HTTP error.
+KIND_WORDS = 6
+
+
+def error_kind(error: str) -> str:
+    """The kind of a failed row's `error`, for the summary's breakdown: `bad input`,
+    `bad answer`, `timeout`, `cannot connect`, `HTTP <status> <first words of the
+    server's message>`, or the message's first words; an error retries gave up on keeps
+    the kind of its last try with `gave up: ` before it. E.g. "HTTP 400: This model's
+    maximum context length is 512 tokens..." → "HTTP 400 This model's maximum context
+    length is"."""
+    if error.startswith("gave up after ") and "; last: " in error:
+        return "gave up: " + error_kind(error.split("; last: ", 1)[1])
+    for prefix in ("bad input", "bad answer", "cannot connect", "unexpected response"):
+        if error.startswith(prefix):
+            return prefix
+    if "timed out" in error or error.startswith("TimeoutError"):
+        return "timeout"
+    if error.startswith("HTTP ") and ": " in error:
+        status, message = error.split(": ", 1)
+        words = message.replace("\n", " ").split()[:KIND_WORDS]
+        return " ".join([status, *words]).rstrip(".,:;")
+    return " ".join(error.split()[:KIND_WORDS])
 
 
 @dataclass
 class Tally:
-    """What tasks counted of the rows they handed over."""
+    """What tasks counted of the rows they handed over. `kinds`: failed rows by
+    `error_kind`, each with its count and one example id; `retries`: tries after the
+    first, summed over requests."""
 
     rows: int = 0
     succeeded: int = 0
@@ -34,14 +61,19 @@ class Tally:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     errors: Counter[str] = field(default_factory=Counter)
+    kinds: dict[str, tuple[int, str]] = field(default_factory=dict)
+    retries: int = 0
 
-    def count(self, error: str | None, tokens: tuple[int, int]) -> None:
+    def count(self, error: str | None, tokens: tuple[int, int], row_id: object = None) -> None:
         self.rows += 1
         if error is None:
             self.succeeded += 1
         else:
             self.failed += 1
             self.errors[error[:ERROR_CHARS]] += 1
+            kind = error_kind(error)
+            count, example = self.kinds.get(kind, (0, str(row_id)))
+            self.kinds[kind] = (count + 1, example)
         self.prompt_tokens += tokens[0]
         self.completion_tokens += tokens[1]
 
@@ -52,10 +84,19 @@ class Tally:
         self.prompt_tokens += other.prompt_tokens
         self.completion_tokens += other.completion_tokens
         self.errors.update(other.errors)
+        for kind, (count, example) in other.kinds.items():
+            mine, example = self.kinds.get(kind, (0, example))
+            self.kinds[kind] = (mine + count, example)
+        self.retries += other.retries
         return self
 
+    def breakdown(self) -> list[tuple[str, int, str]]:
+        """(kind, failed rows, an example id), the most common kind first."""
+        ranked = sorted(self.kinds.items(), key=lambda item: (-item[1][0], item[0]))
+        return [(kind, count, example) for kind, (count, example) in ranked]
+
     def shipped(self) -> Tally:
-        """This tally with only its most common errors, as a task sends it back."""
+        """This tally with only its most common errors and kinds, as a task sends it back."""
         return Tally(
             self.rows,
             self.succeeded,
@@ -63,6 +104,8 @@ class Tally:
             self.prompt_tokens,
             self.completion_tokens,
             Counter(dict(self.errors.most_common(ERRORS_PER_TASK))),
+            {kind: (n, ex) for kind, n, ex in self.breakdown()[:ERRORS_PER_TASK]},
+            self.retries,
         )
 
 
@@ -96,6 +139,77 @@ class Summary:
     output_failed: int = 0
     tokens: bool = True  # False for task embedding: vLLM reports no tokens per row
     note: str = ""  # why nothing was sent, when nothing was
+    breakdown: list[tuple[str, int, str]] = field(default_factory=list)  # see Tally
+    retries: int | None = None  # None: not known (a run that stopped midway)
+    # How the run ended and what it was, for its JSON document (see `to_dict`).
+    status: str = "succeeded"  # succeeded, failed or interrupted
+    task: str = ""
+    model: str = ""
+    settings_sha256: str = ""  # of the run's fingerprint (what decides its answers)
+    finished_at: str = ""  # UTC, ISO 8601
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The summary as the JSON document each run leaves beside its output (see
+        `OutputStore.save_summary`). Counts are rows unless named tokens; times in
+        seconds; `failed_by_kind` and `most_common_errors` most common first."""
+        return {
+            "run": self.run_id,
+            "status": self.status,
+            "finished_at": self.finished_at,
+            "task": self.task,
+            "model": self.model,
+            "settings_sha256": self.settings_sha256,
+            "output": self.output,
+            "note": self.note,
+            "rows": self.rows,
+            "succeeded": self.succeeded,
+            "failed": self.failed,
+            "skipped": self.skipped,
+            "prompt_tokens": self.prompt_tokens if self.tokens else None,
+            "completion_tokens": self.completion_tokens if self.tokens else None,
+            "retries": self.retries,
+            "wall_s": self.wall_s,
+            "rows_per_s": round(self.rows_per_s, 3),
+            "output_tokens_per_s": round(self.output_tokens_per_s, 3) if self.tokens else None,
+            "output_ids": self.output_ids,
+            "output_failed": self.output_failed,
+            "failed_by_kind": [
+                {"kind": kind, "rows": count, "example_id": example}
+                for kind, count, example in self.breakdown
+            ],
+            "most_common_errors": [{"error": e, "rows": n} for e, n in self.errors],
+            "versions": self.versions,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Summary:
+        """The inverse of `to_dict`. Raises KeyError or TypeError on another document."""
+        tokens = data["prompt_tokens"] is not None
+        return cls(
+            rows=data["rows"],
+            succeeded=data["succeeded"],
+            failed=data["failed"],
+            prompt_tokens=data["prompt_tokens"] or 0,
+            completion_tokens=data["completion_tokens"] or 0,
+            wall_s=data["wall_s"],
+            output=data["output"],
+            errors=[(e["error"], e["rows"]) for e in data["most_common_errors"]],
+            skipped=data["skipped"],
+            run_id=data["run"],
+            output_ids=data["output_ids"],
+            output_failed=data["output_failed"],
+            tokens=tokens,
+            note=data["note"],
+            breakdown=[(k["kind"], k["rows"], k["example_id"]) for k in data["failed_by_kind"]],
+            retries=data["retries"],
+            status=data["status"],
+            task=data["task"],
+            model=data["model"],
+            settings_sha256=data["settings_sha256"],
+            finished_at=data["finished_at"],
+            versions=dict(data["versions"]),
+        )
 
     @property
     def rows_per_s(self) -> float:
@@ -106,8 +220,9 @@ class Summary:
         return self.completion_tokens / self.wall_s if self.wall_s > 0 else 0.0
 
     def render(self) -> str:
+        ended = "" if self.status == "succeeded" else f", {self.status}"
         lines = [
-            f"spark-vllm summary (run {self.run_id})",
+            f"spark-vllm summary (run {self.run_id}{ended})",
             f"  rows          {self.rows}",
             f"  succeeded     {self.succeeded}",
             f"  failed        {self.failed}",
@@ -125,10 +240,18 @@ class Summary:
         ]
         if self.tokens:
             lines.append(f"  out tokens/s  {self.output_tokens_per_s:.1f}")
+        if self.retries is not None:
+            lines.append(f"  retries       {self.retries} (tries after a request's first)")
         lines += [
             f"  skipped       {self.skipped} (succeeded in earlier runs)",
             f"  output        {self.output}: {self.output_ids} ids, {self.output_failed} failed",
         ]
+        if self.breakdown:
+            lines.append("  failed rows by kind:")
+            lines += [
+                f"    {count} x {kind} (e.g. id {example})"
+                for kind, count, example in self.breakdown
+            ]
         if self.errors:
             lines.append("  most common errors:")
             lines += [f"    {count} x {message}" for message, count in self.errors]
@@ -156,6 +279,8 @@ def summarize(job: Plan, wall_s: float) -> Summary:
         run_id=job.run_id,
         tokens=kind.tokens,
         note=job.note,
+        breakdown=tally.breakdown()[:BREAKDOWN_KINDS],
+        retries=tally.retries,
     )
     summary.output_ids = census.earlier_ids + census.to_send - census.retried
     summary.output_failed = census.earlier_failed - census.retried + tally.failed
@@ -191,15 +316,20 @@ def summarize_from_output(job: Plan, wall_s: float) -> Summary:
         summary.prompt_tokens = int(totals["tin"])
         summary.completion_tokens = int(totals["tout"])
         if summary.failed:
+            id_column = F.col(f"`{store.id_column}`").cast("string")
             errors = (
                 this_run.where(F.col("error").isNotNull())
                 .groupBy(F.substring(error, 1, ERROR_CHARS).alias("e"))
-                .count()
+                .agg(F.count(F.lit(1)).alias("count"), F.min(id_column).alias("example"))
                 .orderBy(F.desc("count"))
-                .limit(5)
+                .limit(1000)
                 .collect()
             )
-            summary.errors = [(r["e"], r["count"]) for r in errors]
+            summary.errors = [(r["e"], r["count"]) for r in errors[:5]]
+            kinds = Tally()
+            for r in errors:
+                kinds.merge(Tally(kinds={error_kind(r["e"]): (r["count"], str(r["example"]))}))
+            summary.breakdown = kinds.breakdown()[:BREAKDOWN_KINDS]
     if job.earlier_runs:
         view = latest(store.attempts(job.schema), store.id_column)
         overall = view.agg(

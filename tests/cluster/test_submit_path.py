@@ -91,6 +91,7 @@ def clean_job(
         seen["probe"] = loopback_probe(job, executor["metadata"]["name"])
         seen["status"] = job.wait_finished(900)
         seen["driver"] = cluster.find("pod", job.driver, namespace)
+        seen["driver_log"] = job.logs(job.driver)
         yield job, seen
     finally:
         job.uninstall()
@@ -140,6 +141,10 @@ def test_job_succeeds_with_one_row_per_input_id(clean_job: tuple[Job, dict[str, 
     failed = [r for r in rows if r["error"] is not None]
     assert not failed, failed[:3]
     assert all(r["completion_tokens"] > 0 for r in rows)
+    # The executors reported their counts to the driver's progress endpoint, pod to pod.
+    assert "spark-vllm progress: 60/60 rows (100.0 %), 60 succeeded" in seen["driver_log"], seen[
+        "driver_log"
+    ][-3000:]
 
 
 def test_helm_test_validates_the_job_spec_in_the_cluster(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from spark_vllm import JdbcError, SpecError, jdbc, plan, run_job, spec_from_dict
@@ -80,9 +82,16 @@ def test_table_in_partitioned_read_upsert_out_and_a_resume(
     assert [int(r[0]) for r in bad] == [7]
     answered = sql("SELECT count(*) FROM answers WHERE response IS NOT NULL")
     assert answered == f"{PRODUCTS - 1}\n"
-    # The staging table is gone; the run's record (its settings) stays beside the table.
+    # The staging table is gone; the run's record (its settings) and its summary stay
+    # beside the table.
     tables = sql("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
-    assert sorted(tables.split()) == ["answers", "answers__spark_vllm_runs", "products"]
+    assert sorted(tables.split()) == [
+        "answers", "answers__spark_vllm_runs", "answers__spark_vllm_summaries", "products",
+    ]  # fmt: skip
+    left = json.loads(
+        sql(f"SELECT summary FROM answers__spark_vllm_summaries WHERE run = '{first.run_id}'")
+    )
+    assert (left["rows"], left["failed"], left["status"]) == (PRODUCTS, 1, "succeeded")
 
     # Fix the bad row at the source; the rerun sends only it and upserts it in place.
     sql("UPDATE products SET name = 'product 7' WHERE product_id = 7")
@@ -136,6 +145,8 @@ def test_rows_staged_by_a_driver_that_died_are_kept(spark, vllm_server, postgres
     # What a driver that died after some tasks committed leaves: its record and a
     # staging table.
     died = plan(spark, spec)
+    assert died.progress is not None
+    died.progress.close()  # this plan is never executed, which would close it
     jdbc.write_record(spark, spec.output.jdbc, died.record)
     staging = jdbc.write_staging(died.result.limit(4), spec.output.jdbc, died.run_id)
     assert postgres.psql(f"SELECT count(*) FROM {staging}") == "4\n"
@@ -147,7 +158,9 @@ def test_rows_staged_by_a_driver_that_died_are_kept(spark, vllm_server, postgres
     )
     assert counts == "10|10|2\n"
     left = postgres.psql("SELECT tablename FROM pg_tables WHERE tablename LIKE 'crashed%'")
-    assert sorted(left.split()) == ["crashed", "crashed__spark_vllm_runs"]
+    assert sorted(left.split()) == [
+        "crashed", "crashed__spark_vllm_runs", "crashed__spark_vllm_summaries",
+    ]  # fmt: skip
 
 
 def test_a_table_written_with_other_settings_is_not_resumed_into(

@@ -113,6 +113,11 @@ def test_max_error_rate_stops_a_broken_job_early_with_a_summary(spark, vllm_serv
     assert "more than max_error_rate 0.2" in str(info.value)
     assert sent < 60, f"{sent} requests sent: the budget should stop the task after ~20 rows"
     assert info.value.summary.rows == 0  # the only task failed: nothing committed
+    assert info.value.summary.status == "failed"
+    # the run left its summary beside the output all the same
+    left = (tmp_path / "out" / "_spark_vllm" / "summaries").glob("*.json")
+    documents = [json.loads(path.read_text()) for path in left]
+    assert [(d["status"], d["rows"]) for d in documents] == [("failed", 0)]
 
 
 def test_bad_input_rows_become_error_rows_naming_the_cause(spark, vllm_server, tmp_path):

@@ -1,0 +1,335 @@
+"""Live progress of a running job: the tasks report their counts to the driver as they
+go, and the driver shows the sum.
+
+Spark's accumulators reach the driver only when a task ends, and one task may stream a
+partition of millions of rows. So every task POSTs its running counts to a small HTTP
+endpoint on the driver (`ProgressBoard`) every `progress.interval_s` and once more when
+it ends; the driver prints the sum every `interval_s` (`ProgressPrinter`): a bar on a
+terminal, one plain line otherwise. What the driver shows is therefore at most two
+intervals old. The same channel works in `local[*]` and on Kubernetes, where executors
+reach the driver's pod as they do for Spark's own RPC.
+
+The endpoint listens where Spark's driver listens (`spark.driver.bindAddress`, else
+`spark.driver.host`), on an ephemeral port unless `progress.port` names one, and takes
+only requests bearing the run's random token (`Authorization: Bearer ...`), which travels
+to the tasks inside their TaskConfig. Reports are best-effort: a lost one only delays
+the count, and the summary comes from Spark's accumulator, not from here. A task that
+Spark runs again reports from zero under a newer task attempt id, which replaces the
+counts of the attempt before it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import secrets
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from functools import partial
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import IO, Any
+
+import orjson
+
+log = logging.getLogger(__name__)
+
+# The largest report body the endpoint reads, in bytes (a report is about 200).
+MAX_REPORT_BYTES = 16 * 1024
+
+
+@dataclass(frozen=True)
+class ProgressTarget:
+    """Where a task reports (`url`, with `token`) and how often (`interval_s`, seconds)."""
+
+    url: str
+    token: str
+    interval_s: float
+
+
+@dataclass
+class Counts:
+    """Rows a task (or, summed, the job) has a result for so far, and their tokens."""
+
+    rows: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def add(self, other: Counts) -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+
+@dataclass(frozen=True)
+class TaskReport:
+    """One task attempt's counts so far. Spark runs a task again under a new, larger
+    `task_attempt` (its task attempt id); `stage` and `partition` say which task."""
+
+    stage: int
+    partition: int
+    task_attempt: int
+    counts: Counts
+
+    def to_json(self) -> bytes:
+        counts = {f.name: getattr(self.counts, f.name) for f in fields(self.counts)}
+        task = {"stage": self.stage, "partition": self.partition, "attempt": self.task_attempt}
+        return orjson.dumps({"task": task, "counts": counts})
+
+    @classmethod
+    def from_json(cls, body: bytes) -> TaskReport:
+        """Raises ValueError naming what is wrong with `body`."""
+        try:
+            data = orjson.loads(body)
+            task, counts = data["task"], data["counts"]
+            numbers = {f.name: counts[f.name] for f in fields(Counts)}
+            ids = (task["stage"], task["partition"], task["attempt"])
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ValueError(f"a progress report is JSON with task and counts: {exc}") from exc
+        values = [*ids, *numbers.values()]
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
+            raise ValueError(f"a progress report holds counts >= 0, found {data!r}")
+        return cls(*ids, Counts(**numbers))
+
+
+class ProgressBoard:
+    """The driver's end: an HTTP endpoint the tasks report to, and their sum.
+
+    Listens on `bind`:`port` (0: any free port) from construction until `close()`;
+    `target` is what the tasks are given (`host` is the address they reach the driver
+    at). Thread-safe."""
+
+    def __init__(self, host: str, bind: str, port: int, interval_s: float) -> None:
+        self.token = secrets.token_urlsafe(32)
+        self._lock = threading.Lock()
+        self._latest: dict[tuple[int, int], TaskReport] = {}
+        self._server = ThreadingHTTPServer((bind, port), partial(_Handler, self))
+        self._server.daemon_threads = True
+        port = self._server.server_address[1]
+        url_host = f"[{host}]" if ":" in host else host
+        self.target = ProgressTarget(f"http://{url_host}:{port}/progress", self.token, interval_s)
+        self._thread = threading.Thread(
+            target=partial(self._server.serve_forever, poll_interval=0.1),
+            name="spark-vllm-progress",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def report(self, report: TaskReport) -> None:
+        """Keep `report` unless a newer attempt of its task has reported already."""
+        key = (report.stage, report.partition)
+        with self._lock:
+            known = self._latest.get(key)
+            if known is None or known.task_attempt <= report.task_attempt:
+                self._latest[key] = report
+
+    def totals(self) -> tuple[Counts, int]:
+        """The counts summed over the latest attempt of every task, and how many tasks
+        reported."""
+        total = Counts()
+        with self._lock:
+            reports = list(self._latest.values())
+        for report in reports:
+            total.add(report.counts)
+        return total, len(reports)
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=10)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """POST /progress with the run's bearer token and a TaskReport's JSON."""
+
+    def __init__(self, board: ProgressBoard, *args: Any, **kwargs: Any) -> None:
+        self.board = board
+        super().__init__(*args, **kwargs)
+
+    def do_POST(self) -> None:
+        if self.path != "/progress":
+            return self._answer(404, "not found: POST /progress")
+        given = self.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {self.board.token}".encode()):
+            return self._answer(401, "a progress report needs the run's bearer token")
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            return self._answer(411, "a progress report needs a Content-Length")
+        if not 0 < length <= MAX_REPORT_BYTES:
+            return self._answer(413, f"a progress report is 1 to {MAX_REPORT_BYTES} bytes")
+        try:
+            self.board.report(TaskReport.from_json(self.rfile.read(length)))
+        except ValueError as exc:
+            return self._answer(400, str(exc))
+        return self._answer(204, "")
+
+    def _answer(self, status: int, message: str) -> None:
+        body = message.encode()
+        self.send_response(status)
+        if body:
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if body:
+            self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # the base's name
+        log.debug("progress endpoint: " + format, *args)
+
+
+class ProgressReporter:
+    """A task's end, on the task's event loop: `run()` POSTs `counts()` every interval
+    until cancelled; `send()` reports once (the task's last report). Failures are
+    logged, never raised: progress must not fail a task."""
+
+    def __init__(self, target: ProgressTarget, task: Callable[[], tuple[int, int, int]]) -> None:
+        self.target = target
+        self._task = task  # (stage, partition, task attempt id)
+        self._session: Any = None
+        self._warned = False
+
+    async def run(self, counts: Callable[[], Counts]) -> None:
+        while True:
+            await asyncio.sleep(self.target.interval_s)
+            await self.send(counts())
+
+    async def send(self, counts: Counts) -> None:
+        import aiohttp
+
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=max(5.0, self.target.interval_s))
+            )
+        report = TaskReport(*self._task(), counts)
+        headers = {
+            "Authorization": f"Bearer {self.target.token}",
+            "Content-Type": "application/json",
+        }
+        try:
+            async with self._session.post(
+                self.target.url, data=report.to_json(), headers=headers
+            ) as answer:
+                if answer.status != 204 and not self._warned:
+                    self._warned = True
+                    text = (await answer.text())[:200]
+                    log.warning("progress report refused: HTTP %s %s", answer.status, text)
+        except Exception as exc:  # progress must never fail a task
+            if not self._warned:
+                self._warned = True
+                log.warning("progress report to %s failed: %s", self.target.url, exc)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+def task_identity() -> tuple[int, int, int]:
+    """(stage id, partition id, task attempt id) of the Spark task running this code;
+    zeros outside a Spark task."""
+    from pyspark import TaskContext
+
+    context = TaskContext.get()
+    if context is None:
+        return (0, 0, 0)
+    return (context.stageId(), context.partitionId(), context.taskAttemptId())
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+class ProgressPrinter:
+    """Shows the board's sum every `interval_s` on `stream` while the run sends, and once
+    more at its end: a tqdm bar when `stream` is a terminal, else one line each time, e.g.
+
+        spark-vllm progress: 12,000/100,000 rows (12.0 %), 11,990 succeeded, 10 failed,
+        412.3 rows/s, 26,387 out tokens/s, ETA 3m33s
+
+    (one line). `to_send` is the rows this run sends; `tokens` False leaves tokens out
+    (embedding)."""
+
+    def __init__(
+        self,
+        board: ProgressBoard,
+        to_send: int,
+        interval_s: float,
+        tokens: bool = True,
+        stream: IO[str] | None = None,
+    ) -> None:
+        self.board = board
+        self.to_send = to_send
+        self.interval_s = interval_s
+        self.tokens = tokens
+        self.stream = stream if stream is not None else sys.stderr
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._bar: Any = None
+        self._started = 0.0
+
+    def __enter__(self) -> ProgressPrinter:
+        self._started = time.monotonic()
+        if _is_terminal(self.stream):
+            from tqdm import tqdm
+
+            self._bar = tqdm(
+                total=self.to_send, unit="rows", file=self.stream, dynamic_ncols=True,
+                desc="spark-vllm", mininterval=0,
+            )  # fmt: skip
+        self._thread = threading.Thread(target=self._loop, name="spark-vllm-printer", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self.show()  # where the run ended, however short it was
+        if self._bar is not None:
+            self._bar.close()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.show()
+
+    def line(self, counts: Counts, elapsed_s: float) -> str:
+        rate = counts.rows / elapsed_s if elapsed_s > 0 else 0.0
+        share = 100 * counts.rows / self.to_send if self.to_send else 100.0
+        parts = [
+            f"spark-vllm progress: {counts.rows:,}/{self.to_send:,} rows ({share:.1f} %)",
+            f"{counts.succeeded:,} succeeded",
+            f"{counts.failed:,} failed",
+            f"{rate:,.1f} rows/s",
+        ]
+        if self.tokens:
+            parts.append(f"{counts.completion_tokens / max(elapsed_s, 1e-9):,.0f} out tokens/s")
+        left = self.to_send - counts.rows
+        parts.append(f"ETA {_duration(left / rate)}" if rate > 0 and left > 0 else "ETA -")
+        return ", ".join(parts)
+
+    def show(self) -> None:
+        counts, _ = self.board.totals()
+        elapsed = time.monotonic() - self._started
+        if self._bar is not None:
+            self._bar.n = counts.rows
+            note = f"{counts.failed:,} failed"
+            if self.tokens:
+                note += f", {counts.completion_tokens / max(elapsed, 1e-9):,.0f} out tokens/s"
+            self._bar.set_postfix_str(note, refresh=False)
+            self._bar.refresh()
+            return
+        print(self.line(counts, elapsed), file=self.stream, flush=True)
+
+
+def _is_terminal(stream: IO[str]) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False

@@ -1,0 +1,87 @@
+"""A run's summary: failures by kind, the tally the tasks send, the JSON document."""
+
+from __future__ import annotations
+
+import pytest
+
+from spark_vllm.summary import Summary, Tally, error_kind
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [
+        (
+            "HTTP 400: This model's maximum context length is 512 tokens. However, you "
+            "requested 2049 tokens",
+            "HTTP 400 This model's maximum context length is",
+        ),
+        ("HTTP 404: The model `nope` does not exist.", "HTTP 404 The model `nope` does not exist"),
+        ("HTTP 500: ", "HTTP 500"),
+        (
+            "gave up after 3 attempts; last: HTTP 503: Service Unavailable",
+            "gave up: HTTP 503 Service Unavailable",
+        ),
+        ("gave up after 5 attempts; last: request timed out", "gave up: timeout"),
+        ("gave up after 5 attempts; last: cannot connect: Connection refused",
+         "gave up: cannot connect"),
+        ("bad input: rendered prompt is empty", "bad input"),
+        ("bad input: column 'messages' is null", "bad input"),
+        ("bad answer: field 'score' is not an integer", "bad answer"),
+        ("unexpected response (JSONDecodeError('x')): <html>", "unexpected response"),
+        ("request timed out", "timeout"),
+        ("no one saw what came to pass, twice", "no one saw what came to"),
+    ],
+)  # fmt: skip
+def test_errors_are_grouped_by_kind(error, kind):
+    assert error_kind(error) == kind
+
+
+def test_tallies_keep_each_kind_with_its_count_and_one_example_id():
+    first, second = Tally(), Tally()
+    first.count("bad input: rendered prompt is empty", (0, 0), "a")
+    first.count("HTTP 400: too long for the model", (0, 0), "b")
+    first.count(None, (10, 5), "c")
+    second.count("HTTP 400: too long for the model", (0, 0), "d")
+    second.count("HTTP 400: too long for the model", (0, 0), "e")
+    second.retries = 3
+    total = Tally().merge(first.shipped()).merge(second.shipped())
+    assert total.breakdown() == [
+        ("HTTP 400 too long for the model", 3, "b"),
+        ("bad input", 1, "a"),
+    ]
+    assert (total.rows, total.failed, total.retries, total.prompt_tokens) == (5, 4, 3, 10)
+
+
+def test_the_json_document_gives_back_the_summary_it_was_made_of():
+    summary = Summary(
+        rows=30, succeeded=27, failed=3, prompt_tokens=900, completion_tokens=480,
+        wall_s=12.3456, output="/data/out (parquet)",
+        errors=[("HTTP 400: too long", 2), ("bad input: empty", 1)],
+        skipped=5, run_id="20261130T120000000000Z", output_ids=35, output_failed=3,
+        breakdown=[("HTTP 400 too long", 2, "7"), ("bad input", 1, "2")], retries=4,
+        status="succeeded", task="chat", model="tiny", settings_sha256="ab" * 32,
+        finished_at="2026-11-30T12:00:12+00:00", versions={"pyspark": "4.2.0"},
+    )  # fmt: skip
+    document = summary.to_dict()
+    assert document["failed_by_kind"][0] == {
+        "kind": "HTTP 400 too long",
+        "rows": 2,
+        "example_id": "7",
+    }
+    assert document["output_tokens_per_s"] == round(480 / 12.3456, 3)
+    assert Summary.from_dict(document) == summary
+    embedding = Summary(10, 10, 0, 0, 0, 1.0, "o", tokens=False)
+    data = embedding.to_dict()
+    assert (data["prompt_tokens"], data["output_tokens_per_s"]) == (None, None)
+    assert Summary.from_dict(data) == embedding
+
+
+def test_the_printed_summary_lists_failures_by_kind_and_says_how_the_run_ended():
+    summary = Summary(3, 1, 2, 0, 0, 2.0, "out", run_id="r", retries=1, status="interrupted",
+                      breakdown=[("HTTP 400 too long", 2, "x")])  # fmt: skip
+    text = summary.render()
+    assert text.splitlines()[0] == "spark-vllm summary (run r, interrupted)"
+    assert "  retries       1 (tries after a request's first)" in text
+    assert "  failed rows by kind:\n    2 x HTTP 400 too long (e.g. id x)" in text
