@@ -20,7 +20,8 @@
 #   PYTHON          host Python that fills the wheelhouse (default: python3); its version
 #                   must be the image's (the version set's python, Debian bookworm's)
 #   RAPIDS_JAR      gpu: a RAPIDS Accelerator jar file to put in the image, e.g. a copy
-#                   brought to an air-gapped site; it wins over RAPIDS_JAR_URL
+#                   brought to an air-gapped site; it wins over RAPIDS_JAR_URL. It must be
+#                   the version set's release (the image's label says that release)
 #   RAPIDS_JAR_URL  gpu: where to download the jar (default: Maven Central, the version
 #                   set's release, Scala and CUDA classifier); empty: build without it
 #   DOCKER_BUILD_ARGS  more arguments for `docker build`, split on spaces
@@ -28,6 +29,8 @@ set -euo pipefail
 
 variant=${1:-gpu}
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# A relative RAPIDS_JAR is the caller's, from where it was called.
+if [ -n "${RAPIDS_JAR:-}" ]; then RAPIDS_JAR=$(realpath -- "$RAPIDS_JAR"); fi
 cd "$root"
 
 python=${PYTHON:-python3}
@@ -41,16 +44,23 @@ case "$variant" in
     *) say "unknown variant '$variant': use gpu or cpu"; exit 2 ;;
 esac
 
-# The version set: v_spark, v_scala, v_rapids, v_rapids_cuda, v_vllm, v_torch, v_python...
-eval "$("$python" - <<'PY'
+# The version set: v_spark, v_scala, v_rapids, v_rapids_cuda, v_vllm, v_torch, v_jdk,
+# v_python... (read with tomllib: the host Python must be 3.11 or newer for that).
+py_version=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+if ! "$python" -c 'import tomllib' 2>/dev/null; then
+    say "$python is Python $py_version; set PYTHON to the image's Python (pyproject.toml's"
+    say "[tool.spark-vllm.versions] python)."
+    exit 2
+fi
+versions=$("$python" - <<'PY'
 import shlex, tomllib
 versions = tomllib.load(open("pyproject.toml", "rb"))["tool"]["spark-vllm"]["versions"]
 for key, value in versions.items():
     print(f"v_{key.replace('-', '_')}={shlex.quote(value)}")
 PY
-)"
+)
+eval "$versions"
 
-py_version=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 if [ "$py_version" != "$v_python" ]; then
     say "the wheelhouse must be made by Python $v_python (the image's); $python is $py_version."
     say "set PYTHON to a Python $v_python interpreter."
@@ -70,6 +80,7 @@ fi
 
 build_args=(
     --build-arg "VARIANT=$variant"
+    --build-arg "JDK_VERSION=$v_jdk"
     --build-arg "SPARK_VERSION=$v_spark"
     --build-arg "VLLM_VERSION=$v_vllm"
 )

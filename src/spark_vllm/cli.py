@@ -150,8 +150,14 @@ def show_summaries(spec: JobSpec, args: argparse.Namespace) -> int:
     for run in runs:
         if args.json:
             print(found[run])
-        else:
+            continue
+        try:
             print(Summary.from_dict(json.loads(found[run])).render())
+        except (ValueError, KeyError, TypeError) as exc:
+            print(f"spark-vllm: the summary of run {run} at {where} is not a summary "
+                  f"document ({type(exc).__name__}: {exc}); --json prints it as it is",
+                  file=sys.stderr)  # fmt: skip
+            return 1
     return 0
 
 
@@ -258,6 +264,7 @@ def run(spec: JobSpec, server: LocalServer | None = None) -> int:
             f"(the same command, with output.mode {spec.output.mode}, {instead})"
         )
 
+    job = None
     try:
         job = plan(spark, spec)
         if ctrl_c.seen:
@@ -293,6 +300,8 @@ def run(spec: JobSpec, server: LocalServer | None = None) -> int:
         print(stopped(), file=sys.stderr)
         return 130
     finally:
+        if job is not None and job.progress is not None:
+            job.progress.close()  # execute closes it; a run that never got there does not
         if not _under_spark_submit():
             spark.stop()
         if server is not None:

@@ -16,6 +16,7 @@ import math
 import os
 import platform
 import re
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -527,7 +528,16 @@ def progress_board(spark: SparkSession, spec: JobSpec) -> ProgressBoard | None:
     bind = conf.get("spark.driver.bindAddress") or host
     if bind not in ("0.0.0.0", "::"):  # noqa: S104  # a wildcard is no address to reach
         host = bind
-    return ProgressBoard(host, bind, spec.progress.port, spec.progress.interval_s)
+    try:
+        return ProgressBoard(host, bind, spec.progress.port, spec.progress.interval_s)
+    except OSError as exc:  # the port is taken, say: the run goes on without progress
+        log.warning(
+            "no progress: the endpoint cannot listen on %s port %s: %s",
+            bind, spec.progress.port, exc,
+        )  # fmt: skip
+        print(f"spark-vllm: no progress shown: cannot listen on {bind} port "
+              f"{spec.progress.port}: {exc}", file=sys.stderr)  # fmt: skip
+        return None
 
 
 def _shown(spec: JobSpec, job: Plan) -> contextlib.AbstractContextManager[object]:

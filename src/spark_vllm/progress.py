@@ -24,6 +24,7 @@ import asyncio
 import hmac
 import logging
 import secrets
+import socket
 import sys
 import threading
 import time
@@ -39,6 +40,8 @@ log = logging.getLogger(__name__)
 
 # The largest report body the endpoint reads, in bytes (a report is about 200).
 MAX_REPORT_BYTES = 16 * 1024
+# Seconds a report may take (a task's HTTP client), and the endpoint waits on a socket.
+REPORT_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -107,8 +110,10 @@ class ProgressBoard:
         self.token = secrets.token_urlsafe(32)
         self._lock = threading.Lock()
         self._latest: dict[tuple[int, int], TaskReport] = {}
-        self._server = ThreadingHTTPServer((bind, port), partial(_Handler, self))
+        server = _Server6 if ":" in bind else ThreadingHTTPServer
+        self._server = server((bind, port), partial(_Handler, self))
         self._server.daemon_threads = True
+        self._closed = False
         port = self._server.server_address[1]
         url_host = f"[{host}]" if ":" in host else host
         self.target = ProgressTarget(f"http://{url_host}:{port}/progress", self.token, interval_s)
@@ -120,11 +125,19 @@ class ProgressBoard:
         self._thread.start()
 
     def report(self, report: TaskReport) -> None:
-        """Keep `report` unless a newer attempt of its task has reported already."""
+        """Keep `report` unless a newer attempt of its task has reported already, or the
+        same attempt reported more rows (its counts only grow; reports may cross)."""
         key = (report.stage, report.partition)
         with self._lock:
             known = self._latest.get(key)
-            if known is None or known.task_attempt <= report.task_attempt:
+            if (
+                known is None
+                or known.task_attempt < report.task_attempt
+                or (
+                    known.task_attempt == report.task_attempt
+                    and known.counts.rows <= report.counts.rows
+                )
+            ):
                 self._latest[key] = report
 
     def totals(self) -> tuple[Counts, int]:
@@ -138,24 +151,47 @@ class ProgressBoard:
         return total, len(reports)
 
     def close(self) -> None:
+        """Stop listening (again: nothing)."""
+        if self._closed:
+            return
+        self._closed = True
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=10)
 
 
+class _Server6(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
 class _Handler(BaseHTTPRequestHandler):
-    """POST /progress with the run's bearer token and a TaskReport's JSON."""
+    """POST /progress with the run's bearer token and a TaskReport's JSON. Every request,
+    whatever its method or path, is refused without the token."""
+
+    timeout = REPORT_TIMEOUT_S  # an idle connection does not hold a thread
 
     def __init__(self, board: ProgressBoard, *args: Any, **kwargs: Any) -> None:
         self.board = board
         super().__init__(*args, **kwargs)
 
+    def _authorized(self) -> bool:
+        given = self.headers.get("Authorization", "")
+        if hmac.compare_digest(given.encode(), f"Bearer {self.board.token}".encode()):
+            return True
+        self._answer(401, "a progress report needs the run's bearer token")
+        return False
+
+    def _not_allowed(self) -> None:
+        if self._authorized():
+            self._answer(405, "only POST /progress")
+
+    do_GET = do_HEAD = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed
+
     def do_POST(self) -> None:
+        if not self._authorized():
+            return None
         if self.path != "/progress":
             return self._answer(404, "not found: POST /progress")
-        given = self.headers.get("Authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {self.board.token}".encode()):
-            return self._answer(401, "a progress report needs the run's bearer token")
         try:
             length = int(self.headers.get("Content-Length", ""))
         except ValueError:
@@ -198,12 +234,20 @@ class ProgressReporter:
             await asyncio.sleep(self.target.interval_s)
             await self.send(counts())
 
+    async def finish(self, periodic: asyncio.Future[None] | None, counts: Counts) -> None:
+        """Stop the periodic reports (`run`'s task), then send the last one: no earlier
+        report can arrive after it."""
+        if periodic is not None:
+            periodic.cancel()
+            await asyncio.gather(periodic, return_exceptions=True)
+        await self.send(counts)
+
     async def send(self, counts: Counts) -> None:
         import aiohttp
 
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=max(5.0, self.target.interval_s))
+                timeout=aiohttp.ClientTimeout(total=REPORT_TIMEOUT_S)
             )
         report = TaskReport(*self._task(), counts)
         headers = {

@@ -27,7 +27,13 @@ from spark_vllm.adaptive import AdaptiveWindow, WindowPolicy
 from spark_vllm.client import Result, SidecarClient, read_api_key, server_root, wait_ready
 from spark_vllm.errors import ErrorBudgetExceeded, RowError, RowFailed
 from spark_vllm.kinds import RequestKind
-from spark_vllm.progress import Counts, ProgressReporter, ProgressTarget, task_identity
+from spark_vllm.progress import (
+    REPORT_TIMEOUT_S,
+    Counts,
+    ProgressReporter,
+    ProgressTarget,
+    task_identity,
+)
 from spark_vllm.retry import RetryPolicy
 from spark_vllm.summary import Tally
 
@@ -94,6 +100,11 @@ class TaskConfig:
     tally: Any = None
     # The driver's progress endpoint: the task reports its counts there as it goes.
     progress: ProgressTarget | None = None
+
+
+async def _start_task(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    """`coro` as a task of the running loop (to cancel and await it there later)."""
+    return asyncio.get_running_loop().create_task(coro)
 
 
 def _new_event_loop() -> asyncio.AbstractEventLoop:
@@ -254,11 +265,11 @@ class PartitionRunner:
         flush = self.cfg.flush_rows
         target = self.cfg.progress
         reporter = ProgressReporter(target, task_identity) if target is not None else None
-        periodic: Future[None] | None = None
+        periodic: asyncio.Task[None] | None = None
         try:
             self.loop.submit(self.client.__aenter__()).result()
             if reporter is not None:
-                periodic = self.loop.submit(reporter.run(self._counts))
+                periodic = self.loop.submit(_start_task(reporter.run(self._counts))).result()
             for batch in batches:
                 for row in batch.to_pylist():
                     self.rows_in += 1
@@ -284,19 +295,29 @@ class PartitionRunner:
                     "out; this is a bug, please report it"
                 )
             if reporter is not None:  # the task's last word: its final counts
-                self.loop.submit(reporter.send(self._counts())).result(timeout=30)
+                self._quietly(reporter.finish(periodic, self._counts()))
+                periodic = None
             print(self.log_line(time.monotonic() - started), file=sys.stderr, flush=True)
             if self.cfg.tally is not None:
                 self.cfg.tally.add(self.tally.shipped())
         finally:
             try:
                 if periodic is not None:
-                    periodic.cancel()
+                    self.loop.loop.call_soon_threadsafe(periodic.cancel)
                 if reporter is not None:
-                    self.loop.submit(reporter.close()).result(timeout=30)
+                    self._quietly(reporter.close())
                 self.loop.submit(self.client.__aexit__(None, None, None)).result(timeout=30)
             finally:
                 self.loop.close()
+
+    def _quietly(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run a progress step on the loop: progress never fails a task (a step that
+        fails or hangs is logged and left)."""
+        assert self.loop is not None
+        try:
+            self.loop.submit(coro).result(timeout=2 * REPORT_TIMEOUT_S)
+        except Exception as exc:
+            print(f"spark-vllm: progress report failed: {exc!r}", file=sys.stderr, flush=True)
 
     def log_line(self, elapsed_s: float) -> str:
         """The task's line in its executor's log, at its end, e.g. `spark-vllm task:

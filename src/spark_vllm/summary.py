@@ -40,12 +40,12 @@ def error_kind(error: str) -> str:
     for prefix in ("bad input", "bad answer", "cannot connect", "unexpected response"):
         if error.startswith(prefix):
             return prefix
-    if "timed out" in error or error.startswith("TimeoutError"):
-        return "timeout"
     if error.startswith("HTTP ") and ": " in error:
         status, message = error.split(": ", 1)
         words = message.replace("\n", " ").split()[:KIND_WORDS]
         return " ".join([status, *words]).rstrip(".,:;")
+    if "timed out" in error or error.startswith("TimeoutError"):
+        return "timeout"
     return " ".join(error.split()[:KIND_WORDS])
 
 

@@ -17,6 +17,7 @@ import pytest
 # The image tier's autouse fixture: the one reason to skip is no Docker engine.
 from tests.image.conftest import docker_engine  # noqa: F401
 from tests.image.pod import ROOT, docker, image_exists, inputs_digest
+from tests.versions import VERSIONS
 
 REPOSITORY = "spark-vllm"
 # A first build holds the wheelhouse (4 GB), the venv stage (15 GB) and the image (10 GB,
@@ -26,13 +27,16 @@ MIN_FREE_GIB_CACHED = 12
 
 
 def rapids_jar() -> Path | None:
-    """The RAPIDS Accelerator jar the image is built with: RAPIDS_JAR, else the copy the
-    build script downloaded before (build/cache), else none (no Maven Central here)."""
+    """The RAPIDS Accelerator jar the image is built with: RAPIDS_JAR, else the version
+    set's jar the build script downloaded before (build/cache), else none (no Maven
+    Central here)."""
     given = os.environ.get("RAPIDS_JAR")
     if given:
         return Path(given)
-    cached = sorted((ROOT / "build" / "cache").glob("rapids-4-spark_*.jar"))
-    return cached[-1] if cached else None
+    v = VERSIONS
+    suffix = "" if v["rapids-cuda"] == "cuda12" else f"-{v['rapids-cuda']}"
+    cached = ROOT / "build" / "cache" / f"rapids-4-spark_{v['scala']}-{v['rapids']}{suffix}.jar"
+    return cached if cached.is_file() else None
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import re
 import pyspark
 import pytest
 
-from spark_vllm import run_job, spec_from_dict
+from spark_vllm import execute, plan, run_job, spec_from_dict
 from spark_vllm.summary import Summary
 from tests.conftest import SERVED_NAME, sample_rows
 from tests.integration.jobs import assert_one_row_per_input, read_rows, run_cli, spec_doc
@@ -52,7 +52,9 @@ def test_a_single_partition_shows_its_progress_moving_while_it_runs(
 def test_progress_off_prints_nothing_and_the_job_still_runs(spark, vllm_server, tmp_path, capsys):
     rows = sample_rows(12)
     doc = spec_doc(tmp_path, vllm_server, rows, progress={"enabled": False, "interval_s": 0.05})
-    summary = run_job(spark, spec_from_dict(doc))
+    job = plan(spark, spec_from_dict(doc))
+    assert job.progress is None  # no endpoint listens
+    summary = execute(spark, spec_from_dict(doc), job)
     assert summary.succeeded == 12
     assert progress_lines(capsys.readouterr().err) == []
 

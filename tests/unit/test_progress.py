@@ -31,11 +31,19 @@ def board():
     board.close()
 
 
-def post(board: ProgressBoard, body: bytes, token: str | None = None, path: str = "/progress"):
-    """POST like a task would; returns (status, text)."""
+def post(
+    board: ProgressBoard,
+    body: bytes | None,
+    token: str | None = None,
+    path: str = "/progress",
+    method: str = "POST",
+):
+    """Ask like a task would (token None: the run's; "-": no Authorization header at all);
+    returns (status, text)."""
     url = board.target.url.replace("/progress", path)
-    request = urllib.request.Request(url, data=body, method="POST")
-    request.add_header("Authorization", f"Bearer {token if token is not None else board.token}")
+    request = urllib.request.Request(url, data=body, method=method)
+    if token != "-":
+        request.add_header("Authorization", f"Bearer {board.token if token is None else token}")
     try:
         with urllib.request.urlopen(request, timeout=5) as answer:
             return answer.status, answer.read().decode()
@@ -55,6 +63,8 @@ def test_the_board_sums_the_latest_attempt_of_every_task(board):
     assert post(board, report(0, attempt=7, rows=3))[0] == 204
     # a late report of the attempt that was replaced changes nothing
     assert post(board, report(0, attempt=1, rows=50))[0] == 204
+    # reports of one attempt may cross: its counts only grow, so the larger stays
+    assert post(board, report(1, attempt=2, rows=20, failed=5))[0] == 204
     counts, tasks = board.totals()
     assert tasks == 2
     assert counts == Counts(28, succeeded=23, failed=5, prompt_tokens=280, completion_tokens=140)
@@ -65,6 +75,8 @@ def test_the_board_sums_the_latest_attempt_of_every_task(board):
     [
         (report(0, 1, 5), "not-the-token", "/progress", 401, "bearer token"),
         (report(0, 1, 5), "", "/progress", 401, "bearer token"),
+        (report(0, 1, 5), "-", "/progress", 401, "bearer token"),
+        (report(0, 1, 5), "not-the-token", "/elsewhere", 401, "bearer token"),
         (report(0, 1, 5), None, "/metrics", 404, "POST /progress"),
         (b"{not json", None, "/progress", 400, "JSON with task and counts"),
         (b'{"task": {"stage": 1, "partition": 0, "attempt": 1}}', None, "/progress", 400, "counts"),
@@ -80,6 +92,13 @@ def test_the_board_refuses_what_is_not_a_report_of_this_run(board, body, token, 
     assert got == status
     assert says in text
     assert board.totals() == (Counts(), 0)
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
+def test_other_methods_need_the_token_too_and_are_refused(board, method):
+    assert post(board, None, "-", method=method)[0] == 401
+    status, text = post(board, None, None, method=method)
+    assert (status, text) == (405, "only POST /progress")
 
 
 def test_a_reporter_posts_its_task_counts_to_the_board(board):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from spark_vllm.summary import Summary, Tally, error_kind
@@ -31,6 +33,7 @@ pytestmark = pytest.mark.unit
         ("bad answer: field 'score' is not an integer", "bad answer"),
         ("unexpected response (JSONDecodeError('x')): <html>", "unexpected response"),
         ("request timed out", "timeout"),
+        ("HTTP 504: upstream request timed out", "HTTP 504 upstream request timed out"),
         ("no one saw what came to pass, twice", "no one saw what came to"),
     ],
 )  # fmt: skip
@@ -64,7 +67,7 @@ def test_the_json_document_gives_back_the_summary_it_was_made_of():
         status="succeeded", task="chat", model="tiny", settings_sha256="ab" * 32,
         finished_at="2026-11-30T12:00:12+00:00", versions={"pyspark": "4.2.0"},
     )  # fmt: skip
-    document = summary.to_dict()
+    document = json.loads(json.dumps(summary.to_dict()))  # as it is stored and read
     assert document["failed_by_kind"][0] == {
         "kind": "HTTP 400 too long",
         "rows": 2,
@@ -73,7 +76,7 @@ def test_the_json_document_gives_back_the_summary_it_was_made_of():
     assert document["output_tokens_per_s"] == round(480 / 12.3456, 3)
     assert Summary.from_dict(document) == summary
     embedding = Summary(10, 10, 0, 0, 0, 1.0, "o", tokens=False)
-    data = embedding.to_dict()
+    data = json.loads(json.dumps(embedding.to_dict()))
     assert (data["prompt_tokens"], data["output_tokens_per_s"]) == (None, None)
     assert Summary.from_dict(data) == embedding
 
