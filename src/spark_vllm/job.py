@@ -16,7 +16,6 @@ import math
 import os
 import platform
 import re
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -532,11 +531,9 @@ def progress_board(spark: SparkSession, spec: JobSpec) -> ProgressBoard | None:
         return ProgressBoard(host, bind, spec.progress.port, spec.progress.interval_s)
     except OSError as exc:  # the port is taken, say: the run goes on without progress
         log.warning(
-            "no progress: the endpoint cannot listen on %s port %s: %s",
+            "no progress shown: the endpoint cannot listen on %s port %s: %s",
             bind, spec.progress.port, exc,
         )  # fmt: skip
-        print(f"spark-vllm: no progress shown: cannot listen on {bind} port "
-              f"{spec.progress.port}: {exc}", file=sys.stderr)  # fmt: skip
         return None
 
 

@@ -42,7 +42,7 @@ def error_kind(error: str) -> str:
             return prefix
     if error.startswith("HTTP ") and ": " in error:
         status, message = error.split(": ", 1)
-        words = message.replace("\n", " ").split()[:KIND_WORDS]
+        words = message.split()[:KIND_WORDS]
         return " ".join([status, *words]).rstrip(".,:;")
     if "timed out" in error or error.startswith("TimeoutError"):
         return "timeout"
@@ -71,9 +71,7 @@ class Tally:
         else:
             self.failed += 1
             self.errors[error[:ERROR_CHARS]] += 1
-            kind = error_kind(error)
-            count, example = self.kinds.get(kind, (0, str(row_id)))
-            self.kinds[kind] = (count + 1, example)
+            self.add_kind(error_kind(error), 1, str(row_id))
         self.prompt_tokens += tokens[0]
         self.completion_tokens += tokens[1]
 
@@ -85,10 +83,14 @@ class Tally:
         self.completion_tokens += other.completion_tokens
         self.errors.update(other.errors)
         for kind, (count, example) in other.kinds.items():
-            mine, example = self.kinds.get(kind, (0, example))
-            self.kinds[kind] = (mine + count, example)
+            self.add_kind(kind, count, example)
         self.retries += other.retries
         return self
+
+    def add_kind(self, kind: str, count: int, example: str) -> None:
+        """`count` more failed rows of `kind`; the first example id seen stays."""
+        known, first = self.kinds.get(kind, (0, example))
+        self.kinds[kind] = (known + count, first)
 
     def breakdown(self) -> list[tuple[str, int, str]]:
         """(kind, failed rows, an example id), the most common kind first."""
@@ -328,7 +330,7 @@ def summarize_from_output(job: Plan, wall_s: float) -> Summary:
             summary.errors = [(r["e"], r["count"]) for r in errors[:5]]
             kinds = Tally()
             for r in errors:
-                kinds.merge(Tally(kinds={error_kind(r["e"]): (r["count"], str(r["example"]))}))
+                kinds.add_kind(error_kind(r["e"]), r["count"], str(r["example"]))
             summary.breakdown = kinds.breakdown()[:BREAKDOWN_KINDS]
     if job.earlier_runs:
         view = latest(store.attempts(job.schema), store.id_column)
