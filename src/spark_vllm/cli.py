@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from spark_vllm.errors import (
+    ContextExceeded,
     JdbcError,
     JobFailed,
     JobInterrupted,
@@ -115,7 +116,79 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print the summary's JSON document instead"
     )
     summary.add_argument("--all", action="store_true", help="every run's summary, the oldest first")
+    planning = sub.add_parser(
+        "plan",
+        help="everything `run` does but send: rows to send after resume, rows that would "
+        "fail, tokens in and at most out, time and GPU-hours",
+    )
+    _add_spec_args(planning)
+    planning.add_argument(
+        "--tokenizer",
+        default=None,
+        metavar="DIR",
+        help="count with these tokenizer files (a model directory or Hugging Face id) "
+        "instead of the server's POST /tokenize (default: the spec's endpoint)",
+    )
+    planning.add_argument(
+        "--max-model-len",
+        type=int,
+        default=None,
+        metavar="N",
+        help="the model's context in tokens, with --tokenizer (default: the server's, "
+        "else the config's max_position_embeddings)",
+    )
+    planning.add_argument(
+        "--report",
+        default="spark-vllm-plan.json",
+        metavar="FILE",
+        help="where the JSON report goes (default: %(default)s)",
+    )
     return parser
+
+
+def make_plan(spec: JobSpec, args: argparse.Namespace) -> int:
+    """`spark-vllm plan`: the job planned and its requests counted, nothing sent."""
+    import json
+
+    from spark_vllm.job import plan
+    from spark_vllm.preflight import choose_tokens, file_context, preflight
+
+    try:
+        tokens, context = choose_tokens(spec, args.tokenizer)
+        if args.max_model_len is not None:
+            context = args.max_model_len
+        if context is None and args.tokenizer is not None:
+            context = file_context(args.tokenizer)
+        if context is None:
+            raise SpecError(
+                "plan needs the model's context: give --max-model-len N (the server's "
+                "--max-model-len)"
+            )
+    except SpecError as exc:
+        print(f"spark-vllm: {exc}", file=sys.stderr)
+        return 2
+    spark = spark_session(spec)
+    job = None
+    try:
+        job = plan(spark, spec)
+        if job.progress is not None:
+            job.progress.close()  # nothing will report to it
+        report = preflight(spark, spec, job, tokens, context)
+    except SpecError as exc:
+        print(f"spark-vllm: {exc}", file=sys.stderr)
+        return 2
+    except JdbcError as exc:
+        print(f"spark-vllm: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if job is not None and job.progress is not None:
+            job.progress.close()
+        if not _under_spark_submit():
+            spark.stop()
+    Path(args.report).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    print(report.render())
+    print(f"  report        {args.report}")
+    return 0
 
 
 def show_summaries(spec: JobSpec, args: argparse.Namespace) -> int:
@@ -242,6 +315,7 @@ def _plain_sigint() -> Iterator[None]:
 def run(spec: JobSpec, server: LocalServer | None = None) -> int:
     """Plan the job, start `server` (if any) only when there is something to send, run."""
     from spark_vllm.job import execute, plan
+    from spark_vllm.summary import BUDGET_REACHED
 
     spark = spark_session(spec)
     ctrl_c = _CtrlC(spark, server)
@@ -290,7 +364,7 @@ def run(spec: JobSpec, server: LocalServer | None = None) -> int:
         cause = known if known is not None else exc.cause
         reason = f"{type(cause).__name__}: {cause}"
         print(f"spark-vllm: job failed: {reason}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(known, ContextExceeded) else 1  # the spec asks too much
     except Exception:
         if not ctrl_c.seen:
             raise
@@ -307,6 +381,13 @@ def run(spec: JobSpec, server: LocalServer | None = None) -> int:
         if server is not None:
             _stop(server, grace_s=5 if ctrl_c.seen else 20)
     print(summary.render())
+    if summary.status == BUDGET_REACHED:
+        print(
+            "spark-vllm: the budget is reached; what finished is committed, and running "
+            "again with a larger budget (or none) sends the rest",
+            file=sys.stderr,
+        )
+        return 3
     return 0
 
 
@@ -438,6 +519,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return validate(spec, args)
     if args.command == "summary":
         return show_summaries(spec, args)
+    if args.command == "plan":
+        return make_plan(spec, args)
     signal.signal(signal.SIGTERM, _terminate)
     if args.command == "local":
         return run_local(spec, args)

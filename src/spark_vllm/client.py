@@ -116,6 +116,21 @@ def probe(
     return None
 
 
+def served_context(
+    base_url: str, model: str, api_key: str | None = None, timeout: float = 5.0
+) -> int | None:
+    """The served model's context in tokens (vLLM's `max_model_len` in GET /v1/models),
+    or None when the server does not say (or cannot be asked): never raises."""
+    try:
+        body = _get_ok(base_url.rstrip("/") + "/models", api_key, timeout)
+        for entry in json.loads(body)["data"]:
+            if entry.get("id") == model and isinstance(entry.get("max_model_len"), int):
+                return int(entry["max_model_len"])
+    except (_NotOk, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return None
+
+
 def wait_ready(
     base_url: str,
     model: str,
@@ -332,6 +347,15 @@ class OutageGate:
         self.recovered_at = float("-inf")
         self.dead: SidecarDown | None = None
         self._lock = asyncio.Lock()
+        self._down_s = 0.0  # outages that ended, in seconds
+        self._down_since: float | None = None  # the outage going on
+
+    def down_s(self) -> float:
+        """Seconds the sidecar has been found down so far (from its first failed health
+        check to its first good one), the outage going on included."""
+        now = time.monotonic()
+        going = now - self._down_since if self._down_since is not None else 0.0
+        return self._down_s + going
 
     async def _healthy(self, session: aiohttp.ClientSession) -> bool:
         try:
@@ -351,7 +375,7 @@ class OutageGate:
             async with aiohttp.ClientSession() as session:
                 if await self._healthy(session):
                     return False
-                down_at = time.monotonic()
+                down_at = self._down_since = time.monotonic()
                 while not await self._healthy(session):
                     if time.monotonic() - down_at > self.outage_s:
                         self.dead = SidecarDown(
@@ -362,4 +386,6 @@ class OutageGate:
                         raise self.dead
                     await asyncio.sleep(poll_s)
             self.recovered_at = time.monotonic()
+            self._down_s += self.recovered_at - down_at
+            self._down_since = None
             return True

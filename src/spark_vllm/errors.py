@@ -74,6 +74,11 @@ class ErrorBudgetExceeded(TaskError):
     """More of a task's rows failed than max_error_rate allows."""
 
 
+class ContextExceeded(TaskError):
+    """The job asks for more output tokens (max_tokens) than the served model's context
+    holds: every row would fail, so the task refuses before it sends anything."""
+
+
 class JobFailed(SparkVllmError, RuntimeError):
     """The job stopped early; `summary` covers the rows committed before it stopped."""
 
@@ -119,3 +124,7 @@ def task_error(exc: BaseException) -> TaskError | None:
             message = text[at + len(name) :].split("\n", 1)[0]
             best = (at, cls, message)
     return best[1](best[2]) if best is not None else None
+
+
+class BudgetUnavailable(TaskError):
+    """A task under a budget cannot ask the driver how much of it is left."""

@@ -41,6 +41,8 @@ def fingerprint(spec: JobSpec) -> Fingerprint:
     for key, value in sorted(spec.sampling.model_dump(exclude_none=True).items()):
         found[f"sampling.{key}"] = value
     found["sampling_column"] = spec.sampling_column
+    if spec.on_overlong != "error":  # left out at its default: older runs did not record it
+        found["on_overlong"] = spec.on_overlong
     so = spec.structured_output
     found["structured_output"] = so.model_dump(exclude_none=True) if so is not None else None
     return found

@@ -16,6 +16,7 @@ import math
 import os
 import platform
 import re
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -45,7 +46,8 @@ from spark_vllm.kinds import (
     Embedding,
     RequestKind,
 )
-from spark_vllm.progress import ProgressBoard, ProgressPrinter
+from spark_vllm.preflight import COMPLETION_DEFAULT_MAX_TOKENS
+from spark_vllm.progress import Budget, JobMetrics, ProgressBoard, ProgressPrinter
 from spark_vllm.prompt import PromptBuilder
 from spark_vllm.retry import RetryPolicy
 from spark_vllm.runner import (
@@ -56,9 +58,16 @@ from spark_vllm.runner import (
     Timeouts,
     run_partition,
 )
-from spark_vllm.spec import JobSpec
+from spark_vllm.spec import JobSpec, SampleSpec
 from spark_vllm.stores import OutputStore, store_for
-from spark_vllm.summary import Summary, Tally, TallyParam, summarize, summarize_from_output
+from spark_vllm.summary import (
+    BUDGET_REACHED,
+    Summary,
+    Tally,
+    TallyParam,
+    summarize,
+    summarize_from_output,
+)
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +179,15 @@ def max_tokens_hint(df: DataFrame, spec: JobSpec) -> Column | None:
     return F.coalesce(per_row.cast("long"), F.lit(default).cast("long"))
 
 
+def largest_max_tokens(spec: JobSpec, census: Census) -> int | None:
+    """The largest max_tokens any row of a generating job asks for (None: none is set,
+    or the kind has none)."""
+    if spec.task == "embedding" or spec.input.format == "openai-batch":
+        return None
+    asked = [n for n in (spec.sampling.max_tokens, census.max_tokens) if n is not None]
+    return max(asked) if asked else None
+
+
 def arrange(df: DataFrame, spec: JobSpec, spark: SparkSession) -> DataFrame:
     """Split the rows into tasks and order each task's rows (see `concurrency.order`).
 
@@ -228,6 +246,7 @@ def kind_for(spec: JobSpec) -> RequestKind:
         seed_auto=spec.sampling.seed == "auto",
         logprobs=spec.wants_logprobs(),
         answer=answer_shape(spec),
+        truncate=spec.on_overlong == "truncate",
     )
 
 
@@ -312,22 +331,49 @@ class Census:
     retried: int = 0  # ids whose latest attempt failed
     earlier_ids: int = 0  # ids at the output, input or not
     earlier_failed: int = 0  # of those, the ones whose latest attempt failed
+    max_tokens: int | None = None  # the largest per-row max_tokens (a sampling column's)
+    held_back: int = 0  # rows to send that `limit` leaves for a later run
 
     @property
     def to_send(self) -> int:
-        return self.rows - self.skipped
+        return self.rows - self.skipped - self.held_back
 
 
 # The census's own column names.
-_ID, _N, _RUN, _OK = "__sv_id", "__sv_n", "__sv_run", "__sv_ok"
+_ID, _N, _RUN, _OK, _MT = "__sv_id", "__sv_n", "__sv_run", "__sv_ok", "__sv_mt"
+# A row's place in the input (limit: the first rows to send), and its id's sample hash.
+_ORDER, _HASH = "__sv_order", "__sv_hash"
 
 
-def take_census(df: DataFrame, latest: DataFrame | None, id_column: str, same: set[str]) -> Census:
+def sample(df: DataFrame, id_column: str, spec: SampleSpec) -> DataFrame:
+    """The rows whose ids a hash of (id, seed) picks: `fraction` of them, or the `rows`
+    with the smallest hashes. The same ids on every run, however the input is split."""
+    hashed = F.xxhash64(F.col(_quote(id_column)).cast("string"), F.lit(spec.seed))
+    if spec.fraction is not None:
+        return df.where(F.pmod(hashed, F.lit(SAMPLE_SCALE)) < int(spec.fraction * SAMPLE_SCALE))
+    assert spec.rows is not None
+    picked = df.withColumn(_HASH, hashed).orderBy(_HASH, _quote(id_column)).limit(spec.rows)
+    return picked.drop(_HASH)
+
+
+SAMPLE_SCALE = 1_000_000_000
+
+
+def take_census(
+    df: DataFrame,
+    latest: DataFrame | None,
+    id_column: str,
+    same: set[str],
+    max_tokens: Column | None = None,
+) -> Census:
     """One Spark job: the input's ids grouped (how many rows each, to find the null and
     repeated ones) and joined with the latest attempt per id at the output (`latest`:
     `results.latest_outcome`, None when there is none), whose run made it with these
-    settings when it is in `same`."""
-    ids = df.groupBy(F.col(_quote(id_column)).alias(_ID)).agg(F.count(F.lit(1)).alias(_N))
+    settings when it is in `same`; and the largest of `max_tokens` (a per-row column)."""
+    per_row = max_tokens if max_tokens is not None else F.lit(None).cast("long")
+    ids = df.groupBy(F.col(_quote(id_column)).alias(_ID)).agg(
+        F.count(F.lit(1)).alias(_N), F.max(per_row).alias(_MT)
+    )
     if latest is None:
         joined = ids.withColumns({_RUN: F.lit(None).cast("string"), _OK: F.lit(None)})
     else:
@@ -351,6 +397,7 @@ def take_census(df: DataFrame, latest: DataFrame | None, id_column: str, same: s
         F.count(F.when(in_input & ~F.coalesce(F.col(_OK), F.lit(True)), 1)).alias("retried"),
         F.count(F.col(_RUN)).alias("earlier_ids"),
         F.count(F.when(~F.coalesce(F.col(_OK), F.lit(True)), 1)).alias("earlier_failed"),
+        F.max(_MT).alias("max_tokens"),
     ).first()
     assert row is not None
     return Census(
@@ -362,6 +409,7 @@ def take_census(df: DataFrame, latest: DataFrame | None, id_column: str, same: s
         int(row["retried"]),
         int(row["earlier_ids"]),
         int(row["earlier_failed"]),
+        None if row["max_tokens"] is None else int(row["max_tokens"]),
     )
 
 
@@ -399,6 +447,7 @@ class Plan:
     note: str = ""
     tally: Accumulator[Tally] | None = None
     progress: ProgressBoard | None = None  # where the tasks report as they go
+    to_send: DataFrame | None = None  # the input rows the run sends, in its partitions
 
 
 # The local properties by which Spark's UI groups and names the jobs a thread starts.
@@ -413,12 +462,14 @@ def job_group(run_id: str) -> str:
 @contextlib.contextmanager
 def _ui_steps(spark: SparkSession, spec: JobSpec, run_id: str) -> Iterator[Callable[[str], None]]:
     """Yields `step(what)`: the Spark jobs started after it are grouped under the run
-    (`job_group`) and described in Spark's UI as `spark-vllm <task> <model>: <what>`.
+    (`job_group`) and described in Spark's UI as `spark-vllm <spec file> (<task>,
+    <model>): <what>` (without the file when the spec came from no file).
     The thread's own group and description are restored after (run_job may be called
     from a user's session)."""
     context = spark.sparkContext
     before = {key: context.getLocalProperty(key) for key in _UI_PROPERTIES}
-    prefix = f"spark-vllm {spec.task} {spec.endpoint.model}"
+    source = f"{spec.source} " if spec.source else ""
+    prefix = f"spark-vllm {source}({spec.task}, {spec.endpoint.model})"
 
     def step(what: str) -> None:
         context.setJobGroup(job_group(run_id), f"{prefix}: {what}")
@@ -440,6 +491,7 @@ def plan(spark: SparkSession, spec: JobSpec) -> Plan:
     Nothing is sent when the input is empty or every id already succeeded: then
     `result` is None and `note` says why."""
     started = time.monotonic()
+    metrics_token = _metrics_token(spec)
     run_id = results.new_run_id()
     current = fingerprint(spec)
     kind = kind_for(spec)
@@ -458,6 +510,8 @@ def plan(spark: SparkSession, spec: JobSpec) -> Plan:
             return nothing(None, Census(), "the input is empty")
         spec.check_columns(df.columns)
         df = with_ids(df, spec)
+        if spec.limit is not None:  # the input's order, to take the first rows to send
+            df = df.withColumn(_ORDER, F.monotonically_increasing_id())
         id_column = spec.id_column()
         needed = dict.fromkeys(
             [
@@ -466,14 +520,17 @@ def plan(spark: SparkSession, spec: JobSpec) -> Plan:
                 *(["method", "url", "body"] if spec.input.format == "openai-batch" else []),
                 *([spec.sampling_column] if spec.sampling_column else []),
                 *spec.output.keep_columns,
+                *([_ORDER] if spec.limit is not None else []),
             ]
         )
         df = df.select(*[_quote(c) for c in needed])
+        if spec.sample is not None:
+            df = sample(df, id_column, spec.sample)
         schema = output_schema(df, spec, kind)
         stored = kind.stored_schema(schema)
         latest = results.latest_outcome(store.attempts(stored), id_column) if earlier else None
         same = matching_runs(store.records(), current) if earlier else set()
-        census = take_census(df, latest, id_column, same)
+        census = take_census(df, latest, id_column, same, max_tokens_hint(df, spec))
         if census.bad_ids:
             refuse_bad_ids(df, id_column)
         if census.stale:
@@ -487,6 +544,9 @@ def plan(spark: SparkSession, spec: JobSpec) -> Plan:
         if latest is not None and census.skipped:
             done = latest.where(F.col("ok") & F.col(results.RUN_COLUMN).isin(sorted(same)))
             df = df.join(done.select(_quote(id_column)), id_column, "left_anti")
+        if spec.limit is not None:
+            census.held_back = max(census.to_send - spec.limit, 0)
+            df = df.orderBy(_ORDER).limit(spec.limit).drop(_ORDER)
         if census.to_send == 0:
             note = (
                 "nothing to send: every id succeeded in earlier runs"
@@ -495,16 +555,30 @@ def plan(spark: SparkSession, spec: JobSpec) -> Plan:
             )
             return nothing(stored, census, note)
         tally = spark.sparkContext.accumulator(Tally(), TallyParam())
-        board = progress_board(spark, spec)
+        metrics = None
+        if metrics_token is not None:
+            metrics = JobMetrics(
+                metrics_token, run_id, spec.endpoint.model, spec.task, census.to_send
+            )
+        budget = budget_for(spec, census)
+        board = progress_board(spark, spec, metrics, budget)
+        if budget is not None and board is None:
+            raise SpecError(
+                "budget: the tasks lease their rows from the driver's progress endpoint, "
+                "which cannot listen (see the warning above); free progress.port or set 0"
+            )
         cfg = replace(
             task_config(spec, schema, task_slots(spark), kind),
             tally=tally,
             progress=board.target if board is not None else None,
+            max_tokens=largest_max_tokens(spec, census),
+            budget=budget is not None,
         )
+        to_send = arrange(df, spec, spark)
         return Plan(
             kind=kind,
             store=store,
-            result=arrange(df, spec, spark).mapInArrow(partial(run_partition, cfg=cfg), schema),
+            result=to_send.mapInArrow(partial(run_partition, cfg=cfg), schema),
             schema=stored,
             run_id=run_id,
             census=census,
@@ -513,14 +587,49 @@ def plan(spark: SparkSession, spec: JobSpec) -> Plan:
             earlier_runs=earlier,
             tally=tally,
             progress=board,
+            to_send=to_send,
         )
 
 
-def progress_board(spark: SparkSession, spec: JobSpec) -> ProgressBoard | None:
-    """The driver's progress endpoint for the run's tasks (None: `progress.enabled` is
-    false), listening where Spark's driver listens: its bind address (the pod's IP in a
-    driver pod on Kubernetes, which executors reach without cluster DNS), else its host."""
-    if not spec.progress.enabled:
+def _metrics_token(spec: JobSpec) -> str | None:
+    """The bearer token scrapers of the job's metrics send (None: `metrics.enabled` is
+    false). Raises SpecError when its environment variable is unset or empty."""
+    if not spec.metrics.enabled:
+        return None
+    name = spec.metrics.token_env
+    token = os.environ.get(name, "").strip()
+    if not token:
+        raise SpecError(
+            f"metrics.enabled needs a bearer token for scrapers in the environment variable "
+            f"{name} (metrics.token_env), and it is unset or empty: set it (on Kubernetes "
+            "the chart takes it from metrics.tokenSecret) or set metrics.enabled false"
+        )
+    return token
+
+
+def budget_for(spec: JobSpec, census: Census) -> Budget | None:
+    """The spec's budget for the driver's board; each row granted holds its max_tokens
+    (the largest any row asks) of the output budget until its answer is counted."""
+    if spec.budget is None:
+        return None
+    reserve = largest_max_tokens(spec, census)
+    if reserve is None:
+        reserve = COMPLETION_DEFAULT_MAX_TOKENS if spec.task == "completion" else 0
+    b = spec.budget
+    return Budget(b.max_rows, b.max_prompt_tokens, b.max_output_tokens, reserve)
+
+
+def progress_board(
+    spark: SparkSession,
+    spec: JobSpec,
+    metrics: JobMetrics | None = None,
+    budget: Budget | None = None,
+) -> ProgressBoard | None:
+    """The driver's progress endpoint for the run's tasks, serving `metrics` too when
+    given (None: neither `progress.enabled` nor metrics), listening where Spark's driver
+    listens: its bind address (the pod's IP in a driver pod on Kubernetes, which
+    executors reach without cluster DNS), else its host."""
+    if not spec.progress.enabled and metrics is None and budget is None:
         return None
     conf = spark.sparkContext.getConf()
     host = conf.get("spark.driver.host") or "127.0.0.1"
@@ -528,18 +637,30 @@ def progress_board(spark: SparkSession, spec: JobSpec) -> ProgressBoard | None:
     if bind not in ("0.0.0.0", "::"):  # noqa: S104  # a wildcard is no address to reach
         host = bind
     try:
-        return ProgressBoard(host, bind, spec.progress.port, spec.progress.interval_s)
+        board = ProgressBoard(
+            host, bind, spec.progress.port, spec.progress.interval_s, metrics, budget
+        )
     except OSError as exc:  # the port is taken, say: the run goes on without progress
         log.warning(
-            "no progress shown: the endpoint cannot listen on %s port %s: %s",
+            "no progress shown and no metrics served: the endpoint cannot listen on %s "
+            "port %s: %s",
             bind, spec.progress.port, exc,
         )  # fmt: skip
         return None
+    if metrics is not None:
+        where = board.target.url.rsplit("/", 1)[0] + "/metrics"
+        print(
+            f"spark-vllm metrics: {where} while the run sends "
+            f"(bearer token: ${spec.metrics.token_env})",
+            file=sys.stderr,
+            flush=True,
+        )
+    return board
 
 
 def _shown(spec: JobSpec, job: Plan) -> contextlib.AbstractContextManager[object]:
     """The run's progress on stderr while it sends, when the tasks report it."""
-    if job.progress is None:
+    if job.progress is None or not spec.progress.enabled:
         return contextlib.nullcontext()
     interval = spec.progress.interval_s
     return ProgressPrinter(job.progress, job.census.to_send, interval, tokens=job.kind.tokens)
@@ -573,6 +694,10 @@ def execute(spark: SparkSession, spec: JobSpec, job: Plan) -> Summary:
     wall = time.monotonic() - job.started
     if failure is None:
         summary = summarize(job, wall)
+        if job.progress is not None and job.progress.budget_reached:
+            summary.status = BUDGET_REACHED
+            left = job.census.to_send - summary.rows
+            summary.note = f"budget reached: {left} row(s) to send are left for a later run"
     else:
         with _ui_steps(spark, spec, job.run_id) as step:
             step(f"summary of run {job.run_id}, read back")

@@ -51,6 +51,8 @@ TIMING = (
     T.StructField("attempts", T.IntegerType()),
 )
 ERROR = T.StructField("error", T.StringType())
+# on_overlong: truncate — whether vLLM cut the row's prompt to fit (it reached its limit).
+TRUNCATED = T.StructField("truncated", T.BooleanType())
 _TOKEN = [T.StructField("token", T.StringType()), T.StructField("logprob", T.DoubleType())]
 LOGPROBS = T.StructField(
     "logprobs",
@@ -241,8 +243,13 @@ class Generating(RequestKind):
         seed_auto: bool = False,
         logprobs: bool = False,
         answer: Answer | None = None,
+        truncate: bool = False,
     ) -> None:
         super().__init__(model)
+        # on_overlong: truncate — vLLM keeps a prompt's last tokens so the row fits the
+        # served model's context, which the task sets here before its first request.
+        self.truncate = truncate
+        self.context: int | None = None
         self.builder = builder
         self.sampling = dict(sampling or {})
         self.id_column = id_column
@@ -259,9 +266,19 @@ class Generating(RequestKind):
         fields = list(self.fields)
         if self.logprobs:
             fields.append(LOGPROBS)
+        if self.truncate:
+            fields.append(TRUNCATED)
         if self.answer is not None:
             fields += self.answer.columns.fields
         return fields
+
+    def prompt_limit(self, max_tokens: Any) -> int | None:
+        """With truncation, the most prompt tokens a row asking `max_tokens` keeps (what
+        the context leaves after its answer); None without."""
+        if not self.truncate or self.context is None:
+            return None
+        asked = max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else 1
+        return max(self.context - asked, 1)
 
     def request(self, row: dict[str, Any]) -> dict[str, Any]:
         fields = self.builder.build(row)
@@ -273,7 +290,11 @@ class Generating(RequestKind):
 
     def body(self, payloads: list[Any]) -> dict[str, Any]:
         (fields,) = payloads
-        return {"model": self.model, **self.sampling, **fields}
+        body = {"model": self.model, **self.sampling, **fields}
+        limit = self.prompt_limit(body.get("max_tokens"))
+        if limit is not None:
+            body["truncate_prompt_tokens"] = limit
+        return body
 
     def _text(self, choice: dict[str, Any]) -> Any:
         found: Any = choice
@@ -334,8 +355,21 @@ class Generating(RequestKind):
         return parser
 
     def finish(self, row: dict[str, Any], result: Result) -> None:
-        """A structured answer becomes its columns; one that does not fit fails the row."""
-        if self.answer is None or result.error is not None:
+        """A structured answer becomes its columns; one that does not fit fails the row.
+        With truncation, `truncated` says whether the prompt reached its limit."""
+        if result.error is not None:
+            return
+        if self.truncate:
+            asked = self.sampling.get("max_tokens")
+            if self.sampling_column is not None:
+                own = row_sampling(row.get(self.sampling_column), self.sampling_column)
+                asked = own.get("max_tokens", asked)
+            limit = self.prompt_limit(asked)
+            used = result.values.get("prompt_tokens")
+            result.values["truncated"] = (
+                limit is not None and isinstance(used, int) and used >= limit
+            )
+        if self.answer is None:
             return
         try:
             result.values.update(self._parser().parse(result.values.get("response")))
@@ -491,4 +525,4 @@ KINDS: dict[str, type[RequestKind]] = {k.name: k for k in (Chat, Completion, Emb
 def reserved_columns() -> set[str]:
     """Every name a kind may give a result column (kept input columns may not)."""
     names = {f.name for kind in KINDS.values() for f in kind.fields}
-    return names | {LOGPROBS.name}
+    return names | {LOGPROBS.name, TRUNCATED.name}

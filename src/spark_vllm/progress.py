@@ -16,6 +16,10 @@ to the tasks inside their TaskConfig. Reports are best-effort: a lost one only d
 the count, and the summary comes from Spark's accumulator, not from here. A task that
 Spark runs again reports from zero under a newer task attempt id, which replaces the
 counts of the attempt before it.
+
+With `metrics.enabled`, the same endpoint serves the sum to Prometheus (`GET /metrics`,
+`JobCollector`) to scrapers bearing the token in `metrics.token_env`, while the run
+sends.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -55,13 +59,18 @@ class ProgressTarget:
 
 @dataclass
 class Counts:
-    """Rows a task (or, summed, the job) has a result for so far, and their tokens."""
+    """Rows a task (or, summed, the job) has a result for so far and their tokens; tries
+    after a request's first (`retries`); rows sent and not yet answered (`in_flight`);
+    and milliseconds the task found its sidecar down (`outage_ms`)."""
 
     rows: int = 0
     succeeded: int = 0
     failed: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    retries: int = 0
+    in_flight: int = 0
+    outage_ms: int = 0
 
     def add(self, other: Counts) -> None:
         for f in fields(self):
@@ -99,15 +108,58 @@ class TaskReport:
         return cls(*ids, Counts(**numbers))
 
 
+@dataclass(frozen=True)
+class Budget:
+    """The spec's `budget`, all tasks together (None: no limit). `reserve` is the output
+    tokens a row may cost (its max_tokens), held from `max_output_tokens` from the row's
+    grant until its answer is counted."""
+
+    max_rows: int | None = None
+    max_prompt_tokens: int | None = None
+    max_output_tokens: int | None = None
+    reserve: int = 0
+
+
+@dataclass(frozen=True)
+class JobMetrics:
+    """What the board's `GET /metrics` needs: the bearer token a scraper sends, and what
+    the run is (`run_id`, `model`, `task`, rows it sends: `to_send`)."""
+
+    token: str
+    run_id: str
+    model: str
+    task: str
+    to_send: int
+
+
 class ProgressBoard:
     """The driver's end: an HTTP endpoint the tasks report to, and their sum.
 
     Listens on `bind`:`port` (0: any free port) from construction until `close()`;
     `target` is what the tasks are given (`host` is the address they reach the driver
-    at). Thread-safe."""
+    at). With `metrics`, it also serves the sum to Prometheus at `GET /metrics` (see
+    `JobCollector`) to requests bearing `metrics.token`. Thread-safe."""
 
-    def __init__(self, host: str, bind: str, port: int, interval_s: float) -> None:
+    def __init__(
+        self,
+        host: str,
+        bind: str,
+        port: int,
+        interval_s: float,
+        metrics: JobMetrics | None = None,
+        budget: Budget | None = None,
+    ) -> None:
         self.token = secrets.token_urlsafe(32)
+        self.metrics = metrics
+        self.budget = budget
+        self.granted = 0  # rows granted to tasks under the budget
+        self.budget_reached = False
+        self._registry: Any = None
+        if metrics is not None:
+            from prometheus_client import CollectorRegistry
+
+            self._registry = CollectorRegistry(auto_describe=False)
+            self._registry.register(JobCollector(self, metrics))
         self._lock = threading.Lock()
         self._latest: dict[tuple[int, int], TaskReport] = {}
         server = _Server6 if ":" in bind else ThreadingHTTPServer
@@ -140,6 +192,38 @@ class ProgressBoard:
             ):
                 self._latest[key] = report
 
+    def lease(self, report: TaskReport, want: int) -> int:
+        """Rows a task may send next, at most `want`, within the budget: rows granted
+        never pass max_rows; none are granted once the answered rows' prompt or output
+        tokens reach their limit, nor more than the output budget can cover at `reserve`
+        tokens for every row granted and not yet answered. 0 marks the budget reached.
+        `report` is the asking task's counts now."""
+        self.report(report)
+        budget = self.budget
+        if budget is None:
+            return want
+        with self._lock:
+            total = Counts()
+            for known in self._latest.values():
+                total.add(known.counts)
+            grant = want
+            if budget.max_rows is not None:
+                grant = min(grant, budget.max_rows - self.granted)
+            if budget.max_prompt_tokens is not None and (
+                total.prompt_tokens >= budget.max_prompt_tokens
+            ):
+                grant = 0
+            if budget.max_output_tokens is not None:
+                waiting = max(self.granted - total.rows, 0)
+                left = budget.max_output_tokens - total.completion_tokens
+                left -= waiting * budget.reserve
+                grant = min(grant, left // budget.reserve if budget.reserve else left)
+            grant = max(grant, 0)
+            self.granted += grant
+            if grant == 0:
+                self.budget_reached = True
+            return grant
+
     def totals(self) -> tuple[Counts, int]:
         """The counts summed over the latest attempt of every task, and how many tasks
         reported."""
@@ -149,6 +233,14 @@ class ProgressBoard:
         for report in reports:
             total.add(report.counts)
         return total, len(reports)
+
+    def exposition(self, accept: str) -> tuple[bytes, str]:
+        """The job's metrics in the text format `accept` asks for (Prometheus text or
+        OpenMetrics): (body, content type). Only with `metrics`."""
+        from prometheus_client.exposition import choose_encoder
+
+        encoder, content_type = choose_encoder(accept)
+        return encoder(self._registry), content_type
 
     def close(self) -> None:
         """Stop listening (again: nothing)."""
@@ -165,8 +257,9 @@ class _Server6(ThreadingHTTPServer):
 
 
 class _Handler(BaseHTTPRequestHandler):
-    """POST /progress with the run's bearer token and a TaskReport's JSON. Every request,
-    whatever its method or path, is refused without the token."""
+    """POST /progress with the run's bearer token and a TaskReport's JSON; with metrics,
+    GET /metrics with the metrics token. Every request, whatever its method or path, is
+    refused without a token."""
 
     timeout = REPORT_TIMEOUT_S  # an idle connection does not hold a thread
 
@@ -174,9 +267,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.board = board
         super().__init__(*args, **kwargs)
 
+    def _bears(self, token: str) -> bool:
+        given = self.headers.get("Authorization", "").encode()
+        return hmac.compare_digest(given, f"Bearer {token}".encode())
+
     def _authorized(self) -> bool:
-        given = self.headers.get("Authorization", "")
-        if hmac.compare_digest(given.encode(), f"Bearer {self.board.token}".encode()):
+        if self._bears(self.board.token):
             return True
         self._answer(401, "a progress report needs the run's bearer token")
         return False
@@ -185,12 +281,21 @@ class _Handler(BaseHTTPRequestHandler):
         if self._authorized():
             self._answer(405, "only POST /progress")
 
-    do_GET = do_HEAD = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed
+    do_HEAD = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed
+
+    def do_GET(self) -> None:
+        metrics = self.board.metrics
+        if metrics is None or self.path.split("?", 1)[0] != "/metrics":
+            return self._not_allowed()
+        if not self._bears(metrics.token):
+            return self._answer(401, "GET /metrics needs the bearer token of metrics.token_env")
+        body, content_type = self.board.exposition(self.headers.get("Accept", ""))
+        return self._send(200, content_type, body)
 
     def do_POST(self) -> None:
         if not self._authorized():
             return None
-        if self.path != "/progress":
+        if self.path not in ("/progress", "/lease"):
             return self._answer(404, "not found: POST /progress")
         try:
             length = int(self.headers.get("Content-Length", ""))
@@ -199,23 +304,152 @@ class _Handler(BaseHTTPRequestHandler):
         if not 0 < length <= MAX_REPORT_BYTES:
             return self._answer(413, f"a progress report is 1 to {MAX_REPORT_BYTES} bytes")
         try:
-            self.board.report(TaskReport.from_json(self.rfile.read(length)))
-        except ValueError as exc:
+            body = self.rfile.read(length)
+            if self.path == "/lease":
+                want = orjson.loads(body).get("want")
+                if not isinstance(want, int) or isinstance(want, bool) or want < 1:
+                    raise ValueError(f"a lease asks for want >= 1 rows, found {want!r}")
+                granted = self.board.lease(TaskReport.from_json(body), want)
+                return self._send(200, "application/json", orjson.dumps({"granted": granted}))
+            self.board.report(TaskReport.from_json(body))
+        except (ValueError, AttributeError) as exc:
             return self._answer(400, str(exc))
         return self._answer(204, "")
 
     def _answer(self, status: int, message: str) -> None:
-        body = message.encode()
-        self.send_response(status)
-        if body:
-            self.send_header("Content-Type", "text/plain; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if body:
-            self.wfile.write(body)
+        self._send(status, "text/plain; charset=utf-8", message.encode())
+
+    def _send(self, status: int, content_type: str, body: bytes) -> None:
+        """Answer; a client that hung up first (a scraper past its timeout) is no error."""
+        try:
+            self.send_response(status)
+            if body:
+                self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if body:
+                self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
 
     def log_message(self, format: str, *args: Any) -> None:  # the base's name
         log.debug("progress endpoint: " + format, *args)
+
+
+class JobCollector:
+    """The board's sum as Prometheus metrics (read at each scrape), named and typed by
+    Prometheus' conventions:
+
+    - spark_vllm_rows_total{outcome="succeeded"|"failed"} (counter): rows with a result
+    - spark_vllm_rows_to_send (gauge): rows this run sends
+    - spark_vllm_prompt_tokens_total, spark_vllm_completion_tokens_total (counters)
+    - spark_vllm_retries_total (counter): tries after a request's first
+    - spark_vllm_sidecar_outage_seconds_total (counter): seconds tasks found their
+      sidecar down, summed over tasks
+    - spark_vllm_rows_in_flight (gauge): rows sent and not yet answered
+    - spark_vllm_tasks_reporting (gauge): tasks that have reported
+    - spark_vllm_run_info{run_id, model, task} (gauge, 1)
+
+    A task that Spark runs again reports from zero, so a counter may drop: Prometheus'
+    rate() reads a drop as a counter reset."""
+
+    def __init__(self, board: ProgressBoard, metrics: JobMetrics) -> None:
+        self.board = board
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        counts, tasks = self.board.totals()
+        m = self.metrics
+        info = GaugeMetricFamily(
+            "spark_vllm_run_info", "The run the job metrics are of.",
+            labels=["run_id", "model", "task"],
+        )  # fmt: skip
+        info.add_metric([m.run_id, m.model, m.task], 1)
+        yield info
+        rows = CounterMetricFamily(
+            "spark_vllm_rows", "Rows with a result, by outcome.", labels=["outcome"]
+        )
+        rows.add_metric(["succeeded"], counts.succeeded)
+        rows.add_metric(["failed"], counts.failed)
+        yield rows
+        yield GaugeMetricFamily("spark_vllm_rows_to_send", "Rows this run sends.", m.to_send)
+        yield CounterMetricFamily(
+            "spark_vllm_prompt_tokens", "Prompt tokens of the rows with a result.",
+            counts.prompt_tokens,
+        )  # fmt: skip
+        yield CounterMetricFamily(
+            "spark_vllm_completion_tokens", "Completion (output) tokens of the rows with a result.",
+            counts.completion_tokens,
+        )  # fmt: skip
+        yield CounterMetricFamily(
+            "spark_vllm_retries", "Tries after a request's first.", counts.retries
+        )
+        yield CounterMetricFamily(
+            "spark_vllm_sidecar_outage_seconds",
+            "Seconds tasks found their vLLM sidecar down, summed over tasks.",
+            counts.outage_ms / 1000,
+        )
+        yield GaugeMetricFamily(
+            "spark_vllm_rows_in_flight", "Rows sent and not yet answered.", counts.in_flight
+        )
+        yield GaugeMetricFamily(
+            "spark_vllm_tasks_reporting", "Tasks that have reported progress.", tasks
+        )
+
+
+# Rows a task asks the budget for at a time (at most what its current batch still holds).
+LEASE_ROWS = 64
+
+
+class BudgetLease:
+    """A task's end of the budget: `take()` before each row it sends; False once the
+    driver grants no more (the budget is reached). Asks for up to LEASE_ROWS rows at a
+    time, never more than the rows it has in hand. Synchronous, from the task's thread;
+    a driver that cannot be asked fails the task (the budget would not hold)."""
+
+    def __init__(self, target: ProgressTarget, task: Callable[[], tuple[int, int, int]]) -> None:
+        self.url = target.url.rsplit("/", 1)[0] + "/lease"
+        self.token = target.token
+        self._task = task
+        self.allowance = 0
+        self.exhausted = False
+
+    def take(self, in_hand: int, counts: Callable[[], Counts]) -> bool:
+        if self.allowance == 0 and not self.exhausted:
+            self.allowance = self._ask(max(1, min(LEASE_ROWS, in_hand)), counts())
+            self.exhausted = self.allowance == 0
+        if self.exhausted:
+            return False
+        self.allowance -= 1
+        return True
+
+    def _ask(self, want: int, counts: Counts) -> int:
+        import urllib.request
+
+        from spark_vllm.errors import BudgetUnavailable
+
+        body = orjson.loads(TaskReport(*self._task(), counts).to_json())
+        body["want"] = want
+        request = urllib.request.Request(  # noqa: S310  # the driver's own http URL
+            self.url,
+            data=orjson.dumps(body),
+            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
+            method="POST",
+        )
+        last: Exception | None = None
+        for attempt in range(4):
+            try:
+                with urllib.request.urlopen(request, timeout=REPORT_TIMEOUT_S) as answer:  # noqa: S310
+                    return int(orjson.loads(answer.read())["granted"])
+            except Exception as exc:  # the driver busy or restarting: a few tries
+                last = exc
+                time.sleep(0.5 * 2**attempt)
+        raise BudgetUnavailable(
+            f"the driver's budget endpoint {self.url} cannot be asked ({last}); the task "
+            "stops rather than pass the budget"
+        )
 
 
 class ProgressReporter:

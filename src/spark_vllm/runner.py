@@ -3,8 +3,10 @@
 It streams the partition through a bounded window of requests in flight (never the
 whole partition in memory, never one request at a time) and yields result rows as they
 complete, in Arrow record batches. It waits for the sidecar only once a row needs
-sending. Every input row gives exactly one result row — checked here, for the job and
-the column functions alike; a row that fails is a row with `error` set. What a row
+sending. Every input row it takes gives exactly one result row — checked here, for the
+job and the column functions alike; a row that fails is a row with `error` set. Under a
+budget it takes only the rows the driver grants (`BudgetLease`): once none are granted,
+the rest of the partition stays unsent, for a later run. What a row
 becomes, and what its answer gives, is its kind's business (see kinds).
 """
 
@@ -24,11 +26,19 @@ from typing import Any, TypeVar
 import pyarrow as pa
 
 from spark_vllm.adaptive import AdaptiveWindow, WindowPolicy
-from spark_vllm.client import Result, SidecarClient, read_api_key, server_root, wait_ready
-from spark_vllm.errors import ErrorBudgetExceeded, RowError, RowFailed
+from spark_vllm.client import (
+    Result,
+    SidecarClient,
+    read_api_key,
+    served_context,
+    server_root,
+    wait_ready,
+)
+from spark_vllm.errors import ContextExceeded, ErrorBudgetExceeded, RowError, RowFailed
 from spark_vllm.kinds import RequestKind
 from spark_vllm.progress import (
     REPORT_TIMEOUT_S,
+    BudgetLease,
     Counts,
     ProgressReporter,
     ProgressTarget,
@@ -100,6 +110,11 @@ class TaskConfig:
     tally: Any = None
     # The driver's progress endpoint: the task reports its counts there as it goes.
     progress: ProgressTarget | None = None
+    # Under a budget, the task leases its rows from the driver's endpoint (`progress`).
+    budget: bool = False
+    # The largest max_tokens a row asks for (the spec's, or a per-row column's largest):
+    # checked against the served model's context before the task's first request.
+    max_tokens: int | None = None
 
 
 async def _start_task(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
@@ -257,6 +272,11 @@ class PartitionRunner:
         self.tally = Tally()
         self.latencies = _Latencies()
         self.window_range: tuple[int, int] | None = None  # smallest and largest window used
+        self.lease: BudgetLease | None = None
+        if cfg.budget:
+            assert cfg.progress is not None, "a budget is leased from the progress endpoint"
+            self.lease = BudgetLease(cfg.progress, task_identity)
+        self.in_hand = 0  # rows of the current batch not yet handled
 
     def run(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         """The mapInArrow body: result batches, one row per input row."""
@@ -271,7 +291,12 @@ class PartitionRunner:
             if reporter is not None:
                 periodic = self.loop.submit(_start_task(reporter.run(self._counts))).result()
             for batch in batches:
-                for row in batch.to_pylist():
+                rows = batch.to_pylist()
+                self.in_hand = len(rows)
+                for row in rows:
+                    if self.lease is not None and not self.lease.take(self.in_hand, self._counts):
+                        break  # the budget is reached: this row and the rest stay unsent
+                    self.in_hand -= 1
                     self.rows_in += 1
                     self._add(row)
                     if self.pending >= self._window():
@@ -280,6 +305,8 @@ class PartitionRunner:
                         yield self.out.flush()
                 self._launch()  # the batch's rows go out even if the window is not full
                 self._drain()
+                if self.lease is not None and self.lease.exhausted:
+                    break
             if self.group:
                 self._queue()
             self._launch()
@@ -298,6 +325,8 @@ class PartitionRunner:
                 self._quietly(reporter.finish(periodic, self._counts()))
                 periodic = None
             print(self.log_line(time.monotonic() - started), file=sys.stderr, flush=True)
+            self.tally.outage_s = self._outage_s()
+            self.tally.window = self.window_range
             if self.cfg.tally is not None:
                 self.cfg.tally.add(self.tally.shipped())
         finally:
@@ -326,17 +355,28 @@ class PartitionRunner:
         stage, partition, attempt = task_identity()
         t, lat = self.tally, self.latencies
         low, high = self.window_range or (0, 0)
+        outage = self._outage_s()
+        down = f", sidecar down {outage:.1f} s" if outage else ""
         return (
             f"spark-vllm task: stage {stage} partition {partition} (task {attempt}): "
             f"{t.rows:,} rows, {t.failed:,} failed, {t.retries:,} retries, "
             f"window {low}-{high}, latency mean {lat.mean():,.0f} ms "
-            f"p95 {lat.p95():,.0f} ms, {elapsed_s:.1f} s"
+            f"p95 {lat.p95():,.0f} ms{down}, {elapsed_s:.1f} s"
         )
 
     def _counts(self) -> Counts:
-        """What the task has a result for so far (read from the event loop's thread)."""
+        """What the task has a result for so far, sent and found (read from the event
+        loop's thread)."""
         t = self.tally
-        return Counts(t.rows, t.succeeded, t.failed, t.prompt_tokens, t.completion_tokens)
+        return Counts(
+            t.rows, t.succeeded, t.failed, t.prompt_tokens, t.completion_tokens,
+            retries=t.retries, in_flight=self.pending, outage_ms=round(self._outage_s() * 1000),
+        )  # fmt: skip
+
+    def _outage_s(self) -> float:
+        """Seconds this task found its sidecar down."""
+        gate = self.client.gate
+        return gate.down_s() if gate is not None else 0.0
 
     def _add(self, row: dict[str, Any]) -> None:
         try:
@@ -357,7 +397,25 @@ class PartitionRunner:
         that can become a request, never waits for it."""
         assert self.loop is not None
         timeouts = self.cfg.timeouts
-        wait_ready(self.cfg.endpoint.base_url, self.kind.model, timeouts.ready_s, self.api_key)
+        base_url = self.cfg.endpoint.base_url
+        wait_ready(base_url, self.kind.model, timeouts.ready_s, self.api_key)
+        asked = self.cfg.max_tokens
+        truncate = getattr(self.kind, "truncate", False)
+        if asked is not None or truncate:
+            context = served_context(base_url, self.kind.model, self.api_key)
+            if truncate:
+                if context is None:
+                    raise ContextExceeded(
+                        f"on_overlong: truncate needs the served model's context, and "
+                        f"{base_url}/models gives no max_model_len for {self.kind.model!r}"
+                    )
+                self.kind.context = context  # type: ignore[attr-defined]  # Generating's
+            if asked is not None and context is not None and asked > context:
+                raise ContextExceeded(
+                    f"max_tokens {asked} is more than model {self.kind.model!r} at {base_url} "
+                    f"holds: its context is {context} tokens (prompt and answer together); "
+                    "lower sampling.max_tokens (or the sampling column's) below that"
+                )
         if self.adaptive is not None:
             self.loop.submit(self.adaptive.run(self.client.fetch_metrics, lambda: self.pending))
         self.started = True

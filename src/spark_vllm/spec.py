@@ -16,6 +16,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -470,9 +471,72 @@ class ProgressSpec(_Strict):
         default=0,
         ge=0,
         le=65535,
-        description="port of the driver's progress endpoint that tasks report to (0: any "
-        "free port); it takes only the run's own token",
+        description="port of the driver's progress endpoint that tasks report to, and that "
+        "serves /metrics with metrics.enabled (0: any free port)",
     )
+
+
+class MetricsSpec(_Strict):
+    enabled: bool = Field(
+        default=False,
+        description="serve the job's Prometheus metrics at GET /metrics on the driver's "
+        "progress endpoint (progress.port) while the run sends",
+    )
+    token_env: str = Field(
+        default="SPARK_VLLM_METRICS_TOKEN",
+        min_length=1,
+        description="environment variable of the driver holding the bearer token a scraper "
+        "must send (Authorization: Bearer ...); required with enabled",
+    )
+
+
+class EstimateSpec(_Strict):
+    output_tokens_per_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="for `spark-vllm plan`'s time and GPU-hours: output tokens per second "
+        "one replica (one sidecar) generates, e.g. measured with make bench on your GPU",
+    )
+    replicas: int = Field(default=1, ge=1, description="sidecars generating at once")
+    gpus_per_replica: int = Field(default=1, ge=1, description="GPUs each sidecar holds")
+
+
+class SampleSpec(_Strict):
+    fraction: float | None = Field(
+        default=None, gt=0, le=1, description="keep this share of the input's ids"
+    )
+    rows: int | None = Field(default=None, ge=1, description="keep this many of the input's ids")
+    seed: int = Field(
+        default=0,
+        description="which ids: a hash of the id and the seed picks them, the same "
+        "on every run and every partitioning",
+    )
+
+    @model_validator(mode="after")
+    def _one_size(self) -> SampleSpec:
+        if (self.fraction is None) == (self.rows is None):
+            raise ValueError("give sample.fraction or sample.rows (one of them)")
+        return self
+
+
+class BudgetSpec(_Strict):
+    max_rows: int | None = Field(default=None, ge=1, description="rows sent, all tasks together")
+    max_prompt_tokens: int | None = Field(
+        default=None, ge=1, description="prompt tokens of the answered rows, all tasks together"
+    )
+    max_output_tokens: int | None = Field(
+        default=None, ge=1, description="output tokens of the answered rows, all tasks together"
+    )
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> BudgetSpec:
+        if (
+            self.max_rows is None
+            and self.max_prompt_tokens is None
+            and (self.max_output_tokens is None)
+        ):
+            raise ValueError("a budget needs max_rows, max_prompt_tokens or max_output_tokens")
+        return self
 
 
 class SparkSpec(_Strict):
@@ -528,10 +592,44 @@ class JobSpec(_Strict):
         "mode, two per task slot of the most executors the job may get on a cluster",
     )
     progress: ProgressSpec = Field(default_factory=ProgressSpec)
+    metrics: MetricsSpec = Field(default_factory=MetricsSpec)
+    estimate: EstimateSpec = Field(
+        default_factory=EstimateSpec, description="throughput for `spark-vllm plan`'s estimate"
+    )
+    limit: int | None = Field(
+        default=None,
+        ge=1,
+        description="send at most the first N rows to send (after resume), in input order; "
+        "a later run resumes past them",
+    )
+    sample: SampleSpec | None = Field(
+        default=None,
+        description="run on a sample of the input's ids (fraction or rows, seed); a later "
+        "run without it resumes past them",
+    )
+    budget: BudgetSpec | None = Field(
+        default=None,
+        description="stop sending at a limit of rows or tokens across all tasks; the run "
+        "commits what finished and exits 3; a rerun with a higher budget goes on",
+    )
+    on_overlong: Literal["error", "truncate"] = Field(
+        default="error",
+        description="a prompt too long for the model's context: error (an error row, "
+        "vLLM's HTTP 400) or truncate (vLLM keeps its last tokens so the row fits; the "
+        "row's `truncated` is true)",
+    )
     spark: SparkSpec = Field(default_factory=SparkSpec)
+    # The spec file's name when read from one (load_spec): Spark's UI names the job by it.
+    _source: str = PrivateAttr(default="")
+
+    @property
+    def source(self) -> str:
+        """The name of the file the spec was read from ("": not from a file)."""
+        return self._source
 
     @model_validator(mode="after")
     def _task_prompt(self) -> JobSpec:
+        self._generating_only()
         if self.input.format == "openai-batch":
             return self._batch_file()
         if self.output.format == "openai-batch":
@@ -558,6 +656,28 @@ class JobSpec(_Strict):
         elif "embedding" in self.model_fields_set:
             raise ValueError(f"embedding settings are for task 'embedding', not '{self.task}'")
         return self
+
+    def _generating_only(self) -> None:
+        """on_overlong: truncate and token budgets need a chat or completion job's own
+        requests (a batch file's lines and embeddings carry their own settings)."""
+        batch = self.input.format == "openai-batch"
+        if self.on_overlong == "truncate" and (batch or self.task == "embedding"):
+            raise ValueError(
+                "on_overlong: truncate is for chat and completion jobs; an embedding job "
+                "truncates with embedding.truncate_prompt_tokens, a batch file's lines "
+                "with their own truncate_prompt_tokens"
+            )
+        budget = self.budget
+        if (
+            budget is not None
+            and self.task == "embedding"
+            and not batch
+            and (budget.max_prompt_tokens is not None or budget.max_output_tokens is not None)
+        ):
+            raise ValueError(
+                "budget.max_prompt_tokens and .max_output_tokens count the tokens of "
+                "answers, which embeddings do not report per row; use budget.max_rows"
+            )
 
     def _check_sampling(self) -> None:
         fields = self.sampling.model_dump(exclude_none=True)
@@ -737,4 +857,6 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
         doc = {}
     if isinstance(doc, dict):
         doc = apply_overrides(doc, overrides or [])
-    return spec_from_dict(doc)
+    spec = spec_from_dict(doc)
+    spec._source = Path(path).name
+    return spec

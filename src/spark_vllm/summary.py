@@ -24,6 +24,8 @@ ERROR_CHARS = 300
 ERRORS_PER_TASK = 50
 # Kinds of failure the summary lists.
 BREAKDOWN_KINDS = 10
+# A run's status when its budget stopped it (it committed what finished).
+BUDGET_REACHED = "budget reached"
 # Words of a server's message that name the kind of an HTTP error.
 KIND_WORDS = 6
 
@@ -53,7 +55,9 @@ def error_kind(error: str) -> str:
 class Tally:
     """What tasks counted of the rows they handed over. `kinds`: failed rows by
     `error_kind`, each with its count and one example id; `retries`: tries after the
-    first, summed over requests."""
+    first, summed over requests; `outage_s`: seconds the tasks found their sidecar down,
+    summed; `window`: the smallest and largest window of requests in flight a task used
+    (rows; None: no task sent)."""
 
     rows: int = 0
     succeeded: int = 0
@@ -63,6 +67,8 @@ class Tally:
     errors: Counter[str] = field(default_factory=Counter)
     kinds: dict[str, tuple[int, str]] = field(default_factory=dict)
     retries: int = 0
+    outage_s: float = 0.0
+    window: tuple[int, int] | None = None
 
     def count(self, error: str | None, tokens: tuple[int, int], row_id: object = None) -> None:
         self.rows += 1
@@ -85,7 +91,16 @@ class Tally:
         for kind, (count, example) in other.kinds.items():
             self.add_kind(kind, count, example)
         self.retries += other.retries
+        self.outage_s += other.outage_s
+        self.add_window(other.window)
         return self
+
+    def add_window(self, window: tuple[int, int] | None) -> None:
+        """Widen `window` to take in `window` (None: nothing)."""
+        if window is None:
+            return
+        low, high = self.window or window
+        self.window = (min(low, window[0]), max(high, window[1]))
 
     def add_kind(self, kind: str, count: int, example: str) -> None:
         """`count` more failed rows of `kind`; the first example id seen stays."""
@@ -108,6 +123,8 @@ class Tally:
             Counter(dict(self.errors.most_common(ERRORS_PER_TASK))),
             {kind: (n, ex) for kind, n, ex in self.breakdown()[:ERRORS_PER_TASK]},
             self.retries,
+            self.outage_s,
+            self.window,
         )
 
 
@@ -143,8 +160,10 @@ class Summary:
     note: str = ""  # why nothing was sent, when nothing was
     breakdown: list[tuple[str, int, str]] = field(default_factory=list)  # see Tally
     retries: int | None = None  # None: not known (a run that stopped midway)
+    outage_s: float | None = None  # sidecar down, summed over tasks; None: not known
+    window: tuple[int, int] | None = None  # see Tally; None: not known or fixed at 0
     # How the run ended and what it was, for its JSON document (see `to_dict`).
-    status: str = "succeeded"  # succeeded, failed or interrupted
+    status: str = "succeeded"  # succeeded, failed, interrupted or budget reached
     task: str = ""
     model: str = ""
     settings_sha256: str = ""  # of the run's fingerprint (what decides its answers)
@@ -171,6 +190,8 @@ class Summary:
             "prompt_tokens": self.prompt_tokens if self.tokens else None,
             "completion_tokens": self.completion_tokens if self.tokens else None,
             "retries": self.retries,
+            "sidecar_outage_s": self.outage_s,
+            "window": {"min": self.window[0], "max": self.window[1]} if self.window else None,
             "wall_s": self.wall_s,
             "rows_per_s": round(self.rows_per_s, 3),
             "output_tokens_per_s": round(self.output_tokens_per_s, 3) if self.tokens else None,
@@ -205,6 +226,8 @@ class Summary:
             note=data["note"],
             breakdown=[(k["kind"], k["rows"], k["example_id"]) for k in data["failed_by_kind"]],
             retries=data["retries"],
+            outage_s=data["sidecar_outage_s"],
+            window=(data["window"]["min"], data["window"]["max"]) if data["window"] else None,
             status=data["status"],
             task=data["task"],
             model=data["model"],
@@ -244,6 +267,11 @@ class Summary:
             lines.append(f"  out tokens/s  {self.output_tokens_per_s:.1f}")
         if self.retries is not None:
             lines.append(f"  retries       {self.retries} (tries after a request's first)")
+        if self.outage_s is not None:
+            lines.append(f"  sidecar down  {self.outage_s:.1f} s (summed over tasks)")
+        if self.window is not None:
+            low, high = self.window
+            lines.append(f"  window        {low}-{high} rows in flight per task")
         lines += [
             f"  skipped       {self.skipped} (succeeded in earlier runs)",
             f"  output        {self.output}: {self.output_ids} ids, {self.output_failed} failed",
@@ -283,9 +311,15 @@ def summarize(job: Plan, wall_s: float) -> Summary:
         note=job.note,
         breakdown=tally.breakdown()[:BREAKDOWN_KINDS],
         retries=tally.retries,
+        outage_s=tally.outage_s,
+        window=tally.window,
     )
-    summary.output_ids = census.earlier_ids + census.to_send - census.retried
-    summary.output_failed = census.earlier_failed - census.retried + tally.failed
+    if census.held_back or tally.rows != census.to_send:
+        # limit, sample or budget left rows unsent: which ids those are, only the output says
+        summary.output_ids, summary.output_failed = output_totals(job)
+    else:
+        summary.output_ids = census.earlier_ids + census.to_send - census.retried
+        summary.output_failed = census.earlier_failed - census.retried + tally.failed
     return summary
 
 
@@ -295,7 +329,6 @@ def summarize_from_output(job: Plan, wall_s: float) -> Summary:
     One pass over this run's output; the most common errors only when some row failed;
     the whole output's latest-attempt view only when earlier runs are there.
     """
-    from spark_vllm.results import latest
 
     store, kind = job.store, job.kind
     summary = Summary(
@@ -333,13 +366,21 @@ def summarize_from_output(job: Plan, wall_s: float) -> Summary:
                 kinds.add_kind(error_kind(r["e"]), r["count"], str(r["example"]))
             summary.breakdown = kinds.breakdown()[:BREAKDOWN_KINDS]
     if job.earlier_runs:
-        view = latest(store.attempts(job.schema), store.id_column)
-        overall = view.agg(
-            F.count(F.lit(1)).alias("ids"),
-            F.count(F.when(F.col("error").isNotNull(), 1)).alias("bad"),
-        ).first()
-        assert overall is not None
-        summary.output_ids, summary.output_failed = overall["ids"], overall["bad"]
+        summary.output_ids, summary.output_failed = output_totals(job)
     else:
         summary.output_ids, summary.output_failed = summary.rows, summary.failed
     return summary
+
+
+def output_totals(job: Plan) -> tuple[int, int]:
+    """(ids, ids whose latest attempt failed) at the output, read back."""
+    from spark_vllm.results import latest
+
+    store = job.store
+    view = latest(store.attempts(job.schema), store.id_column)
+    overall = view.agg(
+        F.count(F.lit(1)).alias("ids"),
+        F.count(F.when(F.col("error").isNotNull(), 1)).alias("bad"),
+    ).first()
+    assert overall is not None
+    return int(overall["ids"]), int(overall["bad"])

@@ -1,12 +1,14 @@
 """Render the chart with the real helm binary, and rebuild the pods the Spark Operator makes.
 
 Everything the bundle tests share that is not a fixture: where the repository's files are,
-how tools are found, the values cases every test sees, and a model of the operator's
-mutating webhook (v2.5) that turns a SparkApplication into the driver and executor pods.
+how tools are found, the values cases every test sees, a model of the operator's
+mutating webhook (v2.5) that turns a SparkApplication into the driver and executor pods, and
+strict validators from the pinned CustomResourceDefinitions in crds/.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import yaml
 
@@ -25,6 +28,7 @@ EXAMPLES = ROOT / "examples" / "values"
 MANIFESTS = ROOT / "manifests"
 TOOLS_BIN = ROOT / "build" / "tools" / "bin"
 TOOLS_VENV_BIN = ROOT / "build" / "tools" / "venv" / "bin"
+CRDS = Path(__file__).resolve().with_name("crds")
 NAMESPACE = "spark-jobs"
 
 Doc = dict[str, Any]
@@ -83,6 +87,12 @@ class Case:
         return args
 
 
+# metrics.enabled and the Secret it needs: PodMonitors, the dashboard, the metrics proxy.
+METRICS: tuple[tuple[str, Any], ...] = (
+    ("metrics.enabled", True),
+    ("metrics.tokenSecret.name", "spark-vllm-metrics"),
+)
+
 CASES: dict[str, Case] = {
     "chat": Case("chat.yaml"),
     "scheduled": Case("scheduled.yaml"),
@@ -123,6 +133,8 @@ CASES: dict[str, Case] = {
         "chat.yaml",
         (("sidecar.apiKey.enabled", True), ("sidecar.apiKey.secretName", "vllm-api-key")),
     ),
+    "metrics": Case("chat.yaml", METRICS),
+    "metrics-classic": Case("chat.yaml", (*METRICS, ("sidecar.mode", "classic"))),
 }
 
 
@@ -151,6 +163,10 @@ SUBMIT_CASES: dict[str, Case] = {
             ("restartPolicy.type", "OnFailure"),
         ),
     ),
+    "submit-metrics": Case("chat.yaml", (("operator.enabled", False), *METRICS)),
+    "submit-metrics-classic": Case(
+        "chat.yaml", (("operator.enabled", False), *METRICS, ("sidecar.mode", "classic"))
+    ),
 }
 
 
@@ -168,6 +184,12 @@ class Rendered:
         found = self.of_kind(kind)
         assert len(found) == 1, f"{self.name}: expected one {kind}, found {len(found)}"
         return found[0]
+
+    def job_spec(self) -> Doc:
+        """The job spec the chart mounts into the driver (job.yaml of its ConfigMap)."""
+        (config,) = [c for c in self.of_kind("ConfigMap") if "job.yaml" in c.get("data", {})]
+        spec: Doc = yaml.safe_load(config["data"]["job.yaml"])
+        return spec
 
     def submit_files(self) -> dict[str, str]:
         """The operator-less path's ConfigMap: spark.properties and the two pod templates."""
@@ -209,8 +231,9 @@ def load_docs(path: Path) -> list[Doc]:
 # --- the Spark Operator's mutating webhook, as far as these tests need it --------------------
 # Spark creates the bare pods (one container, named below); the webhook then adds, from the
 # SparkApplication: the volumes that the Spark container's volumeMounts name (and only those),
-# those mounts on the Spark container, init containers, sidecars, env, tolerations, node
-# selector, the pod and container security contexts, and executor.gpu on the Spark container.
+# those mounts on the Spark container, init containers, sidecars, env, ports (on the Spark
+# container), tolerations, node selector, the pod and container security contexts, and
+# executor.gpu on the Spark container.
 
 SPARK_CONTAINER = {"driver": "spark-kubernetes-driver", "executor": "spark-kubernetes-executor"}
 
@@ -242,6 +265,8 @@ def operator_pod(app_spec: Doc, role: str, app_name: str) -> Doc:
         container["volumeMounts"].append(mount)
     if part.get("env"):
         container["env"] = part["env"]
+    if part.get("ports"):
+        container["ports"] = part["ports"]
     if part.get("securityContext"):
         container["securityContext"] = part["securityContext"]
     if part.get("gpu"):
@@ -313,3 +338,54 @@ def vllm_container(app_spec: Doc) -> Doc:
     ]
     assert len(found) == 1, "expected exactly one vllm container on the executor"
     return found[0]
+
+
+# --- the pinned CRDs (crds/README.md), strict ----------------------------------------------
+# The API server prunes fields a structural schema does not list, silently: a misspelled
+# field of a custom resource is dropped, not refused. These validators refuse it instead.
+
+_SCHEMA_MAPS = {"properties", "patternProperties", "definitions"}
+_SCHEMA_LISTS = {"allOf", "anyOf", "oneOf"}
+_SCHEMAS = {"items", "additionalProperties", "not"}
+
+
+def strict_schema(schema: Any) -> Any:
+    """`schema` with `additionalProperties: false` on every object schema that lists
+    `properties`, says nothing about further keys, and does not keep unknown fields
+    (`x-kubernetes-preserve-unknown-fields`)."""
+    if not isinstance(schema, dict):
+        return schema
+    out: Doc = {}
+    for key, value in schema.items():
+        if key in _SCHEMA_MAPS and isinstance(value, dict):
+            out[key] = {name: strict_schema(sub) for name, sub in value.items()}
+        elif key in _SCHEMA_LISTS and isinstance(value, list):
+            out[key] = [strict_schema(sub) for sub in value]
+        elif key in _SCHEMAS:
+            out[key] = strict_schema(value)
+        else:
+            out[key] = value
+    if (
+        "properties" in out
+        and "additionalProperties" not in out
+        and not out.get("x-kubernetes-preserve-unknown-fields")
+    ):
+        out["additionalProperties"] = False
+    return out
+
+
+def crd_validator(crd_file: str, api_version: str) -> jsonschema.Draft7Validator:
+    """A strict validator for the custom resources of `api_version` ("group/version") that
+    the CRD in crds/`crd_file` defines."""
+    crd = yaml.safe_load((CRDS / crd_file).read_text(encoding="utf-8"))
+    group, _, version = api_version.partition("/")
+    assert crd["spec"]["group"] == group, f"{crd_file} defines {crd['spec']['group']}"
+    (served,) = [v for v in crd["spec"]["versions"] if v["name"] == version]
+    schema = strict_schema(served["schema"]["openAPIV3Schema"])
+    jsonschema.Draft7Validator.check_schema(schema)
+    return jsonschema.Draft7Validator(schema)
+
+
+@functools.cache
+def pod_monitor_validator() -> jsonschema.Draft7Validator:
+    return crd_validator("monitoring.coreos.com_podmonitors.yaml", "monitoring.coreos.com/v1")

@@ -1,5 +1,6 @@
 """Rendered objects against the authorities: the Spark Operator's own API models
-(kubeflow-spark-api) and the Kubernetes OpenAPI schemas (kubernetes-validate)."""
+(kubeflow-spark-api), the Kubernetes OpenAPI schemas (kubernetes-validate), and the Prometheus
+Operator's PodMonitor CRD (pinned in crds/, validated strictly)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from kubeflow_spark_api.models import (
     SparkV1beta2SparkApplication,
 )
 
-from .render import CASES, MANIFESTS, Rendered, load_docs, operator_pod
+from .render import CASES, MANIFESTS, Rendered, load_docs, operator_pod, pod_monitor_validator
 
 pytestmark = pytest.mark.bundle
 
@@ -24,8 +25,18 @@ MODELS = {
     "SparkApplication": SparkV1beta2SparkApplication,
     "ScheduledSparkApplication": SparkV1beta2ScheduledSparkApplication,
 }
+# Custom resources checked against their pinned CRD's schema, strictly: kind -> (apiVersion,
+# validator).
+CRD_VALIDATORS = {"PodMonitor": ("monitoring.coreos.com/v1", pod_monitor_validator())}
 # Not core Kubernetes: checked elsewhere (Volcano's Queue by its own test below).
-NOT_CORE = {*MODELS, "Queue"}
+NOT_CORE = {*MODELS, *CRD_VALIDATORS, "Queue"}
+
+
+def _check_custom_resource(doc: dict[str, Any]) -> None:
+    api_version, validator = CRD_VALIDATORS[doc["kind"]]
+    assert doc["apiVersion"] == api_version, doc["apiVersion"]
+    errors = [e.message for e in validator.iter_errors(doc)]
+    assert not errors, f"{doc['kind']} {doc['metadata']['name']}: {errors}"
 
 
 def _differences(given: Any, kept: Any, path: str = "") -> list[str]:
@@ -85,6 +96,8 @@ def test_manifests_round_trip_and_validate(path: str) -> None:
         if doc["kind"] in MODELS:
             kept = MODELS[doc["kind"]].from_dict(doc).to_dict()
             assert _differences(doc, kept) == []
+        elif doc["kind"] in CRD_VALIDATORS:
+            _check_custom_resource(doc)
         elif doc["kind"] not in NOT_CORE:
             kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
 
@@ -94,6 +107,13 @@ def test_core_objects_match_the_kubernetes_schema(rendered: dict[str, Rendered],
     for doc in rendered[name].docs:
         if doc["kind"] not in NOT_CORE:
             kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_custom_resources_match_their_pinned_crd(rendered: dict[str, Rendered], name: str) -> None:
+    for doc in rendered[name].docs:
+        if doc["kind"] in CRD_VALIDATORS:
+            _check_custom_resource(doc)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

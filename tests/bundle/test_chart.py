@@ -42,7 +42,8 @@ def test_case_renders_the_objects_it_asks_for(rendered: dict[str, Rendered], nam
     scheduled = dict(CASES[name].overrides).get("schedule.cron") or name == "scheduled"
     assert kinds.count("ScheduledSparkApplication" if scheduled else "SparkApplication") == 1
     assert kinds.count("SparkApplication") + kinds.count("ScheduledSparkApplication") == 1
-    assert kinds.count("ConfigMap") == 1
+    dashboard = bool(dict(CASES[name].overrides).get("metrics.enabled"))
+    assert kinds.count("ConfigMap") == 1 + dashboard  # the job spec (and Grafana's dashboard)
     assert "NetworkPolicy" in kinds
     assert "Pod" in kinds  # the helm test hook
     for doc in result.docs:
@@ -123,8 +124,7 @@ def test_rendered_job_spec_passes_the_jobs_own_validation(
 ) -> None:
     from spark_vllm.spec import spec_from_dict
 
-    job = yaml.safe_load(rendered[name].one("ConfigMap")["data"]["job.yaml"])
-    spec = spec_from_dict(job)
+    spec = spec_from_dict(rendered[name].job_spec())
     args = vllm_container(rendered[name].app_spec())["args"]
     assert spec.endpoint.model == args[args.index("--served-model-name") + 1]
     assert spec.endpoint.base_url == f"http://127.0.0.1:{args[args.index('--port') + 1]}/v1"

@@ -49,10 +49,13 @@ def test_renders_a_job_and_no_spark_application(submit: dict[str, Rendered], nam
     kinds = sorted(d["kind"] for d in submit[name].docs)
     assert "SparkApplication" not in kinds and "ScheduledSparkApplication" not in kinds
     assert kinds.count("Job") == 1
-    assert kinds.count("ConfigMap") == 2  # the job spec, and spark-submit's files
+    dashboard = bool(dict(SUBMIT_CASES[name].overrides).get("metrics.enabled"))
+    # the job spec, spark-submit's files (and Grafana's dashboard)
+    assert kinds.count("ConfigMap") == 2 + dashboard
     assert "Pod" in kinds  # the helm test hook
     for doc in submit[name].docs:
-        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+        if doc["kind"] != "PodMonitor":  # a custom resource: test_metrics.py checks it (CRD)
+            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
 
 
 @pytest.mark.parametrize("name", sorted(SUBMIT_CASES))

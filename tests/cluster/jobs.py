@@ -197,7 +197,9 @@ def make_job(
     model_root: Path,
     rows: int,
     job: dict[str, Any],
+    extra: dict[str, Any] | None = None,
 ) -> Job:
+    """The job's data folder and values (`extra`: more top-level values)."""
     data = tmp / "data"
     (data / "input").mkdir(parents=True)
     (data / "output").mkdir()
@@ -207,9 +209,8 @@ def make_job(
         "".join(json.dumps(q) + "\n" for q in questions(rows))
     )
     values_file = tmp / "values.yaml"
-    values_file.write_text(
-        yaml.safe_dump(values(name, image, model_root, data, cluster.api_server, job))
-    )
+    chart_values = values(name, image, model_root, data, cluster.api_server, job)
+    values_file.write_text(yaml.safe_dump({**chart_values, **(extra or {})}))
     return Job(cluster, namespace, name, data, values_file)
 
 

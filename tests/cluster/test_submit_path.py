@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
+import urllib.error
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,6 +59,37 @@ def loopback_probe(job: Job, pod: str) -> dict[str, Any]:
     return result
 
 
+def scrape(url: str, token: str | None) -> tuple[int, str]:
+    """GET a metrics endpoint as Prometheus does: (status, text)."""
+    request = urllib.request.Request(url)
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def driver_metrics(job: Job, token: str) -> tuple[int, str]:
+    """The driver's /metrics once it shows a row done (it serves them while the run sends)."""
+
+    def rows_done() -> tuple[int, str] | None:
+        driver = job.cluster.find("pod", job.driver, job.namespace)
+        ip = (driver or {}).get("status", {}).get("podIP")
+        if not ip:
+            return None
+        try:
+            status, text = scrape(f"http://{ip}:9464/metrics", token)
+        except OSError:
+            return None  # not listening yet
+        done = re.search(r'^spark_vllm_rows_total\{outcome="succeeded"\} (\S+)$', text, re.M)
+        return (status, text) if done and float(done.group(1)) > 0 else None
+
+    found: tuple[int, str] = until("the driver's metrics with a row done", rows_done, 600, 0.5)
+    return found
+
+
 def first_executor(job: Job, not_named: set[str] | None = None) -> Obj | None:
     running = [
         p
@@ -79,16 +113,34 @@ def clean_job(
     model_root: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[Job, dict[str, Any]]]:
-    """The example chat job over 60 questions, run once to the end; what was seen meanwhile."""
+    """The example chat job over 60 questions, with the chart's metrics on, run once to the
+    end; what was seen meanwhile (the executor's metrics proxy and the driver's metrics,
+    scraped from the node as Prometheus would, pods' addresses being on its bridge)."""
+    token = secrets.token_urlsafe(24)
+    cluster.kubectl(
+        "create", "secret", "generic", "chat-k8s-metrics", "-n", namespace,
+        f"--from-literal=token={token}",
+    )  # fmt: skip
+    metrics = {
+        "enabled": True,
+        "tokenSecret": {"name": "chat-k8s-metrics", "key": "token"},
+        "podMonitor": {"enabled": False},  # no prometheus-operator CRDs on this node
+    }
     job = make_job(
         cluster, namespace, "chat-k8s", tmp_path_factory.mktemp("clean"), image, model_root,
-        rows=60, job=chat_job(),
+        # few requests at once: the run sends for long enough to scrape the driver meanwhile
+        rows=60, job=chat_job(concurrency={"mode": "fixed", "per_executor": 2}),
+        extra={"metrics": metrics},
     )  # fmt: skip
     job.install()
     try:
         executor = until("a running executor pod", lambda: first_executor(job), 600)
         seen: dict[str, Any] = {"executor": executor}
         seen["probe"] = loopback_probe(job, executor["metadata"]["name"])
+        ip = executor["status"]["podIP"]
+        seen["sidecar_metrics"] = scrape(f"http://{ip}:9400/metrics", token)
+        seen["sidecar_metrics_no_token"] = scrape(f"http://{ip}:9400/metrics", None)
+        seen["driver_metrics"] = driver_metrics(job, token)
         seen["status"] = job.wait_finished(900)
         seen["driver"] = cluster.find("pod", job.driver, namespace)
         seen["driver_log"] = job.logs(job.driver)
@@ -106,7 +158,9 @@ def test_driver_pod_creates_executor_pods_that_carry_the_sidecar(
     owners = executor["metadata"].get("ownerReferences", [])
     assert [(o["kind"], o["name"]) for o in owners] == [("Pod", job.driver)]
     spec = executor["spec"]
-    assert sorted(c["name"] for c in spec["containers"]) == ["spark-kubernetes-executor", "vllm"]
+    assert sorted(c["name"] for c in spec["containers"]) == [
+        "spark-kubernetes-executor", "vllm", "vllm-metrics",
+    ]  # fmt: skip
     # The pod template's settings survived Spark's own: no API token, locked down.
     assert spec["automountServiceAccountToken"] is False
     assert spec["serviceAccountName"] == f"{job.name}-executor"
@@ -128,6 +182,26 @@ def test_sidecar_answers_on_the_executors_loopback_only(
     assert [m["id"] for m in probe["models"]["data"]] == [SERVED_NAME]
     assert probe["pod_ip"] == seen["executor"]["status"]["podIP"]
     assert probe["pod_ip_8000"] == "ConnectionRefusedError", probe
+
+
+def test_metrics_reach_a_pod_port_only_with_the_token(
+    clean_job: tuple[Job, dict[str, Any]],
+) -> None:
+    """vLLM's API stays on the executor's loopback (above); its /metrics reaches the pod's
+    address through the chart's metrics proxy, and the driver serves the job's metrics
+    mid-run, both to the bearer token from the Secret only."""
+    _, seen = clean_job
+    status, text = seen["sidecar_metrics"]
+    assert status == 200, text[:500]
+    assert "# TYPE vllm:num_requests_running gauge" in text
+    assert seen["sidecar_metrics_no_token"][0] == 401
+    status, text = seen["driver_metrics"]
+    assert status == 200
+    assert "# TYPE spark_vllm_rows_total counter" in text
+    assert "spark_vllm_rows_to_send 60.0" in text
+    executor = seen["executor"]["spec"]
+    proxy = next(c for c in executor["containers"] if c["name"] == "vllm-metrics")
+    assert [p["containerPort"] for p in proxy["ports"]] == [9400]
 
 
 def test_job_succeeds_with_one_row_per_input_id(clean_job: tuple[Job, dict[str, Any]]) -> None:

@@ -89,6 +89,10 @@ def test_a_dead_engine_is_waited_out_without_spending_row_attempts(spark, vllm_s
     out = read_rows(tmp_path / "out")
     assert_one_row_per_input(out, rows)
     assert all(r["error"] is None for r in out), [r["error"] for r in out if r["error"]][:3]
+    # the summary tells the outage: /health failed for most of the 4 s the engine was dead
+    summary = done["summary"]
+    assert summary.outage_s is not None and 2.0 < summary.outage_s < 60, summary.outage_s
+    assert f"  sidecar down  {summary.outage_s:.1f} s" in summary.render()
 
 
 def test_vllm_killed_and_restarted_mid_job(spark, vllm_local, tmp_path):
@@ -117,6 +121,8 @@ def test_vllm_killed_and_restarted_mid_job(spark, vllm_local, tmp_path):
     out = read_rows(tmp_path / "out")
     assert_one_row_per_input(out, rows)
     assert all(r["error"] is None for r in out), [r["error"] for r in out if r["error"]][:3]
+    # down from the kill until the new server answered /health: tens of seconds at least
+    assert done["summary"].outage_s > 20, done["summary"].outage_s
 
 
 def _start_cli(spec: dict, tmp_path: Path, *args: str) -> subprocess.Popen:

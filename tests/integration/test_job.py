@@ -7,9 +7,11 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
+import yaml
 
 from spark_vllm import SpecError, plan, run_job, spec_from_dict
 from spark_vllm.local_server import free_port  # internal: a port nobody listens on
+from spark_vllm.spec import load_spec
 from tests.conftest import SERVED_NAME, sample_rows
 from tests.integration.jobs import (
     MAX_TOKENS,
@@ -65,12 +67,15 @@ def _spark_ui_jobs(spark) -> list[tuple[str | None, str | None]]:
 
 
 def test_spark_ui_names_each_step_of_the_job(spark, vllm_server, tmp_path):
-    """Spark's UI lists the run's jobs under one group, each described by its step; the
-    caller's own group and description are back afterwards."""
+    """Spark's UI lists the run's jobs under one group, each described by the spec file,
+    the task, the model and its step; the caller's own group and description are back
+    afterwards."""
+    spec_file = tmp_path / "ui-job.yaml"
+    spec_file.write_text(yaml.safe_dump(spec_doc(tmp_path, vllm_server, sample_rows(6))))
     spark.sparkContext.setJobGroup("mine", "my pipeline")
-    summary = run_job(spark, spec_from_dict(spec_doc(tmp_path, vllm_server, sample_rows(6))))
+    summary = run_job(spark, load_spec(spec_file))
     ours = [d for g, d in _spark_ui_jobs(spark) if g == f"spark-vllm-{summary.run_id}"]
-    prefix = f"spark-vllm chat {SERVED_NAME}: "
+    prefix = f"spark-vllm ui-job.yaml (chat, {SERVED_NAME}): "
     assert ours and all(d is not None and d.startswith(prefix) for d in ours), ours
     steps = {d.removeprefix(prefix).split(" ")[0] for d in ours if d}
     assert {"reading", "resume", "requests"} <= steps, ours

@@ -74,6 +74,9 @@ def test_the_summary_breaks_failures_down_and_is_left_beside_the_output(
     assert kind.startswith("HTTP 400 ") and "maximum context" in kind, kind
     assert count == 2 and example in (rows[7]["id"], rows[9]["id"])
     assert summary.retries == 0  # a 400 is not retried
+    assert summary.outage_s == 0.0  # the sidecar never went down
+    low, high = summary.window or (0, 0)
+    assert 1 <= low <= high, summary.window  # the windows the tasks sent under
     text = summary.render()
     assert "failed rows by kind:" in text
     assert f"1 x bad input (e.g. id {rows[2]['id']})" in text
@@ -88,6 +91,7 @@ def test_the_summary_breaks_failures_down_and_is_left_beside_the_output(
     assert document["versions"]["pyspark"] == pyspark.__version__
     assert len(document["settings_sha256"]) == 64
     assert document["failed_by_kind"][0] == {"kind": kind, "rows": 2, "example_id": example}
+    assert document["window"] == {"min": low, "max": high}
 
     shown = run_cli(doc, tmp_path, command="summary")
     assert shown.returncode == 0, shown.stderr[-3000:]

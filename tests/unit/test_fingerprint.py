@@ -36,6 +36,7 @@ BASE = fingerprint(spec())
         ({"sampling": {"max_tokens": 16, "temperature": 0.0, "min_p": 0.1}}, "sampling.min_p"),
         ({"sampling_column": "s"}, "sampling_column"),
         ({"structured_output": {"ddl": "a STRING"}}, "structured_output"),
+        ({"on_overlong": "truncate"}, "on_overlong"),
     ],
 )
 def test_each_setting_that_decides_the_answers_is_in_the_fingerprint(change, key):
@@ -54,6 +55,11 @@ def test_each_setting_that_decides_the_answers_is_in_the_fingerprint(change, key
         {"output": {"path": "elsewhere", "keep_columns": ["x"]}},
         {"on_error": "fail", "max_error_rate": 0.5},
         {"spark": {"master": "local[1]"}},
+        # which rows a run sends, not what their answers are: a later run resumes past them
+        {"limit": 10, "sample": {"rows": 5}, "budget": {"max_rows": 3}},
+        {"on_overlong": "error"},  # the default, as runs before the key recorded nothing
+        {"metrics": {"enabled": True}, "progress": {"interval_s": 1}},
+        {"estimate": {"output_tokens_per_s": 100}},
     ],
 )
 def test_settings_that_change_only_speed_or_safety_are_not(change):

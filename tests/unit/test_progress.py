@@ -9,11 +9,15 @@ import time
 import urllib.error
 import urllib.request
 
+import orjson
 import pytest
 
 from spark_vllm.local_server import free_port  # internal: a port nobody listens on
 from spark_vllm.progress import (
+    Budget,
+    BudgetLease,
     Counts,
+    JobMetrics,
     ProgressBoard,
     ProgressPrinter,
     ProgressReporter,
@@ -154,3 +158,165 @@ def test_the_printer_prints_a_line_every_interval_off_a_terminal(board):
     assert len(lines) >= 4, lines
     assert all(line.startswith("spark-vllm progress: ") for line in lines)
     assert "30/50 rows (60.0 %)" in lines[-1]
+
+
+def test_a_report_carries_retries_rows_in_flight_and_outage(board):
+    counts = Counts(7, 6, 1, 70, 35, retries=4, in_flight=32, outage_ms=1500)
+    assert TaskReport.from_json(TaskReport(1, 2, 3, counts).to_json()).counts == counts
+    assert post(board, TaskReport(1, 2, 3, counts).to_json())[0] == 204
+    assert board.totals() == (counts, 1)
+
+
+METRICS_TOKEN = "scraper-token"  # a test's
+
+
+@pytest.fixture
+def metered():
+    metrics = JobMetrics(METRICS_TOKEN, run_id="r1", model="tiny", task="chat", to_send=100)
+    board = ProgressBoard("127.0.0.1", "127.0.0.1", 0, interval_s=0.05, metrics=metrics)
+    yield board
+    board.close()
+
+
+def scrape(board: ProgressBoard, token: str | None, accept: str = "") -> tuple[int, str, str]:
+    """GET /metrics as Prometheus does: (status, content type, text)."""
+    request = urllib.request.Request(board.target.url.replace("/progress", "/metrics"))
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    if accept:
+        request.add_header("Accept", accept)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            return answer.status, answer.headers["Content-Type"], answer.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers["Content-Type"], exc.read().decode()
+
+
+def test_the_board_serves_the_job_metrics_to_a_scraper_with_the_token(metered):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    post(metered, TaskReport(3, 0, 1, Counts(40, 38, 2, 400, 200, 3, 8, 2500)).to_json())
+    post(metered, TaskReport(3, 1, 2, Counts(10, 10, 0, 100, 50, 0, 4, 0)).to_json())
+    status, content_type, text = scrape(metered, METRICS_TOKEN)
+    assert status == 200
+    assert content_type.startswith("text/plain; version=0.0.4")
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert samples[("spark_vllm_rows_total", (("outcome", "succeeded"),))] == 48
+    assert samples[("spark_vllm_rows_total", (("outcome", "failed"),))] == 2
+    assert samples[("spark_vllm_rows_to_send", ())] == 100
+    assert samples[("spark_vllm_prompt_tokens_total", ())] == 500
+    assert samples[("spark_vllm_completion_tokens_total", ())] == 250
+    assert samples[("spark_vllm_retries_total", ())] == 3
+    assert samples[("spark_vllm_sidecar_outage_seconds_total", ())] == 2.5
+    assert samples[("spark_vllm_rows_in_flight", ())] == 12
+    assert samples[("spark_vllm_tasks_reporting", ())] == 2
+    info = (("model", "tiny"), ("run_id", "r1"), ("task", "chat"))
+    assert samples[("spark_vllm_run_info", info)] == 1
+    assert "# TYPE spark_vllm_rows_total counter" in text
+    # OpenMetrics for a scraper that asks for it
+    status, content_type, text = scrape(metered, METRICS_TOKEN, "application/openmetrics-text")
+    assert (status, content_type.split(";")[0]) == (200, "application/openmetrics-text")
+    assert text.endswith("# EOF\n")
+
+
+@pytest.mark.parametrize("token", [None, "", "wrong", "progress"])
+def test_metrics_need_the_metrics_token_and_no_other(metered, token):
+    if token == "progress":  # the tasks' token opens /progress only
+        token = metered.token
+    status, _, text = scrape(metered, token)
+    assert status == 401
+    assert "metrics.token_env" in text
+    assert "spark_vllm" not in text
+
+
+def test_the_metrics_token_cannot_report_progress(metered):
+    status, _ = post(metered, report(0, 1, 5), METRICS_TOKEN)
+    assert status == 401
+    assert metered.totals() == (Counts(), 0)
+
+
+def test_without_metrics_the_board_serves_none(board):
+    status, text = post(board, None, None, path="/metrics", method="GET")
+    assert (status, text) == (405, "only POST /progress")
+
+
+def lease(board: ProgressBoard, partition: int, want: int, counts: Counts) -> int:
+    """Ask as a task under a budget does: POST /lease with its counts and `want`."""
+    body = orjson.loads(TaskReport(3, partition, 1, counts).to_json())
+    body["want"] = want
+    status, text = post(board, orjson.dumps(body), path="/lease")
+    assert status == 200, text
+    return int(orjson.loads(text)["granted"])
+
+
+def budget_board(budget: Budget):
+    return ProgressBoard("127.0.0.1", "127.0.0.1", 0, interval_s=0.05, budget=budget)
+
+
+def test_a_row_budget_is_granted_exactly_across_tasks():
+    board = budget_board(Budget(max_rows=100))
+    try:
+        assert lease(board, 0, 64, Counts()) == 64
+        assert lease(board, 1, 64, Counts()) == 36  # what is left
+        assert not board.budget_reached
+        assert lease(board, 0, 64, Counts(64, 64)) == 0
+        assert board.budget_reached
+    finally:
+        board.close()
+
+
+def test_the_output_budget_holds_max_tokens_for_every_row_not_yet_answered():
+    """max_output_tokens 100 at 16 tokens a row: six rows may be out at once; as answers
+    come in using fewer tokens, what they did not use is granted again."""
+    board = budget_board(Budget(max_output_tokens=100, reserve=16))
+    try:
+        assert lease(board, 0, 64, Counts()) == 6  # 6 x 16 = 96 held
+        assert lease(board, 1, 64, Counts()) == 0  # 4 tokens left: not a row's worth
+        # the six rows answered with 5 tokens each: 70 left, four rows' worth
+        assert lease(board, 0, 64, Counts(6, 6, 0, 60, 30)) == 4
+    finally:
+        board.close()
+
+
+def test_prompt_tokens_past_their_budget_stop_the_grants():
+    board = budget_board(Budget(max_prompt_tokens=1000))
+    try:
+        assert lease(board, 0, 10, Counts()) == 10
+        assert lease(board, 0, 10, Counts(10, 10, 0, 999, 50)) == 10
+        assert lease(board, 0, 10, Counts(20, 20, 0, 1500, 90)) == 0
+    finally:
+        board.close()
+
+
+@pytest.mark.parametrize("want", [0, -1, "3", None, True])
+def test_a_lease_asks_for_at_least_one_row(board, want):
+    body = orjson.loads(TaskReport(3, 0, 1, Counts()).to_json())
+    body["want"] = want
+    status, text = post(board, orjson.dumps(body), path="/lease")
+    assert status == 400
+    assert "want >= 1" in text
+
+
+def test_a_task_stops_taking_rows_once_the_budget_is_reached():
+    board = budget_board(Budget(max_rows=5))
+    try:
+        taker = BudgetLease(board.target, lambda: (3, 0, 1))
+        taken = [taker.take(in_hand=100, counts=Counts) for _ in range(8)]
+        assert taken == [True] * 5 + [False] * 3
+        assert taker.exhausted
+    finally:
+        board.close()
+
+
+def test_a_task_that_cannot_ask_the_driver_fails_rather_than_pass_the_budget(monkeypatch):
+    from spark_vllm import progress
+    from spark_vllm.errors import BudgetUnavailable
+
+    monkeypatch.setattr(progress.time, "sleep", lambda s: None)  # no backoff in a test
+    target = ProgressTarget(f"http://127.0.0.1:{free_port()}/progress", "t", 1.0)
+    with pytest.raises(BudgetUnavailable, match="cannot be asked"):
+        BudgetLease(target, lambda: (0, 0, 0)).take(10, Counts)

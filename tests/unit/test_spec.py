@@ -355,3 +355,54 @@ def test_max_per_executor_is_read_as_max_per_task_with_a_warning():
     assert "max_per_task (8) is below per_executor (256)" in error_of(
         minimal(concurrency={"max_per_task": 8})
     )
+
+
+def test_a_spec_read_from_a_file_knows_its_name():
+    assert load_spec(EXAMPLE).source == "chat.yaml"
+    assert spec_from_dict(minimal()).source == ""
+
+
+def test_metrics_need_their_token_in_the_environment(monkeypatch):
+    from spark_vllm.job import _metrics_token  # internal: the check plan() makes first
+
+    assert _metrics_token(spec_from_dict(minimal())) is None  # off by default
+    spec = spec_from_dict(minimal(metrics={"enabled": True, "token_env": "SCRAPE_TOKEN"}))
+    monkeypatch.delenv("SCRAPE_TOKEN", raising=False)
+    with pytest.raises(SpecError, match=r"environment variable SCRAPE_TOKEN \(metrics.token_env\)"):
+        _metrics_token(spec)
+    monkeypatch.setenv("SCRAPE_TOKEN", "  ")
+    with pytest.raises(SpecError, match="unset or empty"):
+        _metrics_token(spec)
+    monkeypatch.setenv("SCRAPE_TOKEN", "s3cret")
+    assert _metrics_token(spec) == "s3cret"
+    assert "metrics.enabled" in error_of(minimal(metrics={"enabled": "maybe"}))
+
+
+@pytest.mark.parametrize(
+    ("changes", "says"),
+    [
+        ({"sample": {"seed": 3}}, "give sample.fraction or sample.rows"),
+        ({"sample": {"fraction": 0.1, "rows": 5}}, "give sample.fraction or sample.rows"),
+        ({"sample": {"fraction": 1.5}}, "sample.fraction"),
+        ({"limit": 0}, "limit"),
+        ({"budget": {}}, "a budget needs max_rows, max_prompt_tokens or max_output_tokens"),
+        ({"budget": {"max_rows": -1}}, "budget.max_rows"),
+        ({"on_overlong": "cut"}, "on_overlong"),
+        ({"estimate": {"output_tokens_per_s": 0}}, "estimate.output_tokens_per_s"),
+        (
+            {"task": "embedding", "prompt": {"column": "q"}, "on_overlong": "truncate"},
+            "embedding.truncate_prompt_tokens",
+        ),
+        (
+            {"task": "embedding", "prompt": {"column": "q"}, "budget": {"max_output_tokens": 9}},
+            "use budget.max_rows",
+        ),
+    ],
+)
+def test_samples_limits_budgets_and_truncation_are_checked(changes, says):
+    assert says in error_of(minimal(**changes))
+
+
+def test_a_row_budget_suits_every_task():
+    doc = minimal(task="embedding", prompt={"column": "q"}, budget={"max_rows": 10})
+    assert spec_from_dict(doc).budget.max_rows == 10

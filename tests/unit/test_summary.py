@@ -49,12 +49,16 @@ def test_tallies_keep_each_kind_with_its_count_and_one_example_id():
     second.count("HTTP 400: too long for the model", (0, 0), "d")
     second.count("HTTP 400: too long for the model", (0, 0), "e")
     second.retries = 3
-    total = Tally().merge(first.shipped()).merge(second.shipped())
+    first.outage_s, first.window = 1.5, (64, 128)
+    second.outage_s, second.window = 2.0, (16, 96)
+    total = Tally().merge(first.shipped()).merge(second.shipped()).merge(Tally())
     assert total.breakdown() == [
         ("HTTP 400 too long for the model", 3, "b"),
         ("bad input", 1, "a"),
     ]
     assert (total.rows, total.failed, total.retries, total.prompt_tokens) == (5, 4, 3, 10)
+    # outage adds up over tasks; the window spans the smallest and largest any task used
+    assert (total.outage_s, total.window) == (3.5, (16, 128))
 
 
 def test_the_json_document_gives_back_the_summary_it_was_made_of():
@@ -64,7 +68,8 @@ def test_the_json_document_gives_back_the_summary_it_was_made_of():
         errors=[("HTTP 400: too long", 2), ("bad input: empty", 1)],
         skipped=5, run_id="20261130T120000000000Z", output_ids=35, output_failed=3,
         breakdown=[("HTTP 400 too long", 2, "7"), ("bad input", 1, "2")], retries=4,
-        status="succeeded", task="chat", model="tiny", settings_sha256="ab" * 32,
+        outage_s=7.25, window=(32, 512), status="succeeded", task="chat", model="tiny",
+        settings_sha256="ab" * 32,
         finished_at="2026-11-30T12:00:12+00:00", versions={"pyspark": "4.2.0"},
     )  # fmt: skip
     document = json.loads(json.dumps(summary.to_dict()))  # as it is stored and read
@@ -74,6 +79,7 @@ def test_the_json_document_gives_back_the_summary_it_was_made_of():
         "example_id": "7",
     }
     assert document["output_tokens_per_s"] == round(480 / 12.3456, 3)
+    assert (document["sidecar_outage_s"], document["window"]) == (7.25, {"min": 32, "max": 512})
     assert Summary.from_dict(document) == summary
     embedding = Summary(10, 10, 0, 0, 0, 1.0, "o", tokens=False)
     data = json.loads(json.dumps(embedding.to_dict()))
@@ -87,4 +93,9 @@ def test_the_printed_summary_lists_failures_by_kind_and_says_how_the_run_ended()
     text = summary.render()
     assert text.splitlines()[0] == "spark-vllm summary (run r, interrupted)"
     assert "  retries       1 (tries after a request's first)" in text
+    assert "sidecar down" not in text and "window" not in text  # not known: not shown
+    summary.outage_s, summary.window = 12.04, (8, 256)
+    text = summary.render()
+    assert "  sidecar down  12.0 s (summed over tasks)" in text
+    assert "  window        8-256 rows in flight per task" in text
     assert "  failed rows by kind:\n    2 x HTTP 400 too long (e.g. id x)" in text

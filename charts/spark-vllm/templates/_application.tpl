@@ -4,7 +4,9 @@ the SparkApplication and the ScheduledSparkApplication's template. The operator-
 (_submit.tpl) mounts the same job spec and gives executor pods the same volumes.
 */}}
 
-{{/* The job spec with the sidecar's endpoint filled in where the user left it out. */}}
+{{/* The job spec with the sidecar's endpoint filled in where the user left it out, and with
+metrics.enabled the driver's metrics (the token's variable, the port the PodMonitor and the
+NetworkPolicy name). */}}
 {{- define "spark-vllm.jobSpec" -}}
 {{- $job := deepCopy .Values.job }}
 {{- if not (hasKey $job "input") }}
@@ -19,6 +21,28 @@ the SparkApplication and the ScheduledSparkApplication's template. The operator-
 {{- end }}
 {{- $userEndpoint := default (dict) $job.endpoint }}
 {{- $_ := set $job "endpoint" (mergeOverwrite $endpoint $userEndpoint) }}
+{{- if .Values.metrics.enabled }}
+{{- $_ := include "spark-vllm.metricsTokenSecretName" . }}
+{{- $metrics := deepCopy (default (dict) $job.metrics) }}
+{{- if not (hasKey $metrics "enabled") }}
+{{- $_ := set $metrics "enabled" true }}
+{{- end }}
+{{- if not (hasKey $metrics "token_env") }}
+{{- $_ := set $metrics "token_env" "SPARK_VLLM_METRICS_TOKEN" }}
+{{- end }}
+{{- if not $metrics.enabled }}
+{{- fail "job.metrics.enabled is false but metrics.enabled is true: the PodMonitor would scrape a driver that serves no metrics; leave job.metrics.enabled out" }}
+{{- end }}
+{{- $_ := set $job "metrics" $metrics }}
+{{- $progress := deepCopy (default (dict) $job.progress) }}
+{{- if not (hasKey $progress "port") }}
+{{- $_ := set $progress "port" (int .Values.metrics.driverPort) }}
+{{- end }}
+{{- if ne (int $progress.port) (int .Values.metrics.driverPort) }}
+{{- fail (printf "job.progress.port %d differs from metrics.driverPort %d, the driver's container port that the PodMonitor and the NetworkPolicy name: leave job.progress.port out and set metrics.driverPort" (int $progress.port) (int .Values.metrics.driverPort)) }}
+{{- end }}
+{{- $_ := set $job "progress" $progress }}
+{{- end }}
 {{- toYaml $job }}
 {{- end }}
 
@@ -79,8 +103,14 @@ the operator's webhook adds a volume to a pod only when the Spark container moun
 {{- $cpu := add (int $d.cores) (mul $n (add (int $e.cores) (int .Values.sidecar.cpu))) }}
 {{- $driverMem := add (int $d.memoryMi) (int $d.memoryOverheadMi) }}
 {{- $executorMem := add (int $e.memoryMi) (int $e.memoryOverheadMi) (int .Values.sidecar.memoryMi) }}
+{{- $cpuText := toString $cpu }}
+{{- if .Values.metrics.enabled }}
+{{- /* the metrics proxy beside each sidecar: millicores, so the sum turns into them */}}
+{{- $executorMem = add $executorMem (int (include "spark-vllm.metricsProxyMemoryMi" .)) }}
+{{- $cpuText = printf "%dm" (add (mul $cpu 1000) (mul $n (int (include "spark-vllm.metricsProxyCpuMilli" .)))) }}
+{{- end }}
 {{- $mem := add $driverMem (mul $n $executorMem) -}}
-cpu: {{ $cpu | quote }}
+cpu: {{ $cpuText | quote }}
 memory: {{ printf "%dMi" $mem }}
 {{- if gt $gpus 0 }}
 {{ .Values.sidecar.gpu.resourceName }}: {{ mul $n $gpus | quote }}
@@ -173,9 +203,19 @@ driver:
 {{- if and .Values.volcano.enabled .Values.volcano.priorityClassName }}
   priorityClassName: {{ .Values.volcano.priorityClassName }}
 {{- end }}
-{{- with .Values.driver.env }}
+{{- if or .Values.driver.env .Values.metrics.enabled }}
   env:
+{{- with .Values.driver.env }}
     {{- toYaml . | nindent 4 }}
+{{- end }}
+{{- if .Values.metrics.enabled }}
+    {{- include "spark-vllm.driverMetricsEnv" . | nindent 4 }}
+{{- end }}
+{{- end }}
+{{- if .Values.metrics.enabled }}
+  # The operator's webhook puts these on the Spark container.
+  ports:
+    {{- include "spark-vllm.driverMetricsPorts" . | nindent 4 }}
 {{- end }}
 {{- with .Values.driver.nodeSelector }}
   nodeSelector:
@@ -255,9 +295,11 @@ executor:
       readOnly: true
 {{- if eq .Values.sidecar.mode "native" }}
   initContainers:
-    - {{ include "spark-vllm.sidecar" . | nindent 6 | trim }}
 {{- else }}
   sidecars:
+{{- end }}
     - {{ include "spark-vllm.sidecar" . | nindent 6 | trim }}
+{{- if .Values.metrics.enabled }}
+    - {{ include "spark-vllm.metricsProxy" . | nindent 6 | trim }}
 {{- end }}
 {{- end }}

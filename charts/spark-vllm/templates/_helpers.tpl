@@ -1,6 +1,7 @@
 {{/*
 Names, labels and small helpers. The vLLM sidecar is in _sidecar.tpl; the application spec,
-and what the operator-less path (_submit.tpl) shares with it, in _application.tpl.
+and what the operator-less path (_submit.tpl) shares with it, in _application.tpl; the
+metrics proxy and the driver's metrics settings in _metrics.tpl.
 */}}
 
 {{- define "spark-vllm.name" -}}

@@ -130,9 +130,19 @@ spec:
     - name: spark-kubernetes-driver
       securityContext:
         {{- toYaml .Values.containerSecurityContext | nindent 8 }}
-{{- with .Values.driver.env }}
+{{- if or .Values.driver.env .Values.metrics.enabled }}
       env:
+{{- with .Values.driver.env }}
         {{- toYaml . | nindent 8 }}
+{{- end }}
+{{- if .Values.metrics.enabled }}
+        {{- include "spark-vllm.driverMetricsEnv" . | nindent 8 }}
+{{- end }}
+{{- end }}
+{{- if .Values.metrics.enabled }}
+      # Spark adds its own ports (RPC, block manager, UI) to these.
+      ports:
+        {{- include "spark-vllm.driverMetricsPorts" . | nindent 8 }}
 {{- end }}
       volumeMounts:
         - name: job-spec
@@ -177,6 +187,9 @@ spec:
 {{- if eq .Values.sidecar.mode "native" }}
   initContainers:
     - {{ include "spark-vllm.sidecar" . | nindent 6 | trim }}
+{{- if .Values.metrics.enabled }}
+    - {{ include "spark-vllm.metricsProxy" . | nindent 6 | trim }}
+{{- end }}
 {{- end }}
   containers:
     - name: spark-kubernetes-executor
@@ -200,6 +213,9 @@ spec:
           mountPath: /tmp
 {{- if eq .Values.sidecar.mode "classic" }}
     - {{ include "spark-vllm.sidecar" . | nindent 6 | trim }}
+{{- if .Values.metrics.enabled }}
+    - {{ include "spark-vllm.metricsProxy" . | nindent 6 | trim }}
+{{- end }}
 {{- end }}
   volumes:
     {{- include "spark-vllm.executorVolumes" . | nindent 4 }}

@@ -1,0 +1,90 @@
+"""`spark-vllm plan`'s arithmetic: what a row's request is counted against, the bound on
+its output, and the report (the counts themselves are checked against a real server in
+tests/integration/test_before_spending.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from spark_vllm.errors import RowError
+from spark_vllm.kinds import BatchLine, Chat, Completion, Embedding
+from spark_vllm.preflight import (
+    COMPLETION_DEFAULT_MAX_TOKENS,
+    Counting,
+    PlanReport,
+    _bound,
+    counting,
+)
+from spark_vllm.prompt import PromptBuilder
+
+pytestmark = pytest.mark.unit
+
+
+def test_a_chat_row_is_counted_as_its_messages_under_the_chat_template():
+    kind = Chat("m", PromptBuilder("chat", "{{ q }}", "Be brief.", None), {"max_tokens": 32})
+    found = counting(kind, kind.request({"id": "a", "q": "Why?"}))
+    (request,) = found.requests
+    assert request["model"] == "m"
+    assert request["messages"][-1] == {"role": "user", "content": "Why?"}
+    assert found.max_tokens == 32 and found.generating
+
+
+def test_a_completion_row_without_max_tokens_is_bounded_by_vllms_default():
+    kind = Completion("m", PromptBuilder("completion", "{{ q }}", None, None), {})
+    found = counting(kind, kind.request({"id": "a", "q": "Say"}))
+    assert found.requests == [{"model": "m", "prompt": "Say"}]
+    assert found.max_tokens is None
+    assert _bound(found, 10, 512, truncate=False) == (COMPLETION_DEFAULT_MAX_TOKENS, False)
+
+
+def test_embedding_rows_and_batch_lines_count_their_inputs():
+    kind = Embedding("m", PromptBuilder("embedding", None, None, "text"), batch_size=8)
+    found = counting(kind, kind.request({"id": "a", "text": "hello"}))
+    assert (found.requests, found.generating) == ([{"model": "m", "prompt": "hello"}], False)
+    line = BatchLine("m")
+    body = {"input": [[1, 2, 3], "two words"]}
+    found = counting(line, ("/v1/embeddings", body))
+    assert found.requests == [{"model": "m", "prompt": "two words"}]
+    assert found.given == 3  # token ids count as they are
+    found = counting(line, ("/v1/chat/completions", {"messages": [], "max_tokens": 7}))
+    assert "messages" in found.requests[0] and found.max_tokens == 7
+    with pytest.raises(RowError, match="neither text nor token ids"):
+        counting(line, ("/v1/completions", {"prompt": {"x": 1}}))
+
+
+@pytest.mark.parametrize(
+    ("found", "prompt", "bound", "over"),
+    [
+        (Counting([], max_tokens=16), 496, 16, False),  # exactly fits 512
+        (Counting([], max_tokens=16), 497, 16, True),
+        (Counting([]), 500, 12, False),  # chat without max_tokens: what is left
+        (Counting([]), 512, 0, True),
+        (Counting([], generating=False), 512, 0, False),
+        (Counting([], generating=False), 513, 0, True),
+    ],
+)
+def test_the_bound_and_the_context(found, prompt, bound, over):
+    assert _bound(found, prompt, 512, truncate=False) == (bound, over)
+
+
+def test_truncation_makes_a_long_prompt_fit_but_not_a_max_tokens_past_the_context():
+    assert _bound(Counting([], max_tokens=16), 2000, 512, truncate=True) == (16, False)
+    assert _bound(Counting([], max_tokens=600), 2000, 512, truncate=True) == (600, True)
+
+
+def test_the_report_estimates_time_and_gpu_hours_from_the_specs_throughput():
+    report = PlanReport(
+        spec="chat.yaml", tokenizer="t", context=2048, rows=10, done=2, to_send=8,
+        output_bound=36_000, output_tokens_per_s=1000, replicas=2, gpus_per_replica=4,
+        over_context=1, over_context_ids=["q7"],
+    )  # fmt: skip
+    assert report.wall_s_at_most == 18.0
+    assert report.gpu_hours_at_most == pytest.approx(18 * 8 / 3600)
+    text = report.render()
+    assert "  over context  1 rows (they would fail)\n    ids q7" in text
+    assert "time          at most 0h01m at 1,000 output tokens/s per replica x 2" in text
+    data = report.to_dict()
+    assert (data["wall_s_at_most"], data["over_context_ids"]) == (18.0, ["q7"])
+    bare = PlanReport(spec="s", tokenizer="t", context=1, rows=0, done=0, to_send=0)
+    assert bare.to_dict()["gpu_hours_at_most"] is None
+    assert "give estimate.output_tokens_per_s" in bare.render()
