@@ -1,9 +1,11 @@
-"""The `spark-vllm` command: validate a job spec, run a job, run it with a local vLLM, or
-serve a local vLLM for your own code.
+"""The `spark-vllm` command: validate a job spec, plan it (count what a run would send),
+run a job, run it with a local vLLM, or serve a local vLLM for your own code.
 
 Exit codes: 0 done; 1 the job failed (a row failed under on_error: fail, the sidecar
-never became ready, Spark failed); 2 the job spec or the command line is wrong; 130
-interrupted (Ctrl-C): what was committed stays, and the same command resumes.
+never became ready, Spark failed); 2 the job spec or the command line is wrong (also a
+max_tokens larger than the served model's context); 3 the run stopped at its budget (what
+finished is committed); 130 interrupted (Ctrl-C): what was committed stays, and the same
+command resumes.
 """
 
 from __future__ import annotations
@@ -134,8 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="N",
-        help="the model's context in tokens, with --tokenizer (default: the server's, "
-        "else the config's max_position_embeddings)",
+        help="the model's context in tokens, as the server's --max-model-len (with "
+        "--tokenizer: default the config's max_position_embeddings, which vLLM may lower; "
+        "without: default the server's)",
     )
     planning.add_argument(
         "--report",
@@ -168,21 +171,20 @@ def make_plan(spec: JobSpec, args: argparse.Namespace) -> int:
         print(f"spark-vllm: {exc}", file=sys.stderr)
         return 2
     spark = spark_session(spec)
-    job = None
     try:
-        job = plan(spark, spec)
-        if job.progress is not None:
-            job.progress.close()  # nothing will report to it
-        report = preflight(spark, spec, job, tokens, context)
+        report = preflight(spark, spec, plan(spark, spec, sending=False), tokens, context)
     except SpecError as exc:
         print(f"spark-vllm: {exc}", file=sys.stderr)
         return 2
     except JdbcError as exc:
         print(f"spark-vllm: {exc}", file=sys.stderr)
         return 1
+    except Exception as exc:  # a task's failure (tokenizer files missing on an executor, …)
+        known = task_error(exc)
+        lines = str(known or exc).strip().splitlines()
+        print(f"spark-vllm: plan failed: {lines[-1] if lines else exc!r}", file=sys.stderr)
+        return 1
     finally:
-        if job is not None and job.progress is not None:
-            job.progress.close()
         if not _under_spark_submit():
             spark.stop()
     Path(args.report).write_text(json.dumps(report.to_dict(), indent=2) + "\n")

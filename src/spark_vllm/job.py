@@ -101,7 +101,8 @@ def with_ids(df: DataFrame, spec: JobSpec) -> DataFrame:
     if spec.input.format == "openai-batch" or spec.input.id_column is not None:
         return df
     digest = "__spark_vllm_digest"
-    df = df.withColumn(digest, derived_id(df.columns))
+    content = [c for c in df.columns if c != _ORDER]  # limit's input order is no content
+    df = df.withColumn(digest, derived_id(content))
     nth = F.row_number().over(Window.partitionBy(digest).orderBy(digest))
     return df.withColumn(
         "id",
@@ -180,12 +181,14 @@ def max_tokens_hint(df: DataFrame, spec: JobSpec) -> Column | None:
 
 
 def largest_max_tokens(spec: JobSpec, census: Census) -> int | None:
-    """The largest max_tokens any row of a generating job asks for (None: none is set,
-    or the kind has none)."""
+    """The largest max_tokens any row of a generating job asks for: with a sampling
+    column, the census's (each row's own, else the spec's); else the spec's. None: none
+    is set, or the kind has none."""
     if spec.task == "embedding" or spec.input.format == "openai-batch":
         return None
-    asked = [n for n in (spec.sampling.max_tokens, census.max_tokens) if n is not None]
-    return max(asked) if asked else None
+    if spec.sampling_column is not None:
+        return census.max_tokens
+    return spec.sampling.max_tokens
 
 
 def arrange(df: DataFrame, spec: JobSpec, spark: SparkSession) -> DataFrame:
@@ -481,7 +484,7 @@ def _ui_steps(spark: SparkSession, spec: JobSpec, run_id: str) -> Iterator[Calla
             context.setLocalProperty(key, value)  # type: ignore[arg-type]  # None unsets
 
 
-def plan(spark: SparkSession, spec: JobSpec) -> Plan:
+def plan(spark: SparkSession, spec: JobSpec, sending: bool = True) -> Plan:
     """Read, check and prepare; spec errors surface here, before any request.
 
     One Spark job counts what there is to do (`take_census`): the ids, and with earlier
@@ -489,9 +492,10 @@ def plan(spark: SparkSession, spec: JobSpec) -> Plan:
     had these settings (or was adopted by one that had): otherwise SpecError naming
     what changed, unless `output.on_change` is resume, and then its run is adopted.
     Nothing is sent when the input is empty or every id already succeeded: then
-    `result` is None and `note` says why."""
+    `result` is None and `note` says why. `sending` False (`spark-vllm plan`): no
+    endpoint for progress, metrics or the budget is opened."""
     started = time.monotonic()
-    metrics_token = _metrics_token(spec)
+    metrics_token = _metrics_token(spec) if sending else None
     run_id = results.new_run_id()
     current = fingerprint(spec)
     kind = kind_for(spec)
@@ -509,9 +513,9 @@ def plan(spark: SparkSession, spec: JobSpec) -> Plan:
         if df is None:
             return nothing(None, Census(), "the input is empty")
         spec.check_columns(df.columns)
-        df = with_ids(df, spec)
         if spec.limit is not None:  # the input's order, to take the first rows to send
             df = df.withColumn(_ORDER, F.monotonically_increasing_id())
+        df = with_ids(df, spec)
         id_column = spec.id_column()
         needed = dict.fromkeys(
             [
@@ -560,8 +564,8 @@ def plan(spark: SparkSession, spec: JobSpec) -> Plan:
             metrics = JobMetrics(
                 metrics_token, run_id, spec.endpoint.model, spec.task, census.to_send
             )
-        budget = budget_for(spec, census)
-        board = progress_board(spark, spec, metrics, budget)
+        budget = budget_for(spec, census) if sending else None
+        board = progress_board(spark, spec, metrics, budget) if sending else None
         if budget is not None and board is None:
             raise SpecError(
                 "budget: the tasks lease their rows from the driver's progress endpoint, "
@@ -612,11 +616,21 @@ def budget_for(spec: JobSpec, census: Census) -> Budget | None:
     (the largest any row asks) of the output budget until its answer is counted."""
     if spec.budget is None:
         return None
-    reserve = largest_max_tokens(spec, census)
-    if reserve is None:
-        reserve = COMPLETION_DEFAULT_MAX_TOKENS if spec.task == "completion" else 0
     b = spec.budget
-    return Budget(b.max_rows, b.max_prompt_tokens, b.max_output_tokens, reserve)
+    reserve = largest_max_tokens(spec, census)
+    if reserve is None and spec.task == "completion" and spec.input.format != "openai-batch":
+        reserve = COMPLETION_DEFAULT_MAX_TOKENS
+    if b.max_output_tokens is not None and reserve is None:
+        raise SpecError(
+            "budget.max_output_tokens holds each row's max_tokens until its answer is "
+            "counted, and this job's rows have none to hold"
+            + (
+                ": a batch file's lines carry their own; use budget.max_rows or max_prompt_tokens"
+                if spec.input.format == "openai-batch"
+                else ": set sampling.max_tokens"
+            )
+        )
+    return Budget(b.max_rows, b.max_prompt_tokens, b.max_output_tokens, reserve or 0)
 
 
 def progress_board(

@@ -359,6 +359,12 @@ class Generating(RequestKind):
         With truncation, `truncated` says whether the prompt reached its limit."""
         if result.error is not None:
             return
+        if self.answer is not None:
+            try:
+                result.values.update(self._parser().parse(result.values.get("response")))
+            except AnswerError as exc:
+                result.error = f"bad answer: {exc}"
+                return
         if self.truncate:
             asked = self.sampling.get("max_tokens")
             if self.sampling_column is not None:
@@ -369,12 +375,6 @@ class Generating(RequestKind):
             result.values["truncated"] = (
                 limit is not None and isinstance(used, int) and used >= limit
             )
-        if self.answer is None:
-            return
-        try:
-            result.values.update(self._parser().parse(result.values.get("response")))
-        except AnswerError as exc:
-            result.error = f"bad answer: {exc}"
 
 
 class Chat(Generating):

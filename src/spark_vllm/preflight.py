@@ -5,9 +5,10 @@ The job's own plan runs first (the input read, resume applied: rows in total, do
 send). Then one Spark job over the rows to send renders each one's request exactly as a
 run would and counts its prompt tokens as the server will, chat template included: by
 vLLM's `POST /tokenize` when a server serves the model (`ServerTokens`), else with the
-model's tokenizer files (`FileTokens`, transformers). Per row it finds the bound on its
-output tokens (its max_tokens; without one, what the context leaves) and whether prompt
-and output fit the context. The driver sums that up (`PlanReport`): render failures with
+model's tokenizer files (`FileTokens`, transformers). Per row it finds, as vLLM treats
+the request (`fit_row`), the bound on its output tokens, whether vLLM refuses it (a
+prompt that fills the context) and whether its answer gets less room than its
+max_tokens. The driver sums that up (`PlanReport`): render failures with
 a few ids and reasons, prompt tokens (total, mean, p50, p95, max), the output bound, the
 rows over the context with their ids, and, given a throughput (`estimate` in the spec),
 the longest the run can take and its GPU-hours.
@@ -22,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+import orjson
 import pyarrow as pa
 
 from spark_vllm.errors import RowError, SpecError
@@ -52,7 +54,8 @@ _CHAT_KEYS = (
 )
 
 COUNTED_DDL = (
-    "id string, error string, prompt_tokens bigint, output_bound bigint, over_context boolean"
+    "id string, error string, prompt_tokens bigint, output_bound bigint, "
+    "over_context boolean, short_answer boolean"
 )
 COUNTED = pa.schema(
     [
@@ -60,22 +63,25 @@ COUNTED = pa.schema(
         pa.field("error", pa.string()),  # why the row cannot become a request
         pa.field("prompt_tokens", pa.int64()),
         pa.field("output_bound", pa.int64()),  # most output tokens the row can cost
-        pa.field("over_context", pa.bool_()),
+        pa.field("over_context", pa.bool_()),  # vLLM refuses it
+        pa.field("short_answer", pa.bool_()),  # it gets fewer tokens than its max_tokens
     ]
 )
 
 
 @dataclass(frozen=True)
 class Counting:
-    """What a row's tokens are counted against: `texts` to tokenize (a chat's messages as
-    one tokenize request, or plain prompts), token ids given as such (`given`), its
-    max_tokens, and whether output counts (generating kinds)."""
+    """What a row's request is counted against: its tokenize `requests` (a chat's
+    messages as one, or each prompt or input), the lengths of inputs given as token ids
+    (`given`), its max_tokens (else `default_max_tokens`), whether it generates output,
+    and its own `truncate_prompt_tokens` if it carries one (-1: the context)."""
 
     requests: list[dict[str, Any]]
-    given: int = 0
+    given: list[int] = field(default_factory=list)
     max_tokens: int | None = None
     generating: bool = True
     default_max_tokens: int | None = None
+    truncate_to: int | None = None
 
 
 def counting(kind: RequestKind, payload: Any) -> Counting:
@@ -93,11 +99,13 @@ def counting(kind: RequestKind, payload: Any) -> Counting:
     else:  # pragma: no cover - every kind is above
         raise TypeError(f"no token counting for {type(kind).__name__}")
     model = body.get("model")
+    own = body.get("truncate_prompt_tokens")
+    truncate_to = own if isinstance(own, int) and not isinstance(own, bool) else None
     if what == "chat":
         request = {"model": model, "messages": body.get("messages")}
         request.update({k: body[k] for k in _CHAT_KEYS if k in body})
         asked = body.get("max_completion_tokens", body.get("max_tokens"))
-        return Counting([request], max_tokens=asked)
+        return Counting([request], max_tokens=asked, truncate_to=truncate_to)
     key = "prompt" if what == "completions" else "input"
     texts, given = _prompts(body.get(key), key)
     extra = {k: body[k] for k in ("add_special_tokens",) if k in body}
@@ -105,20 +113,21 @@ def counting(kind: RequestKind, payload: Any) -> Counting:
     if what == "completions":
         return Counting(
             requests, given, body.get("max_tokens"),
-            default_max_tokens=COMPLETION_DEFAULT_MAX_TOKENS,
+            default_max_tokens=COMPLETION_DEFAULT_MAX_TOKENS, truncate_to=truncate_to,
         )  # fmt: skip
-    return Counting(requests, given, generating=False)
+    return Counting(requests, given, generating=False, truncate_to=truncate_to)
 
 
-def _prompts(value: Any, key: str) -> tuple[list[str], int]:
-    """A completion's `prompt` or an embedding's `input`: (texts, tokens given as ids)."""
+def _prompts(value: Any, key: str) -> tuple[list[str], list[int]]:
+    """A completion's `prompt` or an embedding's `input`: (texts, the lengths of the
+    inputs given as token ids)."""
     if isinstance(value, str):
-        return [value], 0
-    if isinstance(value, list) and all(isinstance(v, int) for v in value):
-        return [], len(value)
+        return [value], []
+    if isinstance(value, list) and value and all(isinstance(v, int) for v in value):
+        return [], [len(value)]
     if isinstance(value, list):
         texts: list[str] = []
-        given = 0
+        given: list[int] = []
         for item in value:
             found, ids = _prompts(item, key)
             texts += found
@@ -138,11 +147,11 @@ class ServerTokens:
     def describe(self) -> str:
         return f"the server's tokenizer ({self.root}/tokenize)"
 
-    def count(self, requests: list[list[dict[str, Any]]]) -> list[int | str]:
-        """Per row, the total tokens of its tokenize requests, or why they failed."""
+    def count(self, requests: list[list[dict[str, Any]]]) -> list[list[int] | str]:
+        """Per row, the tokens of each of its tokenize requests, or why they failed."""
         return asyncio.run(self._count(requests))
 
-    async def _count(self, requests: list[list[dict[str, Any]]]) -> list[int | str]:
+    async def _count(self, requests: list[list[dict[str, Any]]]) -> list[list[int] | str]:
         import aiohttp
 
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
@@ -152,19 +161,25 @@ class ServerTokens:
 
             async def one(body: dict[str, Any]) -> int:
                 async with gate, session.post(self.root + "/tokenize", json=body) as answer:
-                    data = await answer.json(content_type=None)
-                    if answer.status != 200:
+                    text = await answer.text()
+                    try:
+                        data = orjson.loads(text)
+                    except orjson.JSONDecodeError:
+                        data = text
+                    if answer.status != 200 or not isinstance(data, dict):
                         message = data.get("error", data) if isinstance(data, dict) else data
                         if isinstance(message, dict):
                             message = message.get("message", message)
                         raise RowError(f"HTTP {answer.status}: {message}"[:500])
                     return int(data["count"])
 
-            async def row(bodies: list[dict[str, Any]]) -> int | str:
+            async def row(bodies: list[dict[str, Any]]) -> list[int] | str:
                 try:
-                    return sum(await asyncio.gather(*(one(b) for b in bodies)))
+                    return list(await asyncio.gather(*(one(b) for b in bodies)))
                 except RowError as exc:
                     return str(exc)
+                except (aiohttp.ClientError, TimeoutError, KeyError, ValueError) as exc:
+                    return f"POST {self.root}/tokenize: {type(exc).__name__}: {exc}"[:500]
 
             return list(await asyncio.gather(*(row(r) for r in requests)))
 
@@ -189,14 +204,14 @@ class FileTokens:
             ) from None
         return AutoTokenizer.from_pretrained(self.path)
 
-    def count(self, requests: list[list[dict[str, Any]]]) -> list[int | str]:
+    def count(self, requests: list[list[dict[str, Any]]]) -> list[list[int] | str]:
         tokenizer = _TOKENIZERS.get(self.path)
         if tokenizer is None:
             tokenizer = _TOKENIZERS[self.path] = self.load()
-        found: list[int | str] = []
+        found: list[list[int] | str] = []
         for bodies in requests:
             try:
-                found.append(sum(_count_with(tokenizer, body) for body in bodies))
+                found.append([_count_with(tokenizer, body) for body in bodies])
             except Exception as exc:  # a template that fails on this row, say
                 found.append(f"{type(exc).__name__}: {exc}"[:500])
         return found
@@ -252,7 +267,8 @@ def count_partition(
         out: dict[str, list[Any]] = {name: [] for name in COUNTED.names}
         for row, found in zip(rows, plans, strict=True):
             out["id"].append(str(row[cfg.id_column]))
-            error, prompt, bound, over = None, None, None, None
+            error: str | None = None
+            fit = Fit(None, None, None, None)
             if isinstance(found, str):
                 error = found
             else:
@@ -260,26 +276,50 @@ def count_partition(
                 if isinstance(counted, str):
                     error = f"cannot count its tokens: {counted}"
                 else:
-                    prompt = counted + found.given
-                    bound, over = _bound(found, prompt, cfg.context, cfg.truncate)
+                    fit = fit_row(found, [*counted, *found.given], cfg.context, cfg.truncate)
             out["error"].append(error)
-            out["prompt_tokens"].append(prompt)
-            out["output_bound"].append(bound)
-            out["over_context"].append(over)
+            out["prompt_tokens"].append(fit.prompt_tokens)
+            out["output_bound"].append(fit.output_bound)
+            out["over_context"].append(fit.over_context)
+            out["short_answer"].append(fit.short_answer)
         yield pa.RecordBatch.from_pydict(out, schema=COUNTED)
 
 
-def _bound(found: Counting, prompt: int, context: int, truncate: bool) -> tuple[int, bool]:
-    """(most output tokens the row can cost, whether it is over the context)."""
+@dataclass(frozen=True)
+class Fit:
+    """A row against the context: its prompt tokens, the most output tokens it can cost,
+    whether vLLM refuses it (`over_context`), and whether vLLM gives its answer fewer
+    tokens than its max_tokens (`short_answer`: the prompt leaves less room)."""
+
+    prompt_tokens: int | None
+    output_bound: int | None
+    over_context: bool | None
+    short_answer: bool | None
+
+
+def fit_row(found: Counting, counts: list[int], context: int, truncate: bool) -> Fit:
+    """As vLLM 0.32 treats a request: a generating prompt of `context` tokens or more is
+    refused (an answer needs one token); one that leaves less room than its max_tokens
+    is answered with what is left; an embedding input longer than the context is
+    refused. A request's own truncate_prompt_tokens, or `truncate` (on_overlong:
+    truncate, which cuts a generating prompt to the context minus its max_tokens),
+    makes the prompt fit."""
+    own = found.truncate_to
+    if own is not None:  # vLLM keeps the last `own` tokens of each prompt or input
+        keep = context if own == -1 else own
+        counts = [min(n, keep) for n in counts]
+    prompt = sum(counts)
     if not found.generating:
-        return 0, prompt > context and not truncate
+        return Fit(prompt, 0, max(counts, default=0) > context, False)
     asked = found.max_tokens if found.max_tokens is not None else found.default_max_tokens
+    if truncate:  # on_overlong: truncate keeps room for the whole answer
+        prompt = min(prompt, max(context - (asked or 1), 1))
+    room = context - prompt
+    if room <= 0:
+        return Fit(prompt, 0, True, False)
     if asked is None:  # vLLM gives what the context leaves
-        return max(context - prompt, 0), prompt >= context and not truncate
-    over = prompt + asked > context
-    if over and truncate:
-        return asked, asked >= context  # the prompt is cut to fit; max_tokens alone may not
-    return asked, over
+        return Fit(prompt, room, False, False)
+    return Fit(prompt, min(asked, room), False, asked > room)
 
 
 @dataclass
@@ -305,6 +345,9 @@ class PlanReport:
     output_bound: int = 0
     over_context: int = 0
     over_context_ids: list[str] = field(default_factory=list)
+    short_answers: int = 0
+    short_answer_ids: list[str] = field(default_factory=list)
+    max_tokens: int | None = None  # the largest any row asks (generating jobs)
     output_tokens_per_s: float | None = None
     replicas: int = 1
     gpus_per_replica: int = 1
@@ -356,10 +399,17 @@ class PlanReport:
             "the context leaves it)",
             f"  over context  {self.over_context:,} rows (they would fail)",
         ]
-        shown = self.over_context_ids[:20]
-        if shown:
-            more = self.over_context - len(shown)
-            lines.append("    ids " + ", ".join(shown) + (f" and {more:,} more" if more else ""))
+        lines += _ids(self.over_context_ids, self.over_context)
+        lines.append(
+            f"  short answers {self.short_answers:,} rows (the prompt leaves less room than "
+            "max_tokens: vLLM answers with what is left)"
+        )
+        lines += _ids(self.short_answer_ids, self.short_answers)
+        if self.max_tokens is not None and self.max_tokens > self.context:
+            lines.append(
+                f"  REFUSED       max_tokens {self.max_tokens:,} is more than the context: "
+                "a run stops before its first request (exit 2)"
+            )
         wall = self.wall_s_at_most
         if not self.generating:
             lines.append("  time          - (embeddings have no output tokens to time)")
@@ -376,6 +426,15 @@ class PlanReport:
                 f"({self.gpus_per_replica} GPU(s) per replica)",
             ]
         return "\n".join(lines)
+
+
+def _ids(ids: list[str], count: int) -> list[str]:
+    """The report's line of example ids (the first 20)."""
+    shown = ids[:20]
+    if not shown:
+        return []
+    more = count - len(shown)
+    return ["    ids " + ", ".join(shown) + (f" and {more:,} more" if more else "")]
 
 
 def _hours(seconds: float) -> str:
@@ -457,6 +516,9 @@ def preflight(
         note=job.note,
         generating=spec.task != "embedding" or spec.input.format == "openai-batch",
     )
+    from spark_vllm.job import largest_max_tokens
+
+    report.max_tokens = largest_max_tokens(spec, job.census)
     found = count_rows(spec, job, tokens, context)
     if found is None:
         return report
@@ -472,6 +534,7 @@ def preflight(
             F.max("prompt_tokens").alias("max"),
             F.coalesce(F.sum("output_bound"), F.lit(0)).alias("bound"),
             F.count(F.when(F.col("over_context"), 1)).alias("over"),
+            F.count(F.when(F.col("short_answer"), 1)).alias("short"),
         ).first()
         assert stats is not None
         report.counted = int(stats["rows"])
@@ -483,12 +546,16 @@ def preflight(
         report.prompt_max = int(stats["max"] or 0)
         report.output_bound = int(stats["bound"])
         report.over_context = int(stats["over"])
+        report.short_answers = int(stats["short"])
         if report.render_failed:
             failures = counted.where(~ok).orderBy("id").limit(SHOWN_FAILURES).collect()
             report.render_failures = [(r["id"], r["error"]) for r in failures]
         if report.over_context:
             over = counted.where(F.col("over_context")).orderBy("id").limit(LISTED_IDS)
             report.over_context_ids = [r["id"] for r in over.select("id").collect()]
+        if report.short_answers:
+            short = counted.where(F.col("short_answer")).orderBy("id").limit(LISTED_IDS)
+            report.short_answer_ids = [r["id"] for r in short.select("id").collect()]
     finally:
         counted.unpersist()
     return report

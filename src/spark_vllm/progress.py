@@ -152,7 +152,8 @@ class ProgressBoard:
         self.token = secrets.token_urlsafe(32)
         self.metrics = metrics
         self.budget = budget
-        self.granted = 0  # rows granted to tasks under the budget
+        # Rows granted under the budget, by task (stage, partition): (attempt, rows).
+        self._grants: dict[tuple[int, int], tuple[int, int]] = {}
         self.budget_reached = False
         self._registry: Any = None
         if metrics is not None:
@@ -192,37 +193,49 @@ class ProgressBoard:
             ):
                 self._latest[key] = report
 
-    def lease(self, report: TaskReport, want: int) -> int:
-        """Rows a task may send next, at most `want`, within the budget: rows granted
-        never pass max_rows; none are granted once the answered rows' prompt or output
-        tokens reach their limit, nor more than the output budget can cover at `reserve`
-        tokens for every row granted and not yet answered. 0 marks the budget reached.
-        `report` is the asking task's counts now."""
+    def lease(self, report: TaskReport, want: int) -> tuple[int, bool]:
+        """(rows the task may send next, whether the budget is reached): at most `want`
+        rows, never more than max_rows over the latest attempt of every task, none once
+        the answered rows' prompt tokens reach max_prompt_tokens, and no more than the
+        output budget covers at `reserve` tokens for every row granted and not yet
+        answered. 0 rows and not reached: rows out hold the output budget; ask again
+        once answers are in. `report` is the asking task's counts now; an attempt that
+        Spark replaced is told the budget is reached (its rows are the new attempt's)."""
         self.report(report)
         budget = self.budget
         if budget is None:
-            return want
+            return want, False
+        key = (report.stage, report.partition)
         with self._lock:
+            attempt, _ = self._grants.get(key, (report.task_attempt, 0))
+            if attempt > report.task_attempt:
+                return 0, True
+            if attempt < report.task_attempt:  # Spark runs the task again: it starts anew
+                self._grants[key] = (report.task_attempt, 0)
             total = Counts()
             for known in self._latest.values():
                 total.add(known.counts)
-            grant = want
+            granted = sum(rows for _, rows in self._grants.values())
+            waiting = max(granted - total.rows, 0)
+            grant, reached = want, False
             if budget.max_rows is not None:
-                grant = min(grant, budget.max_rows - self.granted)
+                grant = min(grant, budget.max_rows - granted)
+                reached = grant <= 0
             if budget.max_prompt_tokens is not None and (
                 total.prompt_tokens >= budget.max_prompt_tokens
             ):
-                grant = 0
+                grant, reached = 0, True
             if budget.max_output_tokens is not None:
-                waiting = max(self.granted - total.rows, 0)
                 left = budget.max_output_tokens - total.completion_tokens
-                left -= waiting * budget.reserve
-                grant = min(grant, left // budget.reserve if budget.reserve else left)
-            grant = max(grant, 0)
-            self.granted += grant
-            if grant == 0:
-                self.budget_reached = True
-            return grant
+                free = left - waiting * budget.reserve
+                grant = min(grant, free // budget.reserve if budget.reserve else free)
+                if left < max(budget.reserve, 1) or (grant <= 0 and waiting == 0):
+                    reached = True  # not one row more, and nothing out to free any
+            grant = 0 if reached else max(grant, 0)
+            _, had = self._grants.get(key, (report.task_attempt, 0))
+            self._grants[key] = (report.task_attempt, had + grant)
+            self.budget_reached = self.budget_reached or reached
+            return grant, reached
 
     def totals(self) -> tuple[Counts, int]:
         """The counts summed over the latest attempt of every task, and how many tasks
@@ -309,8 +322,9 @@ class _Handler(BaseHTTPRequestHandler):
                 want = orjson.loads(body).get("want")
                 if not isinstance(want, int) or isinstance(want, bool) or want < 1:
                     raise ValueError(f"a lease asks for want >= 1 rows, found {want!r}")
-                granted = self.board.lease(TaskReport.from_json(body), want)
-                return self._send(200, "application/json", orjson.dumps({"granted": granted}))
+                granted, reached = self.board.lease(TaskReport.from_json(body), want)
+                answer = orjson.dumps({"granted": granted, "reached": reached})
+                return self._send(200, "application/json", answer)
             self.board.report(TaskReport.from_json(body))
         except (ValueError, AttributeError) as exc:
             return self._answer(400, str(exc))
@@ -401,13 +415,19 @@ class JobCollector:
 
 # Rows a task asks the budget for at a time (at most what its current batch still holds).
 LEASE_ROWS = 64
+# How long a task waits for rows out to free the output budget before it stops, seconds.
+LEASE_WAIT_S = 300.0
+# What `BudgetLease.take` says: send the row, wait and ask again, or stop.
+GRANTED, WAIT, STOP = "granted", "wait", "stop"
 
 
 class BudgetLease:
-    """A task's end of the budget: `take()` before each row it sends; False once the
-    driver grants no more (the budget is reached). Asks for up to LEASE_ROWS rows at a
-    time, never more than the rows it has in hand. Synchronous, from the task's thread;
-    a driver that cannot be asked fails the task (the budget would not hold)."""
+    """A task's end of the budget: `take()` before each row it sends. It asks the driver
+    for up to LEASE_ROWS rows at a time (never more than the rows in hand) and says
+    GRANTED, WAIT (the rows out hold the output budget: let answers come in, then take
+    again) or STOP (the budget is reached, or nothing freed it for LEASE_WAIT_S).
+    Synchronous, from the task's thread, past any HTTP proxy; a driver that cannot be
+    asked fails the task (the budget would not hold)."""
 
     def __init__(self, target: ProgressTarget, task: Callable[[], tuple[int, int, int]]) -> None:
         self.url = target.url.rsplit("/", 1)[0] + "/lease"
@@ -415,17 +435,27 @@ class BudgetLease:
         self._task = task
         self.allowance = 0
         self.exhausted = False
+        self._waiting_since: float | None = None
 
-    def take(self, in_hand: int, counts: Callable[[], Counts]) -> bool:
-        if self.allowance == 0 and not self.exhausted:
-            self.allowance = self._ask(max(1, min(LEASE_ROWS, in_hand)), counts())
-            self.exhausted = self.allowance == 0
+    def take(self, in_hand: int, counts: Callable[[], Counts]) -> str:
+        if self.allowance > 0:
+            self.allowance -= 1
+            return GRANTED
         if self.exhausted:
-            return False
-        self.allowance -= 1
-        return True
+            return STOP
+        granted, reached = self._ask(max(1, min(LEASE_ROWS, in_hand)), counts())
+        if granted > 0:
+            self.allowance, self._waiting_since = granted - 1, None
+            return GRANTED
+        now = time.monotonic()
+        if self._waiting_since is None:
+            self._waiting_since = now
+        if reached or now - self._waiting_since > LEASE_WAIT_S:
+            self.exhausted = True
+            return STOP
+        return WAIT
 
-    def _ask(self, want: int, counts: Counts) -> int:
+    def _ask(self, want: int, counts: Counts) -> tuple[int, bool]:
         import urllib.request
 
         from spark_vllm.errors import BudgetUnavailable
@@ -438,14 +468,17 @@ class BudgetLease:
             headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
             method="POST",
         )
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # pod to pod
         last: Exception | None = None
         for attempt in range(4):
+            if attempt:
+                time.sleep(0.5 * 2**attempt)  # the driver busy: a few tries
             try:
-                with urllib.request.urlopen(request, timeout=REPORT_TIMEOUT_S) as answer:  # noqa: S310
-                    return int(orjson.loads(answer.read())["granted"])
-            except Exception as exc:  # the driver busy or restarting: a few tries
+                with direct.open(request, timeout=REPORT_TIMEOUT_S) as answer:
+                    data = orjson.loads(answer.read())
+                    return int(data["granted"]), bool(data["reached"])
+            except Exception as exc:
                 last = exc
-                time.sleep(0.5 * 2**attempt)
         raise BudgetUnavailable(
             f"the driver's budget endpoint {self.url} cannot be asked ({last}); the task "
             "stops rather than pass the budget"

@@ -37,7 +37,9 @@ from spark_vllm.client import (
 from spark_vllm.errors import ContextExceeded, ErrorBudgetExceeded, RowError, RowFailed
 from spark_vllm.kinds import RequestKind
 from spark_vllm.progress import (
+    GRANTED,
     REPORT_TIMEOUT_S,
+    WAIT,
     BudgetLease,
     Counts,
     ProgressReporter,
@@ -51,6 +53,8 @@ T = TypeVar("T")
 
 # Result rows are handed back to Spark in batches of at most this many rows.
 FLUSH_ROWS = 256
+# Seconds a task with nothing out waits before asking the budget again.
+LEASE_RETRY_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -294,7 +298,7 @@ class PartitionRunner:
                 rows = batch.to_pylist()
                 self.in_hand = len(rows)
                 for row in rows:
-                    if self.lease is not None and not self.lease.take(self.in_hand, self._counts):
+                    if self.lease is not None and not self._granted():
                         break  # the budget is reached: this row and the rest stay unsent
                     self.in_hand -= 1
                     self.rows_in += 1
@@ -338,6 +342,21 @@ class PartitionRunner:
                 self.loop.submit(self.client.__aexit__(None, None, None)).result(timeout=30)
             finally:
                 self.loop.close()
+
+    def _granted(self) -> bool:
+        """Under a budget: may the next row go? While the rows out hold the output
+        budget, send what is queued and let answers come in (they free it), then ask
+        again."""
+        assert self.lease is not None
+        while True:
+            verdict = self.lease.take(self.in_hand, self._counts)
+            if verdict != WAIT:
+                return verdict == GRANTED
+            self._launch()
+            if self.pending:
+                self._wait()
+            else:
+                time.sleep(LEASE_RETRY_S)
 
     def _quietly(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run a progress step on the loop: progress never fails a task (a step that

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pytest
 import yaml
@@ -221,3 +222,17 @@ def test_platform_chart_holds_the_operators_because_helm_needs_dependency_charts
         refused = run_helm(helm, "template", "p", str(PLATFORM_CHART))
         assert refused.returncode != 0
         assert "missing in charts/ directory" in refused.stderr
+
+
+@pytest.mark.parametrize("restart", ["OnFailure", "Always"])
+def test_a_budget_with_resubmissions_is_refused(helm: str, restart: str) -> None:
+    """A run that stops at its budget exits 3: resubmitted, it would spend a new budget."""
+
+    def template(*overrides: tuple[str, object]) -> subprocess.CompletedProcess[str]:
+        case = Case("chat.yaml", (("job.budget", {"max_rows": 100}), *overrides))
+        return run_helm(helm, "template", "t", str(CHART), *case.helm_args())
+
+    refused = template(("restartPolicy.type", restart))
+    assert refused.returncode != 0
+    assert f"job.budget with restartPolicy.type {restart}" in refused.stderr, refused.stderr
+    assert template().returncode == 0, "the default restartPolicy, Never, takes a budget"

@@ -168,7 +168,13 @@ def test_a_running_engine_is_reused_and_reloads_a_missing_runtime(sandbox: Sandb
     # The engine is ours, but its configuration lost the runtime (an older set-up).
     sandbox.config.write_text("{}")
     os.kill(int(sandbox.pidfile.read_text()), signal.SIGHUP)
-    time.sleep(0.5)
+    # the engine reloads once its shell is back from a sleep: wait for it, however busy
+    # the machine is (a fixed half second was not always enough)
+    runtime = Path(f"{sandbox.socket}.runtime")
+    deadline = time.monotonic() + 10
+    while runtime.read_text().strip() != "runc" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert runtime.read_text().strip() == "runc", "the fake engine never reloaded"
     result = sandbox.run()
     assert result.returncode == 0, result.stderr
     assert len(sandbox.starts()) == 1, "a second engine was started"

@@ -59,23 +59,47 @@ def counted_rows(spark, doc: dict, tokens) -> dict[str, dict]:
     return {r["id"]: r.asDict() for r in found.collect()}
 
 
+def nearly_full(doc: dict, tokens, low: int, high: int) -> str:
+    """A question whose request, as the job `doc` renders it, counts `low` to `high`
+    prompt tokens (found with the server's tokenizer, by bisection over its length)."""
+    from spark_vllm.job import kind_for
+    from spark_vllm.preflight import counting
+
+    kind = kind_for(spec_from_dict(doc))
+
+    def size(words: int) -> int:
+        found = counting(kind, kind.request({"id": "x", "question": "word " * words}))
+        (counts,) = tokens.count([found.requests])
+        return sum(counts)
+
+    lo, hi = 1, 2000
+    while lo < hi:  # the fewest words reaching `low` tokens
+        mid = (lo + hi) // 2
+        lo, hi = (mid + 1, hi) if size(mid) < low else (lo, mid)
+    assert low <= size(lo) <= high, (lo, size(lo))
+    return "word " * lo
+
+
 @pytest.mark.parametrize("task", ["chat", "completion"])
 def test_the_plan_counts_the_tokens_a_real_run_reports_row_for_row(
     spark, vllm_server, tiny_model, tmp_path, task
 ):
     """Counted by the server's POST /tokenize and by the model's tokenizer files: both
-    equal the prompt_tokens of a real run, and the rows over the context are exactly the
-    rows the run fails."""
+    equal the prompt_tokens of a real run. The rows the plan calls over the context are
+    exactly the rows the run fails; a row whose prompt leaves less room than max_tokens
+    is answered (vLLM 0.32 lowers its max_tokens) with the tokens the plan said."""
     from spark_vllm.client import server_root
     from spark_vllm.preflight import FileTokens, ServerTokens
 
+    server = ServerTokens(server_root(vllm_server))
     rows = sample_rows(40)
-    rows[3]["question"] = "word " * 600  # over the context
-    rows[17]["question"] = "tok " * 480  # a prompt that fits, but not with max_tokens 16
-    rows[21]["question"] = "  "  # renders empty: never sent
     prompt = {"template": "{{ question }}"} if task == "completion" else None
     doc = spec_doc(tmp_path, vllm_server, rows, task=task, **({"prompt": prompt} if prompt else {}))
-    by_server = counted_rows(spark, doc, ServerTokens(server_root(vllm_server)))
+    rows[3]["question"] = "word " * 600  # over the context
+    rows[17]["question"] = nearly_full(doc, server, CONTEXT - MAX_TOKENS + 2, CONTEXT - 2)
+    rows[21]["question"] = "  "  # renders empty: never sent
+    doc = spec_doc(tmp_path, vllm_server, rows, task=task, **({"prompt": prompt} if prompt else {}))
+    by_server = counted_rows(spark, doc, server)
     by_files = counted_rows(spark, doc, FileTokens(str(tiny_model)))
     summary = run_job(spark, spec_from_dict(doc))
     out = {r["id"]: r for r in read_rows(tmp_path / "out")}
@@ -90,8 +114,13 @@ def test_the_plan_counts_the_tokens_a_real_run_reports_row_for_row(
             assert not counted["over_context"], row_id
     failed = {i for i, r in out.items() if r["error"] is not None and "bad input" not in r["error"]}
     over = {i for i, r in by_server.items() if r["over_context"]}
-    assert over == failed == {rows[3]["id"], rows[17]["id"]}
-    assert summary.failed == 3
+    assert over == failed == {rows[3]["id"]}
+    assert summary.failed == 2
+    short = out[rows[17]["id"]]
+    assert by_server[rows[17]["id"]]["short_answer"]
+    assert [i for i, r in by_server.items() if r["short_answer"]] == [rows[17]["id"]]
+    assert short["error"] is None and short["finish_reason"] == "length"
+    assert short["completion_tokens"] == by_server[rows[17]["id"]]["output_bound"] < MAX_TOKENS
 
 
 def test_plan_prints_and_reports_what_a_run_would_send(vllm_server, tmp_path):
@@ -105,9 +134,9 @@ def test_plan_prints_and_reports_what_a_run_would_send(vllm_server, tmp_path):
     report = json.loads((tmp_path / "plan.json").read_text())
     assert (report["rows"], report["done"], report["to_send"]) == (30, 0, 30)
     assert report["over_context"] == 1 and report["over_context_ids"] == [rows[5]["id"]]
-    assert report["output_bound"] == 30 * MAX_TOKENS
+    assert report["output_bound"] == 29 * MAX_TOKENS  # the row over the context costs none
     assert report["context"] == CONTEXT
-    assert report["wall_s_at_most"] == pytest.approx(30 * MAX_TOKENS / 200)
+    assert report["wall_s_at_most"] == pytest.approx(29 * MAX_TOKENS / 200)
     assert "nothing was sent" in done.stdout
     assert f"over context  1 rows (they would fail)\n    ids {rows[5]['id']}" in done.stdout
     assert not (tmp_path / "out").exists(), "plan wrote to the output"
@@ -154,9 +183,9 @@ def test_limit_sends_the_first_rows_and_a_later_run_the_rest(spark, vllm_server,
 
 
 def test_a_budget_stops_the_job_and_a_rerun_sends_only_what_is_left(vllm_server, tmp_path):
-    """max_output_tokens 400 at max_tokens 16 (ignore_eos: every answer is 16 tokens):
-    each granted row holds 16 tokens until its answer is counted, so the run stops at
-    or below the budget; a rerun with a larger one sends the rest, each id once."""
+    """max_output_tokens 400 at max_tokens 16 (ignore_eos: every answer is 16 tokens), two
+    tasks: each granted row holds 16 tokens until its answer is counted, so the run stops
+    at the budget, not past it; a rerun with a larger one sends the rest, each id once."""
     rows = sample_rows(100)
     doc = spec_doc(
         tmp_path, vllm_server, rows,
@@ -168,8 +197,8 @@ def test_a_budget_stops_the_job_and_a_rerun_sends_only_what_is_left(vllm_server,
     assert "budget reached" in done.stdout
     first = read_rows(tmp_path / "out")
     used = sum(r["completion_tokens"] for r in first)
-    assert 0 < used <= 400, used
-    assert len(first) < 100
+    assert 400 - MAX_TOKENS < used <= 400, used  # never past it, short by less than a row
+    assert len(first) == 25
     doc["budget"] = {"max_rows": 1000}
     done = run_cli(doc, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]

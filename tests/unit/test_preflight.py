@@ -11,9 +11,10 @@ from spark_vllm.kinds import BatchLine, Chat, Completion, Embedding
 from spark_vllm.preflight import (
     COMPLETION_DEFAULT_MAX_TOKENS,
     Counting,
+    Fit,
     PlanReport,
-    _bound,
     counting,
+    fit_row,
 )
 from spark_vllm.prompt import PromptBuilder
 
@@ -34,7 +35,8 @@ def test_a_completion_row_without_max_tokens_is_bounded_by_vllms_default():
     found = counting(kind, kind.request({"id": "a", "q": "Say"}))
     assert found.requests == [{"model": "m", "prompt": "Say"}]
     assert found.max_tokens is None
-    assert _bound(found, 10, 512, truncate=False) == (COMPLETION_DEFAULT_MAX_TOKENS, False)
+    fit = fit_row(found, [10], 512, truncate=False)
+    assert fit == Fit(10, COMPLETION_DEFAULT_MAX_TOKENS, False, False)
 
 
 def test_embedding_rows_and_batch_lines_count_their_inputs():
@@ -45,7 +47,7 @@ def test_embedding_rows_and_batch_lines_count_their_inputs():
     body = {"input": [[1, 2, 3], "two words"]}
     found = counting(line, ("/v1/embeddings", body))
     assert found.requests == [{"model": "m", "prompt": "two words"}]
-    assert found.given == 3  # token ids count as they are
+    assert found.given == [3]  # token ids count as they are
     found = counting(line, ("/v1/chat/completions", {"messages": [], "max_tokens": 7}))
     assert "messages" in found.requests[0] and found.max_tokens == 7
     with pytest.raises(RowError, match="neither text nor token ids"):
@@ -53,23 +55,33 @@ def test_embedding_rows_and_batch_lines_count_their_inputs():
 
 
 @pytest.mark.parametrize(
-    ("found", "prompt", "bound", "over"),
+    ("found", "counts", "fit"),
     [
-        (Counting([], max_tokens=16), 496, 16, False),  # exactly fits 512
-        (Counting([], max_tokens=16), 497, 16, True),
-        (Counting([]), 500, 12, False),  # chat without max_tokens: what is left
-        (Counting([]), 512, 0, True),
-        (Counting([], generating=False), 512, 0, False),
-        (Counting([], generating=False), 513, 0, True),
+        # vLLM 0.32 answers a prompt that leaves less room than max_tokens with what is
+        # left, and refuses one that fills the context (an answer needs a token)
+        (Counting([], max_tokens=16), [496], Fit(496, 16, False, False)),
+        (Counting([], max_tokens=16), [500], Fit(500, 12, False, True)),
+        (Counting([], max_tokens=16), [511], Fit(511, 1, False, True)),
+        (Counting([], max_tokens=16), [512], Fit(512, 0, True, False)),
+        (Counting([]), [500], Fit(500, 12, False, False)),  # no max_tokens: what is left
+        # embeddings: each input on its own against the context
+        (Counting([], generating=False), [512], Fit(512, 0, False, False)),
+        (Counting([], generating=False), [513], Fit(513, 0, True, False)),
+        (Counting([], generating=False), [300, 300], Fit(600, 0, False, False)),
+        # a request's own truncate_prompt_tokens (-1: the context) keeps it in
+        (Counting([], generating=False, truncate_to=-1), [900], Fit(512, 0, False, False)),
+        (Counting([], max_tokens=8, truncate_to=100), [900], Fit(100, 8, False, False)),
     ],
 )
-def test_the_bound_and_the_context(found, prompt, bound, over):
-    assert _bound(found, prompt, 512, truncate=False) == (bound, over)
+def test_a_row_against_the_context_as_vllm_treats_it(found, counts, fit):
+    assert fit_row(found, counts, 512, truncate=False) == fit
 
 
-def test_truncation_makes_a_long_prompt_fit_but_not_a_max_tokens_past_the_context():
-    assert _bound(Counting([], max_tokens=16), 2000, 512, truncate=True) == (16, False)
-    assert _bound(Counting([], max_tokens=600), 2000, 512, truncate=True) == (600, True)
+def test_truncation_keeps_room_for_the_whole_answer():
+    fit = fit_row(Counting([], max_tokens=16), [2000], 512, truncate=True)
+    assert fit == Fit(496, 16, False, False)
+    short = fit_row(Counting([], max_tokens=16), [100], 512, truncate=True)
+    assert short == Fit(100, 16, False, False)  # a prompt that fits is left as it is
 
 
 def test_the_report_estimates_time_and_gpu_hours_from_the_specs_throughput():
@@ -82,6 +94,9 @@ def test_the_report_estimates_time_and_gpu_hours_from_the_specs_throughput():
     assert report.gpu_hours_at_most == pytest.approx(18 * 8 / 3600)
     text = report.render()
     assert "  over context  1 rows (they would fail)\n    ids q7" in text
+    assert "REFUSED" not in text
+    report.max_tokens = 4096
+    assert "REFUSED       max_tokens 4,096 is more than the context" in report.render()
     assert "time          at most 0h01m at 1,000 output tokens/s per replica x 2" in text
     data = report.to_dict()
     assert (data["wall_s_at_most"], data["over_context_ids"]) == (18.0, ["q7"])

@@ -14,6 +14,9 @@ import pytest
 
 from spark_vllm.local_server import free_port  # internal: a port nobody listens on
 from spark_vllm.progress import (
+    GRANTED,
+    STOP,
+    WAIT,
     Budget,
     BudgetLease,
     Counts,
@@ -244,13 +247,17 @@ def test_without_metrics_the_board_serves_none(board):
     assert (status, text) == (405, "only POST /progress")
 
 
-def lease(board: ProgressBoard, partition: int, want: int, counts: Counts) -> int:
-    """Ask as a task under a budget does: POST /lease with its counts and `want`."""
-    body = orjson.loads(TaskReport(3, partition, 1, counts).to_json())
+def lease(
+    board: ProgressBoard, partition: int, want: int, counts: Counts, attempt: int = 1
+) -> tuple[int, bool]:
+    """Ask as a task under a budget does: POST /lease with its counts and `want`;
+    (rows granted, budget reached)."""
+    body = orjson.loads(TaskReport(3, partition, attempt, counts).to_json())
     body["want"] = want
     status, text = post(board, orjson.dumps(body), path="/lease")
     assert status == 200, text
-    return int(orjson.loads(text)["granted"])
+    answer = orjson.loads(text)
+    return int(answer["granted"]), bool(answer["reached"])
 
 
 def budget_board(budget: Budget):
@@ -260,24 +267,42 @@ def budget_board(budget: Budget):
 def test_a_row_budget_is_granted_exactly_across_tasks():
     board = budget_board(Budget(max_rows=100))
     try:
-        assert lease(board, 0, 64, Counts()) == 64
-        assert lease(board, 1, 64, Counts()) == 36  # what is left
+        assert lease(board, 0, 64, Counts()) == (64, False)
+        assert lease(board, 1, 64, Counts()) == (36, False)  # what is left
         assert not board.budget_reached
-        assert lease(board, 0, 64, Counts(64, 64)) == 0
+        assert lease(board, 0, 64, Counts(64, 64)) == (0, True)
         assert board.budget_reached
     finally:
         board.close()
 
 
+def test_a_task_run_again_takes_over_the_rows_its_failed_attempt_was_granted():
+    board = budget_board(Budget(max_rows=50))
+    try:
+        assert lease(board, 0, 40, Counts(), attempt=1) == (40, False)
+        # attempt 1 died; Spark runs the task again: its 40 rows are not spent twice
+        assert lease(board, 0, 40, Counts(), attempt=5) == (40, False)
+        assert lease(board, 1, 40, Counts()) == (10, False)
+        assert lease(board, 0, 40, Counts(), attempt=1) == (0, True)  # the old attempt: stop
+    finally:
+        board.close()
+
+
 def test_the_output_budget_holds_max_tokens_for_every_row_not_yet_answered():
-    """max_output_tokens 100 at 16 tokens a row: six rows may be out at once; as answers
-    come in using fewer tokens, what they did not use is granted again."""
+    """max_output_tokens 100 at 16 tokens a row: six rows may be out at once. Another
+    task waits (nothing granted, budget not reached) until answers free what they did
+    not use; once what is left cannot cover one row, the budget is reached."""
     board = budget_board(Budget(max_output_tokens=100, reserve=16))
     try:
-        assert lease(board, 0, 64, Counts()) == 6  # 6 x 16 = 96 held
-        assert lease(board, 1, 64, Counts()) == 0  # 4 tokens left: not a row's worth
+        assert lease(board, 0, 64, Counts()) == (6, False)  # 6 x 16 = 96 held
+        assert lease(board, 1, 64, Counts()) == (0, False)  # wait: rows are out
+        assert not board.budget_reached
         # the six rows answered with 5 tokens each: 70 left, four rows' worth
-        assert lease(board, 0, 64, Counts(6, 6, 0, 60, 30)) == 4
+        assert lease(board, 1, 64, Counts()) == (0, False)  # the driver has not heard yet
+        assert lease(board, 0, 64, Counts(6, 6, 0, 60, 30)) == (4, False)
+        # those four used 16 each: 6 left, less than a row's worth
+        assert lease(board, 0, 64, Counts(10, 10, 0, 100, 94)) == (0, True)
+        assert board.budget_reached
     finally:
         board.close()
 
@@ -285,9 +310,9 @@ def test_the_output_budget_holds_max_tokens_for_every_row_not_yet_answered():
 def test_prompt_tokens_past_their_budget_stop_the_grants():
     board = budget_board(Budget(max_prompt_tokens=1000))
     try:
-        assert lease(board, 0, 10, Counts()) == 10
-        assert lease(board, 0, 10, Counts(10, 10, 0, 999, 50)) == 10
-        assert lease(board, 0, 10, Counts(20, 20, 0, 1500, 90)) == 0
+        assert lease(board, 0, 10, Counts()) == (10, False)
+        assert lease(board, 0, 10, Counts(10, 10, 0, 999, 50)) == (10, False)
+        assert lease(board, 0, 10, Counts(20, 20, 0, 1500, 90)) == (0, True)
     finally:
         board.close()
 
@@ -306,8 +331,25 @@ def test_a_task_stops_taking_rows_once_the_budget_is_reached():
     try:
         taker = BudgetLease(board.target, lambda: (3, 0, 1))
         taken = [taker.take(in_hand=100, counts=Counts) for _ in range(8)]
-        assert taken == [True] * 5 + [False] * 3
+        assert taken == [GRANTED] * 5 + [STOP] * 3
         assert taker.exhausted
+    finally:
+        board.close()
+
+
+def test_a_task_waits_while_rows_out_hold_the_output_budget():
+    board = budget_board(Budget(max_output_tokens=40, reserve=16))
+    try:
+        first = BudgetLease(board.target, lambda: (3, 0, 1))
+        second = BudgetLease(board.target, lambda: (3, 1, 1))
+        assert [first.take(10, Counts) for _ in range(3)] == [GRANTED, GRANTED, WAIT]
+        assert second.take(10, Counts) == WAIT
+        assert not second.exhausted
+        # the first task's two rows came back with 4 tokens each: 32 left, two rows' worth;
+        # it holds one more row (its last), the other one is the second task's
+        assert first.take(1, lambda: Counts(2, 2, 0, 20, 8)) == GRANTED
+        assert second.take(10, Counts) == GRANTED
+        assert second.take(10, Counts) == WAIT
     finally:
         board.close()
 

@@ -21,6 +21,9 @@ NetworkPolicy name). */}}
 {{- end }}
 {{- $userEndpoint := default (dict) $job.endpoint }}
 {{- $_ := set $job "endpoint" (mergeOverwrite $endpoint $userEndpoint) }}
+{{- if and (hasKey $job "budget") (ne .Values.restartPolicy.type "Never") }}
+{{- fail (printf "job.budget with restartPolicy.type %s: a run that stops at its budget exits 3, which counts as a failure, and every resubmission would spend a new budget; set restartPolicy.type Never" .Values.restartPolicy.type) }}
+{{- end }}
 {{- if .Values.metrics.enabled }}
 {{- $_ := include "spark-vllm.metricsTokenSecretName" . }}
 {{- $metrics := deepCopy (default (dict) $job.metrics) }}
