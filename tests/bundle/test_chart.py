@@ -15,6 +15,7 @@ from .render import (
     PLATFORM_CHART,
     Case,
     Rendered,
+    render,
     run_helm,
     vllm_container,
 )
@@ -236,3 +237,19 @@ def test_a_budget_with_resubmissions_is_refused(helm: str, restart: str) -> None
     assert refused.returncode != 0
     assert f"job.budget with restartPolicy.type {restart}" in refused.stderr, refused.stderr
     assert template().returncode == 0, "the default restartPolicy, Never, takes a budget"
+
+
+@pytest.mark.parametrize(
+    ("value", "flags"),
+    [
+        (None, []),  # vLLM's default: on for generating models
+        (True, ["--enable-prefix-caching"]),
+        (False, ["--no-enable-prefix-caching"]),
+    ],
+)
+def test_prefix_caching_is_vllms_default_unless_set(
+    helm: str, value: bool | None, flags: list[str]
+) -> None:
+    case = Case("embedding.yaml", (("sidecar.vllm.prefixCaching", value),))
+    args = vllm_container(render(helm, "prefix", case).app_spec())["args"]
+    assert [a for a in args if "prefix-caching" in a] == flags

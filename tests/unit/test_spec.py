@@ -389,6 +389,10 @@ def test_metrics_need_their_token_in_the_environment(monkeypatch):
         ({"budget": {"max_rows": -1}}, "budget.max_rows"),
         ({"on_overlong": "cut"}, "on_overlong"),
         ({"estimate": {"output_tokens_per_s": 0}}, "estimate.output_tokens_per_s"),
+        ({"prefix": {}}, "give prefix.columns or prefix.chars"),
+        ({"prefix": {"columns": ["doc"], "chars": 100}}, "give prefix.columns or prefix.chars"),
+        ({"prefix": {"columns": []}}, "prefix.columns"),
+        ({"prefix": {"chars": 0}}, "prefix.chars"),
         (
             {"task": "embedding", "prompt": {"column": "q"}, "on_overlong": "truncate"},
             "embedding.truncate_prompt_tokens",
@@ -406,3 +410,10 @@ def test_samples_limits_budgets_and_truncation_are_checked(changes, says):
 def test_a_row_budget_suits_every_task():
     doc = minimal(task="embedding", prompt={"column": "q"}, budget={"max_rows": 10})
     assert spec_from_dict(doc).budget.max_rows == 10
+
+
+def test_prefix_columns_must_be_in_the_input():
+    spec = spec_from_dict(minimal(prefix={"columns": ["document_id"]}))
+    with pytest.raises(SpecError, match=r"prefix.columns: column\(s\) \['document_id'\] not in"):
+        spec.check_columns(["question"])
+    spec.check_columns(["question", "document_id"])

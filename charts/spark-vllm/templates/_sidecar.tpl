@@ -97,6 +97,9 @@ args:
   - --max-model-len
   - {{ $v.maxModelLen | quote }}
 {{- end }}
+{{- if not (kindIs "invalid" $v.prefixCaching) }}
+  - {{ ternary "--enable-prefix-caching" "--no-enable-prefix-caching" $v.prefixCaching }}
+{{- end }}
 {{- $runner := $v.runner | default (eq (toString (dig "task" "" .Values.job)) "embedding" | ternary "pooling" "") }}
 {{- if $runner }}
   - --runner
