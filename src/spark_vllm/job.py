@@ -192,7 +192,11 @@ def largest_max_tokens(spec: JobSpec, census: Census) -> int | None:
 
 
 def arrange(
-    df: DataFrame, spec: JobSpec, spark: SparkSession, kind: RequestKind | None = None
+    df: DataFrame,
+    spec: JobSpec,
+    spark: SparkSession,
+    kind: RequestKind | None = None,
+    grouped: bool = True,
 ) -> DataFrame:
     """Split the rows into tasks and order each task's rows (see `concurrency.order`).
 
@@ -202,7 +206,7 @@ def arrange(
     of a prefix group go to one task, back to back, instead (see `prefix`).
     """
     partitions = spec.partitions or default_partitions(spark)
-    if spec.prefix is not None:
+    if spec.prefix is not None and grouped:
         from spark_vllm.prefix import group_by_prefix
 
         return group_by_prefix(
@@ -588,7 +592,9 @@ def plan(spark: SparkSession, spec: JobSpec, sending: bool = True) -> Plan:
             max_tokens=largest_max_tokens(spec, census),
             budget=budget is not None,
         )
-        to_send = arrange(df, spec, spark, kind)
+        if sending and spec.prefix is not None:
+            step("prefix groups: counting them and placing their rows in the tasks")
+        to_send = arrange(df, spec, spark, kind, grouped=sending)  # plan needs no grouping
         return Plan(
             kind=kind,
             store=store,

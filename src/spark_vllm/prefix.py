@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 
 # The helper columns (dropped before the rows reach the tasks).
 KEY, INDEX, TASK = "__sv_prefix", "__sv_prefix_index", "__sv_prefix_task"
+FIRST, LAST, SPARE = "__sv_prefix_first", "__sv_prefix_last", "__sv_prefix_spare"
+# The most groups whose sizes the driver collects and packs.
+MAX_GROUPS = 2_000_000
 
 
 @dataclass(frozen=True)
@@ -151,25 +154,44 @@ def group_by_prefix(
         return F.col("`" + name.replace("`", "``") + "`")
 
     if spec.columns is not None:
-        keyed = df.withColumn(KEY, F.xxhash64(*[quoted(c) for c in spec.columns]))
+        # each column with whether it is null: (a, null) and (null, a) are other groups
+        parts = [x for c in spec.columns for x in (quoted(c), quoted(c).isNull())]
+        keyed = df.withColumn(KEY, F.xxhash64(*parts))
     else:
         assert spec.chars is not None
         schema = T.StructType([*df.schema.fields, T.StructField(KEY, T.LongType())])
         keyed = df.mapInArrow(partial(rendered_keys, kind=kind, chars=spec.chars), schema)
-    sizes = [(r[KEY], r["count"]) for r in keyed.groupBy(KEY).count().collect()]
-    plan = PrefixPlan.make(sorted(sizes), tasks)
+    counted = keyed.groupBy(KEY).count().limit(MAX_GROUPS + 1).collect()
+    if len(counted) > MAX_GROUPS:
+        from spark_vllm.errors import SpecError
+
+        raise SpecError(
+            f"prefix: more than {MAX_GROUPS:,} prefix groups, too many to plan on the driver; "
+            "group by coarser prefix.columns (a document id, not a row id), or leave prefix out"
+        )
+    plan = PrefixPlan.make(sorted((r[KEY], r["count"]) for r in counted), tasks)
     print(plan.line(), file=sys.stderr, flush=True)
     values = task_values(spark, tasks)
     pieces = spark.createDataFrame(
         [(p.key, p.first, p.first + p.rows, values[p.task]) for p in plan.pieces],
-        f"{KEY} bigint, first bigint, last bigint, {TASK} bigint",
+        f"{SPARE} bigint, {FIRST} bigint, {LAST} bigint, {TASK} bigint",
     )
     order = Window.partitionBy(KEY).orderBy(quoted(id_column))
     numbered = keyed.withColumn(INDEX, F.row_number().over(order) - 1)
     placed = numbered.join(
         F.broadcast(pieces),
-        (numbered[KEY] == pieces[KEY])
-        & (numbered[INDEX] >= pieces["first"])
-        & (numbered[INDEX] < pieces["last"]),
-    ).drop(pieces[KEY], "first", "last")
-    return placed.repartition(tasks, TASK).sortWithinPartitions(KEY, INDEX).drop(KEY, INDEX, TASK)
+        (numbered[KEY] == pieces[SPARE])
+        & (numbered[INDEX] >= pieces[FIRST])
+        & (numbered[INDEX] < pieces[LAST]),
+        "left",  # a row the count did not see (an input that grew) is still sent
+    )
+    # such a row goes to a task by its key: its group stays together all the same
+    spare = F.element_at(
+        F.array(*[F.lit(v) for v in values]), (F.pmod(F.col(KEY), F.lit(tasks)) + 1).cast("int")
+    )
+    return (
+        placed.withColumn(TASK, F.coalesce(F.col(TASK), spare))
+        .repartition(tasks, TASK)
+        .sortWithinPartitions(KEY, INDEX)
+        .drop(KEY, INDEX, TASK, SPARE, FIRST, LAST)
+    )

@@ -693,6 +693,11 @@ class JobSpec(_Strict):
                 "truncates with embedding.truncate_prompt_tokens, a batch file's lines "
                 "with their own truncate_prompt_tokens"
             )
+        if self.prefix is not None and self.task == "embedding" and not batch:
+            raise ValueError(
+                "prefix is for generating tasks: vLLM's prefix cache is off for pooling "
+                "(embedding) models, so grouping rows by prefix gains nothing"
+            )
         budget = self.budget
         if (
             budget is not None

@@ -242,7 +242,7 @@ def test_a_budget_with_resubmissions_is_refused(helm: str, restart: str) -> None
 @pytest.mark.parametrize(
     ("value", "flags"),
     [
-        (None, []),  # vLLM's default: on for generating models
+        (None, []),  # vLLM's default (the example is an embedding job: pooling, off)
         (True, ["--enable-prefix-caching"]),
         (False, ["--no-enable-prefix-caching"]),
     ],

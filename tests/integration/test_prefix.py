@@ -83,7 +83,32 @@ def test_a_prefix_group_lands_in_one_task_and_in_sequence(spark, tmp_path, capsy
     assert f"spark-vllm prefix groups: 12 groups (1 split) in {TASKS} tasks" in said
 
 
-def test_the_answers_do_not_depend_on_the_order(spark, vllm_server, tmp_path):
+def test_no_row_and_no_column_is_lost_and_nulls_group_by_position(spark, tmp_path, capsys):
+    """Columns named like the planner's own helpers stay; rows whose prefix columns are
+    null form groups of their own, told apart by which column is null."""
+    rows = [
+        {"id": f"r{i}", "a": None if i % 3 == 0 else "x", "b": None if i % 3 == 1 else "x",
+         "first": i, "last": -i, "question": f"q{i}"}
+        for i in range(30)
+    ]  # fmt: skip
+    doc = spec_doc(
+        tmp_path, "http://127.0.0.1:1/v1", rows, partitions=3,
+        prefix={"columns": ["a", "b"]}, output={"path": str(tmp_path / "o"),
+        "keep_columns": ["first", "last"]},
+    )  # fmt: skip
+    df = spark.createDataFrame(rows).select("id", "a", "b", "first", "last", "question")
+    placed = arrange(df, spec_from_dict(doc), spark)
+    assert placed.columns == df.columns
+
+    def content(frame):
+        return sorted(tuple(r) for r in frame.collect())
+
+    assert content(placed) == content(df)
+    # (null, x), (x, null) and (x, x): three groups, not two
+    assert "spark-vllm prefix groups: 3 groups" in capsys.readouterr().err
+
+
+def test_the_answers_do_not_depend_on_the_order(spark, vllm_server, tmp_path, capsys):
     rows = sample_rows(60)
     for i, row in enumerate(rows):
         row["topic_doc"] = f"doc{i % 6}"
@@ -96,6 +121,7 @@ def test_the_answers_do_not_depend_on_the_order(spark, vllm_server, tmp_path):
     )  # fmt: skip
     first = run_job(spark, spec_from_dict(plain))
     second = run_job(spark, spec_from_dict(grouped))
+    assert "spark-vllm prefix groups: 6 groups (0 split) in 3 tasks" in capsys.readouterr().err
     assert first.rows == second.rows == 60
     a = {r["id"]: r for r in read_rows(tmp_path / "plain" / "out")}
     b = {r["id"]: r for r in read_rows(tmp_path / "grouped" / "out")}

@@ -394,6 +394,10 @@ def test_metrics_need_their_token_in_the_environment(monkeypatch):
         ({"prefix": {"columns": []}}, "prefix.columns"),
         ({"prefix": {"chars": 0}}, "prefix.chars"),
         (
+            {"task": "embedding", "prompt": {"column": "q"}, "prefix": {"chars": 100}},
+            "prefix is for generating tasks",
+        ),
+        (
             {"task": "embedding", "prompt": {"column": "q"}, "on_overlong": "truncate"},
             "embedding.truncate_prompt_tokens",
         ),
