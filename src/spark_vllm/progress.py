@@ -436,6 +436,10 @@ class BudgetLease:
         self.allowance = 0
         self.exhausted = False
         self._waiting_since: float | None = None
+        import urllib.request
+
+        # straight to the driver's pod, past any HTTP proxy of the environment
+        self._direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
     def take(self, in_hand: int, counts: Callable[[], Counts]) -> str:
         if self.allowance > 0:
@@ -468,13 +472,12 @@ class BudgetLease:
             headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
             method="POST",
         )
-        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # pod to pod
         last: Exception | None = None
         for attempt in range(4):
             if attempt:
                 time.sleep(0.5 * 2**attempt)  # the driver busy: a few tries
             try:
-                with direct.open(request, timeout=REPORT_TIMEOUT_S) as answer:
+                with self._direct.open(request, timeout=REPORT_TIMEOUT_S) as answer:
                     data = orjson.loads(answer.read())
                     return int(data["granted"]), bool(data["reached"])
             except Exception as exc:

@@ -275,7 +275,6 @@ class PartitionRunner:
         self.loop: _LoopThread | None = None
         self.tally = Tally()
         self.latencies = _Latencies()
-        self.window_range: tuple[int, int] | None = None  # smallest and largest window used
         self.lease: BudgetLease | None = None
         if cfg.budget:
             assert cfg.progress is not None, "a budget is leased from the progress endpoint"
@@ -330,7 +329,6 @@ class PartitionRunner:
                 periodic = None
             print(self.log_line(time.monotonic() - started), file=sys.stderr, flush=True)
             self.tally.outage_s = self._outage_s()
-            self.tally.window = self.window_range
             if self.cfg.tally is not None:
                 self.cfg.tally.add(self.tally.shipped())
         finally:
@@ -357,6 +355,11 @@ class PartitionRunner:
                 self._wait()
             else:
                 time.sleep(LEASE_RETRY_S)
+
+    @property
+    def window_range(self) -> tuple[int, int] | None:
+        """The smallest and largest window the task sent under (None: it sent nothing)."""
+        return self.tally.window
 
     def _quietly(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run a progress step on the loop: progress never fails a task (a step that
@@ -451,8 +454,7 @@ class PartitionRunner:
             return
         assert self.loop is not None
         window = self._window()
-        low, high = self.window_range or (window, window)
-        self.window_range = (min(low, window), max(high, window))
+        self.tally.add_window((window, window))
         if not self.started:
             self._start()
         self.loop.loop.call_soon_threadsafe(self._send_all, self.outbox)
