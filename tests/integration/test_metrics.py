@@ -97,6 +97,9 @@ def test_prometheus_scrapes_the_running_job_and_its_sidecar(
             tmp_path, vllm_server, rows,
             partitions=1,  # one long task: the counts must move inside it
             concurrency={"mode": "fixed", "per_executor": 4},
+            # long enough answers that Prometheus sees the run mid-way (at 16 tokens a fast
+            # run ended before its second scrape once)
+            sampling={"max_tokens": 64, "ignore_eos": True, "temperature": 0.0},
             progress={"interval_s": 0.2, "port": int(driver.rsplit(":", 1)[1])},
             metrics={"enabled": True, "token_env": TOKEN_ENV},
         )  # fmt: skip
