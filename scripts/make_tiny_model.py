@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 # A few sentences are enough to train a byte-level BPE; the byte alphabet covers any text.
 CORPUS = [
@@ -34,7 +35,12 @@ CHAT_TEMPLATE = (
 )
 
 
-def make_tokenizer(out: Path, vocab_size: int) -> int:
+def make_tokenizer(
+    out: Path,
+    vocab_size: int,
+    extra_special: list[str] | None = None,
+    chat_template: str = CHAT_TEMPLATE,
+) -> int:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -43,7 +49,7 @@ def make_tokenizer(out: Path, vocab_size: int) -> int:
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=["<s>", "</s>", "<unk>", "<pad>"],
+        special_tokens=["<s>", "</s>", "<unk>", "<pad>", *(extra_special or [])],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(CORPUS * 20, trainer=trainer)
@@ -54,19 +60,20 @@ def make_tokenizer(out: Path, vocab_size: int) -> int:
         unk_token="<unk>",
         pad_token="<pad>",
     )
-    fast.chat_template = CHAT_TEMPLATE
+    if extra_special:
+        fast.add_special_tokens({"additional_special_tokens": list(extra_special)})
+    fast.chat_template = chat_template
     fast.save_pretrained(out)
     return int(tok.get_vocab_size())
 
 
-def make_model(out: Path, vocab: int, hidden: int, layers: int, heads: int, ctx: int) -> None:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+def llama_config(vocab: int, hidden: int, layers: int, heads: int, ctx: int, **more: object) -> Any:
+    """The tiny Llama's configuration (also the text model of make_tiny_vlm.py)."""
+    from transformers import LlamaConfig
 
     if hidden % heads or hidden // heads < 64:
         raise SystemExit(f"hidden/heads = {hidden}/{heads}: head_dim must be a whole number >= 64")
-    torch.manual_seed(0)
-    config = LlamaConfig(
+    return LlamaConfig(
         vocab_size=vocab,
         hidden_size=hidden,
         intermediate_size=hidden * 2,
@@ -78,8 +85,16 @@ def make_model(out: Path, vocab: int, hidden: int, layers: int, heads: int, ctx:
         eos_token_id=1,
         pad_token_id=3,
         tie_word_embeddings=True,
-        torch_dtype="bfloat16",
+        **more,
     )
+
+
+def make_model(out: Path, vocab: int, hidden: int, layers: int, heads: int, ctx: int) -> None:
+    import torch
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = llama_config(vocab, hidden, layers, heads, ctx, torch_dtype="bfloat16")
     model = LlamaForCausalLM(config).to(torch.bfloat16)
     model.save_pretrained(out)
 

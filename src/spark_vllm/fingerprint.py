@@ -34,6 +34,12 @@ def fingerprint(spec: JobSpec) -> Fingerprint:
     if spec.prompt is not None:
         for key in ("template", "system", "column"):
             found[f"prompt.{key}"] = getattr(spec.prompt, key)
+        # Left out when unset: older runs did not record them.
+        if spec.prompt.content is not None:
+            found["prompt.content"] = [p.model_dump(exclude_none=True) for p in spec.prompt.content]
+    if spec.lora is not None:
+        found["lora.adapter"] = spec.lora.adapter
+        found["lora.column"] = spec.lora.column
     if spec.task == "embedding":
         for key in ("dimensions", "truncate_prompt_tokens"):
             found[f"embedding.{key}"] = getattr(spec.embedding, key)

@@ -178,6 +178,8 @@ def _read(spark: SparkSession, spec: JobSpec) -> DataFrame:
         return spark.read.options(**src.options).parquet(src.path)
     if src.format == "jsonl":
         return _read_json(spark, spec)
+    if src.format == "binaryFile":
+        return spark.read.options(**src.options).format("binaryFile").load(src.path)
     return spark.read.options(**{**CSV_DEFAULTS, **src.options}).csv(src.path)
 
 
@@ -205,6 +207,9 @@ def read_input(spark: SparkSession, spec: JobSpec) -> DataFrame | None:
         return None
     return df
 
+
+# The columns of Spark's binaryFile source, a row per file.
+BINARY_FILE_COLUMNS = ("path", "modificationTime", "length", "content")
 
 # Lines of a JSON Lines input that `validate` reads for its columns.
 SAMPLE_LINES = 1000
@@ -322,6 +327,8 @@ def columns_without_spark(spec: JobSpec) -> Columns:
     if src.format in ("table", "jdbc"):
         where = "the catalog" if src.format == "table" else "the database"
         return Columns(None, f"input.format {src.format} is read from {where} by Spark")
+    if src.format == "binaryFile":
+        return Columns(list(BINARY_FILE_COLUMNS), "Spark's binaryFile source")
     assert src.path is not None
     root = _local(src.path)
     if root is None:

@@ -209,13 +209,21 @@ def arrange(
     if spec.prefix is not None and grouped:
         from spark_vllm.prefix import group_by_prefix
 
+        prefix = spec.prefix
+        if prefix.columns is not None and spec.lora is not None and spec.lora.column:
+            # vLLM's prefix cache is per adapter: an adapter's rows are a group of their own.
+            prefix = prefix.model_copy(update={"columns": [spec.lora.column, *prefix.columns]})
         return group_by_prefix(
-            spark, df, spec.prefix, spec.id_column(), partitions, kind or kind_for(spec)
+            spark, df, prefix, spec.id_column(), partitions, kind or kind_for(spec)
         )
     df = df.repartition(partitions)
     hint = max_tokens_hint(df, spec) if spec.concurrency.order == "longest_first" else None
-    if hint is not None:
-        df = df.sortWithinPartitions(hint.desc_nulls_first())
+    order = [hint.desc_nulls_first()] if hint is not None else []
+    if spec.lora is not None and spec.lora.column is not None:
+        # An adapter's rows go out together: vLLM batches at most --max-loras adapters.
+        order.insert(0, F.col(spec.lora.column).asc_nulls_first())
+    if order:
+        df = df.sortWithinPartitions(*order)
     return df
 
 
@@ -248,7 +256,22 @@ def kind_for(spec: JobSpec) -> RequestKind:
         return BatchLine(model)
     assert spec.prompt is not None
     prompt = spec.prompt
-    builder = PromptBuilder(spec.task, prompt.template, prompt.system, prompt.column)
+    content = (
+        [
+            ("image", p.image) if p.image is not None else ("text", p.text or "")
+            for p in prompt.content
+        ]
+        if prompt.content is not None
+        else None
+    )
+    builder = PromptBuilder(
+        spec.task,
+        prompt.template,
+        prompt.system,
+        prompt.column,
+        content=content,
+        max_image_bytes=prompt.max_image_bytes,
+    )
     if spec.task == "embedding":
         options = spec.embedding.request_fields()
         return Embedding(model, builder, options, batch_size=spec.embedding.batch_size)
@@ -263,6 +286,8 @@ def kind_for(spec: JobSpec) -> RequestKind:
         logprobs=spec.wants_logprobs(),
         answer=answer_shape(spec),
         truncate=spec.on_overlong == "truncate",
+        adapter=spec.lora.adapter if spec.lora is not None else None,
+        adapter_column=spec.lora.column if spec.lora is not None else None,
     )
 
 
@@ -312,6 +337,8 @@ def task_config(spec: JobSpec, schema: T.StructType, slots: int, kind: RequestKi
             metrics_interval_s=conc.metrics_interval_s,
         ),
         errors=ErrorPolicy(spec.on_error, spec.max_error_rate, spec.error_rate_min_rows),
+        lora=spec.lora is not None,
+        lora_modules=tuple(sorted(spec.lora.modules.items())) if spec.lora is not None else (),
     )
 
 
@@ -537,6 +564,7 @@ def plan(spark: SparkSession, spec: JobSpec, sending: bool = True) -> Plan:
                 *(["method", "url", "body"] if spec.input.format == "openai-batch" else []),
                 *([spec.sampling_column] if spec.sampling_column else []),
                 *(spec.prefix.columns or [] if spec.prefix is not None else []),
+                *([spec.lora.column] if spec.lora is not None and spec.lora.column else []),
                 *spec.output.keep_columns,
                 *([_ORDER] if spec.limit is not None else []),
             ]

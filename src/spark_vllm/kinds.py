@@ -244,8 +244,14 @@ class Generating(RequestKind):
         logprobs: bool = False,
         answer: Answer | None = None,
         truncate: bool = False,
+        adapter: str | None = None,
+        adapter_column: str | None = None,
     ) -> None:
         super().__init__(model)
+        # lora: the adapter every row is sent to, or the column naming each row's (null:
+        # the base model); the request's model is the adapter's served name.
+        self.adapter = adapter
+        self.adapter_column = adapter_column
         # on_overlong: truncate — vLLM keeps a prompt's last tokens so the row fits the
         # served model's context, which the task sets here before its first request.
         self.truncate = truncate
@@ -280,8 +286,26 @@ class Generating(RequestKind):
         asked = max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else 1
         return max(self.context - asked, 1)
 
+    def row_model(self, row: dict[str, Any]) -> str:
+        """The served name a row is sent to: its LoRA adapter's, or the base model's."""
+        if self.adapter_column is None:
+            return self.adapter or self.model
+        name = row.get(self.adapter_column)
+        if name is None:
+            return self.model
+        if not isinstance(name, str) or not name.strip():
+            raise RowError(
+                f"lora.column {self.adapter_column!r}: expected an adapter name or null, "
+                f"got {name!r}"
+            )
+        return name.strip()
+
     def request(self, row: dict[str, Any]) -> dict[str, Any]:
         fields = self.builder.build(row)
+        model = self.row_model(row)
+        if model != self.model:
+            # First, so a prefix.chars key of the rendered request tells adapters apart.
+            fields = {"model": model, **fields}
         if self.sampling_column is not None:
             fields.update(row_sampling(row.get(self.sampling_column), self.sampling_column))
         if self.seed_auto and "seed" not in fields:

@@ -78,6 +78,7 @@ class LocalServer:
         port: int | None = None,
         vllm_args: list[str] | None = None,
         ready_timeout_s: float = 600.0,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.model = model
         self.served_model_name = served_model_name
@@ -85,6 +86,8 @@ class LocalServer:
         self.vllm_args = list(vllm_args or [])
         self.log_path = Path(log_path)
         self.ready_timeout_s = ready_timeout_s
+        # Extra environment of the server (e.g. VLLM_ALLOW_RUNTIME_LORA_UPDATING).
+        self.env = dict(env or {})
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -117,7 +120,7 @@ class LocalServer:
 
     def launch(self) -> int:
         """Start the server process (its own session) without waiting; return its pid."""
-        env = {**CPU_ENV_DEFAULTS, **os.environ}
+        env = {**CPU_ENV_DEFAULTS, **os.environ, **self.env}
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(  # noqa: S603 (our own argv, no shell)

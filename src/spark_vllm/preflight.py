@@ -98,7 +98,9 @@ def counting(kind: RequestKind, payload: Any) -> Counting:
         what = "embeddings"
     else:  # pragma: no cover - every kind is above
         raise TypeError(f"no token counting for {type(kind).__name__}")
-    model = body.get("model")
+    # A row's LoRA adapter shares the base model's tokenizer: counted by the base model,
+    # which the server serves whether or not it has loaded the adapter yet.
+    model = body.get("model") if isinstance(kind, BatchLine) else kind.model
     own = body.get("truncate_prompt_tokens")
     truncate_to = own if isinstance(own, int) and not isinstance(own, bool) else None
     if what == "chat":
@@ -221,6 +223,14 @@ _TOKENIZERS: dict[str, Any] = {}  # one load per Python worker
 
 
 def _count_with(tokenizer: Any, body: dict[str, Any]) -> int:
+    for message in body.get("messages") or ():
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list) and any(p.get("type") != "text" for p in content):
+            raise ValueError(
+                "a message with image (or other non-text) parts: the tokenizer files do not "
+                "know how many tokens the model's processor makes of it; count with a "
+                "server (plan without --tokenizer), whose POST /tokenize does"
+            )
     if "messages" in body:
         options = dict(body.get("chat_template_kwargs") or {})
         ids = tokenizer.apply_chat_template(

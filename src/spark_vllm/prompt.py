@@ -139,8 +139,15 @@ def _non_empty(text: str, what: str) -> str:
     return text
 
 
+# One part of a user message: ("text", template) or ("image", column).
+Part = tuple[str, str]
+
+
 class PromptBuilder:
-    """Builds the prompt part of a request body for one task (chat, completion, embedding)."""
+    """Builds the prompt part of a request body for one task (chat, completion, embedding).
+
+    The user message comes from a template, from a column, or (chat) from `content`: text
+    and image parts in order, images read as `images.image_parts` says."""
 
     def __init__(
         self,
@@ -148,13 +155,30 @@ class PromptBuilder:
         template: str | None = None,
         system: str | None = None,
         column: str | None = None,
+        *,
+        content: list[Part] | None = None,
+        max_image_bytes: int = 20 * 1024 * 1024,
     ) -> None:
-        if (template is None) == (column is None):
-            raise ValueError("exactly one of template and column")
+        if sum(x is not None for x in (template, column, content)) != 1:
+            raise ValueError("exactly one of template, column and content")
         self.task = task
         self.template = template
         self.system = system
         self.column = column
+        self.content = content
+        self.max_image_bytes = max_image_bytes
+
+    def _content(self, row: Mapping[str, Any]) -> list[dict[str, Any]]:
+        from spark_vllm.images import image_parts
+
+        assert self.content is not None
+        parts: list[dict[str, Any]] = []
+        for kind, source in self.content:
+            if kind == "image":
+                parts += image_parts(row.get(source), source, self.max_image_bytes)
+            else:
+                parts.append({"type": "text", "text": render(source, row)})
+        return parts
 
     def _user_text(self, row: Mapping[str, Any]) -> str:
         if self.template is not None:
@@ -181,8 +205,9 @@ class PromptBuilder:
             found = conversation(value, self.column)
             if found is not None:
                 return {"messages": found}
-        messages = []
+        messages: list[dict[str, Any]] = []
         if self.system is not None:
             messages.append({"role": "system", "content": render(self.system, row)})
-        messages.append({"role": "user", "content": self._user_text(row)})
+        user = self._content(row) if self.content is not None else self._user_text(row)
+        messages.append({"role": "user", "content": user})
         return {"messages": messages}

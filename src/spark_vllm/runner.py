@@ -36,6 +36,7 @@ from spark_vllm.client import (
 )
 from spark_vllm.errors import ContextExceeded, ErrorBudgetExceeded, RowError, RowFailed
 from spark_vllm.kinds import RequestKind
+from spark_vllm.lora import Adapters
 from spark_vllm.progress import (
     GRANTED,
     REPORT_TIMEOUT_S,
@@ -119,6 +120,10 @@ class TaskConfig:
     # The largest max_tokens a row asks for (the spec's, or a per-row column's largest):
     # checked against the served model's context before the task's first request.
     max_tokens: int | None = None
+    # lora: rows go to adapters; those not served yet are loaded from these paths
+    # (name, path) on first use (see `lora`).
+    lora: bool = False
+    lora_modules: tuple[tuple[str, str], ...] = ()
 
 
 async def _start_task(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
@@ -280,6 +285,12 @@ class PartitionRunner:
             assert cfg.progress is not None, "a budget is leased from the progress endpoint"
             self.lease = BudgetLease(cfg.progress, task_identity)
         self.in_hand = 0  # rows of the current batch not yet handled
+        self.adapters: Adapters | None = None
+        if cfg.lora:
+            self.adapters = Adapters(
+                cfg.endpoint.base_url, self.kind.model, dict(cfg.lora_modules), self.api_key
+            )
+        self._outage_seen = 0.0  # the outage seconds the adapters were last checked after
 
     def run(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         """The mapInArrow body: result batches, one row per input row."""
@@ -403,6 +414,14 @@ class PartitionRunner:
     def _add(self, row: dict[str, Any]) -> None:
         try:
             payload = self.kind.request(row)
+            if self.adapters is not None:
+                if not self.started:
+                    self._start()  # the sidecar says which adapters it serves once ready
+                down = self._outage_s()
+                if down > self._outage_seen:  # it was down since: ask again, load again
+                    self._outage_seen = down
+                    self.adapters.forget()
+                self.adapters.check(payload.get("model") or self.kind.model)
         except RowError as exc:
             self._collect(row, Result(error=f"bad input: {exc}"))
             return

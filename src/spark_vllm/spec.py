@@ -7,6 +7,7 @@ the bad value and what was expected.
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -141,9 +142,13 @@ class JdbcOutput(JdbcConnection):
 
 
 class InputSpec(_Strict):
-    format: Literal["parquet", "jsonl", "csv", "table", "openai-batch", "jdbc"] = Field(
-        description="openai-batch: request lines {custom_id, method, url, body} as for "
-        "OpenAI's Batch API or vllm run-batch; each line's body is sent as it is"
+    format: Literal["parquet", "jsonl", "csv", "table", "openai-batch", "jdbc", "binaryFile"] = (
+        Field(
+            description="openai-batch: request lines {custom_id, method, url, body} as for "
+            "OpenAI's Batch API or vllm run-batch; each line's body is sent as it is. "
+            "binaryFile: Spark's whole-file source, a row per file: path, modificationTime, "
+            "length, content (the bytes, e.g. for prompt.content's image parts)"
+        )
     )
     path: str | None = Field(default=None, description="file or directory (all formats but table)")
     table: str | None = Field(default=None, description="catalog table name (format: table)")
@@ -275,6 +280,36 @@ class EndpointSpec(_Strict):
         return value.rstrip("/")
 
 
+# OpenAI's limit for one image in a request; a row's larger image is an error row.
+DEFAULT_MAX_IMAGE_BYTES = 20 * 1024 * 1024
+# Names vLLM serves models and LoRA adapters under, as the job spec may give them.
+_SERVED_NAME = r"^[A-Za-z0-9][A-Za-z0-9._/:-]*$"
+
+
+class ContentPart(_Strict):
+    """One part of the user message, in order: a text (a jinja2 template) or the image(s)
+    of a column."""
+
+    text: str | None = Field(default=None, description="jinja2 template over the row's columns")
+    image: str | None = Field(
+        default=None,
+        description="column holding an image, or a list of them: bytes (binary; Spark's "
+        "binaryFile `content`), a path the executor reads (local, file://, s3://, s3a://, "
+        "gs://, hdfs://), an http(s) URL vLLM fetches, or a data: URL",
+    )
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ContentPart:
+        if (self.text is None) == (self.image is None):
+            raise ValueError("a content part is {text: TEMPLATE} or {image: COLUMN} (one key)")
+        if self.text is not None:
+            try:
+                template_variables(self.text)
+            except PromptError as exc:
+                raise ValueError(f"text does not parse: {exc}") from None
+        return self
+
+
 class PromptSpec(_Strict):
     template: str | None = Field(
         default=None, description="jinja2 template over the row's columns: the user message"
@@ -284,11 +319,27 @@ class PromptSpec(_Strict):
         default=None,
         description="column holding an OpenAI messages list (chat) or a prompt string",
     )
+    content: list[ContentPart] | None = Field(
+        default=None,
+        min_length=1,
+        description="chat: the user message as parts in this order, each {text: TEMPLATE} "
+        "or {image: COLUMN}; images are sent as image_url parts",
+    )
+    max_image_bytes: int = Field(
+        default=DEFAULT_MAX_IMAGE_BYTES,
+        ge=1,
+        description="a row's image larger than this many bytes is an error row (bytes and "
+        "paths; an http(s) URL is fetched by vLLM, which applies its own limits)",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> PromptSpec:
-        if (self.template is None) == (self.column is None):
-            raise ValueError("set exactly one of prompt.template and prompt.column")
+        given = [k for k in ("template", "column", "content") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "set exactly one of prompt.template, prompt.column and prompt.content"
+                + (f" (got {', '.join(given)})" if given else "")
+            )
         for name in ("template", "system"):
             source = getattr(self, name)
             if source is not None:
@@ -298,15 +349,50 @@ class PromptSpec(_Strict):
                     raise ValueError(f"prompt.{name} does not parse: {exc}") from None
         return self
 
+    def image_columns(self) -> list[str]:
+        """Columns whose images the user message carries, in order."""
+        return [p.image for p in self.content or () if p.image is not None]
+
     def columns(self) -> set[str]:
         """Input columns the prompt reads."""
         names: set[str] = set()
-        for source in (self.template, self.system):
+        texts = [self.template, self.system, *(p.text for p in self.content or ())]
+        for source in texts:
             if source is not None:
                 names |= template_variables(source)
         if self.column is not None:
             names.add(self.column)
+        names.update(self.image_columns())
         return names
+
+
+class LoraSpec(_Strict):
+    adapter: str | None = Field(
+        default=None, pattern=_SERVED_NAME, description="the LoRA adapter that answers every row"
+    )
+    column: str | None = Field(
+        default=None,
+        description="column naming each row's LoRA adapter (its served name); null: the "
+        "base model (endpoint.model)",
+    )
+    modules: dict[str, str] = Field(
+        default_factory=dict,
+        description="adapters the job loads into the sidecar on first use when it does not "
+        "serve them yet: name -> path on the sidecar's file system (vLLM's POST "
+        "/v1/load_lora_adapter; the sidecar needs VLLM_ALLOW_RUNTIME_LORA_UPDATING, the "
+        "chart's sidecar.vllm.lora.runtimeLoading)",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> LoraSpec:
+        if (self.adapter is None) == (self.column is None):
+            raise ValueError("give lora.adapter (every row) or lora.column (per row), one of them")
+        for name, path in self.modules.items():
+            if not re.match(_SERVED_NAME, name):
+                raise ValueError(f"lora.modules: {name!r} is not an adapter name ({_SERVED_NAME})")
+            if not path.strip():
+                raise ValueError(f"lora.modules.{name}: the path is empty")
+        return self
 
 
 class SamplingSpec(BaseModel):
@@ -644,6 +730,12 @@ class JobSpec(_Strict):
         "vLLM's HTTP 400) or truncate (vLLM keeps its last tokens so the row fits; the "
         "row's `truncated` is true)",
     )
+    lora: LoraSpec | None = Field(
+        default=None,
+        description="answer rows with a LoRA adapter of the served model: one for every "
+        "row (adapter) or one per row (column); the sidecar must serve them or load them "
+        "(modules)",
+    )
     spark: SparkSpec = Field(default_factory=SparkSpec)
     # The spec file's name when read from one (load_spec): Spark's UI names the job by it.
     _source: str = PrivateAttr(default="")
@@ -665,6 +757,11 @@ class JobSpec(_Strict):
             )
         if self.prompt is None:
             raise ValueError("prompt is missing: set prompt.template or prompt.column")
+        if self.task != "chat" and self.prompt.content is not None:
+            raise ValueError(
+                f"prompt.content (text and image parts) is for task 'chat'; task "
+                f"'{self.task}' takes prompt.template or prompt.column"
+            )
         if self.task != "chat" and self.prompt.system is not None:
             raise ValueError(
                 f"prompt.system is for task 'chat'; task '{self.task}' takes one text per row"
@@ -697,6 +794,11 @@ class JobSpec(_Strict):
             raise ValueError(
                 "prefix is for generating tasks: vLLM's prefix cache is off for pooling "
                 "(embedding) models, so grouping rows by prefix gains nothing"
+            )
+        if self.lora is not None and (batch or self.task == "embedding"):
+            raise ValueError(
+                "lora is for chat and completion jobs; a batch file's lines name their "
+                "adapter in each body's model"
             )
         budget = self.budget
         if (
@@ -797,6 +899,8 @@ class JobSpec(_Strict):
             wanted.append(("sampling_column", [self.sampling_column]))
         if self.prefix is not None and self.prefix.columns:
             wanted.append(("prefix.columns", self.prefix.columns))
+        if self.lora is not None and self.lora.column:
+            wanted.append(("lora.column", [self.lora.column]))
         if self.input.id_column:
             wanted.append(("input.id_column", [self.input.id_column]))
         for where, names in wanted:

@@ -67,7 +67,9 @@ def test_template_that_does_not_parse_is_refused():
 
 
 def test_prompt_needs_exactly_one_source():
-    assert "exactly one of prompt.template and prompt.column" in error_of(minimal(prompt={}))
+    assert "exactly one of prompt.template, prompt.column and prompt.content" in error_of(
+        minimal(prompt={})
+    )
     both = {"template": "{{ q }}", "column": "messages"}
     assert "exactly one" in error_of(minimal(prompt=both))
 
@@ -191,7 +193,11 @@ def test_embedding_settings_on_a_chat_task_are_refused():
 @pytest.mark.parametrize("path", sorted(EXAMPLE.parent.glob("*.yaml")), ids=lambda p: p.name)
 def test_every_example_spec_is_valid_and_its_input_exists(path):
     spec = load_spec(path)
-    assert (EXAMPLE.parents[2] / spec.input.path).is_file()
+    where = EXAMPLE.parents[2] / spec.input.path
+    if spec.input.format == "binaryFile":  # a folder of files
+        assert where.is_dir() and any(where.iterdir())
+    else:
+        assert where.is_file()
 
 
 def test_openai_batch_input_is_answered_in_its_own_format():

@@ -50,6 +50,33 @@ executor.sidecars (_application.tpl), the operator-less path in its executor pod
 {{- end }}
 {{- end }}
 
+{{/* vLLM's LoRA arguments (sidecar.vllm.lora), as items of the container's args. */}}
+{{- define "spark-vllm.loraArgs" -}}
+{{- $lora := .Values.sidecar.vllm.lora }}
+{{- if $lora.enabled }}
+{{- if and (not (kindIs "invalid" $lora.maxCpuLoras)) (lt (int $lora.maxCpuLoras) (int $lora.maxLoras)) }}
+{{- fail (printf "sidecar.vllm.lora.maxCpuLoras %d is below maxLoras %d, which vLLM refuses: raise maxCpuLoras or unset it (it follows maxLoras)" (int $lora.maxCpuLoras) (int $lora.maxLoras)) }}
+{{- end }}
+  - --enable-lora
+  - {{ printf "--max-loras=%d" (int $lora.maxLoras) | quote }}
+  - {{ printf "--max-lora-rank=%d" (int $lora.maxLoraRank) | quote }}
+{{- if not (kindIs "invalid" $lora.maxCpuLoras) }}
+  - {{ printf "--max-cpu-loras=%d" (int $lora.maxCpuLoras) | quote }}
+{{- end }}
+{{- with $lora.adapters }}
+{{- $names := list }}
+  - --lora-modules
+{{- range . }}
+{{- if has .name $names }}
+{{- fail (printf "sidecar.vllm.lora.adapters names %s twice; each adapter needs its own name" .name) }}
+{{- end }}
+{{- $names = append $names .name }}
+  - {{ printf "%s=%s" .name .path | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
 {{/* The vLLM server container. */}}
 {{- define "spark-vllm.sidecar" -}}
 {{- $gpus := int (include "spark-vllm.sidecarGpus" .) }}
@@ -105,6 +132,10 @@ args:
   - --runner
   - {{ $runner | quote }}
 {{- end }}
+{{- if not (kindIs "invalid" $v.limitMmPerPrompt) }}
+  - {{ printf "--limit-mm-per-prompt=%s" (toJson $v.limitMmPerPrompt) | quote }}
+{{- end }}
+{{- include "spark-vllm.loraArgs" . }}
 {{- range $v.extraArgs }}
   - {{ . | quote }}
 {{- end }}
@@ -134,6 +165,12 @@ env:
       secretKeyRef:
         name: {{ required "sidecar.apiKey.secretName is required when sidecar.apiKey.enabled" .Values.sidecar.apiKey.secretName }}
         key: {{ .Values.sidecar.apiKey.key }}
+{{- end }}
+{{- if $v.lora.runtimeLoading }}
+  # Lets the job load the adapters its lora.modules names (POST /v1/load_lora_adapter);
+  # vLLM listens on loopback, so only this pod's containers can.
+  - name: VLLM_ALLOW_RUNTIME_LORA_UPDATING
+    value: "True"
 {{- end }}
 {{- with .Values.sidecar.env }}
   {{- toYaml . | nindent 2 }}
