@@ -5,7 +5,7 @@ A column of `prompt.content`'s image part holds, per row, one image or a list of
 - bytes (a binary column, e.g. `content` of Spark's binaryFile source): sent as a data URL
   whose media type is the one Pillow recognises (PNG, JPEG, GIF, WebP, BMP, TIFF…);
 - an `http(s)://` URL: sent as it is; vLLM fetches it (and applies its own limits);
-- a `data:image/…;base64,…` URL: sent as it is;
+- a `data:image/…;base64,…` URL: sent as it is, once its bytes pass the checks below;
 - any other string: a path the task reads with Arrow's file systems (a local path, file://,
   s3:// or s3a:// with the AWS credential chain, gs://, hdfs:// where libhdfs is installed),
   then as bytes above.
@@ -119,6 +119,23 @@ def read_path(path: str, where: str, max_bytes: int) -> bytes:
         raise RowError(f"{where}: cannot read {path!r}: {exc}") from None
 
 
+def _checked_data_url(text: str, where: str, max_bytes: int) -> str:
+    """A `data:image/…;base64,…` URL as it is, once its bytes passed the checks bytes get."""
+    head, comma, payload = text.partition(",")
+    if not head.lower().startswith("data:image/") or not head.lower().endswith(";base64"):
+        raise RowError(
+            f"{where}: a data URL must be data:image/<type>;base64,<bytes>, got {text[:30]!r}"
+        )
+    if not comma:
+        raise RowError(f"{where}: the data URL has no ',' before its bytes")
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except ValueError:
+        raise RowError(f"{where}: the data URL's bytes are not valid base64") from None
+    data_url(data, where, max_bytes)  # the size limit, and that they are an image
+    return text
+
+
 def image_url(value: Any, where: str, max_bytes: int) -> str:
     """The URL that sends one image value (see the module's text)."""
     if isinstance(value, bytes | bytearray | memoryview):
@@ -131,10 +148,8 @@ def image_url(value: Any, where: str, max_bytes: int) -> str:
         if lower.startswith(("http://", "https://")):
             return text
         if lower.startswith("data:"):
-            if not lower.startswith("data:image/"):
-                raise RowError(f"{where}: a data URL must be data:image/…, got {text[:30]!r}")
-            return text
-        return data_url(read_path(text, where, max_bytes), where, max_bytes)
+            return _checked_data_url(text, where, max_bytes)
+        return data_url(read_path(text, where, max_bytes), f"{where} ({text!r})", max_bytes)
     raise RowError(
         f"{where}: expected image bytes, a path or a URL (or a list of them), got "
         f"{type(value).__name__}"

@@ -227,6 +227,25 @@ def arrange(
     return df
 
 
+def check_column_types(spec: JobSpec, schema: T.StructType) -> None:
+    """Refuse image and adapter columns of a type no row of them could be sent with."""
+    one_image = (T.BinaryType, T.StringType)
+    for name in spec.prompt.image_columns() if spec.prompt is not None else []:
+        kind = schema[name].dataType
+        element = kind.elementType if isinstance(kind, T.ArrayType) else kind
+        if not isinstance(element, one_image):
+            raise SpecError(
+                f"prompt.content: image column {name!r} is {kind.simpleString()}; expected "
+                "binary (image bytes), string (a path or URL), or an array of either"
+            )
+    column = spec.lora.column if spec.lora is not None else None
+    if column is not None and not isinstance(schema[column].dataType, T.StringType):
+        raise SpecError(
+            f"lora.column {column!r} is {schema[column].dataType.simpleString()}; expected "
+            "string (each row's adapter name, or null for the base model)"
+        )
+
+
 def answer_shape(spec: JobSpec) -> Answer | None:
     """structured_output resolved: the answer's columns and the JSON schema vLLM decodes
     to. A DDL is parsed by the active SparkContext's JVM."""
@@ -553,6 +572,7 @@ def plan(spark: SparkSession, spec: JobSpec, sending: bool = True) -> Plan:
         if df is None:
             return nothing(None, Census(), "the input is empty")
         spec.check_columns(df.columns)
+        check_column_types(spec, df.schema)
         if spec.limit is not None:  # the input's order, to take the first rows to send
             df = df.withColumn(_ORDER, F.monotonically_increasing_id())
         df = with_ids(df, spec)

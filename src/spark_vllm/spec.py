@@ -293,6 +293,7 @@ class ContentPart(_Strict):
     text: str | None = Field(default=None, description="jinja2 template over the row's columns")
     image: str | None = Field(
         default=None,
+        min_length=1,
         description="column holding an image, or a list of them: bytes (binary; Spark's "
         "binaryFile `content`), a path the executor reads (local, file://, s3://, s3a://, "
         "gs://, hdfs://), an http(s) URL vLLM fetches, or a data: URL",
@@ -372,6 +373,7 @@ class LoraSpec(_Strict):
     )
     column: str | None = Field(
         default=None,
+        min_length=1,
         description="column naming each row's LoRA adapter (its served name); null: the "
         "base model (endpoint.model)",
     )
@@ -385,7 +387,12 @@ class LoraSpec(_Strict):
 
     @model_validator(mode="after")
     def _one_source(self) -> LoraSpec:
-        if (self.adapter is None) == (self.column is None):
+        if self.adapter is not None and self.column is not None:
+            raise ValueError(
+                f"lora.adapter ({self.adapter!r}) and lora.column ({self.column!r}) are both "
+                "set: give one (adapter: every row; column: per row)"
+            )
+        if self.adapter is None and self.column is None:
             raise ValueError("give lora.adapter (every row) or lora.column (per row), one of them")
         for name, path in self.modules.items():
             if not re.match(_SERVED_NAME, name):
@@ -795,10 +802,13 @@ class JobSpec(_Strict):
                 "prefix is for generating tasks: vLLM's prefix cache is off for pooling "
                 "(embedding) models, so grouping rows by prefix gains nothing"
             )
-        if self.lora is not None and (batch or self.task == "embedding"):
+        if self.lora is not None and batch:
             raise ValueError(
-                "lora is for chat and completion jobs; a batch file's lines name their "
-                "adapter in each body's model"
+                "lora: a batch file's lines name their adapter in each body's model; remove lora"
+            )
+        if self.lora is not None and self.task == "embedding":
+            raise ValueError(
+                "lora is for generating tasks (chat, completion), not task 'embedding'"
             )
         budget = self.budget
         if (
@@ -891,8 +901,10 @@ class JobSpec(_Strict):
     def check_columns(self, columns: list[str]) -> None:
         """Refuse a spec that reads columns the input does not have."""
         have = set(columns)
+        images = self.prompt.image_columns() if self.prompt is not None else []
         wanted = [
-            ("prompt", self.prompt_columns()),
+            ("prompt.content (image)", images),
+            ("prompt", [c for c in self.prompt_columns() if c not in images]),
             ("output.keep_columns", self.output.keep_columns),
         ]
         if self.sampling_column:

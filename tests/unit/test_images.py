@@ -56,13 +56,21 @@ def test_an_image_over_the_limit_names_its_size_and_the_limit():
         data_url(data, "image column 'photo'", 10)
 
 
-def test_urls_go_to_vllm_as_they_are_and_data_urls_must_be_images():
+def test_urls_go_to_vllm_as_they_are_and_data_urls_must_hold_images():
     assert image_url("https://example.com/a.png", "w", LIMIT) == "https://example.com/a.png"
     assert image_url(" http://x/y.jpg ", "w", LIMIT) == "http://x/y.jpg"
-    url = "data:image/png;base64,AAAA"
+    data = image_bytes()
+    url = "data:image/png;base64," + base64.b64encode(data).decode()
     assert image_url(url, "w", LIMIT) == url
-    with pytest.raises(RowError, match="data:image/"):
+    with pytest.raises(RowError, match="data:image/<type>;base64"):
         image_url("data:text/plain;base64,AAAA", "w", LIMIT)
+    with pytest.raises(RowError, match="not valid base64"):
+        image_url("data:image/png;base64,%%%", "w", LIMIT)
+    with pytest.raises(RowError, match="6 bytes are not an image"):
+        image_url("data:image/png;base64," + base64.b64encode(b"abcdef").decode(), "w", LIMIT)
+    # the size limit holds for data URLs too
+    with pytest.raises(RowError, match=rf"has {len(data):,} bytes, more than .*\(10 bytes\)"):
+        image_url(url, "w", 10)
 
 
 def test_paths_are_read_local_and_file_urls_alike(tmp_path: Path):
@@ -75,6 +83,10 @@ def test_paths_are_read_local_and_file_urls_alike(tmp_path: Path):
 
 
 def test_unreadable_paths_are_error_rows_naming_the_path(tmp_path: Path):
+    bad = tmp_path / "notes.png"
+    bad.write_bytes(b"not an image at all")
+    with pytest.raises(RowError, match=r"w \('.*notes.png'\): the 19 bytes are not an image"):
+        image_url(str(bad), "w", LIMIT)
     with pytest.raises(RowError, match=r"cannot read '.*missing.png': no such file"):
         image_url(str(tmp_path / "missing.png"), "w", LIMIT)
     with pytest.raises(RowError, match="not a file"):
@@ -138,13 +150,17 @@ def test_the_spec_reads_image_columns_and_refuses_mixed_or_empty_prompts():
     assert spec.prompt_columns() == ["name", "photo"]
     with pytest.raises(SpecError, match="exactly one of prompt.template, prompt.column and"):
         spec_from_dict(_doc(prompt={"template": "x", "content": [{"text": "y"}]}))
+    with pytest.raises(SpecError, match=r"prompt.content.0.image: got ''"):
+        spec_from_dict(_doc(prompt={"content": [{"image": ""}]}))
     with pytest.raises(SpecError, match=r"content.0.*\{text: TEMPLATE\} or \{image: COLUMN\}"):
         spec_from_dict(_doc(prompt={"content": [{"text": "x", "image": "photo"}]}))
     with pytest.raises(SpecError, match="prompt.content"):
         spec_from_dict(_doc(prompt={"content": []}))
     with pytest.raises(SpecError, match="prompt.content .* is for task 'chat'"):
         spec_from_dict(_doc(task="completion"))
-    with pytest.raises(SpecError, match=r"prompt: column\(s\) \['photo'\] not in the input"):
+    with pytest.raises(
+        SpecError, match=r"prompt.content \(image\): column\(s\) \['photo'\] not in the input"
+    ):
         spec_from_dict(_doc()).check_columns(["id", "name"])
 
 
@@ -156,13 +172,15 @@ def test_binary_file_input_is_sparks_source():
 def test_lora_spec_one_way_and_generating_jobs_only():
     spec = spec_from_dict(_doc(lora={"column": "adapter", "modules": {"beta": "/m/beta"}}))
     assert spec.lora is not None and spec.lora.modules == {"beta": "/m/beta"}
-    with pytest.raises(SpecError, match="lora.adapter .* or lora.column"):
+    with pytest.raises(SpecError, match=r"lora.adapter \('a'\) and lora.column \('b'\) are both"):
         spec_from_dict(_doc(lora={"adapter": "a", "column": "b"}))
+    with pytest.raises(SpecError, match="lora.column: got ''"):
+        spec_from_dict(_doc(lora={"column": ""}))
     with pytest.raises(SpecError, match="lora.adapter .* or lora.column"):
         spec_from_dict(_doc(lora={}))
     with pytest.raises(SpecError, match="'bad name' is not an adapter name"):
         spec_from_dict(_doc(lora={"adapter": "a", "modules": {"bad name": "/x"}}))
-    with pytest.raises(SpecError, match="lora is for chat and completion"):
+    with pytest.raises(SpecError, match="lora is for generating tasks .* not task 'embedding'"):
         spec_from_dict(
             _doc(task="embedding", prompt={"template": "{{ name }}"}, lora={"adapter": "a"})
         )
@@ -188,3 +206,23 @@ def test_the_fingerprint_holds_content_and_adapters_only_when_set():
     found = fingerprint(spec_from_dict(_doc(lora={"column": "a"})))
     assert found["prompt.content"] == [{"image": "photo"}, {"text": "What is {{ name }}?"}]
     assert (found["lora.adapter"], found["lora.column"]) == (None, "a")
+
+
+def test_image_and_adapter_columns_of_a_type_no_row_could_use_are_refused():
+    from pyspark.sql import types as T
+
+    from spark_vllm.job import check_column_types
+
+    def schema(**kinds):
+        return T.StructType([T.StructField(n, k) for n, k in kinds.items()])
+
+    spec = spec_from_dict(_doc(lora={"column": "adapter"}))
+    ok = [T.BinaryType(), T.StringType(), T.ArrayType(T.BinaryType()), T.ArrayType(T.StringType())]
+    for kind in ok:
+        check_column_types(spec, schema(photo=kind, name=T.StringType(), adapter=T.StringType()))
+    with pytest.raises(SpecError, match="image column 'photo' is bigint; expected binary"):
+        check_column_types(spec, schema(photo=T.LongType(), adapter=T.StringType()))
+    with pytest.raises(SpecError, match="image column 'photo' is array<int>"):
+        check_column_types(spec, schema(photo=T.ArrayType(T.IntegerType()), adapter=T.StringType()))
+    with pytest.raises(SpecError, match="lora.column 'adapter' is int; expected string"):
+        check_column_types(spec, schema(photo=T.BinaryType(), adapter=T.IntegerType()))
