@@ -1,5 +1,6 @@
 """The `spark-vllm` command: validate a job spec, plan it (count what a run would send),
-run a job, run it with a local vLLM, or serve a local vLLM for your own code.
+run a job, run it with a local vLLM, or serve a local vLLM for your own code; and submit,
+follow, read and cancel jobs on Kubernetes (spark_vllm.operate).
 
 Exit codes: 0 done; 1 the job failed (a row failed under on_error: fail, the sidecar
 never became ready, Spark failed); 2 the job spec or the command line is wrong (also a
@@ -34,6 +35,8 @@ from spark_vllm.spec import JobSpec, load_spec
 if TYPE_CHECKING:
     from spark_vllm.inputs import Columns
     from spark_vllm.local_server import LocalServer
+
+OPERATE_COMMANDS = ("submit", "status", "logs", "cancel", "list")
 
 # Local mode stays on loopback and keeps the console readable.
 LOCAL_DEFAULTS = {
@@ -146,7 +149,93 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="where the JSON report goes (default: %(default)s)",
     )
+    _add_operate_commands(sub)
     return parser
+
+
+def _add_operate_commands(sub: Any) -> None:
+    """submit, status, logs, cancel, list: jobs on Kubernetes (spark_vllm.operate)."""
+    ns_help = "the Kubernetes namespace"
+    submit = sub.add_parser(
+        "submit",
+        help="install the job on Kubernetes through the chart's operator-less path "
+        "(helm install) and follow it: exit code as `run`'s",
+    )
+    _add_spec_args(submit)
+    submit.add_argument("-n", "--namespace", required=True, help=ns_help)
+    submit.add_argument(
+        "--release",
+        default=None,
+        metavar="NAME",
+        help="the release's name (default: the spec's file name, DNS-1123, at most 40 characters)",
+    )
+    submit.add_argument(
+        "--values", default=None, metavar="FILE", help="chart values (image, model, sidecar, ...)"
+    )
+    submit.add_argument(
+        "--chart", default=None, metavar="DIR", help="the chart (default: charts/spark-vllm)"
+    )
+    submit.add_argument(
+        "--no-follow", action="store_true", help="return once installed, without following"
+    )
+    submit.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help="stop following after S seconds, exit 124 (the job goes on)",
+    )
+    status = sub.add_parser(
+        "status", help="a job's pods, its Job, and the driver's summary once it ended"
+    )
+    status.add_argument("name", help="the release's name")
+    status.add_argument("-n", "--namespace", required=True, help=ns_help)
+    logs = sub.add_parser("logs", help="a job's driver log, or an executor's, or its vLLM's")
+    logs.add_argument("name", help="the release's name")
+    logs.add_argument("-n", "--namespace", required=True, help=ns_help)
+    logs.add_argument(
+        "--executor",
+        type=int,
+        default=None,
+        metavar="N",
+        help="executor N's Spark container (0: the first created)",
+    )
+    logs.add_argument(
+        "--sidecar", action="store_true", help="the vLLM sidecar of executor N (default 0)"
+    )
+    logs.add_argument("-f", "--follow", action="store_true", help="follow the log")
+    cancel = sub.add_parser(
+        "cancel",
+        help="stop a job and remove it: its submitter Job, its driver pod (the executors go "
+        "with it), then helm uninstall; the rows it committed stay in its output, and "
+        "`submit` of the same spec resumes from them",
+    )
+    cancel.add_argument("name", help="the release's name")
+    cancel.add_argument("-n", "--namespace", required=True, help=ns_help)
+    listing = sub.add_parser("list", help="this chart's releases in a namespace, and their state")
+    listing.add_argument("-n", "--namespace", required=True, help=ns_help)
+
+
+def operate(args: argparse.Namespace) -> int:
+    """The commands that act on jobs on Kubernetes."""
+    from spark_vllm import operate as op
+
+    if args.command == "submit":
+        return op.submit(args)
+    try:
+        kube = op.Kube.connect()
+        if args.command == "status":
+            return op.status(kube, args.name, args.namespace)
+        if args.command == "logs":
+            return op.logs(
+                kube, args.name, args.namespace, args.executor, args.sidecar, args.follow
+            )
+        if args.command == "cancel":
+            return op.cancel(kube, args.name, args.namespace)
+        return op.list_jobs(kube, args.namespace)
+    except op.OperateError as exc:
+        print(f"spark-vllm: {exc}", file=sys.stderr)
+        return 1
 
 
 def make_plan(spec: JobSpec, args: argparse.Namespace) -> int:
@@ -512,6 +601,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         signal.signal(signal.SIGTERM, _terminate)
         return serve(args)
+    if args.command in OPERATE_COMMANDS:
+        return operate(args)
     try:
         spec = load_spec(args.spec, args.overrides)
     except SpecError as exc:

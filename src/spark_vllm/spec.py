@@ -992,8 +992,8 @@ def spec_from_dict(doc: Any) -> JobSpec:
         raise SpecError(_format_errors(exc)) from None
 
 
-def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
-    """Read, override and validate a job spec file."""
+def read_document(path: str | Path) -> Any:
+    """A job spec file's YAML document, not yet validated (an empty file: {})."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
@@ -1002,8 +1002,12 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise SpecError(f"job spec {str(path)!r} is not valid YAML: {exc}") from None
-    if doc is None:
-        doc = {}
+    return {} if doc is None else doc
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
+    """Read, override and validate a job spec file."""
+    doc = read_document(path)
     if isinstance(doc, dict):
         doc = apply_overrides(doc, overrides or [])
     spec = spec_from_dict(doc)

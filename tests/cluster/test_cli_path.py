@@ -1,0 +1,199 @@
+"""`spark-vllm submit`, `status`, `logs`, `list` and `cancel` against the real node, on the
+chart's operator-less path: the command itself runs (`python -m spark_vllm.cli`) with the
+node's kubeconfig and the real helm, as a user would.
+
+Two jobs: one followed to the end, then read with `status` and `logs`; one cancelled after
+its first committed task and submitted again, which resumes."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from .jobs import Job, chat_job, make_job, questions, until
+from .kube import ROOT, TOOLS_BIN, Cluster
+
+pytestmark = pytest.mark.cluster
+
+
+def cli_env(cluster: Cluster) -> dict[str, str]:
+    return {
+        **os.environ,
+        "KUBECONFIG": cluster.kubeconfig,
+        "HELM": os.environ.get("HELM") or str(TOOLS_BIN / "helm"),
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def cli(cluster: Cluster, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "spark_vllm.cli", *args],
+        capture_output=True,
+        text=True,
+        env=cli_env(cluster),
+        cwd=ROOT,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def prepare(
+    cluster: Cluster,
+    namespace: str,
+    name: str,
+    tmp: Path,
+    image: str,
+    model_root: Path,
+    rows: int,
+    job: dict[str, Any],
+) -> tuple[Job, Path]:
+    """The job's data folder, its chart values (no job: key) and its spec file NAME.yaml,
+    as a user keeps them; `submit` names the release after the spec file."""
+    job_ = make_job(cluster, namespace, name, tmp, image, model_root, rows, job)
+    chart_values = yaml.safe_load(job_.values_file.read_text())
+    spec = chart_values.pop("job")
+    job_.values_file.write_text(yaml.safe_dump(chart_values))
+    spec_file = tmp / f"{name}.yaml"
+    spec_file.write_text(yaml.safe_dump(spec))
+    return job_, spec_file
+
+
+def successes(job: Job) -> Counter[Any]:
+    return Counter(
+        r["id"] for rows in job.rows_by_run().values() for r in rows if r["error"] is None
+    )
+
+
+def test_submit_follows_the_job_to_its_summary_then_status_and_logs_read_it(
+    cluster: Cluster, namespace: str, image: str, model_root: Path, tmp_path: Path
+) -> None:
+    job, spec = prepare(cluster, namespace, "cli-chat", tmp_path, image, model_root, 20, chat_job())
+    try:
+        proc = cli(
+            cluster, "submit", str(spec), "-n", namespace, "--values", str(job.values_file),
+            "--timeout", "900", timeout=960,
+        )  # fmt: skip
+        out = proc.stdout
+        assert proc.returncode == 0, f"{out[-5000:]}\n{proc.stderr[-3000:]}\n{job.report()}"
+        for change in (
+            "spark-vllm: submitted cli-chat",
+            "spark-vllm: driver cli-chat-driver running",
+            "spark-vllm: executors up 1",
+            "spark-vllm: completed",
+        ):
+            assert change in out, f"{change!r} not in:\n{out[-5000:]}"
+        assert out.index("driver cli-chat-driver running") < out.index("spark-vllm: completed")
+        assert "spark-vllm progress: 20/20 rows" in out
+        assert re.search(r"^spark-vllm summary \(run \S+\)$", out, re.M), out[-3000:]
+        assert re.search(r"^  succeeded     20$", out, re.M), out[-3000:]
+        (rows,) = job.rows_by_run().values()
+        assert sorted(r["id"] for r in rows) == sorted(q["id"] for q in questions(20))
+        print("\n".join(line for line in out.splitlines() if line.startswith("spark-vllm: ")))
+
+        status = cli(cluster, "status", "cli-chat", "-n", namespace)
+        assert status.returncode == 0, status.stderr
+        assert re.search(r"^driver\s+cli-chat-driver\s+Succeeded", status.stdout, re.M)
+        assert "job cli-chat-submit: Complete" in status.stdout
+        assert "driver exit code: 0" in status.stdout
+        assert re.search(r"^  succeeded     20$", status.stdout, re.M), status.stdout
+
+        logs = cli(cluster, "logs", "cli-chat", "-n", namespace)
+        assert logs.returncode == 0, logs.stderr
+        assert "spark-vllm summary" in logs.stdout
+
+        listed = cli(cluster, "list", "-n", namespace)
+        assert listed.returncode == 0, listed.stderr
+        assert re.search(r"^cli-chat\s+Complete\s+Succeeded\s+0$", listed.stdout, re.M), (
+            listed.stdout
+        )
+    except BaseException:
+        print(job.report())
+        raise
+    finally:
+        cli(cluster, "cancel", "cli-chat", "-n", namespace, timeout=300)
+
+
+RESUME_ROWS = 128
+
+
+def test_cancel_stops_a_running_job_and_a_second_submit_resumes_it(
+    cluster: Cluster, namespace: str, image: str, model_root: Path, tmp_path: Path
+) -> None:
+    spec = chat_job(
+        # Many small tasks, one request at a time: slow enough to cancel between tasks.
+        partitions=16,
+        sampling={"max_tokens": 32, "temperature": 0.0, "ignore_eos": True},
+        concurrency={"mode": "fixed", "per_executor": 1},
+    )
+    job, spec_file = prepare(
+        cluster, namespace, "cli-resume", tmp_path, image, model_root, RESUME_ROWS, spec
+    )
+    submit = ["submit", str(spec_file), "-n", namespace, "--values", str(job.values_file)]
+    # Into a file: a pipe nobody reads would fill with the driver's log and stall it.
+    followed = tmp_path / "follower.log"
+    with followed.open("w") as sink:
+        follower = subprocess.Popen(
+            [sys.executable, "-m", "spark_vllm.cli", *submit, "--timeout", "1200"],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env=cli_env(cluster),
+            cwd=ROOT,
+        )
+    try:
+        until("the first committed task", lambda: job.committed_tasks() >= 1, 900)
+
+        sidecar = cli(cluster, "logs", "cli-resume", "-n", namespace, "--sidecar")
+        assert sidecar.returncode == 0, sidecar.stderr
+        assert re.search(r"startup complete|Uvicorn running", sidecar.stdout), sidecar.stdout[
+            -2000:
+        ]
+        executor = cli(cluster, "logs", "cli-resume", "-n", namespace, "--executor", "0")
+        assert executor.returncode == 0, executor.stderr
+        assert "ExecutorBackend" in executor.stdout, executor.stdout[-2000:]
+        listed = cli(cluster, "list", "-n", namespace)
+        assert re.search(r"^cli-resume\s+Running\s+Running\s+1$", listed.stdout, re.M), (
+            listed.stdout
+        )
+
+        cancelled = cli(cluster, "cancel", "cli-resume", "-n", namespace, timeout=300)
+        assert cancelled.returncode == 0, cancelled.stderr
+        assert "spark-vllm: cancelled cli-resume" in cancelled.stdout
+        follower.wait(timeout=120)
+        assert follower.returncode == 1, followed.read_text()[-3000:]
+        assert "spark-vllm: failed: the driver pod cli-resume-driver was deleted" in (
+            followed.read_text()
+        )
+        assert not cluster.pods(namespace, "app.kubernetes.io/instance=cli-resume")
+        assert cluster.find("job", "cli-resume-submit", namespace) is None
+        succeeded_before = set(successes(job))
+        assert 0 < len(succeeded_before) < RESUME_ROWS, job.committed_tasks()
+
+        again = cli(cluster, *submit, "--timeout", "1200", timeout=1260)
+        out = again.stdout
+        assert again.returncode == 0, f"{out[-5000:]}\n{again.stderr[-3000:]}\n{job.report()}"
+    except BaseException:
+        print(job.report())
+        raise
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+        cli(cluster, "cancel", "cli-resume", "-n", namespace, timeout=300)
+
+    print("\n".join(line for line in out.splitlines() if line.startswith(("spark-vllm", "  "))))
+    skipped = re.search(r"^  skipped\s+(\d+)", out, re.M)
+    assert skipped and int(skipped.group(1)) == len(succeeded_before), out[-3000:]
+    counts = successes(job)
+    ids = {q["id"] for q in questions(RESUME_ROWS)}
+    assert set(counts) == ids, f"ids without a success: {sorted(ids - set(counts))[:10]}"
+    assert max(counts.values()) == 1, f"redone: {[i for i, n in counts.items() if n > 1][:10]}"
+    last_run = max(job.rows_by_run())
+    redone = succeeded_before & {r["id"] for r in job.rows_by_run()[last_run]}
+    assert not redone, f"the second submit sent ids that had succeeded: {sorted(redone)[:10]}"
