@@ -17,13 +17,12 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from spark_vllm.client import _describe_url_error, _get_ok, _headers, _NotOk
 from spark_vllm.errors import RowError
 
 
 def served_models(base_url: str, api_key: str | None, timeout: float = 10.0) -> set[str]:
     """The names GET /v1/models lists (the base model and the adapters loaded)."""
-    from spark_vllm.client import _get_ok
-
     body = _get_ok(base_url.rstrip("/") + "/models", api_key, timeout)
     return {str(m["id"]) for m in json.loads(body)["data"]}
 
@@ -32,8 +31,6 @@ def load_adapter(
     base_url: str, name: str, path: str, api_key: str | None, timeout: float = 120.0
 ) -> str | None:
     """Load adapter `name` from `path` into the sidecar; None when it is loaded, else why not."""
-    from spark_vllm.client import _describe_url_error, _headers
-
     url = base_url.rstrip("/") + "/load_lora_adapter"
     body = json.dumps({"lora_name": name, "lora_path": path}).encode()
     headers = {"Content-Type": "application/json", **_headers(api_key)}
@@ -103,8 +100,6 @@ class Adapters:
         if name in self._refused:
             raise RowError(self._refused[name])
         if self._served is None:
-            from spark_vllm.client import _NotOk
-
             try:
                 self._served = served_models(self.base_url, self.api_key)
             except (_NotOk, ValueError, KeyError, TypeError):

@@ -18,6 +18,7 @@ import jinja2.meta
 from jinja2.sandbox import SandboxedEnvironment
 
 from spark_vllm.errors import PromptError, RowError
+from spark_vllm.images import image_parts
 
 
 class _NullValue(Exception):
@@ -169,8 +170,6 @@ class PromptBuilder:
         self.max_image_bytes = max_image_bytes
 
     def _content(self, row: Mapping[str, Any]) -> list[dict[str, Any]]:
-        from spark_vllm.images import image_parts
-
         assert self.content is not None
         parts: list[dict[str, Any]] = []
         for kind, source in self.content:
