@@ -127,7 +127,12 @@ fi
 # The RAPIDS Accelerator jar, put in the build context (an empty directory for cpu or
 # without a jar). A download is kept in build/cache so that a rebuild does not fetch it again.
 rm -rf build/image
-mkdir -p build/image/jars
+mkdir -p build/image/jars build/image/bin
+# The HTTP trigger (chart value trigger.enabled) renders each job it takes with `helm template`
+# from the chart: both go into the image.
+bash scripts/get-helm.sh build/tools/bin >/dev/null
+cp build/tools/bin/helm build/image/bin/helm
+cp -r charts/spark-vllm build/image/chart
 if [ "$variant" = gpu ]; then
     classifier=""
     if [ "$v_rapids_cuda" != cuda12 ]; then classifier="-$v_rapids_cuda"; fi

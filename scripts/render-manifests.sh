@@ -56,5 +56,8 @@ render embedding-job.yaml product-embeddings examples/values/embedding.yaml \
 render scheduled-job.yaml nightly-summaries examples/values/scheduled.yaml \
     configmap.yaml scheduledsparkapplication.yaml networkpolicy.yaml
 render volcano-queue.yaml nightly-summaries examples/values/scheduled.yaml queue.yaml
+# The HTTP trigger: a release that runs the jobs posted to it with the chat example's values.
+render trigger.yaml jobs examples/values/chat.yaml \
+    --set trigger.enabled=true --set trigger.tokenSecret.name=spark-vllm-trigger trigger.yaml
 
 echo "rendered $(ls "$out"/*.yaml | wc -l) manifests into $out"

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from spark_vllm.inputs import Columns
     from spark_vllm.local_server import LocalServer
 
-OPERATE_COMMANDS = ("submit", "status", "logs", "cancel", "list")
+OPERATE_COMMANDS = ("submit", "status", "logs", "cancel", "list", "trigger")
 
 # Local mode stays on loopback and keeps the console readable.
 LOCAL_DEFAULTS = {
@@ -214,6 +214,32 @@ def _add_operate_commands(sub: Any) -> None:
     cancel.add_argument("-n", "--namespace", required=True, help=ns_help)
     listing = sub.add_parser("list", help="this chart's releases in a namespace, and their state")
     listing.add_argument("-n", "--namespace", required=True, help=ns_help)
+    trigger = sub.add_parser(
+        "trigger",
+        help="serve the HTTP trigger (the chart's trigger pod): POST /jobs runs a job spec "
+        "with a release's values, GET /jobs/ID reports it, DELETE /jobs/ID cancels it",
+    )
+    trigger.add_argument(
+        "--release", required=True, help="the trigger's release (run names start with it)"
+    )
+    trigger.add_argument("-n", "--namespace", required=True, help=ns_help)
+    trigger.add_argument(
+        "--values",
+        required=True,
+        metavar="FILE",
+        help="the chart values every run is rendered with",
+    )
+    trigger.add_argument(
+        "--chart", default=None, metavar="DIR", help="the chart (default: charts/spark-vllm)"
+    )
+    trigger.add_argument(
+        "--token-file", required=True, metavar="FILE", help="the bearer token requests must send"
+    )
+    trigger.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    trigger.add_argument("--port", type=int, default=8080, help="port to listen on")
+    trigger.add_argument(
+        "--max-body-bytes", type=int, default=1 << 20, metavar="N", help="largest body accepted"
+    )
 
 
 def operate(args: argparse.Namespace) -> int:
@@ -222,6 +248,14 @@ def operate(args: argparse.Namespace) -> int:
 
     if args.command == "submit":
         return op.submit(args)
+    if args.command == "trigger":
+        from spark_vllm.trigger import serve
+
+        try:
+            return serve(args)
+        except op.OperateError as exc:
+            print(f"spark-vllm: {exc}", file=sys.stderr)
+            return 1
     try:
         kube = op.Kube.connect()
         if args.command == "status":

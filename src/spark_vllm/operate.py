@@ -149,15 +149,22 @@ def job_document(
     if not isinstance(doc, dict):
         spec_from_dict(doc)  # raises, naming what it got
     doc = apply_overrides(doc, overrides)
+    check_for_chart(doc, values)
+    return doc
+
+
+def check_for_chart(doc: dict[str, Any], values: dict[str, Any]) -> None:
+    """Validate a spec as `run` validates it in the chart's driver: with the endpoint the
+    chart fills in (its vLLM sidecar), unless the spec names one. Raises SpecError."""
     sidecar = values.get("sidecar") or {}
     chart_endpoint = {
         "base_url": f"http://127.0.0.1:{sidecar.get('port', 8000)}/v1",
         "model": (values.get("model") or {}).get("servedName", "model"),
     }
     checked = copy.deepcopy(doc)
-    checked["endpoint"] = {**chart_endpoint, **(doc.get("endpoint") or {})}
+    endpoint = doc.get("endpoint")
+    checked["endpoint"] = {**chart_endpoint, **(endpoint if isinstance(endpoint, dict) else {})}
     spec_from_dict(checked)
-    return doc
 
 
 def helm_install_command(
@@ -242,7 +249,9 @@ class Kube:
 
     @classmethod
     def connect(cls) -> Kube:
-        """$KUBECONFIG or ~/.kube/config, else the pod's in-cluster config."""
+        """$KUBECONFIG or ~/.kube/config, else the pod's in-cluster config (at the API
+        server's own address when $SPARK_VLLM_API_SERVER names one, as the chart's
+        `submitter.apiServer` does for clusters whose Service addresses do not route)."""
         from kubernetes import client, config
 
         try:
@@ -254,6 +263,11 @@ class Kube:
                 raise OperateError(
                     "no Kubernetes configuration: set KUBECONFIG or write ~/.kube/config"
                 ) from None
+            server = os.environ.get("SPARK_VLLM_API_SERVER")
+            if server:
+                configuration = client.Configuration.get_default_copy()
+                configuration.host = server
+                client.Configuration.set_default(configuration)
         return cls(client.CoreV1Api(), client.BatchV1Api())
 
     def pods(self, name: str, namespace: str) -> list[Any]:
@@ -481,6 +495,53 @@ def _ready(pod: Any) -> str:
 
 def _restarts(pod: Any) -> int:
     return sum(int(s.restart_count or 0) for s in pod.status.container_statuses or [])
+
+
+def summary_fields(lines: list[str]) -> dict[str, str]:
+    """`rows 20`, `succeeded 19`, ... of a summary block, as a mapping (values as printed)."""
+    fields: dict[str, str] = {}
+    for line in lines[1:]:
+        found = re.fullmatch(r"  ([a-z][a-z /]*?) {2,}(\S.*)", line)
+        if found:
+            fields[found.group(1).strip()] = found.group(2).strip()
+    return fields
+
+
+def report(kube: Kube, name: str, namespace: str) -> dict[str, Any]:
+    """A job's state as data: `state` (pending, running, succeeded, failed or gone), its
+    pods (role, name, phase), the submitter Job's state, the driver's exit code and, once
+    the driver ended, its summary block (`summary`: the lines; `counts`: their fields)."""
+    pods = kube.pods(name, namespace)
+    job = kube.submitter_job(name, namespace)
+    drivers = [p for p in pods if role(p) == "driver"]
+    out: dict[str, Any] = {
+        "pods": [
+            {"role": role(p), "name": p.metadata.name, "phase": p.status.phase}
+            for p in sorted(pods, key=lambda p: (role(p), p.metadata.name))
+        ],
+        "submitter": job_state(job),
+        "executors_running": sum(
+            1 for p in pods if role(p) == "executor" and p.status.phase == "Running"
+        ),
+    }
+    driver = drivers[0] if drivers else None
+    code = exit_code(driver, DRIVER_CONTAINER) if driver is not None else None
+    if driver is not None and driver.status.phase in ("Succeeded", "Failed"):
+        out["state"] = "succeeded" if driver.status.phase == "Succeeded" else "failed"
+        out["exit_code"] = code
+        with contextlib.suppress(Exception):
+            lines = summary_block(kube.log(driver.metadata.name, namespace, DRIVER_CONTAINER))
+            out["summary"] = lines
+            out["counts"] = summary_fields(lines)
+    elif driver is not None and driver.status.phase == "Running":
+        out["state"] = "running"
+    elif out["submitter"] == "Failed":
+        out["state"] = "failed"
+    elif job is None and not pods:
+        out["state"] = "gone"
+    else:
+        out["state"] = "pending"
+    return out
 
 
 def status(kube: Kube, name: str, namespace: str) -> int:

@@ -59,6 +59,14 @@ def test_manifests_hold_the_promised_objects() -> None:
             "ScheduledSparkApplication",
         ],
         "volcano-queue.yaml": ["Queue"],
+        "trigger.yaml": [
+            "ConfigMap",
+            "Deployment",
+            "Role",
+            "RoleBinding",
+            "Service",
+            "ServiceAccount",
+        ],
     }
     for text in (p.read_text(encoding="utf-8") for p in MANIFESTS.glob("*.yaml")):
         assert str(ROOT) not in text, "a path of this machine leaked into manifests/"

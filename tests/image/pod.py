@@ -30,6 +30,7 @@ IMAGE_INPUTS = [
     "scripts/build-image.sh",
     "src",
     "jobs",
+    "charts/spark-vllm",
 ]
 
 

@@ -1,0 +1,164 @@
+"""The trigger release (trigger.enabled): what the chart renders for the service itself, and
+what the trigger renders for each job it takes (`trigger.Runs.render`, the real helm, the
+values the chart hands the trigger). The cluster tier runs both in real pods."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from spark_vllm.trigger import RUN_KINDS, RunError, Runs
+
+from .render import CHART, NAMESPACE, Case, Rendered, render, run_helm
+
+pytestmark = pytest.mark.bundle
+
+KUBERNETES_VERSION = "1.33"
+TRIGGER = (("trigger.enabled", True), ("trigger.tokenSecret.name", "trigger-token"))
+PATHS = {"operator": (), "submit": (("operator.enabled", False),)}
+SPEC = {
+    "input": {"format": "jsonl", "path": "/data/input/questions.jsonl", "id_column": "id"},
+    "output": {"format": "parquet", "path": "/data/output"},
+    "task": "chat",
+    "prompt": {"template": "{{ question }}"},
+}
+
+
+def trigger_release(helm: str, path: str, *more: tuple[str, Any]) -> Rendered:
+    return render(helm, "jobs", Case("chat.yaml", (*TRIGGER, *PATHS[path], *more)))
+
+
+def runs_of(helm: str, release: Rendered, tmp: Path, kube_version: str = "v1.33.0") -> Runs:
+    """The trigger's own renderer over the values ConfigMap the chart gave it."""
+    (config,) = [
+        c for c in release.of_kind("ConfigMap") if c["metadata"]["name"].endswith("-trigger")
+    ]
+    values = tmp / "values.yaml"
+    values.write_text(config["data"]["values.yaml"])
+    return Runs("jobs", NAMESPACE, CHART, values, helm, None, None, kube_version)
+
+
+@pytest.mark.parametrize("path", sorted(PATHS))
+def test_a_trigger_release_runs_no_job_of_its_own(helm: str, path: str) -> None:
+    release = trigger_release(helm, path)
+    kinds = sorted(d["kind"] for d in release.docs)
+    for kind in ("SparkApplication", "Job", "NetworkPolicy", "Pod"):
+        assert kind not in kinds, kind
+    (config,) = release.of_kind("ConfigMap")  # the values of its runs, and nothing else
+    assert config["metadata"]["name"] == "chat-demo-trigger"
+    assert kinds.count("Deployment") == 1 and kinds.count("Service") == 1
+    for doc in release.docs:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
+def test_the_trigger_pod_is_locked_down_and_takes_its_token_from_the_secret(helm: str) -> None:
+    release = trigger_release(helm, "submit")
+    pod = release.one("Deployment")["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    (container,) = pod["containers"]
+    context = container["securityContext"]
+    assert context["readOnlyRootFilesystem"] is True
+    assert context["allowPrivilegeEscalation"] is False
+    assert context["capabilities"] == {"drop": ["ALL"]}
+    token = {v["name"]: v for v in pod["volumes"]}["token"]
+    assert token["secret"] == {
+        "secretName": "trigger-token",
+        "items": [{"key": "token", "path": "token"}],
+    }
+    args = container["args"]
+    assert args[:2] == ["spark-vllm", "trigger"]
+    assert args[args.index("--token-file") + 1] == "/var/run/secrets/spark-vllm-trigger/token"
+    assert "token" not in yaml.safe_dump(container.get("env", [])).lower()
+    assert container["readinessProbe"] == {"tcpSocket": {"port": "http"}, "periodSeconds": 5}
+
+
+@pytest.mark.parametrize("path", sorted(PATHS))
+def test_the_trigger_role_creates_only_a_jobs_objects_in_its_namespace(
+    helm: str, path: str
+) -> None:
+    release = trigger_release(helm, path)
+    (role,) = [r for r in release.of_kind("Role") if r["metadata"]["name"].endswith("-trigger")]
+    granted = {
+        (group, resource): set(rule["verbs"])
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+    }
+    app = ("sparkoperator.k8s.io", "sparkapplications") if path == "operator" else ("batch", "jobs")
+    assert granted == {
+        ("", "configmaps"): {"create", "get", "list", "delete"},
+        ("", "pods"): {"get", "list", "delete"},
+        ("", "pods/log"): {"get"},
+        app: {"create", "get", "list", "delete"},
+        ("networking.k8s.io", "networkpolicies"): {"create", "list", "delete"},
+    }
+    assert not release.of_kind("ClusterRole")
+
+
+def test_trigger_needs_a_token_secret_and_refuses_a_schedule(helm: str) -> None:
+    result = run_helm(
+        helm, "template", "t", str(CHART),
+        *Case("chat.yaml", (("trigger.enabled", True),)).helm_args(),
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "trigger.enabled needs trigger.tokenSecret.name" in result.stderr
+    result = run_helm(helm, "template", "t", str(CHART), "-f", "examples/values/scheduled.yaml",
+                      *Case("chat.yaml", TRIGGER).helm_args()[2:])  # fmt: skip
+    assert result.returncode != 0
+    assert "trigger.enabled with schedule.cron" in result.stderr
+    result = run_helm(
+        helm, "template", "t", str(CHART),
+        *Case("chat.yaml", (*TRIGGER, ("trigger.port", 0))).helm_args(),
+    )  # fmt: skip
+    assert result.returncode != 0 and "/trigger/port" in result.stderr
+
+
+@pytest.mark.parametrize("path", sorted(PATHS))
+def test_a_run_is_the_charts_job_under_the_runs_name_and_the_releases_accounts(
+    helm: str, path: str, tmp_path: Path
+) -> None:
+    release = trigger_release(helm, path)
+    runs = runs_of(helm, release, tmp_path)
+    objects = runs.render("jobs-0a1b2c3d", SPEC)
+    allowed = set(RUN_KINDS)
+    assert {(o["apiVersion"], o["kind"]) for o in objects} <= allowed
+    names = {o["kind"]: o["metadata"]["name"] for o in objects}
+    assert names["ConfigMap"].startswith("jobs-0a1b2c3d-")
+    for obj in objects:
+        assert obj["metadata"]["name"].startswith("jobs-0a1b2c3d")
+        assert obj["metadata"]["labels"]["app.kubernetes.io/instance"] == "jobs-0a1b2c3d"
+    job_config = next(o for o in objects if "job.yaml" in o.get("data", {}))
+    mounted = yaml.safe_load(job_config["data"]["job.yaml"])
+    assert mounted["input"] == SPEC["input"]
+    assert mounted["endpoint"]["base_url"] == "http://127.0.0.1:8000/v1"  # the chart's filling
+    # The release's accounts, which its Role and the driver Role cover; no new ones.
+    (driver_sa,) = [
+        s["metadata"]["name"]
+        for s in release.of_kind("ServiceAccount")
+        if s["metadata"]["name"].endswith("-driver")
+    ]
+    if path == "operator":
+        (app,) = [o for o in objects if o["kind"] == "SparkApplication"]
+        assert app["spec"]["driver"]["serviceAccount"] == driver_sa
+    else:
+        (job,) = [o for o in objects if o["kind"] == "Job"]
+        assert job["spec"]["template"]["spec"]["serviceAccountName"] == driver_sa
+
+
+def test_the_charts_refusal_of_a_spec_is_the_runs_400(helm: str, tmp_path: Path) -> None:
+    runs = runs_of(helm, trigger_release(helm, "submit"), tmp_path, kube_version="v1.20.2")
+    with pytest.raises(RunError) as refused:
+        runs.render("jobs-0a1b2c3d", SPEC)  # chat.yaml's native sidecar on 1.20
+    assert refused.value.status == 400
+    assert str(refused.value).startswith("native sidecars need Kubernetes 1.29 or later")
+    runs = runs_of(
+        helm, trigger_release(helm, "submit", ("restartPolicy.type", "OnFailure")), tmp_path
+    )
+    with pytest.raises(RunError) as refused:
+        runs.render("jobs-0a1b2c3d", {**SPEC, "budget": {"max_rows": 3}})
+    assert refused.value.status == 400
+    assert "job.budget with restartPolicy.type OnFailure" in str(refused.value)
