@@ -158,8 +158,9 @@ def _add_operate_commands(sub: Any) -> None:
     ns_help = "the Kubernetes namespace"
     submit = sub.add_parser(
         "submit",
-        help="install the job on Kubernetes through the chart's operator-less path "
-        "(helm install) and follow it: exit code as `run`'s",
+        help="install the job on Kubernetes through the chart (helm install; the values' "
+        "operator.enabled chooses a SparkApplication or the operator-less Job) and follow it: "
+        "exit code as `run`'s",
     )
     _add_spec_args(submit)
     submit.add_argument("-n", "--namespace", required=True, help=ns_help)

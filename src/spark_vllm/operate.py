@@ -1,5 +1,6 @@
-"""Operate jobs on a Kubernetes cluster from the command line, on the chart's operator-less
-path: `submit` installs a job spec as a release of charts/spark-vllm and follows it;
+"""Operate jobs on a Kubernetes cluster from the command line, on either of the chart's
+paths (a SparkApplication for the Spark Operator, or the operator-less Job running
+spark-submit): `submit` installs a job spec as a release of charts/spark-vllm and follows it;
 `status`, `logs`, `cancel` and `list` act on such releases.
 
 The chart is the one source of the Kubernetes objects: `submit` runs `helm install` with the
@@ -7,7 +8,9 @@ user's chart values and the job spec as the `job:` value, and creates nothing it
 then watches the release's pods with the `kubernetes` client (found by the labels the chart
 and Spark give them: `app.kubernetes.io/instance=<release>`, `spark-role`,
 `app.kubernetes.io/component=submitter`) and streams the driver's log, whose last lines are
-the job's summary. The driver container's exit code is `spark-vllm run`'s.
+the job's summary. The driver container's exit code is `spark-vllm run`'s. On the operator
+path the SparkApplication's state (status.applicationState) is read between watches: a
+submission the operator reports failed ends the follow before any driver exists.
 """
 
 from __future__ import annotations
@@ -42,6 +45,10 @@ EXECUTOR_CONTAINER = "spark-kubernetes-executor"
 SIDECAR_CONTAINER = "vllm"
 EXIT_TIMEOUT = 124  # as timeout(1)
 SUMMARY_HEAD = "spark-vllm summary"
+APP_GROUP, APP_VERSION, APP_PLURAL = "sparkoperator.k8s.io", "v1beta2", "sparkapplications"
+# SparkApplication states (status.applicationState.state) after which no driver will come.
+APP_FAILED = ("SUBMISSION_FAILED", "FAILED")
+NOT_SEEN = "not yet seen by the Spark Operator"
 
 
 class OperateError(Exception):
@@ -176,12 +183,12 @@ def helm_install_command(
     job_file: Path,
     extra: list[str],
 ) -> list[str]:
-    """`helm install`: the user's values, then the job spec's file, on the operator-less
-    path whatever the values say (the only one `submit` follows)."""
+    """`helm install`: the user's values, then the job spec's file; the values choose the
+    path (operator.enabled, the chart's default, or the operator-less Job)."""
     command = [helm, "install", name, str(chart), "-n", namespace]
     if values_file is not None:
         command += ["-f", values_file]
-    return [*command, "-f", str(job_file), "--set", "operator.enabled=false", *extra]
+    return [*command, "-f", str(job_file), *extra]
 
 
 def submit(args: Any) -> int:
@@ -222,12 +229,18 @@ def submit(args: Any) -> int:
             )
         print(f"spark-vllm: helm install failed:\n{proc.stderr.strip()}{hint}", file=sys.stderr)
         return 1
-    say(f"submitted {name} (helm release in namespace {args.namespace})")
+    path = "a SparkApplication" if operator_path(values) else "the operator-less Job"
+    say(f"submitted {name} (helm release in namespace {args.namespace}, {path})")
     if args.no_follow:
         say(f"follow it with: spark-vllm status {name} -n {args.namespace}")
         return 0
     assert kube is not None
     return follow(kube, name, args.namespace, args.timeout, stale)
+
+
+def operator_path(values: dict[str, Any]) -> bool:
+    """Whether the values install a SparkApplication (the chart's default) or the Job."""
+    return bool((values.get("operator") or {}).get("enabled", True))
 
 
 def _run(command: list[str]) -> subprocess.CompletedProcess[str]:
@@ -246,6 +259,25 @@ class Kube:
 
     core: Any
     batch: Any
+    custom: Any = None  # CustomObjectsApi: the Spark Operator's SparkApplications
+
+    def application(self, name: str, namespace: str) -> dict[str, Any] | None:
+        """The release's SparkApplication (the operator path), or None (operator-less path,
+        no such object, or no SparkApplication kind on the cluster)."""
+        if self.custom is None:
+            return None
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            found = self.custom.list_namespaced_custom_object(
+                APP_GROUP, APP_VERSION, namespace, APP_PLURAL, label_selector=_selector(name)
+            )
+        except ApiException as exc:
+            if exc.status == 404:  # the CRD is not installed
+                return None
+            raise
+        items = [i for i in found.get("items", []) if i.get("kind") == "SparkApplication"]
+        return items[0] if items else None
 
     @classmethod
     def connect(cls) -> Kube:
@@ -268,7 +300,7 @@ class Kube:
                 configuration = client.Configuration.get_default_copy()
                 configuration.host = server
                 client.Configuration.set_default(configuration)
-        return cls(client.CoreV1Api(), client.BatchV1Api())
+        return cls(client.CoreV1Api(), client.BatchV1Api(), client.CustomObjectsApi())
 
     def pods(self, name: str, namespace: str) -> list[Any]:
         return list(self.core.list_namespaced_pod(namespace, label_selector=_selector(name)).items)
@@ -331,6 +363,19 @@ def exit_code(pod: Any, container: str) -> int | None:
     return None
 
 
+def app_state(app: dict[str, Any] | None) -> str:
+    """A SparkApplication's state as the operator reports it, or that it has not yet."""
+    if app is None:
+        return "gone"
+    state = ((app.get("status") or {}).get("applicationState") or {}).get("state")
+    return str(state) if state else NOT_SEEN
+
+
+def app_error(app: dict[str, Any] | None) -> str:
+    state = ((app or {}).get("status") or {}).get("applicationState") or {}
+    return str(state.get("errorMessage") or "")
+
+
 def job_state(job: Any | None) -> str:
     if job is None:
         return "gone"
@@ -356,6 +401,7 @@ class _Follow:
     running_executors: set[str] = field(default_factory=set)
     failed_submitters: set[str] = field(default_factory=set)
     backoff_limit: int = 0
+    app_state: str | None = None
     log_thread: threading.Thread | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -395,11 +441,29 @@ class _Follow:
                 with contextlib.suppress(Exception):
                     log = self.kube.log(pod_name, self.namespace, "spark-submit")
                     tail = "\n".join(log.strip().splitlines()[-20:])
+                tail = tail or "(its log could not be read)"
                 self.say(
                     f"failed: the submitter Job failed before a driver existed; its pod "
                     f"{pod_name} said:\n{tail}"
                 )
                 return 1
+        return None
+
+    def see_application(self, app: dict[str, Any] | None) -> int | None:
+        """The operator path: print the SparkApplication's state changes; 1 when it failed
+        (or went) before any driver pod did, which the pods' watch cannot see."""
+        current = app_state(app)
+        if current != self.app_state:
+            self.app_state = current
+            self.say(f"application {current.lower() if current != NOT_SEEN else current}")
+        if self.driver_seen:
+            return None  # the driver's own end decides
+        if app is None:
+            self.say("failed: the SparkApplication was deleted (cancelled) before a driver ran")
+            return 1
+        if current in APP_FAILED:
+            self.say(f"failed: the Spark Operator reports {current}: {app_error(app)}")
+            return 1
         return None
 
     def _driver(self, pod: Any, pod_name: str, phase: str) -> int | None:
@@ -434,10 +498,15 @@ def follow(
     state = _Follow(kube, name, namespace)
     job = kube.submitter_job(name, namespace)
     state.backoff_limit = int(job.spec.backoff_limit or 0) if job is not None else 0
+    operator = job is None and kube.application(name, namespace) is not None
     deadline = None if timeout is None else time.monotonic() + timeout
     say("following it (Ctrl-C stops following, not the job)")
     try:
         while True:
+            if operator:
+                code = state.see_application(kube.application(name, namespace))
+                if code is not None:
+                    return code
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 say(
@@ -451,7 +520,8 @@ def follow(
                 kube.core.list_namespaced_pod,
                 namespace,
                 label_selector=_selector(name),
-                timeout_seconds=max(1, int(min(left or 30, 30))),
+                # On the operator path the application's state is read between watches.
+                timeout_seconds=max(1, int(min(left or 30, 5 if operator else 30))),
             )
             try:
                 for event in stream:
@@ -548,7 +618,8 @@ def status(kube: Kube, name: str, namespace: str) -> int:
     """`spark-vllm status`: the release's pods, its Job, the driver's summary once ended."""
     pods = kube.pods(name, namespace)
     job = kube.submitter_job(name, namespace)
-    if not pods and job is None:
+    app = kube.application(name, namespace) if job is None else None
+    if not pods and job is None and app is None:
         print(f"spark-vllm: no job {name} in namespace {namespace}", file=sys.stderr)
         return 1
     executors = {p.metadata.name: i for i, p in enumerate(executors_in_order(pods))}
@@ -561,7 +632,14 @@ def status(kube: Kube, name: str, namespace: str) -> int:
             f"{kind:<12} {pod.metadata.name:<44} {pod.status.phase:<10} {_ready(pod):<6} "
             f"{_restarts(pod)}"
         )
-    print(f"job {job.metadata.name if job else name + '-submit'}: {job_state(job)}")
+    if app is not None:
+        error = app_error(app)
+        print(
+            f"application {app['metadata']['name']}: {app_state(app)}"
+            + (f" ({error})" if error else "")
+        )
+    else:
+        print(f"job {job.metadata.name if job else name + '-submit'}: {job_state(job)}")
     for pod in pods:
         if role(pod) == "driver" and pod.status.phase in ("Succeeded", "Failed"):
             code = exit_code(pod, DRIVER_CONTAINER)
@@ -618,6 +696,12 @@ def cancel(kube: Kube, name: str, namespace: str, wait_s: float = 180) -> int:
             kube.batch.delete_namespaced_job(
                 job.metadata.name, namespace, propagation_policy="Background"
             )
+    app = kube.application(name, namespace)
+    if app is not None:  # the operator path: the operator then submits nothing more
+        with contextlib.suppress(Exception):
+            kube.custom.delete_namespaced_custom_object(
+                APP_GROUP, APP_VERSION, namespace, APP_PLURAL, app["metadata"]["name"]
+            )
     drivers = [p.metadata.name for p in kube.pods(name, namespace) if role(p) == "driver"]
     for pod in drivers:
         with contextlib.suppress(Exception):
@@ -626,7 +710,7 @@ def cancel(kube: Kube, name: str, namespace: str, wait_s: float = 180) -> int:
     if proc.returncode != 0 and "not found" not in proc.stderr:
         print(f"spark-vllm: helm uninstall failed:\n{proc.stderr.strip()}", file=sys.stderr)
         return 1
-    if proc.returncode != 0 and job is None and not drivers:
+    if proc.returncode != 0 and job is None and app is None and not drivers:
         print(f"spark-vllm: no job {name} in namespace {namespace}", file=sys.stderr)
         return 1
     deadline = time.monotonic() + wait_s
@@ -663,7 +747,8 @@ def list_jobs(kube: Kube, namespace: str) -> int:
             and p.status.phase == "Running"
             and p.metadata.deletion_timestamp is None
         )
-        print(
-            f"{name:<40} {job_state(kube.submitter_job(name, namespace)):<9} {driver:<10} {running}"
-        )
+        job = kube.submitter_job(name, namespace)
+        app = kube.application(name, namespace) if job is None else None
+        what = app_state(app) if app is not None else job_state(job)
+        print(f"{name:<40} {what:<9} {driver:<10} {running}")
     return 0

@@ -1,12 +1,15 @@
-"""`spark-vllm submit`, `status`, `logs`, `list` and `cancel` against the real node, on the
-chart's operator-less path: the command itself runs (`python -m spark_vllm.cli`) with the
-node's kubeconfig and the real helm, as a user would.
+"""`spark-vllm submit`, `status`, `logs`, `list` and `cancel` against the real node: the
+command itself runs (`python -m spark_vllm.cli`) with the node's kubeconfig and the real
+helm, as a user would.
 
-Two jobs: one followed to the end, then read with `status` and `logs`; one cancelled after
-its first committed task and submitted again, which resumes."""
+On the operator-less path: one job followed to the end, then read with `status` and `logs`;
+one cancelled after its first committed task and submitted again, which resumes. On the
+operator path: the SparkApplication installed, followed and removed (the operator's
+controller cannot run here; see the test)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -197,3 +200,77 @@ def test_cancel_stops_a_running_job_and_a_second_submit_resumes_it(
     last_run = max(job.rows_by_run())
     redone = succeeded_before & {r["id"] for r in job.rows_by_run()[last_run]}
     assert not redone, f"the second submit sent ids that had succeeded: {sorted(redone)[:10]}"
+
+
+def test_on_the_operator_path_submit_follows_the_spark_application_and_cancel_removes_it(
+    cluster: Cluster,
+    operator_crds: list[str],
+    namespace: str,
+    image: str,
+    model_root: Path,
+    tmp_path: Path,
+) -> None:
+    """The values' operator.enabled (the chart's default) makes `submit` install a
+    SparkApplication. The operator's controller cannot run here, so the test plays its part
+    the one way that needs no Spark: it reports the submission failed, in the application's
+    status, as the controller does; the follower must end on it with the operator's message."""
+    job, spec = prepare(cluster, namespace, "cli-op", tmp_path, image, model_root, 4, chat_job())
+    values = yaml.safe_load(job.values_file.read_text())
+    values["operator"] = {"enabled": True}
+    job.values_file.write_text(yaml.safe_dump(values))
+    followed = tmp_path / "follower.log"
+    command = ["submit", str(spec), "-n", namespace, "--values", str(job.values_file)]
+    with followed.open("w") as sink:
+        follower = subprocess.Popen(
+            [sys.executable, "-m", "spark_vllm.cli", *command, "--timeout", "300"],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env=cli_env(cluster),
+            cwd=ROOT,
+        )
+    try:
+        app = until(
+            "the SparkApplication",
+            lambda: cluster.find("sparkapplication", "cli-op", namespace),
+            120,
+        )
+        assert app["spec"]["driver"]["labels"]["app.kubernetes.io/instance"] == "cli-op"
+        assert cluster.find("job", "cli-op-submit", namespace) is None
+        status = cli(cluster, "status", "cli-op", "-n", namespace)
+        assert status.returncode == 0, status.stderr
+        assert "application cli-op: not yet seen by the Spark Operator" in status.stdout
+        until(
+            "the follower's first state",
+            lambda: "application not yet seen by the Spark Operator" in followed.read_text(),
+            60,
+        )
+
+        message = "failed to run spark-submit: the stand-in controller refused it"
+        patch = {"status": {"applicationState": {"state": "SUBMISSION_FAILED",
+                                                  "errorMessage": message}}}  # fmt: skip
+        cluster.kubectl(
+            "patch", "sparkapplication", "cli-op", "-n", namespace, "--subresource=status",
+            "--type=merge", "-p", json.dumps(patch),
+        )  # fmt: skip
+        follower.wait(timeout=60)
+        out = followed.read_text()
+        assert follower.returncode == 1, out[-3000:]
+        assert "spark-vllm: submitted cli-op (helm release in namespace" in out
+        assert "a SparkApplication)" in out
+        assert "spark-vllm: application submission_failed" in out
+        assert f"spark-vllm: failed: the Spark Operator reports SUBMISSION_FAILED: {message}" in out
+
+        status = cli(cluster, "status", "cli-op", "-n", namespace)
+        assert f"application cli-op: SUBMISSION_FAILED ({message})" in status.stdout
+        listed = cli(cluster, "list", "-n", namespace)
+        assert re.search(r"^cli-op\s+SUBMISSION_FAILED\s+-\s+0$", listed.stdout, re.M), (
+            listed.stdout
+        )
+        cancelled = cli(cluster, "cancel", "cli-op", "-n", namespace, timeout=300)
+        assert cancelled.returncode == 0, cancelled.stderr
+        assert cluster.find("sparkapplication", "cli-op", namespace) is None
+        assert "cli-op" not in cli(cluster, "list", "-n", namespace).stdout
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+        cli(cluster, "cancel", "cli-op", "-n", namespace, timeout=300)

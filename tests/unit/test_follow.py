@@ -1,0 +1,156 @@
+"""The follow loop's state machine (operate._Follow), fed the kubernetes client's own pod
+models as a watch delivers them: what it prints and the exit code it ends with. The cluster
+tier follows real jobs (tests/cluster/test_cli_path.py)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from kubernetes.client import (
+    V1ContainerState,
+    V1ContainerStateTerminated,
+    V1ContainerStatus,
+    V1ObjectMeta,
+    V1Pod,
+    V1PodStatus,
+)
+
+from spark_vllm.operate import DRIVER_CONTAINER, NOT_SEEN, Kube, _Follow
+
+pytestmark = pytest.mark.unit
+
+
+def pod(name: str, role: str, phase: str, code: int | None = None, deleting: bool = False) -> V1Pod:
+    labels = {"app.kubernetes.io/instance": "job"}
+    if role == "submitter":
+        labels["app.kubernetes.io/component"] = "submitter"
+    else:
+        labels["spark-role"] = role
+    statuses = None
+    if code is not None:
+        terminated = V1ContainerStateTerminated(exit_code=code)
+        statuses = [
+            V1ContainerStatus(
+                name=DRIVER_CONTAINER, image="i", image_id="", ready=False, restart_count=0,
+                state=V1ContainerState(terminated=terminated),
+            )
+        ]  # fmt: skip
+    return V1Pod(
+        metadata=V1ObjectMeta(
+            name=name, labels=labels, deletion_timestamp=datetime.now(UTC) if deleting else None
+        ),
+        status=V1PodStatus(phase=phase, container_statuses=statuses),
+    )
+
+
+def follower() -> _Follow:
+    # No API behind it: the driver's log stream and the submitter's log read fail quietly,
+    # as they do when a pod has gone.
+    return _Follow(Kube(core=None, batch=None), "job", "jobs")
+
+
+def said(capsys: pytest.CaptureFixture[str]) -> list[str]:
+    return [line.removeprefix("spark-vllm: ") for line in capsys.readouterr().out.splitlines()]
+
+
+def test_a_job_seen_from_pending_to_success_ends_with_the_drivers_code(capsys: Any) -> None:
+    state = follower()
+    events = [
+        ("ADDED", pod("job-driver", "driver", "Pending")),
+        ("MODIFIED", pod("job-driver", "driver", "Running")),
+        ("ADDED", pod("exec-1", "executor", "Pending")),
+        ("MODIFIED", pod("exec-1", "executor", "Running")),
+        ("ADDED", pod("exec-2", "executor", "Running")),
+        ("MODIFIED", pod("exec-2", "executor", "Running", deleting=True)),
+        ("DELETED", pod("exec-2", "executor", "Running")),
+        ("MODIFIED", pod("job-driver", "driver", "Running")),  # no change: nothing printed
+    ]
+    assert [state.see(kind, p) for kind, p in events] == [None] * len(events)
+    assert state.see("MODIFIED", pod("job-driver", "driver", "Succeeded", code=0)) == 0
+    assert said(capsys) == [
+        "driver job-driver pending",
+        "driver job-driver running",
+        "executors up 1",
+        "executors up 2",
+        "executors up 1",
+        "driver job-driver succeeded",
+        "completed",
+    ]
+
+
+@pytest.mark.parametrize("code", [1, 2, 3])
+def test_a_driver_that_exits_non_zero_gives_its_code(capsys: Any, code: int) -> None:
+    state = follower()
+    assert state.see("ADDED", pod("job-driver", "driver", "Failed", code=code)) == code
+    assert said(capsys)[-1] == f"failed: the driver exited with code {code}"
+
+
+def test_a_driver_deleted_before_it_ended_is_a_cancel(capsys: Any) -> None:
+    state = follower()
+    assert state.see("ADDED", pod("job-driver", "driver", "Pending")) is None
+    assert state.see("DELETED", pod("job-driver", "driver", "Pending")) == 1
+    assert said(capsys)[-1] == (
+        "failed: the driver pod job-driver was deleted (cancelled) before it ended"
+    )
+    # A running driver being deleted shows Running until it goes: not yet an end.
+    state = follower()
+    assert state.see("MODIFIED", pod("job-driver", "driver", "Running", deleting=True)) is None
+
+
+def test_submitter_failures_end_the_follow_only_past_the_jobs_retries(capsys: Any) -> None:
+    state = follower()
+    state.backoff_limit = 1
+    assert state.see("MODIFIED", pod("submit-a", "submitter", "Failed")) is None
+    assert state.see("MODIFIED", pod("submit-a", "submitter", "Failed")) is None  # same pod
+    assert state.see("MODIFIED", pod("submit-b", "submitter", "Failed")) == 1
+    assert said(capsys)[-2:] == [
+        "failed: the submitter Job failed before a driver existed; its pod submit-b said:",
+        "(its log could not be read)",
+    ]
+    # Once a driver exists, its end decides, not the submitter's.
+    state = follower()
+    state.see("ADDED", pod("job-driver", "driver", "Running"))
+    assert state.see("MODIFIED", pod("submit-a", "submitter", "Failed")) is None
+
+
+def app(state: str | None, error: str = "") -> dict[str, Any]:
+    status = {"applicationState": {"state": state, "errorMessage": error}} if state else {}
+    return {"metadata": {"name": "job"}, "status": status}
+
+
+def test_the_applications_states_are_printed_once_each(capsys: Any) -> None:
+    state = follower()
+    for seen in (app(None), app(None), app("SUBMITTED"), app("SUBMITTED"), app("RUNNING")):
+        assert state.see_application(seen) is None
+    assert said(capsys) == [
+        f"application {NOT_SEEN}",
+        "application submitted",
+        "application running",
+    ]
+
+
+@pytest.mark.parametrize("failed", ["SUBMISSION_FAILED", "FAILED"])
+def test_an_application_failed_before_any_driver_ends_the_follow(capsys: Any, failed: str) -> None:
+    state = follower()
+    assert state.see_application(app(failed, "spark-submit: no such image")) == 1
+    assert said(capsys)[-1] == (
+        f"failed: the Spark Operator reports {failed}: spark-submit: no such image"
+    )
+
+
+def test_after_a_driver_ran_its_own_end_decides_not_the_application(capsys: Any) -> None:
+    state = follower()
+    state.see("ADDED", pod("job-driver", "driver", "Running"))
+    assert state.see_application(app("FAILED", "driver failed")) is None
+    assert state.see_application(None) is None
+
+
+def test_an_application_deleted_before_a_driver_ran_is_a_cancel(capsys: Any) -> None:
+    state = follower()
+    assert state.see_application(app("SUBMITTED")) is None
+    assert state.see_application(None) == 1
+    assert said(capsys)[-1] == (
+        "failed: the SparkApplication was deleted (cancelled) before a driver ran"
+    )
