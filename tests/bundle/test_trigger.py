@@ -162,3 +162,16 @@ def test_the_charts_refusal_of_a_spec_is_the_runs_400(helm: str, tmp_path: Path)
         runs.render("jobs-0a1b2c3d", {**SPEC, "budget": {"max_rows": 3}})
     assert refused.value.status == 400
     assert "job.budget with restartPolicy.type OnFailure" in str(refused.value)
+
+
+@pytest.mark.parametrize("path", sorted(PATHS))
+def test_installing_a_trigger_prints_how_to_reach_it(helm: str, path: str) -> None:
+    """helm install renders NOTES.txt, which `helm template` skips; it must not ask for a
+    job spec the trigger release does not have."""
+    case = Case("chat.yaml", (*TRIGGER, *PATHS[path]))
+    result = run_helm(helm, "install", "--dry-run=client", "jobs", str(CHART), *case.helm_args())
+    assert result.returncode == 0, result.stderr
+    notes = result.stdout[result.stdout.index("NOTES:") :]
+    assert 'spark-vllm trigger "chat-demo-trigger" takes job specs over HTTP' in notes
+    assert "port-forward svc/chat-demo-trigger 8080:8080" in notes
+    assert "Output:" not in notes  # no job of its own
