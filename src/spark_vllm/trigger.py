@@ -224,9 +224,9 @@ class Runs:
         out = operate.report(self.kube, run, self.namespace)
         apps = self._objects(RUN_KINDS[4], f"{RUN_LABEL}={run}")
         if apps:
-            state = ((apps[0].status or {}).get("applicationState") or {}).get("state")
-            out["application"] = state or "not yet seen by the Spark Operator"
-            if state in ("COMPLETED", "FAILED", "SUBMISSION_FAILED", "FAILING"):
+            state = operate.app_state(apps[0].to_dict())
+            out["application"] = state
+            if state == "COMPLETED" or state in operate.APP_FAILED:
                 out["state"] = "succeeded" if state == "COMPLETED" else "failed"
             elif out["state"] == "gone":  # the application exists; its pods do not yet
                 out["state"] = "pending"
