@@ -246,8 +246,11 @@ def test_on_the_operator_path_submit_follows_the_spark_application_and_cancel_re
         )
 
         message = "failed to run spark-submit: the stand-in controller refused it"
+        # driverInfo: the CRD requires it in any status; the controller writes it empty
+        # before a driver exists.
         patch = {"status": {"applicationState": {"state": "SUBMISSION_FAILED",
-                                                  "errorMessage": message}}}  # fmt: skip
+                                                  "errorMessage": message},
+                            "driverInfo": {}}}  # fmt: skip
         cluster.kubectl(
             "patch", "sparkapplication", "cli-op", "-n", namespace, "--subresource=status",
             "--type=merge", "-p", json.dumps(patch),

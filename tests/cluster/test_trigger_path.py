@@ -64,8 +64,26 @@ def install_trigger(
                 return str(pod["status"]["podIP"])
         return None
 
-    ip = until(f"trigger {name} Ready", ready_ip, timeout=240, every=2)
+    try:
+        ip = until(f"trigger {name} Ready", ready_ip, timeout=240, every=2)
+    except AssertionError:
+        print(trigger_logs(cluster, namespace, name))
+        raise
     return job, f"http://{ip}:8080", token
+
+
+def trigger_logs(cluster: Cluster, namespace: str, name: str) -> str:
+    selector = f"app.kubernetes.io/instance={name},app.kubernetes.io/component=trigger"
+    out = []
+    for args in (("--previous",), ()):
+        out.append(
+            cluster.kubectl(
+                "logs", "-n", namespace, "-l", selector, "--tail=60", *args, check=False
+            ).stdout
+        )
+    out.append(cluster.kubectl("describe", "pods", "-n", namespace, "-l", selector,
+                               check=False).stdout[-3000:])  # fmt: skip
+    return "\n".join(out)
 
 
 def run_objects(cluster: Cluster, namespace: str, run: str, kinds: str) -> list[str]:
@@ -132,9 +150,7 @@ def test_trigger_refuses_bad_requests_and_runs_a_good_spec_to_its_summary(
             assert http.get(f"/jobs/{run}", headers=auth).status_code == 404
     except BaseException:
         print(job.report())
-        print(cluster.kubectl("logs", "-n", namespace, "-l",
-              f"app.kubernetes.io/instance={name},app.kubernetes.io/component=trigger",
-              check=False).stdout)  # fmt: skip
+        print(trigger_logs(cluster, namespace, name))
         raise
     finally:
         cluster.helm("uninstall", name, "-n", namespace, "--wait", check=False)
