@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -289,17 +290,18 @@ class Kube:
         try:
             config.load_kube_config()  # type: ignore[no-untyped-call]
         except config.ConfigException:
+            server = urlsplit(os.environ.get("SPARK_VLLM_API_SERVER", ""))
+            if server.hostname:
+                # The in-cluster loader builds its URL from these, and builds it again on
+                # every token refresh: a host set on the configuration afterwards is lost.
+                os.environ["KUBERNETES_SERVICE_HOST"] = server.hostname
+                os.environ["KUBERNETES_SERVICE_PORT"] = str(server.port or 443)
             try:
                 config.load_incluster_config()  # type: ignore[no-untyped-call]
             except config.ConfigException:
                 raise OperateError(
                     "no Kubernetes configuration: set KUBECONFIG or write ~/.kube/config"
                 ) from None
-            server = os.environ.get("SPARK_VLLM_API_SERVER")
-            if server:
-                configuration = client.Configuration.get_default_copy()
-                configuration.host = server
-                client.Configuration.set_default(configuration)
         return cls(client.CoreV1Api(), client.BatchV1Api(), client.CustomObjectsApi())
 
     def pods(self, name: str, namespace: str) -> list[Any]:
