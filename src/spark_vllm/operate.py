@@ -579,19 +579,20 @@ def summary_fields(lines: list[str]) -> dict[str, str]:
     return fields
 
 
-def report(kube: Kube, name: str, namespace: str) -> dict[str, Any]:
+def report(kube: Kube, name: str, namespace: str, submitter: bool = True) -> dict[str, Any]:
     """A job's state as data: `state` (pending, running, succeeded, failed or gone), its
-    pods (role, name, phase), the submitter Job's state, the driver's exit code and, once
-    the driver ended, its summary block (`summary`: the lines; `counts`: their fields)."""
+    pods (role, name, phase), the submitter Job's state (not read with `submitter` False:
+    the operator path has none), the driver's exit code and, once the driver ended, its
+    summary block (`summary`: the lines; `counts`: their fields)."""
     pods = kube.pods(name, namespace)
-    job = kube.submitter_job(name, namespace)
+    job = kube.submitter_job(name, namespace) if submitter else None
     drivers = [p for p in pods if role(p) == "driver"]
     out: dict[str, Any] = {
+        **({"submitter": job_state(job)} if submitter else {}),
         "pods": [
             {"role": role(p), "name": p.metadata.name, "phase": p.status.phase}
             for p in sorted(pods, key=lambda p: (role(p), p.metadata.name))
         ],
-        "submitter": job_state(job),
         "executors_running": sum(
             1 for p in pods if role(p) == "executor" and p.status.phase == "Running"
         ),
@@ -607,7 +608,7 @@ def report(kube: Kube, name: str, namespace: str) -> dict[str, Any]:
             out["counts"] = summary_fields(lines)
     elif driver is not None and driver.status.phase == "Running":
         out["state"] = "running"
-    elif out["submitter"] == "Failed":
+    elif out.get("submitter") == "Failed":
         out["state"] = "failed"
     elif job is None and not pods:
         out["state"] = "gone"

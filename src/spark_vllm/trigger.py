@@ -221,8 +221,9 @@ class Runs:
     def report(self, run: str) -> dict[str, Any]:
         """The run's state: pods, the submitter Job's or the SparkApplication's state, the
         driver's exit code and the summary block of its log once it ended."""
-        out = operate.report(self.kube, run, self.namespace)
-        apps = self._objects(RUN_KINDS[4], f"{RUN_LABEL}={run}")
+        operator = operate.operator_path(self.values)
+        out = operate.report(self.kube, run, self.namespace, submitter=not operator)
+        apps = self._objects(RUN_KINDS[4], f"{RUN_LABEL}={run}") if operator else []
         if apps:
             state = operate.app_state(apps[0].to_dict())
             out["application"] = state

@@ -191,5 +191,8 @@ def test_trigger_on_the_operator_path_creates_a_spark_application(
             while run_objects(cluster, namespace, run, "sparkapplications,configmaps"):
                 assert time.monotonic() < deadline, "the run's objects outlived DELETE"
                 time.sleep(1)
+    except BaseException:
+        print(trigger_logs(cluster, namespace, name))
+        raise
     finally:
         cluster.helm("uninstall", name, "-n", namespace, "--wait", check=False)
