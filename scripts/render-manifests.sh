@@ -56,5 +56,7 @@ render embedding-job.yaml product-embeddings examples/values/embedding.yaml \
 render scheduled-job.yaml nightly-summaries examples/values/scheduled.yaml \
     configmap.yaml scheduledsparkapplication.yaml networkpolicy.yaml
 render volcano-queue.yaml nightly-summaries examples/values/scheduled.yaml queue.yaml
+# Notebook mode: JupyterLab whose kernels run Spark in client mode (no batch job).
+render notebook.yaml nb examples/values/notebook.yaml notebook.yaml networkpolicy.yaml
 
 echo "rendered $(ls "$out"/*.yaml | wc -l) manifests into $out"
