@@ -28,7 +28,7 @@ RUNNER = Path(__file__).with_name("run_notebook.py")
 PROBE = (
     "import json\n"
     "print('PROBE ' + json.dumps({'questions': len(questions),\n"
-    "    'rows': table[['id', 'error']].to_dict('records')}))"
+    "    'rows': table[['id', 'response', 'error']].to_dict('records')}))"
 )
 
 
@@ -38,6 +38,8 @@ def notebook_values(
     """The cluster tier's small CPU values (jobs.values), in notebook mode: no job."""
     chart_values = values(NAME, image, model_root, tmp, cluster.api_server, job={})
     del chart_values["job"], chart_values["timeToLiveSeconds"]
+    # Kept after spark.stop(), so that the test sees what Spark made of the pod template.
+    chart_values["executor"]["deleteOnTermination"] = False
     chart_values["notebook"] = {
         "enabled": True,
         "tokenSecret": {"name": secret},
@@ -122,6 +124,17 @@ def test_notebook_pod_runs_the_example_notebook_with_one_answer_per_question(
         )  # fmt: skip
         assert proc.returncode == 0, f"{proc.stderr[-6000:]}\n{report(cluster, namespace)}"
         print(f"the notebook ran in {time.monotonic() - ran:.0f}s")
+        # Spark made the executors from the chart's template (the vLLM sidecar beside the
+        # executor), owned by the notebook pod, so that they go when it goes.
+        executors = cluster.pods(
+            namespace, f"app.kubernetes.io/instance={NAME},spark-role=executor"
+        )
+        assert executors, report(cluster, namespace)
+        for executor in executors:
+            names = {c["name"] for c in executor["spec"]["containers"]}
+            assert names == {"spark-kubernetes-executor", "vllm"}, names
+            owners = [o["name"] for o in executor["metadata"].get("ownerReferences", [])]
+            assert owners == [name], owners
     except BaseException:
         print(report(cluster, namespace))
         raise
@@ -144,5 +157,6 @@ def test_notebook_pod_runs_the_example_notebook_with_one_answer_per_question(
     assert "'k8s://https://" in results[0]["data"]["text/plain"], results[0]
     rows = probe["rows"]
     assert sorted(r["id"] for r in rows) == list(range(probe["questions"])), rows
-    assert all(r["error"] is None for r in rows), rows
+    assert all(r["error"] is None and r["response"] for r in rows), rows
+    print(f"answer 0 (the tiny model's random weights): {rows[0]['response']!r}")
     assert f"{probe['questions']} answers for {probe['questions']} questions, 0 failed" in printed
