@@ -6,6 +6,8 @@
 #                   and SPARK_* variables that Spark puts into the executor pod.
 #   submit ARGS...  spark-submit in cluster mode from inside a pod, exiting with the
 #                   driver's outcome (the chart's operator-less Job; see submit.py).
+#   notebook ARGS...  JupyterLab whose kernels are Spark drivers in client mode (the
+#                   chart's notebook.enabled; see notebook.py); ARGS go to `jupyter lab`.
 #   anything else   run as given: `vllm serve ...`, `python -m ...`, `spark-vllm run ...`.
 # This follows the contract of Spark's own Kubernetes image entrypoint, so the Spark
 # Operator and plain spark-submit both drive it unchanged. tini (the image's PID 1)
@@ -79,8 +81,12 @@ case "${1:-}" in
         shift
         cmd=(python3 /opt/spark-vllm/submit.py "$@")
         ;;
+    notebook)
+        shift
+        cmd=(python3 /opt/spark-vllm/notebook.py "$@")
+        ;;
     "")
-        die "no command given: expected driver, executor, submit, or a command to run"
+        die "no command given: expected driver, executor, submit, notebook, or a command to run"
         ;;
     *)
         cmd=("$@")

@@ -124,6 +124,40 @@ else
     say "wheelhouse $wheels is up to date"
 fi
 
+# JupyterLab for the chart's notebook mode (pyproject's `notebook` extra), in a wheelhouse of
+# its own that the image installs as a small layer over the environment above. It is resolved
+# against that environment's versions (every wheel of $wheels as a constraint), so installing
+# it adds packages and never replaces one the image already has.
+notebook=build/wheels/notebook
+notebook_stamp=$("$python" - "$variant" "$(cat "$wheels/.stamp")" <<'PY'
+import hashlib, json, sys, tomllib
+extra = tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["notebook"]
+print(hashlib.sha256(json.dumps([sys.argv[1:], extra]).encode()).hexdigest()[:16])
+PY
+)
+if [ "$(cat "$notebook/.stamp" 2>/dev/null)" != "$notebook_stamp" ]; then
+    say "filling the notebook wheelhouse $notebook"
+    rm -rf "$notebook.tmp"
+    mkdir -p "$notebook.tmp"
+    "$python" - "$wheels" "$notebook.tmp" <<'PY'
+import pathlib, sys, tomllib
+wheels, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+# A wheel's file name starts with its distribution name and version.
+pins = sorted("==".join(w.name.split("-")[:2]) for w in wheels.glob("*.whl"))
+(out / ".constraints").write_text("\n".join(pins) + "\n")
+extra = tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["notebook"]
+(out / "requirements.txt").write_text("\n".join(extra) + "\n")
+PY
+    quiet_pip wheel --quiet --wheel-dir "$notebook.tmp" --find-links "$wheels" \
+        --constraint "$notebook.tmp/.constraints" --requirement "$notebook.tmp/requirements.txt" >/dev/null
+    rm -f "$notebook.tmp/.constraints"
+    echo "$notebook_stamp" >"$notebook.tmp/.stamp"
+    rm -rf "$notebook"
+    mv "$notebook.tmp" "$notebook"
+else
+    say "notebook wheelhouse $notebook is up to date"
+fi
+
 # The RAPIDS Accelerator jar, put in the build context (an empty directory for cpu or
 # without a jar). A download is kept in build/cache so that a rebuild does not fetch it again.
 rm -rf build/image

@@ -12,6 +12,7 @@ import yaml
 
 from .render import (
     CASES,
+    NOTEBOOK_CASES,
     ROOT,
     SUBMIT_CASES,
     Rendered,
@@ -55,6 +56,13 @@ def checkov_report(
         props = result.spark_properties()
         for role in ("driver", "executor"):
             docs.append(spark_pod(result.pod_template(role), props, role, f"{name}-{role}"))
+        (scan / f"{name}.yaml").write_text(yaml.safe_dump_all(docs, sort_keys=False))
+    for name, case in NOTEBOOK_CASES.items():
+        result = render(helm, name, case)
+        docs = list(result.docs)
+        props = result.spark_properties("-notebook")
+        executor = result.pod_template("executor", "-notebook")
+        docs.append(spark_pod(executor, props, "executor", f"{name}-executor"))
         (scan / f"{name}.yaml").write_text(yaml.safe_dump_all(docs, sort_keys=False))
     proc = subprocess.run(
         [

@@ -170,6 +170,33 @@ SUBMIT_CASES: dict[str, Case] = {
 }
 
 
+# Notebook mode (notebook.enabled): JupyterLab whose kernels are Spark drivers in client mode.
+# "notebook-from-job" is a job's values file turned into a notebook (`--set job=null`).
+NOTEBOOK_CASES: dict[str, Case] = {
+    "notebook": Case("notebook.yaml"),
+    "notebook-from-job": Case(
+        "chat.yaml",
+        (
+            ("job", None),
+            ("notebook.enabled", True),
+            ("notebook.tokenSecret.name", "nb-token"),
+            ("operator.enabled", False),
+        ),
+    ),
+    "notebook-service-api-key": Case(
+        "notebook.yaml",
+        (
+            ("notebook.driverHost", "service"),
+            ("notebook.workspace.existingClaim", ""),
+            ("sidecar.mode", "classic"),
+            ("sidecar.apiKey.enabled", True),
+            ("sidecar.apiKey.secretName", "vllm-api-key"),
+            ("submitter.apiServer", "https://10.0.0.1:6443"),
+        ),
+    ),
+}
+
+
 @dataclass
 class Rendered:
     """The documents `helm template` printed for one case."""
@@ -191,20 +218,19 @@ class Rendered:
         spec: Doc = yaml.safe_load(config["data"]["job.yaml"])
         return spec
 
-    def submit_files(self) -> dict[str, str]:
-        """The operator-less path's ConfigMap: spark.properties and the two pod templates."""
-        (config,) = [
-            d for d in self.of_kind("ConfigMap") if d["metadata"]["name"].endswith("-submit")
-        ]
+    def submit_files(self, suffix: str = "-submit") -> dict[str, str]:
+        """The operator-less path's ConfigMap: spark.properties and the two pod templates
+        (suffix "-notebook": the notebook's, spark.properties and the executor template)."""
+        (config,) = [d for d in self.of_kind("ConfigMap") if d["metadata"]["name"].endswith(suffix)]
         files: dict[str, str] = config["data"]
         return files
 
-    def spark_properties(self) -> dict[str, str]:
-        lines = self.submit_files()["spark.properties"].splitlines()
+    def spark_properties(self, suffix: str = "-submit") -> dict[str, str]:
+        lines = self.submit_files(suffix)["spark.properties"].splitlines()
         return dict(line.split("=", 1) for line in lines if line)
 
-    def pod_template(self, role: str) -> Doc:
-        template: Doc = yaml.safe_load(self.submit_files()[f"{role}-template.yaml"])
+    def pod_template(self, role: str, suffix: str = "-submit") -> Doc:
+        template: Doc = yaml.safe_load(self.submit_files(suffix)[f"{role}-template.yaml"])
         return template
 
     def app_spec(self) -> Doc:

@@ -12,6 +12,7 @@ from .render import (
     CASES,
     CHART,
     EXAMPLES,
+    NOTEBOOK_CASES,
     PLATFORM_CHART,
     Case,
     Rendered,
@@ -33,7 +34,7 @@ def test_helm_lint_passes(helm: str, values: str) -> None:
 
 
 def test_every_example_values_file_is_a_case() -> None:
-    used = {case.values_file for case in CASES.values()}
+    used = {case.values_file for case in (*CASES.values(), *NOTEBOOK_CASES.values())}
     assert used == {p.name for p in EXAMPLES.glob("*.yaml")}
 
 

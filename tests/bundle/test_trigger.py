@@ -115,6 +115,13 @@ def test_trigger_needs_a_token_secret_and_refuses_a_schedule(helm: str) -> None:
         *Case("chat.yaml", (*TRIGGER, ("trigger.port", 0))).helm_args(),
     )  # fmt: skip
     assert result.returncode != 0 and "/trigger/port" in result.stderr
+    result = run_helm(
+        helm, "template", "t", str(CHART),
+        *Case("chat.yaml", (*TRIGGER, ("job", None), ("notebook.enabled", True),
+                            ("notebook.tokenSecret.name", "nb"))).helm_args(),
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "a release is a trigger or a notebook, not both" in result.stderr, result.stderr
 
 
 @pytest.mark.parametrize("path", sorted(PATHS))

@@ -25,6 +25,7 @@ IMAGE_INPUTS = [
     "docker/getGpusResources.sh",
     "docker/entrypoint.sh",
     "docker/submit.py",
+    "docker/notebook.py",
     "docker/setup-image.sh",
     "pyproject.toml",
     "scripts/build-image.sh",

@@ -127,7 +127,7 @@ args:
 {{- if not (kindIs "invalid" $v.prefixCaching) }}
   - {{ ternary "--enable-prefix-caching" "--no-enable-prefix-caching" $v.prefixCaching }}
 {{- end }}
-{{- $runner := $v.runner | default (eq (toString (dig "task" "" .Values.job)) "embedding" | ternary "pooling" "") }}
+{{- $runner := $v.runner | default (eq (toString (dig "task" "" (default (dict) .Values.job))) "embedding" | ternary "pooling" "") }}
 {{- if $runner }}
   - --runner
   - {{ $runner | quote }}
