@@ -254,3 +254,20 @@ def test_prefix_caching_is_vllms_default_unless_set(
     case = Case("embedding.yaml", (("sidecar.vllm.prefixCaching", value),))
     args = vllm_container(render(helm, "prefix", case).app_spec())["args"]
     assert [a for a in args if "prefix-caching" in a] == flags
+
+
+def test_service_account_annotations_go_on_both_accounts(helm: str) -> None:
+    """Cloud IAM bindings (IRSA, Workload Identity) are ServiceAccount annotations; the
+    driver and the executors both reach the lake. A `with` block once ended in the wrong
+    place and any annotation broke the rendering."""
+    iam = {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/lake"}
+    result = render(helm, "sa", Case("chat.yaml", (("serviceAccount.annotations", iam),)))
+    accounts = {
+        a["metadata"]["labels"]["app.kubernetes.io/component"]: a
+        for a in result.of_kind("ServiceAccount")
+    }
+    assert sorted(accounts) == ["driver", "executor"]
+    for account in accounts.values():
+        assert account["metadata"]["annotations"] == iam
+    assert accounts["driver"]["automountServiceAccountToken"] is True
+    assert accounts["executor"]["automountServiceAccountToken"] is False
