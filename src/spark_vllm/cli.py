@@ -241,6 +241,14 @@ def _add_operate_commands(sub: Any) -> None:
     trigger.add_argument(
         "--max-body-bytes", type=int, default=1 << 20, metavar="N", help="largest body accepted"
     )
+    trigger.add_argument(
+        "--allow-env",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="an environment variable of the job's pods that a posted spec may name in a "
+        "*_env key (repeatable; none by default)",
+    )
 
 
 def operate(args: argparse.Namespace) -> int:

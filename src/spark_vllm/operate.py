@@ -46,6 +46,8 @@ EXECUTOR_CONTAINER = "spark-kubernetes-executor"
 SIDECAR_CONTAINER = "vllm"
 EXIT_TIMEOUT = 124  # as timeout(1)
 SUMMARY_HEAD = "spark-vllm summary"
+# How helm reports a `fail` of the chart's own templates (its message in group 1).
+CHART_FAIL = r"execution error at \([^)]*\): (.*?)(\n\s*Use --debug.*)?$"
 APP_GROUP, APP_VERSION, APP_PLURAL = "sparkoperator.k8s.io", "v1beta2", "sparkapplications"
 # SparkApplication states (status.applicationState.state) after which no driver will come.
 APP_FAILED = ("SUBMISSION_FAILED", "FAILED")
@@ -135,6 +137,13 @@ def chart_values(chart: Path, values_file: str | None) -> dict[str, Any]:
             f"--values {values_file} has a job: key; `submit` takes the job spec from its "
             "JOB.yaml argument: move it there, or leave it out of the values"
         )
+    for mode in ("trigger", "notebook"):
+        if ((user.get(mode) or {}) if isinstance(user.get(mode), dict) else {}).get("enabled"):
+            raise SpecError(
+                f"--values {values_file} sets {mode}.enabled, which makes a release run no "
+                f"job; `submit` installs a job: leave {mode}.enabled out (install the "
+                f"{mode} with helm install)"
+            )
     return _merge(merged, user)
 
 
@@ -220,6 +229,10 @@ def submit(args: Any) -> int:
     except OperateError as exc:
         print(f"spark-vllm: {exc}", file=sys.stderr)
         return 1
+    refused = re.search(CHART_FAIL, proc.stderr, re.S)
+    if proc.returncode != 0 and refused:  # the chart's own rules: the spec or the values
+        print(f"spark-vllm: the chart refused the job: {refused.group(1).strip()}", file=sys.stderr)
+        return 2
     if proc.returncode != 0:
         hint = ""
         if "cannot re-use a name" in proc.stderr:

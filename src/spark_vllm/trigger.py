@@ -27,6 +27,7 @@ import re
 import secrets
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,8 +58,7 @@ YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yam
 _RUN_ID = re.compile(r"[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?-[0-9a-f]{8}")
 
 
-# How helm reports the chart's own refusals (`fail`) and its values schema's.
-_CHART_FAIL = r"execution error at \([^)]*\): (.*?)(\n\s*Use --debug.*)?$"
+# How helm reports its values schema's refusals (the chart's own: operate.CHART_FAIL).
 _SCHEMA_FAIL = r"values don't meet the specifications of the schema\(s\).*"
 
 
@@ -68,6 +68,37 @@ class RunError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+def check_posted(doc: dict[str, Any], allowed_env: frozenset[str]) -> None:
+    """What a posted spec may not say, because the trigger's release says it: the endpoint
+    (a run talks to its executors' vLLM sidecars), and the environment variables of the
+    job's pods it may name (`*_env` keys: an API key, a database password), unless the
+    release lists them in trigger.allowedEnv. Otherwise a token holder could have the job
+    send a Secret of the namespace to a host of their choosing. Raises SpecError."""
+    if "endpoint" in doc:
+        raise SpecError(
+            "endpoint: a job posted to the trigger talks to its executors' vLLM sidecars, "
+            "which the trigger's release sets; leave endpoint out of the spec"
+        )
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                where = f"{path}.{key}" if path else str(key)
+                if str(key).endswith("_env") and value not in allowed_env:
+                    allowed = ", ".join(sorted(allowed_env)) or "none"
+                    raise SpecError(
+                        f"{where}: {value!r} names an environment variable of the job's "
+                        f"pods, which a posted spec may name only when the trigger's "
+                        f"release lists it in trigger.allowedEnv (listed: {allowed})"
+                    )
+                walk(value, where)
+        elif isinstance(node, list):
+            for i, item in enumerate(node):
+                walk(item, f"{path}[{i}]")
+
+    walk(doc, "")
 
 
 def parse_body(body: bytes, content_type: str) -> dict[str, Any]:
@@ -84,8 +115,12 @@ def parse_body(body: bytes, content_type: str) -> dict[str, Any]:
                 415, f"content type {kind!r}: expected application/json or application/yaml"
             )
     except (ValueError, yaml.YAMLError) as exc:
-        what = "YAML" if kind in YAML_TYPES else "JSON"
-        raise SpecError(f"the body is not a {what} document: {exc}") from None
+        if kind in YAML_TYPES:
+            raise SpecError(f"the body is not a YAML document: {exc}") from None
+        raise SpecError(
+            f"the body is not a JSON document: {exc} (send YAML with Content-Type: "
+            "application/yaml)"
+        ) from None
     if not isinstance(doc, dict):
         raise SpecError(
             f"the body is a {type(doc).__name__}; expected a job spec (a mapping with "
@@ -157,14 +192,10 @@ class Runs:
             proc = subprocess.run(command, capture_output=True, text=True, check=False)  # noqa: S603
         if proc.returncode != 0:
             # The chart's own checks (`fail`) are the spec's fault: say them as they are.
-            found = re.search(
-                r"execution error at \([^)]*\): (.*?)(\n\s*Use --debug.*)?$", proc.stderr, re.S
-            )
+            found = re.search(operate.CHART_FAIL, proc.stderr, re.S)
             if found:
                 raise RunError(400, found.group(1).strip())
-            found = re.search(
-                r"values don't meet the specifications of the schema\(s\).*", proc.stderr, re.S
-            )
+            found = re.search(_SCHEMA_FAIL, proc.stderr, re.S)
             if found:
                 raise RunError(400, found.group(0).strip())
             raise RunError(500, f"helm template failed: {proc.stderr.strip()}")
@@ -254,16 +285,24 @@ class Runs:
                             self.kube.core.delete_namespaced_pod(pod.metadata.name, self.namespace)
 
 
-def create_app(runs: Any, token: str, max_body_bytes: int) -> Any:
-    """The FastAPI application over `runs` (a `Runs`, or anything with its methods)."""
-    if not token:
+def create_app(
+    runs: Any,
+    token: str | Callable[[], str],
+    max_body_bytes: int,
+    allowed_env: frozenset[str] = frozenset(),
+) -> Any:
+    """The FastAPI application over `runs` (a `Runs`, or anything with its methods).
+    `token`: the bearer token, or a function reading it for each request (a mounted Secret
+    changes in place when it is rotated)."""
+    read_token = token if callable(token) else (lambda: token)
+    if not read_token():
         raise ValueError("the trigger needs a non-empty token")
-    expected = token.encode()
     bearer = HTTPBearer(auto_error=False)
 
     def authorized(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:  # noqa: B008
         given = (creds.credentials if creds else "").encode()
-        if not hmac.compare_digest(given, expected):
+        expected = read_token().encode()
+        if not expected or not hmac.compare_digest(given, expected):
             raise HTTPException(
                 status_code=401,
                 detail="a bearer token is required (Authorization: Bearer <token>)"
@@ -306,6 +345,7 @@ def create_app(runs: Any, token: str, max_body_bytes: int) -> Any:
         body = await read_limited(request)
         try:
             doc = parse_body(body, request.headers.get("content-type", ""))
+            check_posted(doc, allowed_env)
             operate.check_for_chart(doc, runs.values)
         except SpecError as exc:
             raise HTTPException(status_code=400, detail=str(exc)) from None
@@ -341,12 +381,19 @@ def serve(args: argparse.Namespace) -> int:
     """`spark-vllm trigger`: serve the trigger until stopped."""
     import uvicorn
 
-    token = Path(args.token_file).read_text().strip()
-    if not token:
-        print(f"spark-vllm: the token file {args.token_file} is empty", flush=True)
+    token_file = Path(args.token_file)
+
+    def token() -> str:
+        try:
+            return token_file.read_text().strip()
+        except OSError:
+            return ""  # no token, no access
+
+    if not token():
+        print(f"spark-vllm: the token file {args.token_file} is empty or unreadable", flush=True)
         return 2
     chart = operate.find_chart(args.chart)
     runs = Runs.connect(args.release, args.namespace, chart, Path(args.values))
-    app = create_app(runs, token, args.max_body_bytes)
+    app = create_app(runs, token, args.max_body_bytes, frozenset(args.allow_env))
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0

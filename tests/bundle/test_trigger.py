@@ -18,7 +18,12 @@ from .render import CHART, NAMESPACE, Case, Rendered, render, run_helm
 pytestmark = pytest.mark.bundle
 
 KUBERNETES_VERSION = "1.33"
-TRIGGER = (("trigger.enabled", True), ("trigger.tokenSecret.name", "trigger-token"))
+# chat.yaml's values with its job left out, as a trigger release takes them.
+TRIGGER = (
+    ("job", None),
+    ("trigger.enabled", True),
+    ("trigger.tokenSecret.name", "trigger-token"),
+)
 PATHS = {"operator": (), "submit": (("operator.enabled", False),)}
 SPEC = {
     "input": {"format": "jsonl", "path": "/data/input/questions.jsonl", "id_column": "id"},
@@ -74,6 +79,10 @@ def test_the_trigger_pod_is_locked_down_and_takes_its_token_from_the_secret(helm
     assert args[args.index("--token-file") + 1] == "/var/run/secrets/spark-vllm-trigger/token"
     assert "token" not in yaml.safe_dump(container.get("env", [])).lower()
     assert container["readinessProbe"] == {"tcpSocket": {"port": "http"}, "periodSeconds": 5}
+    assert "--allow-env" not in args
+    allowed = trigger_release(helm, "submit", ("trigger.allowedEnv", ["LAKE_DB_PASSWORD"]))
+    (container,) = allowed.one("Deployment")["spec"]["template"]["spec"]["containers"]
+    assert container["args"][-2:] == ["--allow-env", "LAKE_DB_PASSWORD"]
 
 
 @pytest.mark.parametrize("path", sorted(PATHS))
@@ -102,12 +111,32 @@ def test_the_trigger_role_creates_only_a_jobs_objects_in_its_namespace(
 def test_trigger_needs_a_token_secret_and_refuses_a_schedule(helm: str) -> None:
     result = run_helm(
         helm, "template", "t", str(CHART),
-        *Case("chat.yaml", (("trigger.enabled", True),)).helm_args(),
+        *Case("chat.yaml", (("job", None), ("trigger.enabled", True))).helm_args(),
     )  # fmt: skip
     assert result.returncode != 0
     assert "trigger.enabled needs trigger.tokenSecret.name" in result.stderr
+    # chat.yaml keeps its job: refused, not silently dropped.
+    result = run_helm(helm, "template", "t", str(CHART),
+                      *Case("chat.yaml", TRIGGER[1:]).helm_args())  # fmt: skip
+    assert result.returncode != 0
+    assert "trigger.enabled with a job: value" in result.stderr
+    # What every run would meet is refused at install, not on every POST.
+    result = run_helm(
+        helm, "template", "t", str(CHART), "--kube-version", "v1.33.0",
+        *Case("chat.yaml", (*TRIGGER, ("operator.enabled", False),
+                            ("volcano.enabled", True))).helm_args(),
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "volcano.enabled needs the Spark Operator" in result.stderr
+    result = run_helm(
+        helm, "template", "t", str(CHART), "--kube-version", "v1.20.2",
+        *Case("chat.yaml", TRIGGER).helm_args(),
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "native sidecars need Kubernetes 1.29 or later" in result.stderr
     result = run_helm(helm, "template", "t", str(CHART), "-f", "examples/values/scheduled.yaml",
-                      *Case("chat.yaml", TRIGGER).helm_args()[2:])  # fmt: skip
+                      "--set-json", "job=null", "--set", "trigger.enabled=true",
+                      "--set", "trigger.tokenSecret.name=t")  # fmt: skip
     assert result.returncode != 0
     assert "trigger.enabled with schedule.cron" in result.stderr
     result = run_helm(

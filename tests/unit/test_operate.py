@@ -52,6 +52,9 @@ def fake_helm(tmp_path, monkeypatch):
         "files = {a: open(a).read() for p, a in zip(args, args[1:]) if p == '-f'}\n"
         f"with open({str(calls)!r}, 'a') as fh:\n"
         "    fh.write(json.dumps({'args': args, 'files': files}) + '\\n')\n"
+        "import os\n"
+        "if os.environ.get('FAKE_HELM_FAILS'):\n"
+        "    sys.stderr.write(os.environ['FAKE_HELM_FAILS']); sys.exit(1)\n"
     )
     helm.chmod(helm.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("HELM", str(helm))
@@ -159,3 +162,33 @@ def test_the_summary_block_is_cut_from_the_driver_log():
         "  succeeded     20",
     ]
     assert summary_block("no summary here") == []
+
+
+def test_values_that_turn_a_release_into_a_trigger_or_notebook_are_refused(tmp_path, fake_helm):
+    spec = tmp_path / "chat.yaml"
+    spec.write_text(yaml.safe_dump(spec_doc()))
+    for mode in ("trigger", "notebook"):
+        values = tmp_path / f"{mode}.yaml"
+        values.write_text(yaml.safe_dump({mode: {"enabled": True}}))
+        with pytest.raises(SpecError, match=f"sets {mode}.enabled, which makes a release run no"):
+            chart_values(CHART, str(values))
+        assert main(["submit", str(spec), "-n", "jobs", "--values", str(values)]) == 2
+    assert recorded(fake_helm) == []
+
+
+def test_a_refusal_of_the_chart_itself_is_exit_2_with_its_message(
+    tmp_path, fake_helm, monkeypatch, capsys
+):
+    spec = tmp_path / "chat.yaml"
+    spec.write_text(yaml.safe_dump(spec_doc()))
+    monkeypatch.setenv(
+        "FAKE_HELM_FAILS",
+        "Error: INSTALLATION FAILED: execution error at (spark-vllm/templates/submit.yaml:2:4): "
+        "job.budget with restartPolicy.type OnFailure: set restartPolicy.type Never\n"
+        "Use --debug flag to render out invalid YAML\n",
+    )
+    assert main(["submit", str(spec), "-n", "jobs", "--no-follow"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "spark-vllm: the chart refused the job: job.budget with restartPolicy.type OnFailure: "
+        "set restartPolicy.type Never"
+    )

@@ -11,7 +11,8 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 
-from spark_vllm.trigger import RunError, create_app, parse_body
+from spark_vllm.errors import SpecError
+from spark_vllm.trigger import RunError, check_posted, create_app, parse_body
 
 pytestmark = pytest.mark.unit
 
@@ -113,7 +114,7 @@ def test_a_bad_spec_is_400_naming_the_key_path(
 
 def test_a_body_that_is_not_a_spec_is_400(client: TestClient, runs: Recorder) -> None:
     cases = [
-        (b"{not json", "application/json", "the body is not a JSON document"),
+        (b"{not json", "application/json", "(send YAML with Content-Type: application/yaml)"),
         (b"[1, 2]", "application/json", "the body is a list; expected a job spec"),
         (b"input: [unclosed", "application/yaml", "the body is not a YAML document"),
     ]
@@ -194,3 +195,49 @@ def test_parse_body_takes_a_charset_and_an_absent_type_as_json() -> None:
     assert parse_body(b'{"a": 1}', "application/json; charset=utf-8") == {"a": 1}
     assert parse_body(b'{"a": 1}', "") == {"a": 1}
     assert parse_body(b"a: 1\n", "text/yaml") == {"a": 1}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"endpoint": {"base_url": "https://collector.example.net/v1"}}, "endpoint: a job posted"),
+        (
+            {"endpoint": {"model": "m", "api_key_env": "AWS_SECRET_ACCESS_KEY"}},
+            "leave endpoint out of the spec",
+        ),
+        (
+            {"output": {"format": "jdbc", "url": "jdbc:postgresql://evil/db",
+                        "password_env": "AWS_SECRET_ACCESS_KEY"}},
+            "output.password_env: 'AWS_SECRET_ACCESS_KEY' names an environment variable",
+        ),
+        ({"extra": [{"deep": {"token_env": "X"}}]}, "extra[0].deep.token_env: 'X'"),
+    ],
+)  # fmt: skip
+def test_a_posted_spec_may_not_redirect_requests_or_name_the_pods_environment(
+    client: TestClient, runs: Recorder, change: dict[str, Any], message: str
+) -> None:
+    """A token holder must not be able to have a job send a Secret's value elsewhere."""
+    response = client.post("/jobs", json={**GOOD, **change}, headers=auth())
+    assert response.status_code == 400, response.text
+    assert message in response.json()["detail"]
+    assert runs.created == []
+
+
+def test_environment_variables_the_release_allows_may_be_named() -> None:
+    doc = {**GOOD, "output": {"format": "jdbc", "password_env": "LAKE_DB_PASSWORD"}}
+    check_posted(doc, frozenset({"LAKE_DB_PASSWORD"}))
+    with pytest.raises(SpecError, match=r"trigger.allowedEnv \(listed: none\)"):
+        check_posted(doc, frozenset())
+
+
+def test_the_token_is_read_for_each_request_so_a_rotated_secret_takes_effect(
+    runs: Recorder,
+) -> None:
+    current = {"token": TOKEN}
+    client = TestClient(create_app(runs, lambda: current["token"], max_body_bytes=4096))
+    assert client.get("/jobs", headers=auth()).status_code == 200
+    current["token"] = "rotated-token-abcdef"
+    assert client.get("/jobs", headers=auth()).status_code == 401
+    assert client.get("/jobs", headers=auth("rotated-token-abcdef")).status_code == 200
+    current["token"] = ""  # an unreadable or emptied Secret: no access at all
+    assert client.get("/jobs", headers=auth("")).status_code == 401
