@@ -46,6 +46,8 @@ EXECUTOR_CONTAINER = "spark-kubernetes-executor"
 SIDECAR_CONTAINER = "vllm"
 EXIT_TIMEOUT = 124  # as timeout(1)
 SUMMARY_HEAD = "spark-vllm summary"
+# The label the HTTP trigger (spark_vllm.trigger) puts on each object of a run it created.
+RUN_LABEL = "spark-vllm.io/run"
 # How helm reports a `fail` of the chart's own templates (its message in group 1).
 CHART_FAIL = r"execution error at \([^)]*\): (.*?)(\n\s*Use --debug.*)?$"
 APP_GROUP, APP_VERSION, APP_PLURAL = "sparkoperator.k8s.io", "v1beta2", "sparkapplications"
@@ -743,17 +745,28 @@ def cancel(kube: Kube, name: str, namespace: str, wait_s: float = 180) -> int:
 
 
 def list_jobs(kube: Kube, namespace: str) -> int:
-    """`spark-vllm list`: this chart's releases in the namespace, each with its state."""
+    """`spark-vllm list`: this chart's releases in the namespace, each with its state (a
+    trigger or notebook release as such), then the runs the triggers there created."""
     proc = _run([find_helm(), "list", "-n", namespace, "-o", "json"])
     if proc.returncode != 0:
         print(f"spark-vllm: helm list failed:\n{proc.stderr.strip()}", file=sys.stderr)
         return 1
     releases = [
-        r for r in json.loads(proc.stdout or "[]") if re.fullmatch(r"spark-vllm-\d.*", r["chart"])
+        r["name"]
+        for r in json.loads(proc.stdout or "[]")
+        if re.fullmatch(r"spark-vllm-\d.*", r["chart"])
     ]
+    runs = sorted(
+        {
+            (cm.metadata.labels or {}).get(RUN_LABEL, "")
+            for cm in kube.core.list_namespaced_config_map(
+                namespace, label_selector=RUN_LABEL
+            ).items
+        }
+        - {""}
+    )
     print(f"{'NAME':<40} {'JOB':<9} {'DRIVER':<10} EXECUTORS")
-    for release in sorted(releases, key=lambda r: r["name"]):
-        name = release["name"]
+    for name in sorted(releases) + runs:
         pods = kube.pods(name, namespace)
         driver = next((p.status.phase for p in pods if role(p) == "driver"), "-")
         running = sum(
@@ -765,6 +778,12 @@ def list_jobs(kube: Kube, namespace: str) -> int:
         )
         job = kube.submitter_job(name, namespace)
         app = kube.application(name, namespace) if job is None else None
-        what = app_state(app) if app is not None else job_state(job)
+        modes = {role(p) for p in pods} & {"trigger", "notebook"}
+        if app is not None:
+            what = app_state(app)
+        elif job is None and modes:  # a release that runs no job of its own
+            what = modes.pop()
+        else:
+            what = job_state(job)
         print(f"{name:<40} {what:<9} {driver:<10} {running}")
     return 0

@@ -52,7 +52,7 @@ RUN_KINDS = (
     ("sparkoperator.k8s.io/v1beta2", "SparkApplication"),
 )
 TRIGGER_LABEL = "spark-vllm.io/trigger"
-RUN_LABEL = "spark-vllm.io/run"
+RUN_LABEL = operate.RUN_LABEL
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
 # A run's name: the release's (cut to 31 characters) and 8 hex digits, at most 40 in all.
 _RUN_ID = re.compile(r"[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?-[0-9a-f]{8}")

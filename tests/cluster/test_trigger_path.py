@@ -10,6 +10,7 @@ reports and DELETE removes."""
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ import yaml
 
 from .jobs import Job, chat_job, make_job, questions, until
 from .kube import Cluster
+from .test_cli_path import cli
 
 pytestmark = pytest.mark.cluster
 
@@ -144,6 +146,12 @@ def test_trigger_refuses_bad_requests_and_runs_a_good_spec_to_its_summary(
             assert sorted(r["id"] for r in out) == sorted(q["id"] for q in questions(rows))
             assert all(r["error"] is None for r in out)
 
+            # `spark-vllm list` shows the trigger release as such, and its run as a job.
+            listed = cli(cluster, "list", "-n", namespace)
+            assert re.search(rf"^{name}\s+trigger\s+-\s+0$", listed.stdout, re.M), listed.stdout
+            assert re.search(rf"^{run}\s+Complete\s+Succeeded\s+0$", listed.stdout, re.M), (
+                listed.stdout
+            )
             response = http.delete(f"/jobs/{run}", headers=auth)
             assert response.status_code == 202
             assert run_objects(cluster, namespace, run, "configmaps,jobs,networkpolicies") == []
