@@ -29,6 +29,7 @@ import subprocess
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -159,8 +160,9 @@ class Runs:
             kube_version=str(version).split("+")[0],
         )
 
-    @property
+    @cached_property
     def values(self) -> dict[str, Any]:
+        """The release's values (read once: the chart restarts the pod when they change)."""
         loaded = yaml.safe_load(self.values_file.read_text()) or {}
         return loaded if isinstance(loaded, dict) else {}
 

@@ -48,6 +48,19 @@ def cli(cluster: Cluster, *args: str, timeout: float = 120) -> subprocess.Comple
     )
 
 
+def start_follower(cluster: Cluster, args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    """`spark-vllm ARGS` in the background, its output into `log`: a pipe nobody reads would
+    fill with the driver's log and stall it."""
+    with log.open("w") as sink:
+        return subprocess.Popen(
+            [sys.executable, "-m", "spark_vllm.cli", *args],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env=cli_env(cluster),
+            cwd=ROOT,
+        )
+
+
 def prepare(
     cluster: Cluster,
     namespace: str,
@@ -140,16 +153,8 @@ def test_cancel_stops_a_running_job_and_a_second_submit_resumes_it(
         cluster, namespace, "cli-resume", tmp_path, image, model_root, RESUME_ROWS, spec
     )
     submit = ["submit", str(spec_file), "-n", namespace, "--values", str(job.values_file)]
-    # Into a file: a pipe nobody reads would fill with the driver's log and stall it.
     followed = tmp_path / "follower.log"
-    with followed.open("w") as sink:
-        follower = subprocess.Popen(
-            [sys.executable, "-m", "spark_vllm.cli", *submit, "--timeout", "1200"],
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            env=cli_env(cluster),
-            cwd=ROOT,
-        )
+    follower = start_follower(cluster, [*submit, "--timeout", "1200"], followed)
     try:
         until("the first committed task", lambda: job.committed_tasks() >= 1, 900)
 
@@ -220,14 +225,7 @@ def test_on_the_operator_path_submit_follows_the_spark_application_and_cancel_re
     job.values_file.write_text(yaml.safe_dump(values))
     followed = tmp_path / "follower.log"
     command = ["submit", str(spec), "-n", namespace, "--values", str(job.values_file)]
-    with followed.open("w") as sink:
-        follower = subprocess.Popen(
-            [sys.executable, "-m", "spark_vllm.cli", *command, "--timeout", "300"],
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            env=cli_env(cluster),
-            cwd=ROOT,
-        )
+    follower = start_follower(cluster, [*command, "--timeout", "300"], followed)
     try:
         app = until(
             "the SparkApplication",
