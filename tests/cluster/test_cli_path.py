@@ -146,7 +146,7 @@ def test_cancel_stops_a_running_job_and_a_second_submit_resumes_it(
     spec = chat_job(
         # Many small tasks, one request at a time: slow enough to cancel between tasks.
         partitions=16,
-        sampling={"max_tokens": 32, "temperature": 0.0, "ignore_eos": True},
+        sampling={"max_tokens": 64, "temperature": 0.0, "ignore_eos": True},
         concurrency={"mode": "fixed", "per_executor": 1},
     )
     job, spec_file = prepare(
@@ -156,20 +156,32 @@ def test_cancel_stops_a_running_job_and_a_second_submit_resumes_it(
     followed = tmp_path / "follower.log"
     follower = start_follower(cluster, [*submit, "--timeout", "1200"], followed)
     try:
-        until("the first committed task", lambda: job.committed_tasks() >= 1, 900)
+        # What `logs` and `list` show is checked while the job starts, so that the cancel
+        # follows the first committed task at once: a CI run once saw all 16 tasks commit
+        # during these checks, and nothing was left to resume.
+        def shown(*args: str, pattern: str) -> bool:
+            run = cli(cluster, *args)
+            return run.returncode == 0 and re.search(pattern, run.stdout, re.M) is not None
 
-        sidecar = cli(cluster, "logs", "cli-resume", "-n", namespace, "--sidecar")
-        assert sidecar.returncode == 0, sidecar.stderr
-        assert re.search(r"startup complete|Uvicorn running", sidecar.stdout), sidecar.stdout[
-            -2000:
-        ]
-        executor = cli(cluster, "logs", "cli-resume", "-n", namespace, "--executor", "0")
-        assert executor.returncode == 0, executor.stderr
-        assert "ExecutorBackend" in executor.stdout, executor.stdout[-2000:]
-        listed = cli(cluster, "list", "-n", namespace)
-        assert re.search(r"^cli-resume\s+Running\s+Running\s+1$", listed.stdout, re.M), (
-            listed.stdout
+        sidecar = ("logs", "cli-resume", "-n", namespace, "--sidecar")
+        until(
+            "vLLM's start in the sidecar's log",
+            lambda: shown(*sidecar, pattern=r"startup complete|Uvicorn running"),
+            900,
         )
+        executor = ("logs", "cli-resume", "-n", namespace, "--executor", "0")
+        until(
+            "the executor's backend in its log",
+            lambda: shown(*executor, pattern="ExecutorBackend"),
+            300,
+        )
+        listing = ("list", "-n", namespace)
+        until(
+            "the job listed as running",
+            lambda: shown(*listing, pattern=r"^cli-resume\s+Running\s+Running\s+1$"),
+            300,
+        )
+        until("the first committed task", lambda: job.committed_tasks() >= 1, 900, every=0.2)
 
         cancelled = cli(cluster, "cancel", "cli-resume", "-n", namespace, timeout=300)
         assert cancelled.returncode == 0, cancelled.stderr
