@@ -30,7 +30,7 @@ from spark_vllm.errors import (
     SpecError,
     task_error,
 )
-from spark_vllm.spec import JobSpec, load_spec
+from spark_vllm.spec import JobSpec, conf_key_allowed, load_spec
 
 if TYPE_CHECKING:
     from spark_vllm.inputs import Columns
@@ -249,6 +249,29 @@ def _add_operate_commands(sub: Any) -> None:
         help="an environment variable of the job's pods that a posted spec may name in a "
         "*_env key (repeatable; none by default)",
     )
+    trigger.add_argument(
+        "--allow-spark-conf",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="a spark.conf key a posted spec may set, or a prefix ending in '.' (repeatable; "
+        "none by default)",
+    )
+    trigger.add_argument(
+        "--allow-path",
+        action="append",
+        default=[],
+        metavar="PREFIX",
+        help="a path prefix a posted spec may read or write under, a JDBC URL, or "
+        "table:NAME / table:DB. (repeatable; none by default: every path is refused)",
+    )
+    trigger.add_argument(
+        "--max-running",
+        type=int,
+        default=0,
+        metavar="N",
+        help="at most N runs pending or running at once, 429 beyond (0: no cap)",
+    )
 
 
 def operate(args: argparse.Namespace) -> int:
@@ -366,6 +389,41 @@ def show_summaries(spec: JobSpec, args: argparse.Namespace) -> int:
                   file=sys.stderr)  # fmt: skip
             return 1
     return 0
+
+
+# Set by the chart on the driver (value jobSparkConfAllowed, comma-separated): the driver
+# runs under an account that may create pods, so there a spec's spark.conf may not touch
+# what places pods, mounts Secrets, loads code or reaches other hosts, unless the release
+# allows the key. Unset (`make run`, `spark-vllm local`): every key is the user's own.
+CHART_CONF_ENV = "SPARK_VLLM_JOB_SPARK_CONF_ALLOWED"
+CHART_GUARDED_CONF = (
+    "spark.kubernetes.",
+    "spark.driver.",
+    "spark.executor.",
+    "spark.jars",
+    "spark.plugins",
+    "spark.hadoop.",
+    "spark.master",
+)
+
+
+def check_chart_conf(spec: JobSpec) -> None:
+    """When the chart started this driver: refuse the spec's spark.master and the spark.conf
+    keys of CHART_GUARDED_CONF that the release's jobSparkConfAllowed does not list.
+    Raises SpecError naming the key and what is allowed."""
+    listed = os.environ.get(CHART_CONF_ENV)
+    if listed is None:
+        return
+    allowed = [entry.strip() for entry in listed.split(",") if entry.strip()]
+    keys = [*spec.spark.conf, *(["spark.master"] if spec.spark.master else [])]
+    for key in keys:
+        if key.startswith(CHART_GUARDED_CONF) and not conf_key_allowed(key, allowed):
+            where = "spark.master" if key == "spark.master" else f"spark.conf.{key}"
+            raise SpecError(
+                f"{where}: the chart's driver takes no {', '.join(CHART_GUARDED_CONF)}* "
+                f"setting from the job spec unless the release lists it in "
+                f"jobSparkConfAllowed (listed: {', '.join(allowed) or 'none'})"
+            )
 
 
 def _under_spark_submit() -> bool:
@@ -648,6 +706,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return operate(args)
     try:
         spec = load_spec(args.spec, args.overrides)
+        check_chart_conf(spec)
     except SpecError as exc:
         print(f"spark-vllm: {exc}", file=sys.stderr)
         return 2

@@ -653,6 +653,12 @@ class BudgetSpec(_Strict):
         return self
 
 
+def conf_key_allowed(key: str, allowed: list[str] | tuple[str, ...] | frozenset[str]) -> bool:
+    """Whether a Spark conf key is one of `allowed`: an exact key (`spark.sql.shuffle.partitions`)
+    or a prefix ending in a dot (`spark.sql.` allows every key under it)."""
+    return any(key == entry or (entry.endswith(".") and key.startswith(entry)) for entry in allowed)
+
+
 class SparkSpec(_Strict):
     master: str | None = Field(
         default=None, description="unset: spark-submit's master, else local[*]"

@@ -11,7 +11,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from spark_vllm.trigger import RUN_KINDS, RunError, Runs
+from spark_vllm.trigger import RUN_KINDS, RunError, Runs, check_rendered
 
 from .render import CHART, NAMESPACE, Case, Rendered, render, run_helm
 
@@ -82,7 +82,86 @@ def test_the_trigger_pod_is_locked_down_and_takes_its_token_from_the_secret(helm
     assert "--allow-env" not in args
     allowed = trigger_release(helm, "submit", ("trigger.allowedEnv", ["LAKE_DB_PASSWORD"]))
     (container,) = allowed.one("Deployment")["spec"]["template"]["spec"]["containers"]
-    assert container["args"][-2:] == ["--allow-env", "LAKE_DB_PASSWORD"]
+    assert container["args"][-4:-2] == ["--allow-env", "LAKE_DB_PASSWORD"]
+
+
+def test_the_trigger_takes_its_reach_from_the_values(helm: str) -> None:
+    """What a posted spec may set, where it may read and write, and how many runs at once:
+    none, nowhere and 4 by default."""
+    (container,) = trigger_release(helm, "submit").one("Deployment")["spec"]["template"]["spec"][
+        "containers"
+    ]
+    args = container["args"]
+    assert "--allow-path" not in args and "--allow-spark-conf" not in args
+    assert args[-2:] == ["--max-running", "4"]
+    release = trigger_release(
+        helm, "submit",
+        ("trigger.allowedPaths", ["/data/", "s3a://lake/jobs/"]),
+        ("trigger.allowedSparkConf", ["spark.sql."]),
+        ("trigger.maxRunning", 0),
+    )  # fmt: skip
+    (container,) = release.one("Deployment")["spec"]["template"]["spec"]["containers"]
+    assert container["args"][-8:] == [
+        "--allow-spark-conf", "spark.sql.",
+        "--allow-path", "/data/",
+        "--allow-path", "s3a://lake/jobs/",
+        "--max-running", "0",
+    ]  # fmt: skip
+    result = run_helm(
+        helm, "template", "t", str(CHART),
+        *Case("chat.yaml", (*TRIGGER, ("trigger.allowedSparkConf", ["fs.s3a.key"]))).helm_args(),
+    )  # fmt: skip
+    assert result.returncode != 0 and "allowedSparkConf" in result.stderr
+
+
+@pytest.mark.parametrize("path", sorted(PATHS))
+def test_a_runs_driver_is_told_which_guarded_spark_conf_its_spec_may_set(
+    helm: str, path: str, tmp_path: Path
+) -> None:
+    for allowed, value in (((), ""), (("spark.executor.memory", "spark.sql."),
+                                      "spark.executor.memory,spark.sql.")):  # fmt: skip
+        release = trigger_release(helm, path, ("jobSparkConfAllowed", list(allowed)))
+        objects = runs_of(helm, release, tmp_path).render("jobs-0a1b2c3d", SPEC)
+        if path == "operator":
+            (app,) = [o for o in objects if o["kind"] == "SparkApplication"]
+            env = app["spec"]["driver"]["env"]
+        else:  # the driver's pod template, in the spark-submit ConfigMap
+            (template,) = [
+                yaml.safe_load(o["data"]["driver-template.yaml"])
+                for o in objects
+                if "driver-template.yaml" in o.get("data", {})
+            ]
+            env = template["spec"]["containers"][0]["env"]
+        assert {"name": "SPARK_VLLM_JOB_SPARK_CONF_ALLOWED", "value": value} in env
+
+
+# Strings YAML takes for line breaks (U+2028, U+2029), each followed by what would be a key
+# of the ConfigMap, or of the spec, were the break taken as one.
+BREAKOUTS = [
+    "x\u2028y",
+    "a\u2028  evil.yaml: boom\u2029task: embedding",
+    "a\u2029\u2028spark:\u2028  master: local[1]",
+]
+
+
+@pytest.mark.parametrize("path", sorted(PATHS))
+@pytest.mark.parametrize("text", BREAKOUTS)
+def test_a_line_separator_in_a_posted_string_stays_inside_the_job_configmap(
+    helm: str, path: str, text: str, tmp_path: Path
+) -> None:
+    """Today's configmap.yaml renders the spec with toYaml inside a block scalar: go-yaml
+    writes U+2028 raw in a quoted string, YAML readers take it for a line break, and the
+    block ends there (helm fails, or the rest becomes keys of the ConfigMap)."""
+    value = text
+    spec = {**SPEC, "prompt": {"template": value}, "sampling_column": value}
+    runs = runs_of(helm, trigger_release(helm, path), tmp_path)
+    objects = runs.render("jobs-0a1b2c3d", spec)
+    check_rendered(spec, objects)  # the trigger's own read-back check
+    (config,) = [o for o in objects if "job.yaml" in o.get("data", {})]
+    assert set(config["data"]) == {"job.yaml"}
+    mounted = yaml.safe_load(config["data"]["job.yaml"])
+    assert mounted["prompt"]["template"] == value and mounted["sampling_column"] == value
+    assert "spark" not in mounted and mounted["task"] == "chat"
 
 
 @pytest.mark.parametrize("path", sorted(PATHS))

@@ -12,7 +12,7 @@ import yaml
 from fastapi.testclient import TestClient
 
 from spark_vllm.errors import SpecError
-from spark_vllm.trigger import RunError, check_posted, create_app, parse_body
+from spark_vllm.trigger import Policy, RunError, check_posted, create_app, parse_body
 
 pytestmark = pytest.mark.unit
 
@@ -52,6 +52,13 @@ class Recorder:
     def delete(self, run: str) -> None:
         self.deleted.append(run)
 
+    def running(self) -> int:
+        return len(self.created) - len(self.deleted)
+
+
+LAKE = "jdbc:postgresql://lake-db:5432/lake"
+POLICY = Policy(allowed_paths=("/data/", LAKE))
+
 
 @pytest.fixture
 def runs() -> Recorder:
@@ -60,7 +67,7 @@ def runs() -> Recorder:
 
 @pytest.fixture
 def client(runs: Recorder) -> TestClient:
-    return TestClient(create_app(runs, TOKEN, max_body_bytes=4096))
+    return TestClient(create_app(runs, TOKEN, max_body_bytes=4096, policy=POLICY))
 
 
 def auth(token: str = TOKEN) -> dict[str, str]:
@@ -180,7 +187,7 @@ def test_a_good_spec_is_accepted_as_json_or_yaml_and_reported(
 def test_the_charts_own_refusals_are_400_and_other_failures_500() -> None:
     for status in (400, 500):
         runs = Recorder(fail=RunError(status, f"refused with {status}"))
-        client = TestClient(create_app(runs, TOKEN, max_body_bytes=4096))
+        client = TestClient(create_app(runs, TOKEN, max_body_bytes=4096, policy=POLICY))
         response = client.post("/jobs", json=GOOD, headers=auth())
         assert response.status_code == status
         assert response.json()["detail"] == f"refused with {status}"
@@ -197,6 +204,9 @@ def test_parse_body_takes_a_charset_and_an_absent_type_as_json() -> None:
     assert parse_body(b"a: 1\n", "text/yaml") == {"a": 1}
 
 
+JDBC_OUT = {"format": "jdbc", "jdbc": {"url": LAKE, "table": "answers"}}
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -206,11 +216,11 @@ def test_parse_body_takes_a_charset_and_an_absent_type_as_json() -> None:
             "leave endpoint out of the spec",
         ),
         (
-            {"output": {"format": "jdbc", "url": "jdbc:postgresql://evil/db",
-                        "password_env": "AWS_SECRET_ACCESS_KEY"}},
-            "output.password_env: 'AWS_SECRET_ACCESS_KEY' names an environment variable",
+            {"output": {**JDBC_OUT, "jdbc": {**JDBC_OUT["jdbc"],
+                                             "password_env": "AWS_SECRET_ACCESS_KEY"}}},
+            "output.jdbc.password_env: 'AWS_SECRET_ACCESS_KEY' names an environment variable",
         ),
-        ({"extra": [{"deep": {"token_env": "X"}}]}, "extra[0].deep.token_env: 'X'"),
+        ({"metrics": {"token_env": "X"}}, "metrics.token_env: 'X'"),
     ],
 )  # fmt: skip
 def test_a_posted_spec_may_not_redirect_requests_or_name_the_pods_environment(
@@ -218,16 +228,18 @@ def test_a_posted_spec_may_not_redirect_requests_or_name_the_pods_environment(
 ) -> None:
     """A token holder must not be able to have a job send a Secret's value elsewhere."""
     response = client.post("/jobs", json={**GOOD, **change}, headers=auth())
-    assert response.status_code == 400, response.text
+    assert response.status_code == 403, response.text
     assert message in response.json()["detail"]
     assert runs.created == []
 
 
 def test_environment_variables_the_release_allows_may_be_named() -> None:
-    doc = {**GOOD, "output": {"format": "jdbc", "password_env": "LAKE_DB_PASSWORD"}}
-    check_posted(doc, frozenset({"LAKE_DB_PASSWORD"}))
+    jdbc = {"url": LAKE, "table": "t", "password_env": "LAKE_DB_PASSWORD"}
+    doc = {**GOOD, "output": {"format": "jdbc", "jdbc": jdbc}}
+    allowed = frozenset({"LAKE_DB_PASSWORD"})
+    check_posted(doc, Policy(allowed_env=allowed, allowed_paths=POLICY.allowed_paths))
     with pytest.raises(SpecError, match=r"trigger.allowedEnv \(listed: none\)"):
-        check_posted(doc, frozenset())
+        check_posted(doc, POLICY)
 
 
 def test_the_token_is_read_for_each_request_so_a_rotated_secret_takes_effect(

@@ -4,6 +4,15 @@ the SparkApplication and the ScheduledSparkApplication's template. The operator-
 (_submit.tpl) mounts the same job spec and gives executor pods the same volumes.
 */}}
 
+{{- /*
+The driver's guard on the job spec's spark.conf (cli.check_chart_conf): its presence says the
+chart started the driver; its value, the guarded keys the release allows.
+*/}}
+{{- define "spark-vllm.driverConfEnv" -}}
+- name: SPARK_VLLM_JOB_SPARK_CONF_ALLOWED
+  value: {{ join "," .Values.jobSparkConfAllowed | quote }}
+{{- end }}
+
 {{/* The job spec with the sidecar's endpoint filled in where the user left it out, and with
 metrics.enabled the driver's metrics (the token's variable, the port the PodMonitor and the
 NetworkPolicy name). */}}
@@ -206,14 +215,13 @@ driver:
 {{- if and .Values.volcano.enabled .Values.volcano.priorityClassName }}
   priorityClassName: {{ .Values.volcano.priorityClassName }}
 {{- end }}
-{{- if or .Values.driver.env .Values.metrics.enabled }}
   env:
+    {{- include "spark-vllm.driverConfEnv" . | nindent 4 }}
 {{- with .Values.driver.env }}
     {{- toYaml . | nindent 4 }}
 {{- end }}
 {{- if .Values.metrics.enabled }}
     {{- include "spark-vllm.driverMetricsEnv" . | nindent 4 }}
-{{- end }}
 {{- end }}
 {{- if .Values.metrics.enabled }}
   # The operator's webhook puts these on the Spark container.

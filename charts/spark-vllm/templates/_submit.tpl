@@ -130,14 +130,13 @@ spec:
     - name: spark-kubernetes-driver
       securityContext:
         {{- toYaml .Values.containerSecurityContext | nindent 8 }}
-{{- if or .Values.driver.env .Values.metrics.enabled }}
       env:
+        {{- include "spark-vllm.driverConfEnv" . | nindent 8 }}
 {{- with .Values.driver.env }}
         {{- toYaml . | nindent 8 }}
 {{- end }}
 {{- if .Values.metrics.enabled }}
         {{- include "spark-vllm.driverMetricsEnv" . | nindent 8 }}
-{{- end }}
 {{- end }}
 {{- if .Values.metrics.enabled }}
       # Spark adds its own ports (RPC, block manager, UI) to these.
