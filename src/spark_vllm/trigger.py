@@ -12,7 +12,10 @@
   and its ConfigMaps deleted); what it committed stays in its output.
 
 Every request needs `Authorization: Bearer <token>`, the token read from a mounted Secret
-and compared in constant time (401 otherwise); bodies above `--max-body-bytes` get 413.
+and compared in constant time: 401 otherwise, before anything else is answered; then bodies
+above `--max-body-bytes` get 413. A posted spec is a job, not a cluster configuration: what
+the release does not allow (`Policy`: Spark settings, paths, JDBC drivers, `*_env` names,
+the endpoint) is 403, and beyond `--max-running` runs at once a POST gets 429.
 The chart stays the one source of the Kubernetes objects: the trigger creates what
 `helm template` rendered, of the kinds in `RUN_KINDS` only, and labels each with the run.
 """

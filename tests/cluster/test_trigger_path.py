@@ -45,7 +45,8 @@ def install_trigger(
     )  # fmt: skip
     job = make_job(
         cluster, namespace, name, tmp, image, model_root, rows, chat_job(),
-        extra={"trigger": {"enabled": True, "tokenSecret": {"name": f"{name}-token"}}},
+        extra={"trigger": {"enabled": True, "tokenSecret": {"name": f"{name}-token"},
+                           "allowedPaths": ["/data/"]}},
     )  # fmt: skip
     values = yaml.safe_load(job.values_file.read_text())
     del values["job"]
