@@ -359,3 +359,10 @@ def test_the_charts_driver_takes_other_spark_conf_and_exits_2_on_a_guarded_key(
     spec.write_text(yaml.safe_dump({**MOUNTED, "spark": {"conf": {"spark.jars": "/x.jar"}}}))
     assert cli.main(["validate", str(spec)]) == 2
     assert "spark.conf.spark.jars: the chart's driver takes no" in capsys.readouterr().err
+
+
+def test_with_the_token_an_unknown_path_is_404_and_a_large_body_413(runs: Recorder) -> None:
+    client = client_for(runs)
+    assert client.get("/no-such-path", headers=auth()).status_code == 404
+    headers = {**auth(), "Content-Length": "99999999"}
+    assert client.post("/jobs", headers=headers).status_code == 413
