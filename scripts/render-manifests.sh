@@ -45,7 +45,10 @@ render() {
     } >"$out/$file"
 }
 
-render rbac.yaml spark-vllm examples/values/chat.yaml serviceaccount.yaml rbac.yaml
+# The namespace's shared RBAC serves every example release, the operator-less one too: its
+# Role lets spark-submit apply the driver's Service and ConfigMap (operator.enabled=false).
+render rbac.yaml spark-vllm examples/values/chat.yaml --set operator.enabled=false \
+    serviceaccount.yaml rbac.yaml
 render chat-job.yaml chat-demo examples/values/chat.yaml \
     configmap.yaml sparkapplication.yaml networkpolicy.yaml
 # The same chat job without the Spark Operator: a Job running spark-submit in cluster mode.
