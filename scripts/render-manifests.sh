@@ -61,7 +61,8 @@ render scheduled-job.yaml nightly-summaries examples/values/scheduled.yaml \
 render volcano-queue.yaml nightly-summaries examples/values/scheduled.yaml queue.yaml
 # The HTTP trigger: a release that runs the jobs posted to it with the chat example's values.
 render trigger.yaml jobs examples/values/chat.yaml --set job=null \
-    --set trigger.enabled=true --set trigger.tokenSecret.name=spark-vllm-trigger trigger.yaml
+    --set trigger.enabled=true --set trigger.tokenSecret.name=spark-vllm-trigger \
+    trigger.yaml networkpolicy.yaml
 # Notebook mode: JupyterLab whose kernels run Spark in client mode (no batch job).
 render notebook.yaml nb examples/values/notebook.yaml notebook.yaml networkpolicy.yaml
 
