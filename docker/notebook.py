@@ -32,13 +32,38 @@ def spark_defaults() -> str:
     return properties.rstrip("\n") + "\n" + "".join(f"{k}={v}\n" for k, v in extra.items())
 
 
-def main(args: list[str]) -> int:
-    # An empty token would make JupyterLab serve anyone who reaches the port.
-    if not os.environ.get("JUPYTER_TOKEN", "").strip():
-        print(
-            "spark-vllm notebook: JUPYTER_TOKEN is empty; the token Secret's key must hold one",
-            file=sys.stderr,
+def token_problem() -> str | None:
+    """Why JupyterLab would not be protected by the token the chart gives it, if it would not.
+
+    The chart mounts the token Secret's key as a file named by JUPYTER_TOKEN_FILE (kept out of
+    the environment the kernels inherit); `docker run -e JUPYTER_TOKEN=...` works too. JupyterLab
+    takes JUPYTER_TOKEN first, else the file's whole text: an empty one serves anyone who
+    reaches the port, a trailing newline is a token nobody can type.
+    """
+    if os.environ.get("JUPYTER_TOKEN", "").strip():
+        return None
+    path = os.environ.get("JUPYTER_TOKEN_FILE", "")
+    if not path:
+        return "JUPYTER_TOKEN is empty and JUPYTER_TOKEN_FILE is not set (the chart sets it)"
+    try:
+        token = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return f"cannot read the token file {path} (JUPYTER_TOKEN_FILE): {exc.__class__.__name__}"
+    if not token.strip():
+        return f"the token file {path} is empty; the token Secret's key must hold one"
+    if token != token.strip():
+        return (
+            f"the token file {path} starts or ends with white space (a newline?), which "
+            "JupyterLab would count as part of the token; create the Secret with "
+            "--from-literal=token=... (no newline)"
         )
+    return None
+
+
+def main(args: list[str]) -> int:
+    problem = token_problem()
+    if problem is not None:
+        print(f"spark-vllm notebook: {problem}", file=sys.stderr)
         return 64
     conf_dir = Path(os.environ["SPARK_CONF_DIR"])  # the chart's: under the pod's /tmp
     conf_dir.mkdir(parents=True, exist_ok=True)

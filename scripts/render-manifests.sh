@@ -45,7 +45,10 @@ render() {
     } >"$out/$file"
 }
 
-render rbac.yaml spark-vllm examples/values/chat.yaml serviceaccount.yaml rbac.yaml
+# The namespace's shared RBAC serves every example release, the operator-less one too: its
+# Role lets spark-submit apply the driver's Service and ConfigMap (operator.enabled=false).
+render rbac.yaml spark-vllm examples/values/chat.yaml --set operator.enabled=false \
+    serviceaccount.yaml rbac.yaml
 render chat-job.yaml chat-demo examples/values/chat.yaml \
     configmap.yaml sparkapplication.yaml networkpolicy.yaml
 # The same chat job without the Spark Operator: a Job running spark-submit in cluster mode.
@@ -58,7 +61,8 @@ render scheduled-job.yaml nightly-summaries examples/values/scheduled.yaml \
 render volcano-queue.yaml nightly-summaries examples/values/scheduled.yaml queue.yaml
 # The HTTP trigger: a release that runs the jobs posted to it with the chat example's values.
 render trigger.yaml jobs examples/values/chat.yaml --set job=null \
-    --set trigger.enabled=true --set trigger.tokenSecret.name=spark-vllm-trigger trigger.yaml
+    --set trigger.enabled=true --set trigger.tokenSecret.name=spark-vllm-trigger \
+    trigger.yaml networkpolicy.yaml
 # Notebook mode: JupyterLab whose kernels run Spark in client mode (no batch job).
 render notebook.yaml nb examples/values/notebook.yaml notebook.yaml networkpolicy.yaml
 

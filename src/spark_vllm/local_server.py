@@ -25,6 +25,12 @@ CPU_ENV_DEFAULTS = {
     "HF_HUB_OFFLINE": "1",
     "VLLM_CPU_KVCACHE_SPACE": "1",
 }
+# As the chart's sidecar: vLLM fetches a row's http(s) image URL only from the hosts given
+# with --allowed-media-domains (none given: from a host that cannot exist, under the
+# reserved .invalid domain), and follows no redirect to another host.
+MEDIA_FLAG = "--allowed-media-domains"
+NO_REMOTE_MEDIA = "no-remote-media.invalid"
+MEDIA_ENV_DEFAULTS = {"VLLM_MEDIA_URL_ALLOW_REDIRECTS": "0"}
 
 
 def free_port() -> int:
@@ -107,8 +113,15 @@ class LocalServer:
             "127.0.0.1",
             "--port",
             str(self.port),
+            *self.media_args(),
             *self.vllm_args,
         ]
+
+    def media_args(self) -> list[str]:
+        """--allowed-media-domains with no host, unless the vLLM arguments give their own."""
+        if any(arg.split("=", 1)[0] == MEDIA_FLAG for arg in self.vllm_args):
+            return []
+        return [MEDIA_FLAG, NO_REMOTE_MEDIA]
 
     def _exited(self) -> str | None:
         if self.proc is None or self.proc.poll() is None:
@@ -120,7 +133,7 @@ class LocalServer:
 
     def launch(self) -> int:
         """Start the server process (its own session) without waiting; return its pid."""
-        env = {**CPU_ENV_DEFAULTS, **os.environ, **self.env}
+        env = {**CPU_ENV_DEFAULTS, **MEDIA_ENV_DEFAULTS, **os.environ, **self.env}
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(  # noqa: S603 (our own argv, no shell)

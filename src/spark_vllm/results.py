@@ -4,6 +4,12 @@ Layout of `output.path`:
 
     output.path/run=20261122T070501123456Z/part-00000-….parquet   (one folder per run)
     output.path/_spark_vllm/runs/20261122T070501123456Z.json       (its fingerprint)
+    output.path/_SPARK_VLLM_OUTPUT                                  (the marker, see below)
+
+Every run that records itself leaves the marker file `_SPARK_VLLM_OUTPUT` at the top of
+`output.path`; output.mode overwrite deletes only a path that is absent, empty or holds
+that marker, so a typo (or a posted spec) cannot wipe a bucket's root or a folder of
+other data.
 
 A run's rows are committed task by task through Spark's commit protocol (Hadoop's file
 output committer, algorithm 2): a task's files appear whole when it commits, only one
@@ -62,9 +68,48 @@ def matches(spark: SparkSession, path: str) -> bool | None:
     return found is not None and len(found) > 0
 
 
+# The file every run leaves at the top of its output: what overwrite looks for.
+MARKER = "_SPARK_VLLM_OUTPUT"
+MARKER_TEXT = (
+    "This folder is the output of a spark-vllm job. output.mode overwrite deletes a\n"
+    "non-empty output.path only when this file is at its top.\n"
+)
+
+
+class NotOurOutput(ValueError):
+    """output.mode overwrite was asked to delete a path that no spark-vllm job wrote."""
+
+
+def check_overwritable(spark: SparkSession, path: str) -> None:
+    """Raise NotOurOutput unless `path` is absent, an empty folder, or holds the marker."""
+    fs, jpath = _fs(spark, path)
+    if not fs.exists(jpath):
+        return
+    if fs.isDirectory(jpath):
+        names = {str(status.getPath().getName()) for status in fs.listStatus(jpath)}
+        if not names or MARKER in names:
+            return
+    raise NotOurOutput(
+        f"output.path {path!r} is not empty and has no {MARKER} file at its top, so no "
+        "spark-vllm job wrote it; output.mode overwrite deletes only a spark-vllm output. "
+        "Choose an empty or new path, or delete this one yourself (an output of a "
+        f"spark-vllm older than the marker: add an empty {MARKER} file there)"
+    )
+
+
 def delete(spark: SparkSession, path: str) -> None:
+    """Delete the output at `path`, runs and records: only one a job wrote (see
+    check_overwritable, asked again here right before deleting)."""
+    check_overwritable(spark, path)
     fs, jpath = _fs(spark, path)
     fs.delete(jpath, True)
+
+
+def write_marker(spark: SparkSession, path: str) -> None:
+    """Leave the marker at the top of `path` (once: an existing one is kept)."""
+    fs, jpath = _fs(spark, f"{path.rstrip('/')}/{MARKER}")
+    if not fs.exists(jpath):
+        write_text(spark, f"{path.rstrip('/')}/{MARKER}", MARKER_TEXT)
 
 
 def entries(spark: SparkSession, path: str) -> list[str]:
@@ -112,7 +157,9 @@ def read_texts(spark: SparkSession, folder: str, suffix: str) -> dict[str, str]:
 
 
 def write_record(spark: SparkSession, path: str, record: RunRecord) -> None:
-    """Record a run's fingerprint under `path` (before the run writes any row)."""
+    """Record a run's fingerprint under `path` (before the run writes any row), and leave
+    the marker that makes `path` a spark-vllm output."""
+    write_marker(spark, path)
     write_text(spark, f"{path.rstrip('/')}/{RECORDS}/{record.run}.json", record.to_json())
 
 

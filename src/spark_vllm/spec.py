@@ -136,7 +136,8 @@ class JdbcOutput(JdbcConnection):
     write_mode: Literal["upsert", "append", "overwrite"] = Field(
         default="upsert",
         description="upsert: merge by id (a rerun replaces a row); append: add rows; "
-        "overwrite: replace the table's rows with this run's",
+        "overwrite: replace the table's rows with this run's (only in a table a job made, "
+        "with its run column)",
     )
     batch_size: int = Field(default=1000, ge=1, description="rows per insert batch")
 
@@ -207,7 +208,8 @@ class OutputSpec(_Strict):
     mode: Literal["resume", "overwrite", "error"] = Field(
         default="resume",
         description="resume: skip ids that already succeeded at this path (or table) and "
-        "retry the rest; overwrite: delete the path first (jdbc: use jdbc.write_mode); "
+        "retry the rest; overwrite: delete the path first, only when it is empty or holds the "
+        "_SPARK_VLLM_OUTPUT marker every run leaves (jdbc: use jdbc.write_mode); "
         "error: refuse to run when the path (or table) exists",
     )
     on_change: Literal["refuse", "resume"] = Field(

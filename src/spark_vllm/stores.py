@@ -7,7 +7,9 @@ One interface for both, used by the driver in this order:
    `JdbcStore.recover_staging` (the staging tables a driver that died left behind);
    `begin()`, once the run is about to send (the sidecar is ready), clears an output
    that output.mode overwrite replaces (`FileStore.delete`), so a run stopped before
-   that leaves the earlier output as it was;
+   that leaves the earlier output as it was. Overwrite deletes only an output a job
+   wrote (its marker file, see results): `prepare()` refuses any other path before
+   anything starts, and the delete asks again;
 2. `records()` / `record(...)`: what each run recorded before it sent anything (its
    fingerprint, see fingerprint);
 3. `attempts(...)`: every row ever written, with the `run` column (resume and the
@@ -97,6 +99,10 @@ class FileStore(OutputStore):
     def prepare(self) -> bool:
         mode = self.spec.output.mode
         if mode == "overwrite":
+            try:
+                results.check_overwritable(self.spark, self.path)
+            except results.NotOurOutput as exc:
+                raise SpecError(str(exc)) from None
             return False  # deleted by begin(), when the run starts sending
         if mode == "error" and results.exists(self.spark, self.path):
             raise SpecError(
@@ -110,7 +116,10 @@ class FileStore(OutputStore):
 
     def begin(self) -> None:
         if self.spec.output.mode == "overwrite":
-            self.delete()
+            try:
+                self.delete()
+            except results.NotOurOutput as exc:
+                raise SpecError(str(exc)) from None
 
     def records(self) -> dict[str, RunRecord]:
         return results.read_records(self.spark, self.path)
@@ -156,12 +165,25 @@ class JdbcStore(OutputStore):
         self.recover_staging()
         if not jdbc.Database(self.spark, self.out, "output.jdbc").has_table(self.out.table):
             return False
+        if self.out.write_mode == "overwrite":
+            self.check_ours()
         if self.spec.output.mode == "error":
             raise SpecError(
                 f"output.jdbc.table {self.out.table!r} exists and output.mode is 'error'; "
                 "use mode resume, or another table"
             )
         return self.out.write_mode != "overwrite"
+
+    def check_ours(self) -> None:
+        """write_mode overwrite deletes the table's rows: only in a table a job made,
+        which has the `run` column every job's table has (its marker)."""
+        columns = jdbc.read_table(self.spark, self.out).columns
+        if jdbc.RUN_COLUMN not in columns:
+            raise SpecError(
+                f"output.jdbc.table {self.out.table!r} has no {jdbc.RUN_COLUMN!r} column, so "
+                "no spark-vllm job made it; output.jdbc.write_mode overwrite deletes the rows "
+                "of a spark-vllm table only. Choose another table, or empty this one yourself"
+            )
 
     def records(self) -> dict[str, RunRecord]:
         return jdbc.read_records(self.spark, self.out)

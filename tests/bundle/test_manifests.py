@@ -62,6 +62,7 @@ def test_manifests_hold_the_promised_objects() -> None:
         "trigger.yaml": [
             "ConfigMap",
             "Deployment",
+            "NetworkPolicy",
             "Role",
             "RoleBinding",
             "Service",

@@ -1,8 +1,8 @@
 """Notebook mode (notebook.enabled): JupyterLab in the project's image whose kernels are Spark
 drivers in client mode. The release runs no batch job; the kernels get the operator-less
 submitter's Spark properties (in client mode) and the very same executor pod template, so the
-two cannot drift apart; the token comes from a Secret by name; everything runs locked down.
-The cluster tier runs the example notebook in a real notebook pod."""
+two cannot drift apart; the token comes from a Secret by name, as a file; everything runs
+locked down. The cluster tier runs the example notebook in a real notebook pod."""
 
 from __future__ import annotations
 
@@ -76,11 +76,31 @@ def test_renders_jupyterlab_and_no_batch_job(notebook: dict[str, Rendered], name
 def test_the_token_comes_from_the_secret_by_name_only(
     notebook: dict[str, Rendered], name: str
 ) -> None:
+    """A file mounted from the Secret, not an environment variable (a kernel inherits the
+    server's environment, and a process listing or crash dump may show it)."""
     values = dict(NOTEBOOK_CASES[name].overrides)
     secret = values.get("notebook.tokenSecret.name", "spark-vllm-notebook")
-    assert env(notebook[name])["JUPYTER_TOKEN"] == {
-        "secretKeyRef": {"name": secret, "key": "token"}
-    }
+    variables = env(notebook[name])
+    assert "JUPYTER_TOKEN" not in variables
+    refs = [
+        v["secretKeyRef"]["name"]
+        for v in variables.values()
+        if isinstance(v, dict) and "secretKeyRef" in v
+    ]
+    assert secret not in refs
+    path = variables["JUPYTER_TOKEN_FILE"]
+    (mount,) = [
+        m
+        for m in container(notebook[name])["volumeMounts"]
+        if path.startswith(m["mountPath"] + "/")
+    ]
+    assert mount["readOnly"] is True
+    pod = notebook[name].one("Deployment")["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert volume["secret"]["secretName"] == secret
+    assert volume["secret"]["items"] == [{"key": "token", "path": path.rsplit("/", 1)[1]}]
+    assert volume["secret"]["defaultMode"] == 0o440  # the pod's fsGroup, nobody else
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsUser"]
     text = json.dumps(notebook[name].docs)
     assert "ServerApp.token" not in text and "IdentityProvider.token" not in text
     assert all(d["kind"] != "Secret" for d in notebook[name].docs)

@@ -51,8 +51,11 @@ def runs_of(helm: str, release: Rendered, tmp: Path, kube_version: str = "v1.33.
 def test_a_trigger_release_runs_no_job_of_its_own(helm: str, path: str) -> None:
     release = trigger_release(helm, path)
     kinds = sorted(d["kind"] for d in release.docs)
-    for kind in ("SparkApplication", "Job", "NetworkPolicy", "Pod"):
+    for kind in ("SparkApplication", "Job", "Pod"):
         assert kind not in kinds, kind
+    # no job's policies: only the trigger's own (test_trigger_network)
+    policies = [p["metadata"]["name"] for p in release.of_kind("NetworkPolicy")]
+    assert policies == ["chat-demo-trigger"], policies
     (config,) = release.of_kind("ConfigMap")  # the values of its runs, and nothing else
     assert config["metadata"]["name"] == "chat-demo-trigger"
     assert kinds.count("Deployment") == 1 and kinds.count("Service") == 1

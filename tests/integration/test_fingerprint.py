@@ -122,6 +122,7 @@ def test_overwrite_replaces_the_output_only_once_the_run_starts_sending(spark, t
     earlier = tmp_path / "out" / "run=20260101T000000000000Z"
     earlier.mkdir(parents=True)
     (earlier / "part-0.parquet").write_bytes(b"earlier answers")
+    (tmp_path / "out" / "_SPARK_VLLM_OUTPUT").write_text("")  # a spark-vllm output
     doc = spec_doc(tmp_path, "http://127.0.0.1:9/v1", [], output={"mode": "overwrite"})
     spec = spec_from_dict(doc)
     job = plan(spark, spec)
@@ -140,6 +141,7 @@ def test_ctrl_c_while_vllm_starts_leaves_the_output_as_it_was(tiny_model, tmp_pa
     earlier = tmp_path / "out" / "run=20260101T000000000000Z"
     earlier.mkdir(parents=True)
     (earlier / "part-0.parquet").write_bytes(b"earlier answers")
+    (tmp_path / "out" / "_SPARK_VLLM_OUTPUT").write_text("")  # a spark-vllm output
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(doc))
     command = [sys.executable, "-m", "spark_vllm.cli", "local", str(path),

@@ -135,6 +135,13 @@ args:
 {{- if not (kindIs "invalid" $v.limitMmPerPrompt) }}
   - {{ printf "--limit-mm-per-prompt=%s" (toJson $v.limitMmPerPrompt) | quote }}
 {{- end }}
+{{- /* vLLM fetches a row's http(s) image URL only from these hosts; with none listed, from
+a host that cannot exist (the reserved .invalid domain), so a row cannot make the sidecar
+request an internal address. --allowed-local-media-path stays unset: no file:// URLs. */}}
+  - --allowed-media-domains
+{{- range (default (list "no-remote-media.invalid") $v.allowedMediaDomains) }}
+  - {{ . | quote }}
+{{- end }}
 {{- include "spark-vllm.loraArgs" . }}
 {{- range $v.extraArgs }}
   - {{ . | quote }}
@@ -147,6 +154,9 @@ env:
     value: {{ printf "%s/huggingface" (trimSuffix "/" .Values.model.cache.mountPath) | quote }}
   - name: VLLM_NO_USAGE_STATS
     value: "1"
+  # An allowed media host must not redirect vLLM to another one.
+  - name: VLLM_MEDIA_URL_ALLOW_REDIRECTS
+    value: "0"
 {{- if .Values.model.offline }}
   - name: HF_HUB_OFFLINE
     value: "1"
