@@ -113,6 +113,8 @@ def row_sampling(value: Any, column: str) -> dict[str, Any]:
             value = json.loads(value)
         except json.JSONDecodeError as exc:
             raise RowError(f"sampling column {column!r} is not a JSON object: {exc.msg}") from None
+        except RecursionError:
+            raise RowError(f"sampling column {column!r} is nested too deeply to read") from None
     elif isinstance(value, list) and all(isinstance(kv, tuple) and len(kv) == 2 for kv in value):
         value = dict(value)  # an Arrow map arrives as a list of (key, value) pairs
     if not isinstance(value, Mapping):
@@ -131,7 +133,7 @@ def row_sampling(value: Any, column: str) -> dict[str, Any]:
     for key, val in fields.items():
         reason = unstored_field(key, val)
         if reason is not None:
-            raise RowError(f"sampling column {column!r} sets {key}={val!r}: {reason}")
+            raise RowError(f"sampling column {column!r} sets {key}: {reason}")
     return fields
 
 
@@ -296,7 +298,7 @@ class Generating(RequestKind):
         if not isinstance(name, str) or not name.strip():
             raise RowError(
                 f"lora.column {self.adapter_column!r}: expected an adapter name or null, "
-                f"got {name!r}"
+                f"got {'an empty string' if isinstance(name, str) else type(name).__name__}"
             )
         return name.strip()
 
@@ -388,6 +390,9 @@ class Generating(RequestKind):
                 result.values.update(self._parser().parse(result.values.get("response")))
             except AnswerError as exc:
                 result.error = f"bad answer: {exc}"
+                return
+            except RecursionError:
+                result.error = "bad answer: its JSON is nested too deeply to read"
                 return
         if self.truncate:
             asked = self.sampling.get("max_tokens")

@@ -23,6 +23,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import orjson
 import pyarrow as pa
 
 from spark_vllm.adaptive import AdaptiveWindow, WindowPolicy
@@ -413,7 +414,7 @@ class PartitionRunner:
 
     def _add(self, row: dict[str, Any]) -> None:
         try:
-            payload = self.kind.request(row)
+            payload = row_request(self.kind, row)
             if self.adapters is not None:
                 if not self.started:
                     self._start()  # the sidecar says which adapters it serves once ready
@@ -527,7 +528,10 @@ class PartitionRunner:
 
     def _collect(self, row: dict[str, Any], result: Result) -> None:
         """The row's result, completed by its kind and judged by the error policy."""
-        self.kind.finish(row, result)
+        try:
+            self.kind.finish(row, result)
+        except Exception as exc:  # whatever the row's answer makes its kind raise
+            result.error = f"bad answer: cannot be read ({type(exc).__name__})"
         self.seen += 1
         errors = self.cfg.errors
         if result.error is not None:
@@ -549,6 +553,21 @@ class PartitionRunner:
                 )
         self.tally.count(result.error, self.kind.tokens_of(result.values), row[self.cfg.id_column])
         self.out.add(row, self.kind.values(row, result))
+
+
+def row_request(kind: RequestKind, row: dict[str, Any]) -> Any:
+    """What one row becomes, as `kind.request` says, once it is known to serialise; a
+    RowError for anything a row's values make go wrong (a RecursionError of deep nesting,
+    a lone surrogate, a MemoryError of a huge value): one row never fails its task. The
+    text names the kind of failure, never the value."""
+    try:
+        payload = kind.request(row)
+        orjson.dumps(payload)  # what the client will send; a lone surrogate fails here
+    except RowError:
+        raise
+    except Exception as exc:
+        raise RowError(f"the row cannot become a request ({type(exc).__name__})") from None
+    return payload
 
 
 def run_partition(batches: Iterator[pa.RecordBatch], cfg: TaskConfig) -> Iterator[pa.RecordBatch]:
