@@ -15,11 +15,14 @@ from typing import TYPE_CHECKING, Any
 from pyspark.accumulators import AccumulatorParam
 from pyspark.sql import functions as F
 
+from spark_vllm.redact import redact
+
 if TYPE_CHECKING:
     from spark_vllm.job import Plan
 
-# Error messages are counted by their first characters, and a task reports its most
-# common ones only.
+# Error messages are counted by their first characters, with URL passwords and password-like
+# parameters taken out (row errors name columns and row ids, never values: see prompt, images),
+# and a task reports its most common ones only.
 ERROR_CHARS = 300
 ERRORS_PER_TASK = 50
 # Kinds of failure the summary lists.
@@ -76,7 +79,7 @@ class Tally:
             self.succeeded += 1
         else:
             self.failed += 1
-            self.errors[error[:ERROR_CHARS]] += 1
+            self.errors[redact(error)[:ERROR_CHARS]] += 1
             self.add_kind(error_kind(error), 1, str(row_id))
         self.prompt_tokens += tokens[0]
         self.completion_tokens += tokens[1]
@@ -360,7 +363,7 @@ def summarize_from_output(job: Plan, wall_s: float) -> Summary:
                 .limit(1000)
                 .collect()
             )
-            summary.errors = [(r["e"], r["count"]) for r in errors[:5]]
+            summary.errors = [(redact(r["e"]), r["count"]) for r in errors[:5]]
             kinds = Tally()
             for r in errors:
                 kinds.add_kind(error_kind(r["e"]), r["count"], str(r["example"]))
