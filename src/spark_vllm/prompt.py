@@ -19,6 +19,7 @@ from typing import Any
 import jinja2
 import jinja2.meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.utils import Namespace
 
 from spark_vllm.errors import PromptError, RowError
 from spark_vllm.images import image_parts
@@ -53,6 +54,22 @@ _PADDING_METHODS = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs"}
 _SIZED_FILTERS = frozenset({"center", "indent", "wordwrap", "batch", "slice", "format"})
 
 
+def _size(value: Any) -> int:
+    """About how many characters `value` prints as (a list: its items')."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, list | tuple):
+        return len(value) + sum(_size(v) for v in value[:MAX_RANGE]) * max(
+            len(value) // MAX_RANGE, 1
+        )
+    return 16
+
+
+def _check_built(size: int) -> None:
+    if size > MAX_OUTPUT_CHARS:
+        raise _Exceeded("a value built past the template's output bound")
+
+
 def _check_sizes(args: tuple[Any, ...], formats: bool = False) -> None:
     """Refuse a number argument past the output bound; with `formats`, a format string
     with a field wider than it."""
@@ -63,11 +80,23 @@ def _check_sizes(args: tuple[Any, ...], formats: bool = False) -> None:
             raise _Exceeded("a format width past the template's output bound")
 
 
+def _check_join(items: Any, sep: Any) -> None:
+    if isinstance(items, list | tuple | str) and isinstance(sep, str):
+        _check_built(_size(list(items)) + len(sep) * max(len(items) - 1, 0))
+
+
+def _check_replace(text: Any, old: Any, new: Any) -> None:
+    if isinstance(text, str) and isinstance(old, str) and isinstance(new, str):
+        count = text.count(old) if old else len(text) + 1
+        _check_built(len(text) + count * max(len(new) - len(old), 0))
+
+
 class _Bounded(ImmutableSandboxedEnvironment):
     """jinja2's immutable sandbox (no Python internals, no changing the row's values) with
-    bounds on powers, repeated strings, padding and format widths."""
+    bounds on powers, repeats, concatenations, padding, joins, replacements and format
+    widths: checked before the value is built."""
 
-    intercepted_binops = frozenset({"*", "**", "%"})
+    intercepted_binops = frozenset({"*", "**", "%", "+"})
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         if (
@@ -79,12 +108,10 @@ class _Bounded(ImmutableSandboxedEnvironment):
             raise _Exceeded("a power past the template's bounds")
         if operator == "*":
             for a, b in ((left, right), (right, left)):
-                if (
-                    isinstance(a, str | list | tuple)
-                    and isinstance(b, int)
-                    and len(a) * b > MAX_OUTPUT_CHARS
-                ):
-                    raise _Exceeded("a repeated value past the template's output bound")
+                if isinstance(a, str | list | tuple) and isinstance(b, int):
+                    _check_built(_size(a) * b)
+        if operator == "+" and isinstance(left, str | list | tuple):
+            _check_built(_size(left) + _size(right))
         if operator == "%" and isinstance(left, str):
             _check_sizes((left,), formats=True)
         return super().call_binop(context, operator, left, right)
@@ -96,10 +123,29 @@ class _Bounded(ImmutableSandboxedEnvironment):
         return super().wrap_str_format(value)
 
     def call(self, context: Any, obj: Any, *args: Any, **kwargs: Any) -> Any:
+        for arg in (*args, *kwargs.values()):  # a macro calling itself with growing text
+            _check_built(_size(arg) if isinstance(arg, str) else 0)
         owner = getattr(obj, "__self__", None)
-        if isinstance(owner, str) and getattr(obj, "__name__", "") in _PADDING_METHODS:
-            _check_sizes((*args, *kwargs.values()))
+        name = getattr(obj, "__name__", "")
+        if isinstance(owner, str):
+            if name in _PADDING_METHODS:
+                _check_sizes((*args, *kwargs.values()))
+            elif name == "join" and args:
+                items = list(args[0])
+                _check_join(items, owner)
+                args = (items, *args[1:])
+            elif name == "replace" and len(args) >= 2:
+                _check_replace(owner, args[0], args[1])
         return super().call(context, obj, *args, **kwargs)
+
+
+class _Namespace(Namespace):
+    """jinja2's namespace(), whose values may not grow past the output bound (a loop
+    doubling a text in one would, long before any output)."""
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        _check_built(_size(value))
+        super().__setitem__(name, value)
 
 
 def _bounded_range(*args: int) -> range:
@@ -118,9 +164,34 @@ def _bounded_filter(name: str, fn: Any) -> Any:
     return bounded
 
 
+def _bounded_join(fn: Any) -> Any:
+    @functools.wraps(fn)
+    def bounded(eval_ctx: Any, value: Any, d: Any = "", attribute: Any = None) -> Any:
+        if attribute is None:
+            _check_join(value if isinstance(value, list | tuple | str) else list(value), d)
+            value = value if isinstance(value, list | tuple | str) else list(value)
+        return fn(eval_ctx, value, d, attribute)
+
+    return bounded
+
+
+def _bounded_replace(fn: Any) -> Any:
+    @functools.wraps(fn)
+    def bounded(eval_ctx: Any, s: Any, old: Any, new: Any, count: Any = None) -> Any:
+        if count is None:
+            _check_replace(s, old, new)
+        return fn(eval_ctx, s, old, new, count)
+
+    return bounded
+
+
 _ENV = _Bounded(undefined=jinja2.StrictUndefined, autoescape=False, finalize=_refuse_null)
 _ENV.globals["range"] = _bounded_range
+_ENV.globals["namespace"] = _Namespace
+del _ENV.globals["lipsum"]  # paragraphs of filler by the million: no use in a prompt
 _ENV.filters.update({n: _bounded_filter(n, _ENV.filters[n]) for n in _SIZED_FILTERS})
+_ENV.filters["join"] = _bounded_join(_ENV.filters["join"])
+_ENV.filters["replace"] = _bounded_replace(_ENV.filters["replace"])
 
 
 def template_variables(source: str) -> set[str]:

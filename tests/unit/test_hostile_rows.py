@@ -101,6 +101,16 @@ def test_bytes_that_are_not_utf8_are_an_error_row():
         ("{{ q.__class__.__init__.__globals__ }}", "template"),
         ("{{ q.upper.__self__ }}", "template"),
         ("{% set _ = l.append(1) %}", "SecurityError"),
+        (
+            "{% set ns = namespace(s=q * 1000) %}{% for i in range(40) %}"
+            "{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s|length }}",
+            "output bound",
+        ),
+        ("{% macro f(s) %}{{ f(s + s) }}{% endmacro %}{{ f(q * 1000) }}", "output bound"),
+        ("{{ range(10000)|join(q * 1000) }}", "output bound"),
+        ("{{ (q * 1000)|replace('', q * 1000) }}", "output bound"),
+        ("{{ (q * 1000).join(range(10000)|map('string')) }}", "output bound"),
+        ("{{ [q * 1000] * 1000000 }}", "output bound"),
     ],
 )
 def test_a_template_that_loops_explodes_or_reaches_for_internals_is_an_error_row(template, why):
