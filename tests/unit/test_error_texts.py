@@ -142,3 +142,15 @@ def test_a_jdbc_connection_error_names_the_host_but_not_the_password(monkeypatch
     text = str(refused.value)
     assert text.startswith("input.jdbc: cannot connect to jdbc:postgresql://db:5432/shop")
     assert "hunter2" not in text and "s3cr3t-from-env" not in text, text
+
+
+def test_an_adapter_a_row_names_and_the_sidecar_lacks_is_not_quoted(monkeypatch):
+    from spark_vllm import lora
+
+    monkeypatch.setattr(lora, "served_models", lambda url, key: {"base", "alpha"})
+    adapters = lora.Adapters("http://127.0.0.1:1/v1", "base", {}, None)
+    with pytest.raises(
+        RowError, match=r"row's LoRA adapter is not served.*\['alpha', 'base'\]"
+    ) as refused:
+        adapters.check(SECRET)
+    assert SECRET not in str(refused.value)
