@@ -154,3 +154,12 @@ def test_an_adapter_a_row_names_and_the_sidecar_lacks_is_not_quoted(monkeypatch)
     ) as refused:
         adapters.check(SECRET)
     assert SECRET not in str(refused.value)
+
+
+def test_a_batch_lines_method_and_url_are_not_quoted():
+    from spark_vllm.kinds import BatchLine
+
+    batch = BatchLine("m")
+    line = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": "{}"}
+    for bad in ({"method": SECRET}, {"url": f"/{SECRET}"}):
+        assert SECRET not in error_of(batch, {**line, **bad})
