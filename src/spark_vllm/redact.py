@@ -1,7 +1,8 @@
 """Secrets taken out of texts that reach errors, logs and summaries.
 
 A URL's password (`scheme://user:password@host`), a password-like parameter of a JDBC
-or HTTP URL (`password=…`, `;pwd=…`, `?token=…`) and any known secret value become `***`:
+or HTTP URL (`password=…`, `;pwd=…`, `?token=…`), the value a validation error quotes
+(`input_value=…`, as in vLLM's 400 answers) and any known secret value become `***`:
 error texts end in the run's summary, its JSON and `GET /jobs/{id}`, which others read.
 """
 
@@ -13,6 +14,8 @@ from collections.abc import Iterable
 HIDDEN = "***"
 
 _USERINFO = re.compile(r"(?<=://)([^/@\s:;?#]*):([^@/\s]*)@")
+# pydantic's validation errors (vLLM's 400 answers) quote the value they refused: a row's.
+_INPUT_VALUE = re.compile(r"input_value=('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|[^,\s\]]+)")
 _SECRET_PARAMS = re.compile(
     r"(?i)\b(password|passwd|pwd|secret|token|access[_-]?key|secret[_-]?key|api[_-]?key|"
     r"sas|sig|signature|credentials?)(\s*=\s*)([^;&\s,)\"']+)"
@@ -25,4 +28,5 @@ def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
         if secret:
             text = text.replace(secret, HIDDEN)
     text = _USERINFO.sub(rf"\1:{HIDDEN}@", text)
+    text = _INPUT_VALUE.sub(f"input_value={HIDDEN}", text)
     return _SECRET_PARAMS.sub(rf"\1\2{HIDDEN}", text)

@@ -163,3 +163,14 @@ def test_a_batch_lines_method_and_url_are_not_quoted():
     line = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": "{}"}
     for bad in ({"method": SECRET}, {"url": f"/{SECRET}"}):
         assert SECRET not in error_of(batch, {**line, **bad})
+
+
+def test_a_servers_validation_error_loses_the_value_it_quotes():
+    said = (
+        "HTTP 400: 1 validation error for ChatCompletionRequest\\ntemperature\\n  Input should "
+        f"be a valid number [type=float_parsing, input_value='{SECRET}', input_type=str]"
+    )
+    tally = Tally()
+    tally.count(said, (0, 0), "r")
+    (counted,) = tally.errors
+    assert SECRET not in counted and "input_value=***" in counted
