@@ -174,3 +174,24 @@ def test_a_servers_validation_error_loses_the_value_it_quotes():
     tally.count(said, (0, 0), "r")
     (counted,) = tally.errors
     assert SECRET not in counted and "input_value=***" in counted
+
+
+def test_get_jobs_summary_lines_lose_url_passwords_and_quoted_values():
+    from types import SimpleNamespace as NS
+
+    from spark_vllm.operate import report
+
+    driver = NS(
+        metadata=NS(name="d", labels={"spark-role": "driver"}),
+        status=NS(phase="Failed", container_statuses=[]),
+    )
+    log = (
+        "spark-vllm summary (run r)\n"
+        "  rows              3\n"
+        "  most common errors:\n"
+        "    2 x cannot connect to jdbc:postgresql://app:hunter2@db/x?password=hunter2\n"
+        f"    1 x HTTP 400: bad temperature [input_value='{SECRET}', input_type=str]\n"
+    )
+    kube = NS(pods=lambda name, ns: [driver], log=lambda pod, ns, container: log)
+    shown = str(report(kube, "job", "ns", submitter=False))  # type: ignore[arg-type]
+    assert "rows" in shown and "hunter2" not in shown and SECRET not in shown, shown
