@@ -5,7 +5,8 @@ TaskConfig. It owns everything that differs from one kind of request to another:
 
 - `url`: where a request goes, under the server's root;
 - `request(row)`: what one row becomes (RowError when it cannot), and `body(payloads)`:
-  the body of one request carrying `batch_size` of them;
+  the body of one request carrying `batch_size` of them; the tasks call it through
+  `row_request`, which makes anything else a row's values raise a RowError too;
 - `check(answer)`: what keeps a 200 answer from being a success (retried when transient),
   and `parse(answer, n)`: the answer taken apart, one mapping of values per payload;
 - `finish(row, result)`: what the row's result needs once its answer is in (structured
@@ -29,6 +30,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import numpy as np
+import orjson
 import pyarrow as pa
 from pyspark.sql import Column
 from pyspark.sql import types as T
@@ -555,3 +557,18 @@ def reserved_columns() -> set[str]:
     """Every name a kind may give a result column (kept input columns may not)."""
     names = {f.name for kind in KINDS.values() for f in kind.fields}
     return names | {LOGPROBS.name, TRUNCATED.name}
+
+
+def row_request(kind: RequestKind, row: dict[str, Any]) -> Any:
+    """What one row becomes, as `kind.request` says, once it is known to serialise; a
+    RowError for anything a row's values make go wrong (a RecursionError of deep nesting,
+    a lone surrogate, a MemoryError of a huge value): one row never fails its task. The
+    text names the kind of failure, never the value."""
+    try:
+        payload = kind.request(row)
+        orjson.dumps(payload)  # what the client will send; a lone surrogate fails here
+    except RowError:
+        raise
+    except Exception as exc:
+        raise RowError(f"the row cannot become a request ({type(exc).__name__})") from None
+    return payload

@@ -23,7 +23,6 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import orjson
 import pyarrow as pa
 
 from spark_vllm.adaptive import AdaptiveWindow, WindowPolicy
@@ -36,7 +35,7 @@ from spark_vllm.client import (
     wait_ready,
 )
 from spark_vllm.errors import ContextExceeded, ErrorBudgetExceeded, RowError, RowFailed
-from spark_vllm.kinds import RequestKind
+from spark_vllm.kinds import RequestKind, row_request
 from spark_vllm.lora import Adapters
 from spark_vllm.progress import (
     GRANTED,
@@ -553,21 +552,6 @@ class PartitionRunner:
                 )
         self.tally.count(result.error, self.kind.tokens_of(result.values), row[self.cfg.id_column])
         self.out.add(row, self.kind.values(row, result))
-
-
-def row_request(kind: RequestKind, row: dict[str, Any]) -> Any:
-    """What one row becomes, as `kind.request` says, once it is known to serialise; a
-    RowError for anything a row's values make go wrong (a RecursionError of deep nesting,
-    a lone surrogate, a MemoryError of a huge value): one row never fails its task. The
-    text names the kind of failure, never the value."""
-    try:
-        payload = kind.request(row)
-        orjson.dumps(payload)  # what the client will send; a lone surrogate fails here
-    except RowError:
-        raise
-    except Exception as exc:
-        raise RowError(f"the row cannot become a request ({type(exc).__name__})") from None
-    return payload
 
 
 def run_partition(batches: Iterator[pa.RecordBatch], cfg: TaskConfig) -> Iterator[pa.RecordBatch]:

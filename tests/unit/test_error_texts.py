@@ -15,8 +15,8 @@ import pytest
 from spark_vllm import RowError, spec_from_dict
 from spark_vllm.jdbc import Database
 from spark_vllm.job import kind_for
+from spark_vllm.kinds import row_request
 from spark_vllm.redact import redact
-from spark_vllm.runner import row_request
 from spark_vllm.spec import JdbcConnection
 from spark_vllm.summary import Summary, Tally
 

@@ -1,8 +1,8 @@
 """Hostile values in one row: each becomes that row's error row, never its task's failure.
 
-`row_request` is what the partition runner calls for every row; whatever a row's values
-make rendering, parsing or serialising raise comes back as a RowError (a failed row is
-data), and a template's bounds stop it in well under a second.
+`row_request` is what the partition runner and the plan's counting call for every row:
+whatever a row's values make rendering, parsing or serialising raise comes back as a
+RowError (a failed row is data), and a template's bounds stop it in well under a second.
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ import pytest
 from spark_vllm import RowError, spec_from_dict
 from spark_vllm.client import Result
 from spark_vllm.job import kind_for
-from spark_vllm.kinds import BatchLine, Generating
-from spark_vllm.runner import row_request
+from spark_vllm.kinds import BatchLine, Generating, row_request
 
 pytestmark = pytest.mark.unit
 

@@ -13,8 +13,7 @@ from hypothesis import strategies as st
 
 from spark_vllm import RowError, SpecError, spec_from_dict
 from spark_vllm.job import kind_for
-from spark_vllm.kinds import BatchLine
-from spark_vllm.runner import row_request
+from spark_vllm.kinds import BatchLine, row_request
 from spark_vllm.spec import apply_overrides
 
 pytestmark = pytest.mark.unit
