@@ -146,3 +146,30 @@ def test_a_valid_row_still_becomes_its_request():
         "messages": [{"role": "user", "content": "hello"}]
     }
     assert json.loads(json.dumps(row_request(kind(column="m"), {"id": 1, "m": "plain"})))
+
+
+def test_a_task_of_hostile_rows_ends_with_one_error_row_each_and_never_calls_the_sidecar():
+    import pyarrow as pa
+    from pyspark.sql import types as T
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    from spark_vllm.kinds import Chat
+    from spark_vllm.prompt import PromptBuilder
+    from spark_vllm.runner import Endpoint, TaskConfig, Timeouts, run_partition
+
+    k = Chat("m", PromptBuilder("chat", column="m"))
+    schema = T.StructType([T.StructField("id", T.StringType()), *k.result_fields()])
+    cfg = TaskConfig(
+        kind=k,
+        endpoint=Endpoint("http://127.0.0.1:9/v1"),  # nothing listens: no row gets there
+        id_column="id",
+        output_schema=to_arrow_schema(schema),
+        timeouts=Timeouts(ready_s=1),
+    )
+    deep = '[{"a":' + "[" * DEEP + "]" * DEEP + "}]"
+    values = [deep, "[{ no", "   ", '[{"role": "x", "content": "y"}]']
+    ids = [str(i) for i in range(len(values))]
+    batch = pa.RecordBatch.from_pydict({"id": ids, "m": values})
+    out = pa.Table.from_batches(list(run_partition(iter([batch]), cfg))).to_pylist()
+    assert [r["id"] for r in out] == ids
+    assert all(r["error"].startswith("bad input: ") for r in out), out
