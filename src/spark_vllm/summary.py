@@ -79,8 +79,9 @@ class Tally:
             self.succeeded += 1
         else:
             self.failed += 1
-            self.errors[redact(error)[:ERROR_CHARS]] += 1
-            self.add_kind(error_kind(error), 1, str(row_id))
+            shown = redact(error)
+            self.errors[shown[:ERROR_CHARS]] += 1
+            self.add_kind(error_kind(shown), 1, str(row_id))
         self.prompt_tokens += tokens[0]
         self.completion_tokens += tokens[1]
 
@@ -366,7 +367,7 @@ def summarize_from_output(job: Plan, wall_s: float) -> Summary:
             summary.errors = [(redact(r["e"]), r["count"]) for r in errors[:5]]
             kinds = Tally()
             for r in errors:
-                kinds.add_kind(error_kind(r["e"]), r["count"], str(r["example"]))
+                kinds.add_kind(error_kind(redact(r["e"])), r["count"], str(r["example"]))
             summary.breakdown = kinds.breakdown()[:BREAKDOWN_KINDS]
     if job.earlier_runs:
         summary.output_ids, summary.output_failed = output_totals(job)

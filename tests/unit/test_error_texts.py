@@ -195,3 +195,9 @@ def test_get_jobs_summary_lines_lose_url_passwords_and_quoted_values():
     kube = NS(pods=lambda name, ns: [driver], log=lambda pod, ns, container: log)
     shown = str(report(kube, "job", "ns", submitter=False))  # type: ignore[arg-type]
     assert "rows" in shown and "hunter2" not in shown and SECRET not in shown, shown
+
+
+def test_the_breakdown_of_failures_by_kind_quotes_no_model_a_row_named():
+    tally = Tally()
+    tally.count(f"HTTP 404: The model `{SECRET}` does not exist.", (0, 0), "r1")
+    assert SECRET not in str(tally.breakdown()) + str(tally.errors), tally.breakdown()
