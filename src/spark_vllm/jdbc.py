@@ -21,6 +21,7 @@ from pyspark.sql import types as T
 
 from spark_vllm.errors import JdbcError, SpecError
 from spark_vllm.fingerprint import RunRecord
+from spark_vllm.redact import redact
 from spark_vllm.spec import JdbcConnection, JdbcInput, JdbcOutput
 
 # The run column: which run wrote a row of the target table.
@@ -129,8 +130,12 @@ class Database:
             return self._open()
         except Py4JJavaError as exc:
             raise JdbcError(
-                f"{self.where}: cannot connect to {self.url}: {_java_cause(exc)}"
+                self._redacted(f"cannot connect to {self.url}: {_java_cause(exc)}")
             ) from None
+
+    def _redacted(self, text: str) -> str:
+        """`where: text` without the URL's password or the credentials read for it."""
+        return f"{self.where}: " + redact(text, (self.props.get("password"),))
 
     def check(self) -> None:
         """Connect once, to fail early and clearly (bad URL, credentials, no driver)."""
@@ -149,7 +154,7 @@ class Database:
             cls = jvm.org.apache.spark.util.Utils.classForName(name, True, False)
             connection = cls.newInstance().connect(self.url, jprops)
             if connection is None:
-                raise JdbcError(f"{self.where}: driver {name} does not accept the url {self.url}")
+                raise JdbcError(self._redacted(f"driver {name} does not accept the url {self.url}"))
             return connection
         return jvm.java.sql.DriverManager.getConnection(self.url, jprops)
 
@@ -186,7 +191,7 @@ class Database:
                 connection.commit()
             except Exception as exc:
                 connection.rollback()
-                raise JdbcError(f"{self.where}: {_java_cause(exc)}") from exc
+                raise JdbcError(self._redacted(_java_cause(exc))) from None
             finally:
                 statement.close()
             return counts

@@ -290,6 +290,7 @@ def kind_for(spec: JobSpec) -> RequestKind:
         prompt.column,
         content=content,
         max_image_bytes=prompt.max_image_bytes,
+        image_prefixes=tuple(prompt.image_prefixes),
     )
     if spec.task == "embedding":
         options = spec.embedding.request_fields()

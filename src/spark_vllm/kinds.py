@@ -5,7 +5,8 @@ TaskConfig. It owns everything that differs from one kind of request to another:
 
 - `url`: where a request goes, under the server's root;
 - `request(row)`: what one row becomes (RowError when it cannot), and `body(payloads)`:
-  the body of one request carrying `batch_size` of them;
+  the body of one request carrying `batch_size` of them; the tasks call it through
+  `row_request`, which makes anything else a row's values raise a RowError too;
 - `check(answer)`: what keeps a 200 answer from being a success (retried when transient),
   and `parse(answer, n)`: the answer taken apart, one mapping of values per payload;
 - `finish(row, result)`: what the row's result needs once its answer is in (structured
@@ -29,6 +30,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import numpy as np
+import orjson
 import pyarrow as pa
 from pyspark.sql import Column
 from pyspark.sql import types as T
@@ -113,6 +115,8 @@ def row_sampling(value: Any, column: str) -> dict[str, Any]:
             value = json.loads(value)
         except json.JSONDecodeError as exc:
             raise RowError(f"sampling column {column!r} is not a JSON object: {exc.msg}") from None
+        except RecursionError:
+            raise RowError(f"sampling column {column!r} is nested too deeply to read") from None
     elif isinstance(value, list) and all(isinstance(kv, tuple) and len(kv) == 2 for kv in value):
         value = dict(value)  # an Arrow map arrives as a list of (key, value) pairs
     if not isinstance(value, Mapping):
@@ -131,7 +135,7 @@ def row_sampling(value: Any, column: str) -> dict[str, Any]:
     for key, val in fields.items():
         reason = unstored_field(key, val)
         if reason is not None:
-            raise RowError(f"sampling column {column!r} sets {key}={val!r}: {reason}")
+            raise RowError(f"sampling column {column!r} sets {key}: {reason}")
     return fields
 
 
@@ -296,7 +300,7 @@ class Generating(RequestKind):
         if not isinstance(name, str) or not name.strip():
             raise RowError(
                 f"lora.column {self.adapter_column!r}: expected an adapter name or null, "
-                f"got {name!r}"
+                f"got {'an empty string' if isinstance(name, str) else type(name).__name__}"
             )
         return name.strip()
 
@@ -388,6 +392,9 @@ class Generating(RequestKind):
                 result.values.update(self._parser().parse(result.values.get("response")))
             except AnswerError as exc:
                 result.error = f"bad answer: {exc}"
+                return
+            except RecursionError:
+                result.error = "bad answer: its JSON is nested too deeply to read"
                 return
         if self.truncate:
             asked = self.sampling.get("max_tokens")
@@ -550,3 +557,18 @@ def reserved_columns() -> set[str]:
     """Every name a kind may give a result column (kept input columns may not)."""
     names = {f.name for kind in KINDS.values() for f in kind.fields}
     return names | {LOGPROBS.name, TRUNCATED.name}
+
+
+def row_request(kind: RequestKind, row: dict[str, Any]) -> Any:
+    """What one row becomes, as `kind.request` says, once it is known to serialise; a
+    RowError for anything a row's values make go wrong (a RecursionError of deep nesting,
+    a lone surrogate, a MemoryError of a huge value): one row never fails its task. The
+    text names the kind of failure, never the value."""
+    try:
+        payload = kind.request(row)
+        orjson.dumps(payload)  # what the client will send; a lone surrogate fails here
+    except RowError:
+        raise
+    except Exception as exc:
+        raise RowError(f"the row cannot become a request ({type(exc).__name__})") from None
+    return payload

@@ -108,8 +108,9 @@ class Adapters:
             return
         path = self.modules.get(name)
         if path is None:
+            # The name is the row's value, not the spec's: an error text never quotes it.
             why = (
-                f"LoRA adapter {name!r} is not served by the sidecar (it serves "
+                f"the row's LoRA adapter is not served by the sidecar (it serves "
                 f"{sorted(self._served)}) and lora.modules gives no path to load it from"
             )
         else:

@@ -262,10 +262,10 @@ def request(row: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     what the sidecar cannot be asked (the line then gets an invalid_request answer)."""
     method = row.get("method")
     if method != "POST":
-        raise RowError(f"method {method!r}: expected 'POST'")
+        raise RowError("method: expected 'POST'")
     url = row.get("url")
     if url not in URLS:
-        raise RowError(f"url {url!r}: expected one of {list(URLS)}")
+        raise RowError(f"url: expected one of {list(URLS)}")
     body = json.loads(row["body"])
     if body.get("stream"):
         raise RowError("body.stream: a batch line cannot stream; remove it or set it false")

@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from spark_vllm.errors import SpecError
+from spark_vllm.redact import redact
 from spark_vllm.spec import apply_overrides, read_document, spec_from_dict
 
 CHART_NAME = "spark-vllm"
@@ -618,7 +619,8 @@ def report(kube: Kube, name: str, namespace: str, submitter: bool = True) -> dic
         out["state"] = "succeeded" if driver.status.phase == "Succeeded" else "failed"
         out["exit_code"] = code
         with contextlib.suppress(Exception):
-            lines = summary_block(kube.log(driver.metadata.name, namespace, DRIVER_CONTAINER))
+            log = kube.log(driver.metadata.name, namespace, DRIVER_CONTAINER)
+            lines = [redact(line) for line in summary_block(log)]
             out["summary"] = lines
             out["counts"] = summary_fields(lines)
     elif driver is not None and driver.status.phase == "Running":

@@ -27,7 +27,7 @@ import orjson
 import pyarrow as pa
 
 from spark_vllm.errors import RowError, SpecError
-from spark_vllm.kinds import BatchLine, Chat, Completion, Embedding, RequestKind
+from spark_vllm.kinds import BatchLine, Chat, Completion, Embedding, RequestKind, row_request
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -269,7 +269,7 @@ def count_partition(
         plans: list[Counting | str] = []
         for row in rows:
             try:
-                plans.append(counting(cfg.kind, cfg.kind.request(row)))
+                plans.append(counting(cfg.kind, row_request(cfg.kind, row)))
             except RowError as exc:
                 plans.append(f"bad input: {exc}")
         todo = [p for p in plans if isinstance(p, Counting)]

@@ -46,6 +46,11 @@ log = logging.getLogger(__name__)
 MAX_REPORT_BYTES = 16 * 1024
 # Seconds a report may take (a task's HTTP client), and the endpoint waits on a socket.
 REPORT_TIMEOUT_S = 5.0
+# Connections the driver's endpoint serves at once (a thread each); one more waits up to
+# SLOT_WAIT_S for a slot, then is closed: a flood of connections cannot start threads
+# without end.
+MAX_CONNECTIONS = 128
+SLOT_WAIT_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -163,7 +168,7 @@ class ProgressBoard:
             self._registry.register(JobCollector(self, metrics))
         self._lock = threading.Lock()
         self._latest: dict[tuple[int, int], TaskReport] = {}
-        server = _Server6 if ":" in bind else ThreadingHTTPServer
+        server = _Server6 if ":" in bind else _Server
         self._server = server((bind, port), partial(_Handler, self))
         self._server.daemon_threads = True
         self._closed = False
@@ -265,7 +270,31 @@ class ProgressBoard:
         self._thread.join(timeout=10)
 
 
-class _Server6(ThreadingHTTPServer):
+class _Server(ThreadingHTTPServer):
+    """A thread per connection, at most MAX_CONNECTIONS of them at once."""
+
+    def server_activate(self) -> None:
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        super().server_activate()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(timeout=SLOT_WAIT_S):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+class _Server6(_Server):
     address_family = socket.AF_INET6
 
 

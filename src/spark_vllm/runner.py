@@ -35,7 +35,7 @@ from spark_vllm.client import (
     wait_ready,
 )
 from spark_vllm.errors import ContextExceeded, ErrorBudgetExceeded, RowError, RowFailed
-from spark_vllm.kinds import RequestKind
+from spark_vllm.kinds import RequestKind, row_request
 from spark_vllm.lora import Adapters
 from spark_vllm.progress import (
     GRANTED,
@@ -413,7 +413,7 @@ class PartitionRunner:
 
     def _add(self, row: dict[str, Any]) -> None:
         try:
-            payload = self.kind.request(row)
+            payload = row_request(self.kind, row)
             if self.adapters is not None:
                 if not self.started:
                     self._start()  # the sidecar says which adapters it serves once ready
@@ -527,7 +527,10 @@ class PartitionRunner:
 
     def _collect(self, row: dict[str, Any], result: Result) -> None:
         """The row's result, completed by its kind and judged by the error policy."""
-        self.kind.finish(row, result)
+        try:
+            self.kind.finish(row, result)
+        except Exception as exc:  # whatever the row's answer makes its kind raise
+            result.error = f"bad answer: cannot be read ({type(exc).__name__})"
         self.seen += 1
         errors = self.cfg.errors
         if result.error is not None:

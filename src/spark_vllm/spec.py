@@ -298,7 +298,8 @@ class ContentPart(_Strict):
         min_length=1,
         description="column holding an image, or a list of them: bytes (binary; Spark's "
         "binaryFile `content`), a path the executor reads (local, file://, s3://, s3a://, "
-        "gs://, hdfs://), an http(s) URL vLLM fetches, or a data: URL",
+        "gs://, hdfs://; only under prompt.image_prefixes), an http(s) URL vLLM fetches, "
+        "or a data: URL",
     )
 
     @model_validator(mode="after")
@@ -333,6 +334,12 @@ class PromptSpec(_Strict):
         ge=1,
         description="a row's image larger than this many bytes is an error row (bytes and "
         "paths; an http(s) URL is fetched by vLLM, which applies its own limits)",
+    )
+    image_prefixes: list[str] = Field(
+        default_factory=list,
+        description="folders the executors may read a row's image path under (e.g. "
+        "s3a://bucket/images/, /data/images/); default none: an image path in a row is an "
+        "error row, and images come as bytes, http(s) URLs or data: URLs",
     )
 
     @model_validator(mode="after")

@@ -345,8 +345,9 @@ class AnswerParser:
         try:
             value = json.loads(text)
         except json.JSONDecodeError as exc:
+            # Not quoted: a model may echo its prompt, a row's values (`response` holds it).
             raise AnswerError(
-                f"answer is not JSON ({exc.msg} at {exc.pos}): {text[:200]!r}"
+                f"answer is not JSON ({exc.msg} at {exc.pos}); the response column holds it"
             ) from None
         try:
             error = jsonschema.exceptions.best_match(self.validator.iter_errors(value))

@@ -15,11 +15,14 @@ from typing import TYPE_CHECKING, Any
 from pyspark.accumulators import AccumulatorParam
 from pyspark.sql import functions as F
 
+from spark_vllm.redact import redact
+
 if TYPE_CHECKING:
     from spark_vllm.job import Plan
 
-# Error messages are counted by their first characters, and a task reports its most
-# common ones only.
+# Error messages are counted by their first characters, with URL passwords and password-like
+# parameters taken out (row errors name columns and row ids, never values: see prompt, images),
+# and a task reports its most common ones only.
 ERROR_CHARS = 300
 ERRORS_PER_TASK = 50
 # Kinds of failure the summary lists.
@@ -76,8 +79,9 @@ class Tally:
             self.succeeded += 1
         else:
             self.failed += 1
-            self.errors[error[:ERROR_CHARS]] += 1
-            self.add_kind(error_kind(error), 1, str(row_id))
+            shown = redact(error)
+            self.errors[shown[:ERROR_CHARS]] += 1
+            self.add_kind(error_kind(shown), 1, str(row_id))
         self.prompt_tokens += tokens[0]
         self.completion_tokens += tokens[1]
 
@@ -360,10 +364,10 @@ def summarize_from_output(job: Plan, wall_s: float) -> Summary:
                 .limit(1000)
                 .collect()
             )
-            summary.errors = [(r["e"], r["count"]) for r in errors[:5]]
+            summary.errors = [(redact(r["e"]), r["count"]) for r in errors[:5]]
             kinds = Tally()
             for r in errors:
-                kinds.add_kind(error_kind(r["e"]), r["count"], str(r["example"]))
+                kinds.add_kind(error_kind(redact(r["e"])), r["count"], str(r["example"]))
             summary.breakdown = kinds.breakdown()[:BREAKDOWN_KINDS]
     if job.earlier_runs:
         summary.output_ids, summary.output_failed = output_totals(job)

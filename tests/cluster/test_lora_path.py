@@ -77,4 +77,4 @@ def test_each_row_is_answered_by_its_adapter_in_the_pod(
         # adapter rows with the last adapter slot, see tests/integration/test_lora.py)
         assert said["alpha"]["response"] != said["beta"]["response"], said
         gamma = by_id[f"{q['id']}-gamma"]["error"]
-        assert gamma.startswith("bad input: LoRA adapter 'gamma' is not served by the sidecar")
+        assert gamma.startswith("bad input: the row's LoRA adapter is not served by the sidecar")

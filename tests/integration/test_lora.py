@@ -108,7 +108,7 @@ def test_each_row_is_answered_by_its_adapter(spark, lora_server, adapters, tmp_p
         assert len(set(texts)) == 3, texts  # base, alpha and beta answer differently
         assert first[f"base-{q}"]["error"] is None
         gamma = first[f"gamma-{q}"]["error"]
-        assert gamma.startswith("bad input: LoRA adapter 'gamma' is not served by the sidecar")
+        assert gamma.startswith("bad input: the row's LoRA adapter is not served by the sidecar")
         assert "lora.modules gives no path to load it from" in gamma
     # the same answers on a rerun: every adapter row, and the base rows of their own job
     adapter_rows = [r["id"] for r in rows if r["adapter"] in ("alpha", "beta")]

@@ -64,9 +64,9 @@ def test_every_problem_of_a_line_is_named_at_once():
 @pytest.mark.parametrize(
     ("row", "cause"),
     [
-        ({"method": "GET", "url": "/v1/completions", "body": "{}"}, "method 'GET'"),
-        ({"method": "POST", "url": "/bad_url", "body": "{}"}, "url '/bad_url'"),
-        ({"method": "POST", "url": "/v1/responses", "body": "{}"}, "url '/v1/responses'"),
+        ({"method": "GET", "url": "/v1/completions", "body": "{}"}, "method: expected 'POST'"),
+        ({"method": "POST", "url": "/bad_url", "body": "{}"}, "url: expected one of"),
+        ({"method": "POST", "url": "/v1/responses", "body": "{}"}, "url: expected one of"),
         # vLLM's run-batch test sends the string "True".
         (
             {"method": "POST", "url": "/v1/chat/completions", "body": '{"stream": "True"}'},

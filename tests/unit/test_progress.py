@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -362,3 +363,23 @@ def test_a_task_that_cannot_ask_the_driver_fails_rather_than_pass_the_budget(mon
     target = ProgressTarget(f"http://127.0.0.1:{free_port()}/progress", "t", 1.0)
     with pytest.raises(BudgetUnavailable, match="cannot be asked"):
         BudgetLease(target, lambda: (0, 0, 0)).take(10, Counts)
+
+
+def test_a_flood_of_idle_connections_starts_no_more_threads_than_the_bound(monkeypatch):
+    import socket
+
+    from spark_vllm import progress
+
+    monkeypatch.setattr(progress, "MAX_CONNECTIONS", 4, raising=False)
+    monkeypatch.setattr(progress, "SLOT_WAIT_S", 0.01, raising=False)
+    board = ProgressBoard("127.0.0.1", "127.0.0.1", 0, interval_s=0.05)
+    host, port = board._server.server_address[:2]
+    before = threading.active_count()
+    idle = [socket.create_connection((host, port)) for _ in range(12)]
+    try:
+        time.sleep(0.5)
+        assert threading.active_count() - before <= 4
+    finally:
+        for sock in idle:
+            sock.close()
+        board.close()

@@ -126,7 +126,7 @@ def test_text_that_is_not_a_conversation_is_the_user_message(text):
     ("value", "cause"),
     [
         ('[{"role": "user", "content": "x"', "starts like a conversation but is not a JSON"),
-        ([{"role": "robot", "content": "x"}], "message 0 needs 'role' .*got 'robot'"),
+        ([{"role": "robot", "content": "x"}], "message 0 needs 'role' .*its role is none of these"),
         ([{"role": "user"}], r"message 0 \(user\) needs 'content'"),
         ([{"role": "user", "content": 5}], "content must be a string or a list of parts"),
         ([{"role": "user", "content": [{"text": "x"}]}], "content part 0 needs 'type'"),
