@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import signal
 import sys
@@ -391,7 +392,7 @@ def show_summaries(spec: JobSpec, args: argparse.Namespace) -> int:
     return 0
 
 
-# Set by the chart on the driver (value jobSparkConfAllowed, comma-separated): the driver
+# Set by the chart on the driver (value jobSparkConfAllowed, a JSON list): the driver
 # runs under an account that may create pods, so there a spec's spark.conf may not touch
 # what places pods, mounts Secrets, loads code or reaches other hosts, unless the release
 # allows the key. Unset (`make run`, `spark-vllm local`): every key is the user's own.
@@ -410,11 +411,21 @@ CHART_GUARDED_CONF = (
 def check_chart_conf(spec: JobSpec) -> None:
     """When the chart started this driver: refuse the spec's spark.master and the spark.conf
     keys of CHART_GUARDED_CONF that the release's jobSparkConfAllowed does not list.
-    Raises SpecError naming the key and what is allowed."""
+    Raises SpecError naming the key and what is allowed, or the variable when it is not a
+    JSON list of strings."""
     listed = os.environ.get(CHART_CONF_ENV)
     if listed is None:
         return
-    allowed = [entry.strip() for entry in listed.split(",") if entry.strip()]
+    try:
+        allowed = json.loads(listed)
+    except ValueError:
+        allowed = None
+    if not isinstance(allowed, list) or not all(isinstance(a, str) for a in allowed):
+        raise SpecError(
+            f"{CHART_CONF_ENV}: expected a JSON list of Spark keys or prefixes (the chart's "
+            f"jobSparkConfAllowed), got {listed[:200]!r}"
+        )
+    allowed = [entry.strip() for entry in allowed if entry.strip()]
     keys = [*spec.spark.conf, *(["spark.master"] if spec.spark.master else [])]
     for key in keys:
         if key.startswith(CHART_GUARDED_CONF) and not conf_key_allowed(key, allowed):

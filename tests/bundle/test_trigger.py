@@ -121,8 +121,8 @@ def test_the_trigger_takes_its_reach_from_the_values(helm: str) -> None:
 def test_a_runs_driver_is_told_which_guarded_spark_conf_its_spec_may_set(
     helm: str, path: str, tmp_path: Path
 ) -> None:
-    for allowed, value in (((), ""), (("spark.executor.memory", "spark.sql."),
-                                      "spark.executor.memory,spark.sql.")):  # fmt: skip
+    for allowed, value in (((), "[]"), (("spark.executor.memory", "spark.sql."),
+                                        '["spark.executor.memory","spark.sql."]')):  # fmt: skip
         release = trigger_release(helm, path, ("jobSparkConfAllowed", list(allowed)))
         objects = runs_of(helm, release, tmp_path).render("jobs-0a1b2c3d", SPEC)
         if path == "operator":

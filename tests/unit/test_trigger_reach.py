@@ -334,7 +334,7 @@ def test_the_charts_driver_refuses_guarded_spark_conf_unless_the_values_allow_it
     spec = spec_from_dict({**MOUNTED, "spark": spark})
     monkeypatch.delenv(cli.CHART_CONF_ENV, raising=False)
     cli.check_chart_conf(spec)  # `make run`: the user's own settings
-    monkeypatch.setenv(cli.CHART_CONF_ENV, "")
+    monkeypatch.setenv(cli.CHART_CONF_ENV, "[]")
     key = next(iter(spark.get("conf", {})), "spark.master")
     with pytest.raises(SpecError, match=r"jobSparkConfAllowed \(listed: none\)") as refused:
         cli.check_chart_conf(spec)
@@ -342,17 +342,17 @@ def test_the_charts_driver_refuses_guarded_spark_conf_unless_the_values_allow_it
         "spark.master:" if key == "spark.master" else f"spark.conf.{key}:"
     )
     prefix = key.rsplit(".", 1)[0] + "."
-    monkeypatch.setenv(cli.CHART_CONF_ENV, f"spark.sql.shuffle.partitions, {key}")
+    monkeypatch.setenv(cli.CHART_CONF_ENV, json.dumps(["spark.sql.shuffle.partitions", key]))
     cli.check_chart_conf(spec)
     if key != "spark.master":
-        monkeypatch.setenv(cli.CHART_CONF_ENV, prefix)
+        monkeypatch.setenv(cli.CHART_CONF_ENV, json.dumps([prefix]))
         cli.check_chart_conf(spec)
 
 
 def test_the_charts_driver_takes_other_spark_conf_and_exits_2_on_a_guarded_key(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv(cli.CHART_CONF_ENV, "")
+    monkeypatch.setenv(cli.CHART_CONF_ENV, "[]")
     spec = tmp_path / "job.yaml"
     spec.write_text(yaml.safe_dump({**MOUNTED, "spark": {"conf": {"spark.sql.x": "1"}}}))
     cli.check_chart_conf(spec_from_dict(yaml.safe_load(spec.read_text())))
@@ -366,3 +366,12 @@ def test_with_the_token_an_unknown_path_is_404_and_a_large_body_413(runs: Record
     assert client.get("/no-such-path", headers=auth()).status_code == 404
     headers = {**auth(), "Content-Length": "99999999"}
     assert client.post("/jobs", headers=headers).status_code == 413
+
+
+@pytest.mark.parametrize("value", ["", "spark.sql.", '{"a": 1}', "[1]"])
+def test_the_charts_guard_refuses_a_value_that_is_not_a_json_list_naming_it(
+    value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(cli.CHART_CONF_ENV, value)
+    with pytest.raises(SpecError, match=r"SPARK_VLLM_JOB_SPARK_CONF_ALLOWED: expected a JSON list"):
+        cli.check_chart_conf(spec_from_dict(MOUNTED))

@@ -6,11 +6,13 @@ the SparkApplication and the ScheduledSparkApplication's template. The operator-
 
 {{- /*
 The driver's guard on the job spec's spark.conf (cli.check_chart_conf): its presence says the
-chart started the driver; its value, the guarded keys the release allows.
+chart started the driver; its value, the guarded keys the release allows, as a JSON list (never
+an empty string: the API server of Kubernetes 1.20 stores a CRD's "" as null, and the
+SparkApplication's schema then refuses it).
 */}}
 {{- define "spark-vllm.driverConfEnv" -}}
 - name: SPARK_VLLM_JOB_SPARK_CONF_ALLOWED
-  value: {{ join "," .Values.jobSparkConfAllowed | quote }}
+  value: {{ .Values.jobSparkConfAllowed | toJson | quote }}
 {{- end }}
 
 {{/* The job spec with the sidecar's endpoint filled in where the user left it out, and with
