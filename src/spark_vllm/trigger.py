@@ -49,6 +49,7 @@ from starlette.concurrency import run_in_threadpool
 
 from spark_vllm import operate
 from spark_vllm.errors import SpecError
+from spark_vllm.redact import redact
 from spark_vllm.spec import conf_key_allowed
 
 # What a run may consist of, in the order created (the spec's ConfigMaps before what mounts
@@ -158,7 +159,7 @@ def _check_locations(doc: dict[str, Any], policy: Policy) -> None:
         path = block.get("path")
         if isinstance(path, str) and not location_allowed(path, policy.allowed_paths):
             raise Refused(
-                f"{side}.path: {path!r} is not under a location the trigger's release "
+                f"{side}.path: {redact(path)!r} is not under a location the trigger's release "
                 f"allows in trigger.allowedPaths (listed: {listed}); a relative path, or one "
                 "with {}, \\ or % in it, is never allowed"
             )
@@ -186,9 +187,32 @@ def _check_locations(doc: dict[str, Any], policy: Policy) -> None:
             url = jdbc.get("url")
             if isinstance(url, str) and url not in policy.allowed_paths:
                 raise Refused(
-                    f"{side}.jdbc.url: {url!r} is not a JDBC URL the trigger's release lists "
-                    f"(exactly) in trigger.allowedPaths (listed: {listed})"
+                    f"{side}.jdbc.url: {redact(url)!r} is not a JDBC URL the trigger's release "
+                    f"lists (exactly) in trigger.allowedPaths (listed: {listed})"
                 )
+
+
+def _check_read_elsewhere(doc: dict[str, Any], policy: Policy) -> None:
+    """Paths a run reads besides its input: the folders a row's image paths may lie under
+    (read by the executors) and LoRA adapters to load (read, or fetched from a hub, by the
+    sidecar's vLLM). Each must lie under trigger.allowedPaths, as input.path must."""
+    listed = ", ".join(policy.allowed_paths) or "none"
+    named: list[tuple[str, Any]] = []
+    prompt = doc.get("prompt")
+    if isinstance(prompt, dict) and isinstance(prompt.get("image_prefixes"), list):
+        named += [
+            (f"prompt.image_prefixes[{i}]", v) for i, v in enumerate(prompt["image_prefixes"])
+        ]
+    lora = doc.get("lora")
+    if isinstance(lora, dict) and isinstance(lora.get("modules"), dict):
+        named += [(f"lora.modules.{name}", v) for name, v in lora["modules"].items()]
+    for where, value in named:
+        if isinstance(value, str) and not location_allowed(value, policy.allowed_paths):
+            raise Refused(
+                f"{where}: {redact(value)!r} is not under a location the trigger's release "
+                f"allows in trigger.allowedPaths (listed: {listed}); a hub id or a relative "
+                "path is never allowed"
+            )
 
 
 def check_posted(doc: dict[str, Any], policy: Policy = Policy()) -> None:
@@ -197,9 +221,10 @@ def check_posted(doc: dict[str, Any], policy: Policy = Policy()) -> None:
     pods it may name (`*_env` keys: an API key, a database password) unless the release
     lists them in trigger.allowedEnv; Spark's master, and spark.conf keys the release does
     not list in trigger.allowedSparkConf; paths, tables and JDBC URLs outside
-    trigger.allowedPaths, and JDBC drivers and properties. Otherwise a token holder could
-    have the job send a Secret of the namespace to a host of their choosing, mount one in
-    a pod of theirs, or read the pods' own files. Raises Refused (a SpecError)."""
+    trigger.allowedPaths (image prefixes and LoRA modules included), and JDBC drivers and
+    properties. Otherwise a token holder could have the job send a Secret of the namespace
+    to a host of their choosing, mount one in a pod of theirs, or read the pods' own files.
+    Raises Refused (a SpecError)."""
     if "endpoint" in doc:
         raise Refused(
             "endpoint: a job posted to the trigger talks to its executors' vLLM sidecars, "
@@ -223,6 +248,7 @@ def check_posted(doc: dict[str, Any], policy: Policy = Policy()) -> None:
                         f"(listed: {allowed})"
                     )
     _check_locations(doc, policy)
+    _check_read_elsewhere(doc, policy)
 
     def walk(node: Any, path: str) -> None:
         if isinstance(node, dict):

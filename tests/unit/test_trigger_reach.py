@@ -375,3 +375,51 @@ def test_the_charts_guard_refuses_a_value_that_is_not_a_json_list_naming_it(
     monkeypatch.setenv(cli.CHART_CONF_ENV, value)
     with pytest.raises(SpecError, match=r"SPARK_VLLM_JOB_SPARK_CONF_ALLOWED: expected a JSON list"):
         cli.check_chart_conf(spec_from_dict(MOUNTED))
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"prompt": {"template": "{{ question }}", "image_prefixes": ["/var/run/secrets/"]}},
+         "prompt.image_prefixes[0]: '/var/run/secrets/' is not under"),
+        ({"prompt": {"template": "{{ question }}", "image_prefixes": ["/data/../etc/"]}},
+         "prompt.image_prefixes[0]: '/data/../etc/' is not under"),
+        ({"lora": {"adapter": "evil", "modules": {"evil": "/root/.cache/adapter"}}},
+         "lora.modules.evil: '/root/.cache/adapter' is not under"),
+        ({"lora": {"adapter": "evil", "modules": {"evil": "someone/their-adapter"}}},
+         "lora.modules.evil: 'someone/their-adapter' is not under"),
+    ],
+)  # fmt: skip
+def test_image_prefixes_and_lora_modules_are_paths_the_release_must_allow(
+    runs: Recorder, extra: dict[str, Any], message: str
+) -> None:
+    doc = {**GOOD, **extra}
+    response = client_for(runs).post("/jobs", json=doc, headers=auth())
+    assert response.status_code == 403, response.text
+    assert message in response.json()["detail"]
+    assert "trigger.allowedPaths (listed: /data/, " in response.json()["detail"]
+    assert runs.created == []
+
+
+def test_image_prefixes_and_lora_modules_under_allowed_paths_pass() -> None:
+    check_posted(
+        {
+            **GOOD,
+            "prompt": {"template": "{{ question }}", "image_prefixes": ["/data/images/"]},
+            "lora": {"adapter": "a", "modules": {"a": "/data/adapters/a"}},
+        },
+        POLICY,
+    )
+
+
+def test_a_refused_location_does_not_echo_its_password(runs: Recorder) -> None:
+    url = "jdbc:postgresql://evil.example.net/db?user=me&password=hunter2"
+    doc = {**GOOD, "output": {"format": "jdbc", "jdbc": {"url": url, "table": "t"}}}
+    response = client_for(runs).post("/jobs", json=doc, headers=auth())
+    assert response.status_code == 403, response.text
+    assert "hunter2" not in response.text
+    assert "output.jdbc.url: " in response.json()["detail"]
+    doc = {**GOOD, "input": {**GOOD["input"], "path": "s3a://key:hunter2@bucket/in.jsonl"}}
+    response = client_for(runs).post("/jobs", json=doc, headers=auth())
+    assert response.status_code == 403, response.text
+    assert "hunter2" not in response.text
