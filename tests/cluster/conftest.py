@@ -11,6 +11,7 @@ webhook stays modelled by the bundle tier; jobs run through the operator-less pa
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -24,7 +25,7 @@ import pytest
 from tests.image.conftest import image, model_root  # noqa: F401  (shared fixtures)
 from tests.image.pod import docker_engine_problem
 
-from .kube import ROOT, Cluster
+from .kube import ROOT, Cluster, wait_for
 
 NODE_SCRIPT = ROOT / "scripts" / "k8s-node" / "node.sh"
 CRDS = Path(__file__).with_name("crds")
@@ -96,8 +97,17 @@ def operator_crds(cluster: Cluster) -> list[str]:
         cluster.kubectl("create", "-f", "-", stdin=crds_for_1_20(path.read_text()))
         names.append(path.name.split("_", 1)[1].removesuffix(".yaml") + ".sparkoperator.k8s.io")
     for name in names:
-        cluster.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
+        # Polled, not `kubectl wait --for=condition=Established`: kubectl 1.20's wait fails at
+        # once ("status.conditions accessor error: <nil>") when it reads the CRD before the API
+        # server has written any condition, which a CI run saw on a loaded machine.
+        wait_for(f"CRD {name} Established", functools.partial(_established, cluster, name), 60)
     return names
+
+
+def _established(cluster: Cluster, name: str) -> bool:
+    crd = cluster.find("crd", name, "default") or {}
+    conditions = (crd.get("status") or {}).get("conditions") or []
+    return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
 
 
 @pytest.fixture(scope="package")
