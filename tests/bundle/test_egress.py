@@ -99,6 +99,13 @@ def test_egress_without_the_api_server_is_refused_naming_the_value(helm: str) ->
     assert "networkPolicy.egress.enabled needs networkPolicy.egress.apiServer" in result.stderr
 
 
+def test_egress_without_network_policies_is_refused_not_ignored(helm: str) -> None:
+    case = Case("chat.yaml", (*EGRESS, ("networkPolicy.enabled", False)))
+    result = run_helm(helm, "template", "t", str(CHART), *case.helm_args())
+    assert result.returncode != 0
+    assert "networkPolicy.egress.enabled needs networkPolicy.enabled" in result.stderr
+
+
 def test_each_pod_reaches_what_it_needs_and_nothing_else(helm: str) -> None:
     rendered = render(helm, "jobs", Case("chat.yaml", (*EGRESS, ("operator.enabled", False))))
     for policy in rendered.of_kind("NetworkPolicy"):

@@ -293,3 +293,17 @@ def test_installing_a_trigger_prints_how_to_reach_it(helm: str, path: str) -> No
     assert 'spark-vllm trigger "chat-demo-trigger" takes job specs over HTTP' in notes
     assert "port-forward svc/chat-demo-trigger 8080:8080" in notes
     assert "Output:" not in notes  # no job of its own
+
+
+def test_installing_a_trigger_without_allowed_paths_warns_that_every_spec_is_refused(
+    helm: str,
+) -> None:
+    """allowedPaths is empty by default, and then every POST is 403: helm says so at install."""
+    for allowed, warned in (([], True), (["s3a://bucket/jobs/"], False)):
+        case = Case("chat.yaml", (*TRIGGER, ("trigger.allowedPaths", allowed)))
+        result = run_helm(
+            helm, "install", "--dry-run=client", "jobs", str(CHART), *case.helm_args()
+        )
+        assert result.returncode == 0, result.stderr
+        notes = result.stdout[result.stdout.index("NOTES:") :]
+        assert ("trigger.allowedPaths is empty: every posted spec is refused" in notes) is warned
