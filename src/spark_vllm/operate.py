@@ -595,11 +595,14 @@ def summary_fields(lines: list[str]) -> dict[str, str]:
     return fields
 
 
-def report(kube: Kube, name: str, namespace: str, submitter: bool = True) -> dict[str, Any]:
+def report(
+    kube: Kube, name: str, namespace: str, submitter: bool = True, summary: bool = True
+) -> dict[str, Any]:
     """A job's state as data: `state` (pending, running, succeeded, failed or gone), its
     pods (role, name, phase), the submitter Job's state (not read with `submitter` False:
-    the operator path has none), the driver's exit code and, once the driver ended, its
-    summary block (`summary`: the lines; `counts`: their fields)."""
+    the operator path has none), the driver's exit code and, once the driver ended and
+    unless `summary` is False (the driver's log is not read then), its summary block
+    (`summary`: the lines; `counts`: their fields)."""
     pods = kube.pods(name, namespace)
     job = kube.submitter_job(name, namespace) if submitter else None
     drivers = [p for p in pods if role(p) == "driver"]
@@ -618,11 +621,12 @@ def report(kube: Kube, name: str, namespace: str, submitter: bool = True) -> dic
     if driver is not None and driver.status.phase in ("Succeeded", "Failed"):
         out["state"] = "succeeded" if driver.status.phase == "Succeeded" else "failed"
         out["exit_code"] = code
-        with contextlib.suppress(Exception):
-            log = kube.log(driver.metadata.name, namespace, DRIVER_CONTAINER)
-            lines = [redact(line) for line in summary_block(log)]
-            out["summary"] = lines
-            out["counts"] = summary_fields(lines)
+        if summary:
+            with contextlib.suppress(Exception):
+                log = kube.log(driver.metadata.name, namespace, DRIVER_CONTAINER)
+                lines = [redact(line) for line in summary_block(log)]
+                out["summary"] = lines
+                out["counts"] = summary_fields(lines)
     elif driver is not None and driver.status.phase == "Running":
         out["state"] = "running"
     elif out.get("submitter") == "Failed":

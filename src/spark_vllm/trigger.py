@@ -427,8 +427,9 @@ class Runs:
         return loaded if isinstance(loaded, dict) else {}
 
     def running(self) -> int:
-        """How many of this trigger's runs are pending or running."""
-        return sum(1 for run in self.ids() if self.report(run)["state"] in ("pending", "running"))
+        """How many of this trigger's runs are pending or running (no driver log is read)."""
+        states = (self.report(run, summary=False)["state"] for run in self.ids())
+        return sum(1 for state in states if state in ("pending", "running"))
 
     def new_id(self) -> str:
         return f"{self.release[:31].rstrip('-')}-{secrets.token_hex(4)}"
@@ -516,11 +517,14 @@ class Runs:
             self._objects(RUN_KINDS[0], f"{TRIGGER_LABEL}={self.release},{RUN_LABEL}={run}")
         )
 
-    def report(self, run: str) -> dict[str, Any]:
+    def report(self, run: str, summary: bool = True) -> dict[str, Any]:
         """The run's state: pods, the submitter Job's or the SparkApplication's state, the
-        driver's exit code and the summary block of its log once it ended."""
+        driver's exit code and, unless `summary` is False, the summary block of its log once
+        it ended."""
         operator = operate.operator_path(self.values)
-        out = operate.report(self.kube, run, self.namespace, submitter=not operator)
+        out = operate.report(
+            self.kube, run, self.namespace, submitter=not operator, summary=summary
+        )
         apps = self._objects(RUN_KINDS[4], f"{RUN_LABEL}={run}") if operator else []
         if apps:
             state = operate.app_state(apps[0].to_dict())
