@@ -45,7 +45,7 @@ HELM        ?= $(TOOLS)/bin/helm
 TOOLS_STAMP := $(TOOLS)/venv/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup model run plan run-embedding run-images run-lora serve postgres prometheus tools schema manifests base-image build-image test test-unit \
+.PHONY: help setup model run plan run-embedding run-images run-lora serve postgres prometheus tools schema manifests base-image build-image operator operator-image test test-unit \
 	test-bundle test-image test-gpu-image test-cluster cluster-up cluster-down bench bench-prefix smoke lint format clean
 
 help: ## list the verbs
@@ -178,8 +178,17 @@ test-gpu-image: setup ## build the GPU image here (wheelhouse, no registry) and 
 test-cluster: setup tools ## a real one-node Kubernetes 1.20 (built once, cached): the chart and the job in pods
 	$(BIN)/pytest -m cluster tests/cluster
 
-cluster-up: ## start the one-node Kubernetes by hand (root, Docker); prints KUBECONFIG
+cluster-up: setup tools ## start the one-node Kubernetes by hand (root, Docker) with the Spark Operator running in it; prints KUBECONFIG
+	$(MAKE) build-image VARIANT=cpu
 	scripts/k8s-node/node.sh up
+	set -a; . "$${K8S_NODE_DIR:-/tmp/spark-vllm-k8s-node}/env"; set +a; \
+	  API_SERVER="$$K8S_API_SERVER" BASE_IMAGE=spark-vllm:dev-cpu scripts/spark-operator/install.sh all
+
+operator: ## build the Spark Operator v2.5.2 from its Go module (cached outside the checkout; about 8 minutes once)
+	scripts/spark-operator/build.sh
+
+operator-image: ## the Spark Operator's image: BASE_IMAGE (default spark-vllm:dev-cpu) plus the operator binary
+	scripts/spark-operator/image.sh $(or $(BASE_IMAGE),spark-vllm:dev-cpu)
 
 cluster-down: ## stop the one-node Kubernetes, removing its pods
 	scripts/k8s-node/node.sh down

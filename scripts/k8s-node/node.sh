@@ -20,6 +20,9 @@
 #     (127.127.0.0/24) so that a pod dialling a Service address is refused inside its own
 #     network namespace instead of sending packets off this machine;
 #   - no cluster DNS: Service names do not resolve;
+#   - so the API server calls admission webhooks (the Spark Operator's) at the pod behind the
+#     webhook's Service, not at its cluster IP (--enable-aggregator-routing: its resolver
+#     serves webhooks too), and reaches that pod on the bridge;
 #   - no native sidecars (Kubernetes 1.29+) and no Pod Security admission (1.23+).
 # The API server listens on the Docker bridge's address, not loopback, because pods must
 # reach it (Spark's driver creates its executors through it); the kubelet registers that
@@ -243,7 +246,8 @@ up() {
         --service-account-issuer https://kubernetes.default.svc \
         --kubelet-client-certificate "$pki/apiserver-kubelet-client.crt" \
         --kubelet-client-key "$pki/apiserver-kubelet-client.key" \
-        --kubelet-preferred-address-types InternalIP
+        --kubelet-preferred-address-types InternalIP \
+        --enable-aggregator-routing=true
 
     for _ in $(seq 60); do
         alive_or_die etcd
