@@ -13,7 +13,6 @@ from .render import (
     CHART,
     EXAMPLES,
     NOTEBOOK_CASES,
-    PLATFORM_CHART,
     Case,
     Rendered,
     render,
@@ -201,29 +200,6 @@ def test_values_file_documents_every_value() -> None:
         previous = text
     schema = json.loads((CHART / "values.schema.json").read_text(encoding="utf-8"))
     assert schema["additionalProperties"] is False
-
-
-def test_platform_chart_holds_the_operators_because_helm_needs_dependency_charts(helm: str) -> None:
-    """Helm refuses to render a chart whose dependencies are missing from charts/, even with
-    their conditions false; so the per-job chart has none, and the operators live in
-    spark-vllm-platform, which needs `helm dependency build` (and the internet) once."""
-    chart = yaml.safe_load((PLATFORM_CHART / "Chart.yaml").read_text(encoding="utf-8"))
-    deps = {d["name"]: d for d in chart["dependencies"]}
-    assert deps["spark-operator"]["repository"] == "https://kubeflow.github.io/spark-operator"
-    assert deps["spark-operator"]["version"] == "2.5.2"
-    assert deps["volcano"]["repository"] == "https://volcano-sh.github.io/helm-charts"
-    values = yaml.safe_load((PLATFORM_CHART / "values.yaml").read_text(encoding="utf-8"))
-    for dep in deps.values():
-        key = dep["condition"].removesuffix(".enabled")
-        assert values[key]["enabled"] is False, f"{key} must be off by default"
-    assert "dependencies" not in yaml.safe_load((CHART / "Chart.yaml").read_text(encoding="utf-8"))
-
-    lint = run_helm(helm, "lint", str(PLATFORM_CHART))
-    assert lint.returncode == 0, lint.stdout + lint.stderr
-    if not (PLATFORM_CHART / "charts").exists():
-        refused = run_helm(helm, "template", "p", str(PLATFORM_CHART))
-        assert refused.returncode != 0
-        assert "missing in charts/ directory" in refused.stderr
 
 
 @pytest.mark.parametrize("restart", ["OnFailure", "Always"])
