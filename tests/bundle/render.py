@@ -129,6 +129,7 @@ CASES: dict[str, Case] = {
     "rapids": Case("chat.yaml", (("rapids.enabled", True), ("volcano.enabled", True))),
     "smoke": Case("smoke.yaml"),
     "smoke-volcano": Case("smoke.yaml", (("volcano.enabled", True),)),
+    "api-server": Case("smoke.yaml", (("submitter.apiServer", "https://10.0.0.1:6443"),)),
     "api-key": Case(
         "chat.yaml",
         (("sidecar.apiKey.enabled", True), ("sidecar.apiKey.secretName", "vllm-api-key")),

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from .render import CHART, PLATFORM_CHART, run_helm
+from .render import CHART, PLATFORM_CHART, Rendered, run_helm
 
 pytestmark = pytest.mark.bundle
 
@@ -143,3 +143,54 @@ def test_bad_values_are_refused_naming_the_value(helm: str, setting: str, expect
 
 def test_operator_off_renders_nothing_but_notes(helm: str) -> None:
     assert render(helm, "operator.enabled=false") == []
+
+
+# The sparkConf keys the operator's validating webhook refuses in a SparkApplication (v2.5.2:
+# internal/webhook/sparkconf_validator.go), each "managed by the operator" or set through a
+# field of the spec. The cluster tier met the first one: the chart once put
+# spark.kubernetes.driver.master there, and every install of it was refused.
+OPERATOR_DENIED_SPARK_CONF = {
+    "spark.master",
+    "spark.kubernetes.driver.master",
+    "spark.kubernetes.container.image",
+    "spark.kubernetes.driver.container.image",
+    "spark.kubernetes.executor.container.image",
+    "spark.kubernetes.authenticate.driver.serviceAccountName",
+    "spark.kubernetes.authenticate.executor.serviceAccountName",
+    "spark.kubernetes.authenticate.oauthTokenFile",
+    "spark.kubernetes.authenticate.oauthToken",
+    "spark.kubernetes.authenticate.driver.oauthTokenFile",
+    "spark.kubernetes.authenticate.driver.oauthToken",
+    "spark.kubernetes.authenticate.executor.oauthTokenFile",
+    "spark.kubernetes.authenticate.executor.oauthToken",
+}
+
+
+def test_no_spark_application_sets_a_key_the_operators_webhook_refuses(
+    rendered: dict[str, Rendered],
+) -> None:
+    apps = {
+        name: r.app_spec()
+        for name, r in rendered.items()
+        if not name.startswith(("submit", "notebook"))
+    }
+    assert len(apps) > 10
+    for name, spec in apps.items():
+        refused = OPERATOR_DENIED_SPARK_CONF & set(spec.get("sparkConf", {}))
+        assert not refused, f"{name}: the operator's webhook refuses sparkConf {sorted(refused)}"
+        namespace = spec.get("sparkConf", {}).get("spark.kubernetes.namespace")
+        assert namespace in (None, "default"), f"{name}: spark.kubernetes.namespace {namespace}"
+
+
+def test_api_server_reaches_the_driver_through_the_spec_on_the_operator_path(
+    rendered: dict[str, Rendered],
+) -> None:
+    spec = rendered["api-server"].app_spec()
+    assert spec["driver"]["kubernetesMaster"] == "https://10.0.0.1:6443"
+    assert "kubernetesMaster" not in rendered["smoke"].app_spec()["driver"]
+    conf = spec["sparkConf"]
+    assert conf["spark.kubernetes.executor.useDriverPodIP"] == "true"
+    assert conf["spark.kubernetes.driver.pod.excludedFeatureSteps"].split(",") == [
+        "org.apache.spark.deploy.k8s.features.DriverServiceFeatureStep",
+        "org.apache.spark.deploy.k8s.features.NetworkPolicyFeatureStep",
+    ]

@@ -130,14 +130,22 @@ def test_every_mounted_volume_reaches_the_pod_through_the_webhook(
 
 
 @pytest.mark.parametrize("name", ["chat", "scheduled"])
-def test_no_executor_pod_template_because_it_turns_the_webhook_off(
+def test_pod_templates_name_the_namespace_so_that_the_webhook_mutates_the_pods(
     rendered: dict[str, Rendered], name: str
 ) -> None:
-    """With executor.template set (Spark >= 3), operator v2.5 stops labelling executor pods for
-    the webhook, which then adds no sidecar, volume, env or security context at all."""
+    """The operator's pod webhook (v2.5.2) reads the namespace from the pod in the request,
+    and Spark 4.2 creates its pods without one: the webhook then lets them through
+    unmutated (no sidecar, no volumes; seen with the real operator in the cluster tier). A
+    pod template that names the namespace makes Spark send it. The template holds nothing
+    else: the sidecar, volumes, env and security contexts stay the webhook's, which adds them
+    whatever the template (an earlier reading of the source, that a template turns the
+    webhook off, was wrong: its objectSelector is the launched-by label, always set)."""
     spec = rendered[name].app_spec()
-    assert "template" not in spec["executor"]
-    assert "template" not in spec["driver"]
+    for role in ("driver", "executor"):
+        assert spec[role]["template"] == {
+            "metadata": {"namespace": "spark-jobs"},
+            "spec": {"containers": [{"name": f"spark-kubernetes-{role}"}]},
+        }
 
 
 @pytest.mark.parametrize("name", ["chat", "classic-sidecar", "scheduled"])

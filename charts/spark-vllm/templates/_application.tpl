@@ -156,10 +156,17 @@ arguments:
 {{- $rapids := dict "spark.plugins" "com.nvidia.spark.SQLPlugin" "spark.driver.extraClassPath" $jar "spark.executor.extraClassPath" $jar "spark.executor.resource.gpu.amount" (toString .Values.rapids.executorGpus) "spark.executor.resource.gpu.vendor" "nvidia.com" "spark.executor.resource.gpu.discoveryScript" .Values.rapids.discoveryScript "spark.task.resource.gpu.amount" (printf "%g" (divf (float64 .Values.rapids.executorGpus) (float64 .Values.executor.cores))) }}
 {{- $sparkConf = merge $sparkConf $rapids }}
 {{- end }}
+{{- include "spark-vllm.driverReach" $sparkConf }}
 {{- with $sparkConf }}
 sparkConf:
   {{- range $k, $v := . }}
+  {{- if gt (len (toString $v)) 60 }}
+  {{- /* A long value (a list of classes) on a line of its own: no line over 120 characters. */}}
+  {{ $k | quote }}:
+    {{ $v | toString | quote }}
+  {{- else }}
   {{ $k | quote }}: {{ $v | toString | quote }}
+  {{- end }}
   {{- end }}
 {{- end }}
 {{- with .Values.hadoopConf }}
@@ -208,6 +215,12 @@ driver:
   memory: {{ printf "%dm" (int .Values.driver.memoryMi) | quote }}
   memoryOverhead: {{ printf "%dm" (int .Values.driver.memoryOverheadMi) | quote }}
   serviceAccount: {{ include "spark-vllm.serviceAccountName" . }}
+  {{- with .Values.submitter.apiServer }}
+  # The driver's own client (it creates the executors); spark-submit's is the operator's.
+  # The operator's webhook refuses spark.kubernetes.driver.master in sparkConf.
+  kubernetesMaster: {{ . | quote }}
+  {{- end }}
+  {{- include "spark-vllm.podTemplateForTheWebhook" (list . "driver") | nindent 2 }}
   labels:
     {{- toYaml (merge (dict "app.kubernetes.io/component" "driver") $sel .Values.driver.labels) | nindent 4 }}
 {{- with .Values.driver.annotations }}
@@ -262,6 +275,7 @@ executor:
 {{- end }}
   deleteOnTermination: {{ .Values.executor.deleteOnTermination }}
   serviceAccount: {{ include "spark-vllm.executorServiceAccountName" . }}
+  {{- include "spark-vllm.podTemplateForTheWebhook" (list . "executor") | nindent 2 }}
   labels:
     {{- toYaml (merge (dict "app.kubernetes.io/component" "executor") $sel .Values.executor.labels) | nindent 4 }}
 {{- with .Values.executor.annotations }}
@@ -315,4 +329,21 @@ executor:
 {{- if .Values.metrics.enabled }}
     - {{ include "spark-vllm.metricsProxy" . | nindent 6 | trim }}
 {{- end }}
+{{- end }}
+
+{{/* A Spark pod template that names only the namespace and the Spark container, so that Spark
+sends the pod's namespace in the body of its create request. The operator's pod webhook
+(v2.5.2) reads the namespace from the pod itself, not from the request; Spark 4.2 creates its
+pods without one, and the webhook then passes them unmutated: no vLLM sidecar, no volumes
+(seen on the cluster tier with the real operator). Everything else stays the webhook's.
+Arguments: (list $ "driver"|"executor"). */}}
+{{- define "spark-vllm.podTemplateForTheWebhook" -}}
+{{- $ := index . 0 }}
+{{- $role := index . 1 -}}
+template:
+  metadata:
+    namespace: {{ $.Release.Namespace }}
+  spec:
+    containers:
+      - name: {{ printf "spark-kubernetes-%s" $role }}
 {{- end }}

@@ -48,7 +48,6 @@ submission.go), plus the pod templates. A dict of strings. */}}
   "spark.kubernetes.driver.podTemplateContainerName" "spark-kubernetes-driver"
   "spark.kubernetes.executor.podTemplateContainerName" "spark-kubernetes-executor"
   "spark.kubernetes.submission.waitAppCompletion" "true"
-  "spark.kubernetes.executor.useDriverPodIP" "true"
   "spark.driver.cores" (toString (int .Values.driver.cores))
   "spark.driver.memory" (printf "%dm" (int .Values.driver.memoryMi))
   "spark.driver.memoryOverhead" (printf "%dm" (int .Values.driver.memoryOverheadMi))
@@ -83,21 +82,7 @@ submission.go), plus the pod templates. A dict of strings. */}}
 {{- range $k, $v := .Values.sparkConf }}
 {{- $_ := set $p $k (toString $v) }}
 {{- end }}
-{{- /* Two of Spark 4's own driver steps are left out, unless sparkConf names the steps:
-- the headless Service for the driver: executors reach the driver at its pod IP, so it
-  serves nothing, and Kubernetes < 1.21 refuse the server-side apply Spark creates it with
-  (".spec.ports: element 0: associative list with keys has an element that omits key field
-  protocol");
-- the NetworkPolicy Spark makes for the executors: the chart's own (networkPolicy.enabled)
-  admits the same pods, and the driver's Role then needs no rights on NetworkPolicies. */}}
-{{- $stepsKey := "spark.kubernetes.driver.pod.excludedFeatureSteps" }}
-{{- if not (hasKey $p $stepsKey) }}
-{{- $steps := list "org.apache.spark.deploy.k8s.features.NetworkPolicyFeatureStep" }}
-{{- if eq (get $p "spark.kubernetes.executor.useDriverPodIP") "true" }}
-{{- $steps = prepend $steps "org.apache.spark.deploy.k8s.features.DriverServiceFeatureStep" }}
-{{- end }}
-{{- $_ := set $p $stepsKey (join "," $steps) }}
-{{- end }}
+{{- include "spark-vllm.driverReach" $p }}
 {{- toYaml $p }}
 {{- end }}
 
@@ -218,4 +203,29 @@ spec:
 {{- end }}
   volumes:
     {{- include "spark-vllm.executorVolumes" . | nindent 4 }}
+{{- end }}
+
+{{/* How executors reach the driver, on both paths; sets into the dict of Spark properties
+given, unless it names them already. Executors dial the driver's pod IP
+(spark.kubernetes.executor.useDriverPodIP), and two of Spark 4's own driver steps are left
+out, unless the properties name the steps:
+- the headless Service for the driver: executors reach the driver at its pod IP, so it
+  serves nothing, and Kubernetes < 1.21 refuse the server-side apply Spark creates it with
+  (".spec.ports: element 0: associative list with keys has an element that omits key field
+  protocol");
+- the NetworkPolicy Spark makes for the executors: the chart's own (networkPolicy.enabled)
+  admits the same pods, and the driver's Role then needs no rights on NetworkPolicies. */}}
+{{- define "spark-vllm.driverReach" -}}
+{{- $p := . }}
+{{- if not (hasKey $p "spark.kubernetes.executor.useDriverPodIP") }}
+{{- $_ := set $p "spark.kubernetes.executor.useDriverPodIP" "true" }}
+{{- end }}
+{{- $stepsKey := "spark.kubernetes.driver.pod.excludedFeatureSteps" }}
+{{- if not (hasKey $p $stepsKey) }}
+{{- $steps := list "org.apache.spark.deploy.k8s.features.NetworkPolicyFeatureStep" }}
+{{- if eq (toString (get $p "spark.kubernetes.executor.useDriverPodIP")) "true" }}
+{{- $steps = prepend $steps "org.apache.spark.deploy.k8s.features.DriverServiceFeatureStep" }}
+{{- end }}
+{{- $_ := set $p $stepsKey (join "," $steps) }}
+{{- end }}
 {{- end }}
