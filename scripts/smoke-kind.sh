@@ -7,8 +7,9 @@
 #  2. builds the CPU image (make build-image VARIANT=cpu) and loads it into the node;
 #  3. makes the tiny model (make model) and copies it, and examples/data/questions.jsonl,
 #     onto the node's disk, where the job's hostPath volumes find them;
-#  4. installs the Spark Operator (and Volcano with VOLCANO=1) through our platform chart,
-#     charts/spark-vllm-platform, after `helm dependency build` against their repositories;
+#  4. installs the Spark Operator's CRDs (from its Go module; needs Go) and the operator
+#     through our platform chart, charts/spark-vllm-platform, with upstream's image; Volcano
+#     (VOLCANO=1) from its own chart repository;
 #  5. installs the job (charts/spark-vllm with examples/values/smoke.yaml), runs `helm test`,
 #     and waits for the SparkApplication to be COMPLETED;
 #  6. checks the output on the node: exactly one row per input id, none with an error.
@@ -197,26 +198,23 @@ docker exec "$node" sh -c "chown -R 0:0 '$node_models' '$node_data' \
     && chmod -R a+rX '$node_models' '$node_data' && chown 185:185 '$node_data/output'"
 
 # --- 4. the operators --------------------------------------------------------------------
-volcano_flag=false
 operators="the Spark Operator"
 if [ "$volcano" = 1 ]; then
-    volcano_flag=true
     operators="the Spark Operator and Volcano"
 fi
 say "installing $operators (charts/spark-vllm-platform)"
 k create namespace "$ns" --dry-run=client -o yaml | k apply -f -
-"$helm_bin" repo add spark-operator https://kubeflow.github.io/spark-operator --force-update >/dev/null
-"$helm_bin" repo add volcano-sh https://volcano-sh.github.io/helm-charts --force-update >/dev/null
-# Built in a copy: `helm dependency build` writes charts/ and Chart.lock next to Chart.yaml.
-cp -R charts/spark-vllm-platform "$work/platform"
-"$helm_bin" dependency build "$work/platform"
-h upgrade --install spark-vllm-platform "$work/platform" \
+if [ "$volcano" = 1 ]; then
+    "$helm_bin" repo add volcano-sh https://volcano-sh.github.io/helm-charts --force-update >/dev/null
+    h upgrade --install volcano volcano-sh/volcano --version 1.15.0 \
+        --namespace volcano-system --create-namespace --wait --timeout 10m
+fi
+kubeconfig=$work/kubeconfig
+"$kind_bin" get kubeconfig --name "$cluster" >"$kubeconfig"
+KUBECONFIG=$kubeconfig KUBECTL=$kubectl_bin HELM=$helm_bin bash scripts/spark-operator/install.sh crds
+h upgrade --install spark-vllm-platform charts/spark-vllm-platform \
     --namespace "$operator_ns" --create-namespace \
-    --set spark-operator.enabled=true \
-    --set "spark-operator.spark.jobNamespaces={$ns}" \
-    --set spark-operator.webhook.enable=true \
-    --set spark-operator.controller.batchScheduler.enable=true \
-    --set "volcano.enabled=$volcano_flag" \
+    --set "operator.jobNamespaces={$ns}" \
     --wait --timeout 10m
 k -n "$operator_ns" get pods
 if [ "$volcano" = 1 ]; then
