@@ -389,9 +389,28 @@ def app_state(app: dict[str, Any] | None) -> str:
     return str(state) if state else NOT_SEEN
 
 
+# The API server's own words inside a Java client exception: "... Message: <them>. Received
+# status: Status(...)".
+_K8S_MESSAGE = re.compile(r"Message: (.+?)(?:\. Received status:|$)")
+
+
 def app_error(app: dict[str, Any] | None) -> str:
+    """The operator's errorMessage (status.applicationState), in one line.
+
+    A failed submission carries spark-submit's whole output: JVM warnings, INFO lines and a
+    stack trace, ~100 lines. Kept: its first line (the operator's own words) and, from the
+    first exception line, the API server's message (or the exception itself); the full text
+    stays in the application's status (`kubectl describe sparkapplication`)."""
     state = ((app or {}).get("status") or {}).get("applicationState") or {}
-    return str(state.get("errorMessage") or "")
+    message = str(state.get("errorMessage") or "").strip()
+    lines = message.splitlines()
+    if len(lines) <= 1:
+        return message
+    cause = next((line for line in lines if "Exception" in line), "")
+    found = _K8S_MESSAGE.search(cause)
+    detail = found.group(1) if found else cause.strip()
+    first = lines[0].split(": WARNING:")[0].rstrip(": ")
+    return f"{first}: {detail}" if detail else first
 
 
 def job_state(job: Any | None) -> str:

@@ -1,19 +1,17 @@
 """Fixtures of the cluster tier: one real one-node Kubernetes v1.20.2 per test session
-(scripts/k8s-node/), the CPU image and the tiny model of the image tier, the operator's
-CRDs, and the chart installed with helm.
+(scripts/k8s-node/), the CPU image and the tiny model of the image tier, the Spark
+Operator v2.5.2 built from its Go module (scripts/spark-operator/) with its own CRDs, run in
+the node by the platform chart, and the job chart installed with helm.
 
-The node runs pods on the same Docker engine that builds the image, so the image tier's
-`spark-vllm:test-<digest>` is on the node without any registry. The Spark Operator's
-controller cannot run here (no registry for its image, its Go dependencies unpackaged): the
-operator path is checked up to the API server accepting its objects, and the operator's
-webhook stays modelled by the bundle tier; jobs run through the operator-less path.
+The node runs pods on the same Docker engine that builds the images, so the image tier's
+`spark-vllm:test-<digest>` and the operator's image made from it are on the node without
+any registry.
 """
 
 from __future__ import annotations
 
-import functools
+import json
 import os
-import re
 import shutil
 import subprocess
 import time
@@ -25,10 +23,12 @@ import pytest
 from tests.image.conftest import image, model_root  # noqa: F401  (shared fixtures)
 from tests.image.pod import docker_engine_problem
 
-from .kube import ROOT, Cluster, wait_for
+from .kube import ROOT, Cluster, Operator, wait_for
 
 NODE_SCRIPT = ROOT / "scripts" / "k8s-node" / "node.sh"
-CRDS = Path(__file__).with_name("crds")
+OPERATOR_SCRIPTS = ROOT / "scripts" / "spark-operator"
+OPERATOR_NAMESPACE = "spark-operator"
+PLATFORM_RELEASE = "platform"
 # A fixed folder, so that a node left behind by a killed session is stopped by the next one.
 NODE_DIR = Path(os.environ.get("K8S_NODE_DIR", "/tmp/spark-vllm-k8s-node"))
 
@@ -76,38 +76,74 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         subprocess.run(["bash", str(NODE_SCRIPT), "down"], env=env, check=False)
 
 
-def crds_for_1_20(text: str) -> str:
-    """The operator's CRDs (chart 2.5.2) as Kubernetes 1.20 accepts them.
-
-    controller-gen writes `default: ""` under string fields whose Go type has a default
-    marker; 1.20's structural-schema validation reads that empty default as null and refuses
-    the CRD ("default: Invalid value: "null": in body must be of type string"). Later API
-    servers accept it. Dropping the default changes nothing the chart relies on."""
-    return re.sub(r'(?m)^\s*default: ""\n', "", text)
+def _install(cluster: Cluster, what: str, **env: str) -> str:
+    """scripts/spark-operator/install.sh WHAT against the node; its last line of output."""
+    proc = subprocess.run(
+        ["bash", str(OPERATOR_SCRIPTS / "install.sh"), what],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+        env={**os.environ, "KUBECONFIG": cluster.kubeconfig, **env},
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"install.sh {what} failed:\n{proc.stderr[-5000:]}", pytrace=False)
+    lines = proc.stdout.strip().splitlines()
+    return lines[-1] if lines else ""
 
 
 @pytest.fixture(scope="package")
-def operator_crds(cluster: Cluster) -> list[str]:
-    """SparkApplication and ScheduledSparkApplication CRDs, pinned (tests/cluster/crds),
-    created and Established."""
-    names = []
-    for path in sorted(CRDS.glob("*.yaml")):
-        # create, not apply: a client-side apply would store the whole 800 KB CRD in an
-        # annotation, over the 256 KB limit.
-        cluster.kubectl("create", "-f", "-", stdin=crds_for_1_20(path.read_text()))
-        names.append(path.name.split("_", 1)[1].removesuffix(".yaml") + ".sparkoperator.k8s.io")
-    for name in names:
-        # Polled, not `kubectl wait --for=condition=Established`: kubectl 1.20's wait fails at
-        # once ("status.conditions accessor error: <nil>") when it reads the CRD before the API
-        # server has written any condition, which a CI run saw on a loaded machine.
-        wait_for(f"CRD {name} Established", functools.partial(_established, cluster, name), 60)
-    return names
+def operator_crds(cluster: Cluster) -> None:
+    """The Spark Operator's CRDs (SparkApplication, ScheduledSparkApplication, SparkConnect)
+    from its Go module v2.5.2 (built and cached by scripts/spark-operator/build.sh, about 8
+    minutes the first time), created and Established."""
+    _install(cluster, "crds")
 
 
-def _established(cluster: Cluster, name: str) -> bool:
-    crd = cluster.find("crd", name, "default") or {}
-    conditions = (crd.get("status") or {}).get("conditions") or []
-    return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
+@pytest.fixture(scope="package")
+def spark_operator(
+    cluster: Cluster,
+    operator_crds: None,
+    namespace: str,
+    image: str,  # noqa: F811  (the image tier's fixture)
+) -> Iterator[Operator]:
+    """The operator's controller and webhook in the node, as `make cluster-up` installs
+    them: the platform chart, with the operator's image made from the CPU image plus the
+    binary. Ready once both Deployments are and the webhook has put its CA into both
+    configurations."""
+    operator_image = _install(
+        cluster,
+        "operator",
+        BASE_IMAGE=image,
+        JOB_NAMESPACE=namespace,
+        OPERATOR_NAMESPACE=OPERATOR_NAMESPACE,
+        # No kube-proxy on this node: the kubernetes Service's address routes nowhere.
+        API_SERVER=cluster.api_server,
+    )
+    name = f"{PLATFORM_RELEASE}-spark-operator"
+    yield Operator(OPERATOR_NAMESPACE, f"{name}-controller", f"{name}-webhook", operator_image)
+    # The webhooks refuse Spark's pods (failurePolicy Fail) once the webhook is gone.
+    cluster.helm("uninstall", PLATFORM_RELEASE, "-n", OPERATOR_NAMESPACE, "--wait", check=False)
+
+
+@pytest.fixture(scope="package")
+def node_gpus(cluster: Cluster) -> int:
+    """The node advertises two `nvidia.com/gpu` (a JSON patch of its status' capacity, the
+    way clusters without a device plugin are tested), so the chart's GPU requests are
+    scheduled and admitted for real; nothing runs on a GPU (vLLM is the CPU build)."""
+    count = 2
+    patch = [{"op": "add", "path": "/status/capacity/nvidia.com~1gpu", "value": str(count)}]
+    cluster.kubectl(
+        "patch", "node", cluster.node_name, "--subresource=status", "--type=json",
+        "-p", json.dumps(patch),
+    )  # fmt: skip
+
+    def advertised() -> bool:
+        node = cluster.find("node", cluster.node_name, "default") or {}
+        return (node.get("status") or {}).get("allocatable", {}).get("nvidia.com/gpu") == str(count)
+
+    wait_for("the node's GPUs allocatable", advertised, 60)
+    return count
 
 
 @pytest.fixture(scope="package")

@@ -105,6 +105,16 @@ class Cluster:
         return answer == "yes"
 
 
+@dataclass(frozen=True)
+class Operator:
+    """The Spark Operator running in the node: its namespace, Deployments and image."""
+
+    namespace: str
+    controller: str
+    webhook: str
+    image: str
+
+
 def container_ready(pod: Obj, name: str) -> bool:
     statuses = pod.get("status", {}).get("containerStatuses", [])
     return any(s["name"] == name and s.get("ready") for s in statuses)

@@ -1,15 +1,20 @@
-"""The operator path against a real API server: the Spark Operator's own CRDs (pinned) take
-the chart's SparkApplication and ScheduledSparkApplication whole, and the driver's
-ServiceAccount may do what Spark needs in its namespace and nothing else."""
+"""The operator path against a real API server and the real Spark Operator v2.5.2 (built from
+its Go module, run in the node by the platform chart): the operator's own CRDs take the
+chart's SparkApplication and ScheduledSparkApplication whole, the driver's ServiceAccount may
+do what Spark needs in its namespace and nothing else, and `helm install` of a job runs it
+through the operator's webhook and controller to COMPLETED."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from .kube import Cluster
+from .jobs import Job, chat_job, make_job, questions, until
+from .kube import Cluster, Operator, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -43,10 +48,24 @@ def _lost(sent: Any, stored: Any, path: str = "") -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def operator_releases(
-    cluster: Cluster, operator_crds: list[str], namespace: str
-) -> dict[str, list[dict[str, Any]]]:
+def stored_namespace(cluster: Cluster, operator_crds: None) -> str:
+    """A namespace the operator does not watch: the examples' applications are stored as
+    sent (no webhook defaults them) and not run (they ask for GPUs and models from the
+    internet)."""
+    name = "spark-stored"
+    cluster.kubectl("create", "namespace", name)
+    wait_for(
+        "the namespace's default ServiceAccount",
+        lambda: cluster.find("serviceaccount", "default", name),
+        60,
+    )
+    return name
+
+
+@pytest.fixture(scope="module")
+def operator_releases(cluster: Cluster, stored_namespace: str) -> dict[str, list[dict[str, Any]]]:
     """The examples installed through helm with the operator path; what helm sent."""
+    namespace = stored_namespace
     sent = {}
     for release, (values, overrides) in OPERATOR_RELEASES.items():
         # --skip-crds: the CRDs are the fixture's. --server-side=false: see kube.py.
@@ -60,8 +79,9 @@ def operator_releases(
 
 
 def test_api_server_stores_every_object_the_operator_path_renders_unpruned(
-    cluster: Cluster, operator_releases: dict[str, list[dict[str, Any]]], namespace: str
+    cluster: Cluster, operator_releases: dict[str, list[dict[str, Any]]], stored_namespace: str
 ) -> None:
+    namespace = stored_namespace
     kinds = set()
     for release, docs in operator_releases.items():
         for doc in docs:
@@ -77,8 +97,9 @@ def test_api_server_stores_every_object_the_operator_path_renders_unpruned(
 
 
 def test_driver_service_account_may_do_what_spark_needs_and_nothing_else(
-    cluster: Cluster, operator_releases: dict[str, list[dict[str, Any]]], namespace: str
+    cluster: Cluster, operator_releases: dict[str, list[dict[str, Any]]], stored_namespace: str
 ) -> None:
+    namespace = stored_namespace
     sa = f"system:serviceaccount:{namespace}:spark-vllm-driver"
     # What Spark's driver does: executor pods, their ConfigMaps and on-demand PVCs, Services.
     # On the operator path the operator's own account runs spark-submit, and with executors
@@ -113,8 +134,9 @@ def test_driver_service_account_may_do_what_spark_needs_and_nothing_else(
 
 
 def test_executor_service_account_may_do_nothing(
-    cluster: Cluster, operator_releases: dict[str, list[dict[str, Any]]], namespace: str
+    cluster: Cluster, operator_releases: dict[str, list[dict[str, Any]]], stored_namespace: str
 ) -> None:
+    namespace = stored_namespace
     sa = f"system:serviceaccount:{namespace}:spark-vllm-executor"
     for verb, resource in [
         ("get", "pods"),
@@ -123,3 +145,85 @@ def test_executor_service_account_may_do_nothing(
         ("get", "configmaps"),
     ]:
         assert not cluster.can_i(verb, resource, namespace, sa), f"executor may {verb} {resource}"
+
+
+def operator_report(cluster: Cluster, operator: Operator, job: Job) -> str:
+    """What went on, for a failing assertion: the application's status, the pods, the
+    controller's and the driver's logs."""
+    app = cluster.find("sparkapplication", job.name, job.namespace) or {}
+    controller = cluster.kubectl(
+        "logs", f"deploy/{operator.controller}", "-n", operator.namespace, "--tail=60",
+        check=False,
+    )  # fmt: skip
+    pods = cluster.kubectl("get", "pods", "-A", "-o", "wide", check=False).stdout
+    return (
+        f"--- status ---\n{json.dumps(app.get('status'), indent=1)[-3000:]}\n--- pods ---\n{pods}"
+        f"\n--- controller ---\n{controller.stdout[-4000:]}{controller.stderr[-500:]}"
+        f"\n--- driver ---\n{job.logs(job.driver)[-4000:]}"
+    )
+
+
+def test_helm_install_runs_through_the_operators_webhook_and_controller_to_completed(
+    cluster: Cluster,
+    spark_operator: Operator,
+    node_gpus: int,
+    namespace: str,
+    image: str,
+    model_root: Path,
+    tmp_path: Path,
+) -> None:
+    """The chart's default path for real: helm installs a SparkApplication, the operator's
+    webhook accepts it, its controller runs spark-submit, the webhook adds the vLLM sidecar
+    and the model volume to the executor pod, and the application ends COMPLETED with one
+    row per input id. Classic sidecars: Kubernetes 1.20 has no native ones. One GPU per
+    executor, as the chart's defaults ask: the node advertises GPUs (node_gpus), the sidecar
+    carries the limit and the executor's Spark container none."""
+    rows = 24
+    job = make_job(
+        cluster, namespace, "op-chat", tmp_path, image, model_root, rows, chat_job(),
+        extra={"operator": {"enabled": True}},
+    )  # fmt: skip
+    values = yaml.safe_load(job.values_file.read_text())
+    values["sidecar"]["gpu"] = {"count": 1}
+    job.values_file.write_text(yaml.safe_dump(values))
+    job.install()
+    seen: dict[str, Any] = {}
+
+    def ended() -> str | None:
+        for pod in job.executors():
+            seen.setdefault("executor", pod)
+        app = cluster.find("sparkapplication", job.name, namespace) or {}
+        seen["app"] = app
+        state = ((app.get("status") or {}).get("applicationState") or {}).get("state")
+        return state if state in ("COMPLETED", "FAILED", "SUBMISSION_FAILED") else None
+
+    try:
+        state = until("the SparkApplication's end", ended, 900, every=3)
+        assert state == "COMPLETED", operator_report(cluster, spark_operator, job)
+        status = seen["app"]["status"]
+        assert status["driverInfo"]["podName"] == job.driver
+        # The webhook's work, in the executor pod the API server stored.
+        executor = seen.get("executor")
+        assert executor is not None, operator_report(cluster, spark_operator, job)
+        assert executor["metadata"]["labels"]["sparkoperator.k8s.io/launched-by-spark-operator"]
+        containers = {c["name"]: c for c in executor["spec"]["containers"]}
+        assert sorted(containers) == ["spark-kubernetes-executor", "vllm"]
+        vllm = containers["vllm"]
+        host = vllm["args"][vllm["args"].index("--host") + 1]
+        assert host == "127.0.0.1", vllm["args"]
+        assert "/models" in {m["mountPath"] for m in vllm.get("volumeMounts", [])}
+        assert vllm["resources"]["limits"]["nvidia.com/gpu"] == "1"
+        spark = containers["spark-kubernetes-executor"]["resources"]
+        assert "nvidia.com/gpu" not in {**spark.get("limits", {}), **spark.get("requests", {})}
+        # Exactly one row per input id, none failed.
+        runs = job.rows_by_run()
+        assert len(runs) == 1, runs.keys()
+        (answers,) = runs.values()
+        assert sorted(r["id"] for r in answers) == sorted(q["id"] for q in questions(rows))
+        assert not [r for r in answers if r["error"] is not None]
+    finally:
+        job.uninstall()
+        cluster.kubectl(
+            "delete", "sparkapplication", job.name, "-n", namespace, "--ignore-not-found",
+            check=False,
+        )  # fmt: skip

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from .jobs import Job, chat_job, make_job, questions, until
-from .kube import Cluster
+from .kube import Cluster, Operator
 from .test_cli_path import cli
 
 pytestmark = pytest.mark.cluster
@@ -123,6 +123,23 @@ def test_trigger_refuses_bad_requests_and_runs_a_good_spec_to_its_summary(
             response = http.post("/jobs", json=bad, headers=auth)
             assert response.status_code == 400, response.text
             assert "sampling.max_tokens" in response.json()["detail"]
+            # Issue 27's attacks against the trigger in the cluster: a posted spec may not
+            # mount a Secret into its executors, point the driver's client elsewhere, or read
+            # outside trigger.allowedPaths (the pod's token file); each is 403, naming it.
+            secret_key = "spark.kubernetes.executor.secrets.spark-vllm-metrics"
+            attacks = {
+                secret_key: {**spec, "spark": {"conf": {secret_key: "/mnt/s"}}},
+                "spark.master": {**spec, "spark": {"master": "local[1]"}},
+                "input.path": {
+                    **spec,
+                    "input": {**spec["input"], "format": "csv",
+                              "path": "/var/run/secrets/kubernetes.io/serviceaccount/token"},
+                },
+            }  # fmt: skip
+            for field, attack in attacks.items():
+                response = http.post("/jobs", json=attack, headers=auth)
+                assert response.status_code == 403, (field, response.text)
+                assert field in response.json()["detail"], response.text
             # Nothing was created for the refused requests.
             assert http.get("/jobs", headers=auth).json() == {"jobs": []}
 
@@ -169,17 +186,20 @@ def test_trigger_refuses_bad_requests_and_runs_a_good_spec_to_its_summary(
             )
 
 
-def test_trigger_on_the_operator_path_creates_a_spark_application(
+def test_trigger_on_the_operator_path_runs_a_spark_application_to_its_end(
     cluster: Cluster,
-    operator_crds: list[str],
+    spark_operator: Operator,
     namespace: str,
     image: str,
     model_root: Path,
     tmp_path: Path,
 ) -> None:
+    """A POST on the operator path creates a SparkApplication; the real operator runs it and
+    the trigger's GET follows it to the end, with the run's counts from the driver."""
+    rows = 4
     name = "trig-op"
-    _, url, token = install_trigger(
-        cluster, namespace, name, tmp_path, image, model_root, 4, operator=True
+    job, url, token = install_trigger(
+        cluster, namespace, name, tmp_path, image, model_root, rows, operator=True
     )
     auth = {"Authorization": f"Bearer {token}"}
     try:
@@ -192,9 +212,20 @@ def test_trigger_on_the_operator_path_creates_a_spark_application(
             volumes = {v["name"]: v for v in app["spec"]["volumes"]}
             assert any(v.get("configMap", {}).get("name") == f"{run}-job" for v in volumes.values())
             assert run_objects(cluster, namespace, run, "configmaps") == [f"configmap/{run}-job"]
-            report = http.get(f"/jobs/{run}", headers=auth).json()
-            assert report["application"] == "not yet seen by the Spark Operator", report
-            assert report["state"] == "pending"
+
+            def ended() -> dict[str, Any] | None:
+                report: dict[str, Any] = http.get(f"/jobs/{run}", headers=auth).json()
+                # The driver's phase first, then the operator's state a moment later.
+                application = report.get("application")
+                done = application in ("COMPLETED", "FAILED", "SUBMISSION_FAILED", "gone")
+                return report if done and report["state"] != "running" else None
+
+            report = until(f"run {run} ended", ended, timeout=900, every=5)
+            assert report["application"] == "COMPLETED", report
+            assert report["state"] == "succeeded", report
+            assert report["counts"]["succeeded"] == str(rows), report
+            (out,) = job.rows_by_run().values()
+            assert sorted(r["id"] for r in out) == sorted(q["id"] for q in questions(rows))
             assert http.delete(f"/jobs/{run}", headers=auth).status_code == 202
             deadline = time.monotonic() + 60
             while run_objects(cluster, namespace, run, "sparkapplications,configmaps"):

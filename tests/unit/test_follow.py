@@ -17,6 +17,7 @@ from kubernetes.client import (
     V1PodStatus,
 )
 
+from spark_vllm import operate
 from spark_vllm.operate import DRIVER_CONTAINER, NOT_SEEN, Kube, _Follow
 
 pytestmark = pytest.mark.unit
@@ -154,3 +155,40 @@ def test_an_application_deleted_before_a_driver_ran_is_a_cancel(capsys: Any) -> 
     assert said(capsys)[-1] == (
         "failed: the SparkApplication was deleted (cancelled) before a driver ran"
     )
+
+
+# The shape of a failed submission's errorMessage as the real operator v2.5.2 wrote it in the
+# cluster tier (shortened: the real one is ~95 lines of spark-submit's output).
+SUBMIT_FAILURE = """failed to submit spark application: failed to run spark-submit: failed to run \
+spark-submit: WARNING: Using incubator modules: jdk.incubator.vector
+26/12/06 23:10:19 WARN NativeCodeLoader: Unable to load native-hadoop library
+26/12/06 23:10:22 ERROR Client: Please check "kubectl auth can-i create pod" first.
+Exception in thread "main" io.fabric8.kubernetes.client.KubernetesClientException: Failure \
+executing: POST at: https://10.0.0.1:6443/api/v1/namespaces/jobs/pods. Message: pods \
+"op-driver" is forbidden: error looking up service account jobs/nobody: serviceaccount \
+"nobody" not found. Received status: Status(apiVersion=v1, code=403, details=StatusDetails())
+\tat io.fabric8.kubernetes.client.dsl.internal.OperationSupport.requestFailure(...)
+Caused by: io.fabric8.kubernetes.client.KubernetesClientException: Failure executing: POST"""
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        (
+            SUBMIT_FAILURE,
+            "failed to submit spark application: failed to run spark-submit: failed to run "
+            'spark-submit: pods "op-driver" is forbidden: error looking up service account '
+            'jobs/nobody: serviceaccount "nobody" not found',
+        ),
+        ("driver container failed with ExitCode: 1", "driver container failed with ExitCode: 1"),
+        (
+            'spark-submit failed\nException in thread "main" java.lang.IllegalStateException: x',
+            'spark-submit failed: Exception in thread "main" java.lang.IllegalStateException: x',
+        ),
+        ("two lines\nno exception at all", "two lines"),
+        ("", ""),
+    ],
+)
+def test_app_error_is_one_line_with_the_api_servers_words(message: str, expected: str) -> None:
+    app = {"status": {"applicationState": {"state": "FAILED", "errorMessage": message}}}
+    assert operate.app_error(app) == expected

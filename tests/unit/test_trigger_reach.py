@@ -423,3 +423,14 @@ def test_a_refused_location_does_not_echo_its_password(runs: Recorder) -> None:
     response = client_for(runs).post("/jobs", json=doc, headers=auth())
     assert response.status_code == 403, response.text
     assert "hunter2" not in response.text
+
+
+def test_a_posted_csv_input_naming_the_pods_token_file_is_403(runs: Recorder) -> None:
+    """The issue's token-reading attack, as the cluster tier also posts it: a CSV input
+    naming the ServiceAccount token file is outside trigger.allowedPaths."""
+    token_file = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    doc = {**GOOD, "input": {**GOOD["input"], "format": "csv", "path": token_file}}
+    response = client_for(runs).post("/jobs", json=doc, headers=auth())
+    assert response.status_code == 403, response.text
+    assert response.json()["detail"].startswith(f"input.path: '{token_file}' is not under")
+    assert runs.created == []
