@@ -15,8 +15,8 @@ say() { printf 'spark-operator image: %s\n' "$*" >&2; }
 built=$(bash "$here/build.sh")
 version=$(sed -n 's/.*@\(v[0-9.]*\) commit.*/\1/p' "$built/VERSION")
 base_id=$(docker image inspect --format '{{.Id}}' "$base") || { say "no image $base (make build-image VARIANT=cpu)"; exit 1; }
-target=${2:-spark-vllm-operator:${version#v}-${base_id#sha256:}}
-target=${target:0:140}
+base_id=${base_id#sha256:}
+target=${2:-spark-vllm-operator:${version#v}-${base_id:0:12}}
 if docker image inspect "$target" >/dev/null 2>&1; then
     say "cached: $target"
     echo "$target"
