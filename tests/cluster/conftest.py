@@ -95,8 +95,8 @@ def _install(cluster: Cluster, what: str, **env: str) -> str:
 @pytest.fixture(scope="package")
 def operator_crds(cluster: Cluster) -> None:
     """The Spark Operator's CRDs (SparkApplication, ScheduledSparkApplication, SparkConnect)
-    from its Go module v2.5.2 (built and cached by scripts/spark-operator/build.sh, about 8
-    minutes the first time), created and Established."""
+    from its Go module v2.5.2 (downloaded by scripts/spark-operator/build.sh --crds-only in
+    seconds; no build), created and Established."""
     _install(cluster, "crds")
 
 
