@@ -37,13 +37,22 @@ helm=$(tool helm)
 say() { printf 'spark-operator install: %s\n' "$*" >&2; }
 k() { "$kubectl" "$@"; }
 
+crd_name() { # FILE: the CRD's name, from the file name controller-gen gives it
+    local file
+    file=$(basename "$1" .yaml)
+    echo "${file#*_}.sparkoperator.k8s.io"
+}
+
+established() { # NAME
+    [ "$(k get crd "$1" -o jsonpath='{.status.conditions[?(@.type=="Established")].status}' 2>/dev/null)" = True ]
+}
+
 crds() {
     local built minor crd name
     built=$(bash "$here/build.sh" --crds-only)
     minor=$(k version -o json | sed -n 's/.*"minor": *"\([0-9]*\).*/\1/p' | tail -n 1)
     for crd in "$built"/crds/*.yaml; do
-        name=$(basename "$crd" .yaml)
-        name=${name#*_}.sparkoperator.k8s.io
+        name=$(crd_name "$crd")
         if k get crd "$name" >/dev/null 2>&1; then
             say "CRD $name exists: kept"
             continue
@@ -60,16 +69,18 @@ crds() {
         say "created CRD $name"
     done
     for crd in "$built"/crds/*.yaml; do
-        name=$(basename "$crd" .yaml)
-        name=${name#*_}.sparkoperator.k8s.io
+        name=$(crd_name "$crd")
         # Polled, not `kubectl wait`: an old server's CRD without conditions yet fails it.
-        for _ in $(seq 60); do
-            [ "$(k get crd "$name" -o jsonpath='{.status.conditions[?(@.type=="Established")].status}' 2>/dev/null)" = True ] && break
-            sleep 1
-        done
-        [ "$(k get crd "$name" -o jsonpath='{.status.conditions[?(@.type=="Established")].status}')" = True ] ||
-            { say "CRD $name not Established after 60 s"; exit 1; }
+        for _ in $(seq 60); do established "$name" && break; sleep 1; done
+        established "$name" || { say "CRD $name not Established after 60 s"; exit 1; }
     done
+}
+
+ca_bundled() { # KIND NAME: the configuration exists and each of its webhooks has a caBundle
+    local bundles
+    bundles=$(k get "$1" "$2" -o jsonpath='{range .webhooks[*]}[{.clientConfig.caBundle}]{"\n"}{end}' 2>/dev/null) ||
+        return 1
+    [ -n "$bundles" ] && ! grep -qx '\[\]' <<<"$bundles"
 }
 
 operator() {
@@ -91,13 +102,8 @@ operator() {
         "${sets[@]}" --server-side=false --wait --timeout 5m >/dev/null
     name=$release-spark-operator-webhook
     for kind in mutatingwebhookconfiguration validatingwebhookconfiguration; do
-        for _ in $(seq 120); do
-            k get "$kind" "$name" -o jsonpath='{range .webhooks[*]}{.clientConfig.caBundle}{"\n"}{end}' |
-                grep -qx '' || break
-            sleep 1
-        done
-        k get "$kind" "$name" -o jsonpath='{range .webhooks[*]}{.clientConfig.caBundle}{"\n"}{end}' |
-            grep -qx '' && { say "the webhook did not put its CA into $kind $name"; exit 1; }
+        for _ in $(seq 120); do ca_bundled "$kind" "$name" && break; sleep 1; done
+        ca_bundled "$kind" "$name" || { say "the webhook did not put its CA into $kind $name"; exit 1; }
     done
     say "the Spark Operator runs in $ops_ns, watching $jobs_ns"
     echo "$image"
