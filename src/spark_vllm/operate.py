@@ -279,8 +279,9 @@ class Kube:
     custom: Any = None  # CustomObjectsApi: the Spark Operator's SparkApplications
 
     def application(self, name: str, namespace: str) -> dict[str, Any] | None:
-        """The release's SparkApplication (the operator path), or None (operator-less path,
-        no such object, or no SparkApplication kind on the cluster)."""
+        """The release's SparkApplication (the operator path; with a schedule, its newest
+        run: the ScheduledSparkApplication gives each run its labels), or None
+        (operator-less path, no such object, or no SparkApplication kind on the cluster)."""
         if self.custom is None:
             return None
         from kubernetes.client.exceptions import ApiException
@@ -294,7 +295,8 @@ class Kube:
                 return None
             raise
         items = [i for i in found.get("items", []) if i.get("kind") == "SparkApplication"]
-        return items[0] if items else None
+        # RFC 3339 times in UTC sort as text.
+        return max(items, key=lambda i: i["metadata"].get("creationTimestamp") or "", default=None)
 
     @classmethod
     def connect(cls) -> Kube:
@@ -381,6 +383,18 @@ def exit_code(pod: Any, container: str) -> int | None:
     return None
 
 
+def unschedulable(pod: Any) -> str | None:
+    """Why the scheduler has not placed a Pending pod: its PodScheduled condition's message
+    as the scheduler wrote it (for example "0/1 nodes are available: 1 Insufficient
+    nvidia.com/gpu."), or None once the pod is placed or before the scheduler has tried."""
+    if pod.status is None or pod.status.phase != "Pending":
+        return None
+    for condition in pod.status.conditions or []:
+        if condition.type == "PodScheduled" and condition.status == "False":
+            return str(condition.message or condition.reason or "not scheduled yet")
+    return None
+
+
 def app_state(app: dict[str, Any] | None) -> str:
     """A SparkApplication's state as the operator reports it, or that it has not yet."""
     if app is None:
@@ -437,6 +451,7 @@ class _Follow:
     executors_up: int = 0
     running_executors: set[str] = field(default_factory=set)
     failed_submitters: set[str] = field(default_factory=set)
+    waiting: dict[str, str] = field(default_factory=dict)
     backoff_limit: int = 0
     app_state: str | None = None
     log_thread: threading.Thread | None = None
@@ -460,6 +475,10 @@ class _Follow:
         """Print what changed; the exit code once the job has ended."""
         kind, pod_name = role(pod), pod.metadata.name
         phase = pod.status.phase if event_type != "DELETED" else "Deleted"
+        reason = unschedulable(pod) if event_type != "DELETED" else None
+        if reason and self.waiting.get(pod_name) != reason:
+            self.waiting[pod_name] = reason
+            self.say(f"{kind} {pod_name} is not scheduled: {reason}")
         if kind == "driver":
             return self._driver(pod, pod_name, phase)
         if kind == "executor":
@@ -619,9 +638,10 @@ def report(
 ) -> dict[str, Any]:
     """A job's state as data: `state` (pending, running, succeeded, failed or gone), its
     pods (role, name, phase), the submitter Job's state (not read with `submitter` False:
-    the operator path has none), the driver's exit code and, once the driver ended and
-    unless `summary` is False (the driver's log is not read then), its summary block
-    (`summary`: the lines; `counts`: their fields)."""
+    the operator path has none), `unschedulable` (pod name: the scheduler's reason, see
+    `unschedulable`) while a pod waits for a node, the driver's exit code and, once the
+    driver ended and unless `summary` is False (the driver's log is not read then), its
+    summary block (`summary`: the lines; `counts`: their fields)."""
     pods = kube.pods(name, namespace)
     job = kube.submitter_job(name, namespace) if submitter else None
     drivers = [p for p in pods if role(p) == "driver"]
@@ -635,6 +655,9 @@ def report(
             1 for p in pods if role(p) == "executor" and p.status.phase == "Running"
         ),
     }
+    waiting = {p.metadata.name: reason for p in pods if (reason := unschedulable(p))}
+    if waiting:
+        out["unschedulable"] = waiting
     driver = drivers[0] if drivers else None
     code = exit_code(driver, DRIVER_CONTAINER) if driver is not None else None
     if driver is not None and driver.status.phase in ("Succeeded", "Failed"):
@@ -675,6 +698,10 @@ def status(kube: Kube, name: str, namespace: str) -> int:
             f"{kind:<12} {pod.metadata.name:<44} {pod.status.phase:<10} {_ready(pod):<6} "
             f"{_restarts(pod)}"
         )
+    for pod in pods:
+        reason = unschedulable(pod)
+        if reason:
+            print(f"{pod.metadata.name} is not scheduled: {reason}")
     if app is not None:
         error = app_error(app)
         print(

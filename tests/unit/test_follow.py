@@ -14,6 +14,7 @@ from kubernetes.client import (
     V1ContainerStatus,
     V1ObjectMeta,
     V1Pod,
+    V1PodCondition,
     V1PodStatus,
 )
 
@@ -192,3 +193,76 @@ Caused by: io.fabric8.kubernetes.client.KubernetesClientException: Failure execu
 def test_app_error_is_one_line_with_the_api_servers_words(message: str, expected: str) -> None:
     app = {"status": {"applicationState": {"state": "FAILED", "errorMessage": message}}}
     assert operate.app_error(app) == expected
+
+
+# The scheduler's words as Kubernetes 1.20 wrote them for an executor asking 3 GPUs of a node
+# advertising 2 (tests/cluster/test_operator_path.py sees the real one).
+NO_GPU = "0/1 nodes are available: 1 Insufficient nvidia.com/gpu."
+
+
+def waiting(name: str, role: str, message: str | None, scheduled: str = "False") -> V1Pod:
+    """A Pending pod whose PodScheduled condition says `message` (None: no condition yet)."""
+    p = pod(name, role, "Pending")
+    if message is not None:
+        p.status.conditions = [
+            V1PodCondition(
+                type="PodScheduled", status=scheduled, reason="Unschedulable", message=message
+            )
+        ]
+    return p
+
+
+@pytest.mark.parametrize(
+    ("p", "expected"),
+    [
+        (waiting("e", "executor", NO_GPU), NO_GPU),
+        (waiting("e", "executor", ""), "Unschedulable"),
+        (waiting("e", "executor", None), None),  # the scheduler has not tried yet
+        (waiting("e", "executor", "placed", scheduled="True"), None),
+        (pod("e", "executor", "Running"), None),
+    ],
+)
+def test_unschedulable_is_the_schedulers_reason_for_a_pending_pod(
+    p: V1Pod, expected: str | None
+) -> None:
+    assert operate.unschedulable(p) == expected
+
+
+def test_a_pod_no_node_takes_is_said_once_with_the_schedulers_reason(capsys: Any) -> None:
+    state = follower()
+    for _ in range(3):  # the watch sees the pod again at each restart and on each change
+        assert state.see("MODIFIED", waiting("job-exec-1", "executor", NO_GPU)) is None
+    later = "0/1 nodes are available: 1 Insufficient memory."
+    assert state.see("MODIFIED", waiting("job-exec-1", "executor", later)) is None
+    assert state.see("DELETED", waiting("job-exec-1", "executor", later)) is None
+    assert said(capsys) == [
+        f"executor job-exec-1 is not scheduled: {NO_GPU}",
+        f"executor job-exec-1 is not scheduled: {later}",
+    ]
+
+
+class _Runs:
+    """The CustomObjectsApi's list call, answering with a scheduled release's runs."""
+
+    def __init__(self, items: list[dict[str, Any]]) -> None:
+        self.items = items
+
+    def list_namespaced_custom_object(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        assert kwargs["label_selector"] == "app.kubernetes.io/instance=nightly"
+        return {"items": self.items}
+
+
+def test_a_scheduled_releases_application_is_its_newest_run() -> None:
+    def run(name: str, created: str, kind: str = "SparkApplication") -> dict[str, Any]:
+        return {"kind": kind, "metadata": {"name": name, "creationTimestamp": created}}
+
+    items = [
+        run("nightly-1765072800", "2026-12-07T02:00:00Z"),
+        run("nightly-1765159200", "2026-12-08T02:00:00Z"),
+        run("nightly-1765000000", "2026-12-06T05:46:40Z"),
+        run("nightly", "2026-12-09T00:00:00Z", kind="ScheduledSparkApplication"),
+    ]
+    kube = Kube(core=None, batch=None, custom=_Runs(items))
+    found = kube.application("nightly", "jobs")
+    assert found is not None and found["metadata"]["name"] == "nightly-1765159200"
+    assert Kube(core=None, batch=None, custom=_Runs([])).application("nightly", "jobs") is None
