@@ -96,6 +96,24 @@ def test_api_server_stores_every_object_the_operator_path_renders_unpruned(
     assert {"SparkApplication", "ScheduledSparkApplication", "ConfigMap", "Role"} <= kinds
 
 
+def test_the_operators_crd_keeps_a_native_sidecar(cluster: Cluster, stored_namespace: str) -> None:
+    """The chart's default sidecar is native: an init container with `restartPolicy:
+    Always`. The chart refuses it on this 1.20 node, so the application is rendered for
+    1.29 and created as it is; the operator's CRD stores the field (the kubelet that would
+    run it needs the newer node)."""
+    rendered = cluster.helm(
+        "template", "chat-native", CHART, "-n", stored_namespace,
+        "-f", "examples/values/chat.yaml", "--kube-version", "1.29.0",
+        "--set", "fullnameOverride=chat-native",
+    ).stdout  # fmt: skip
+    (app,) = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "SparkApplication"]
+    cluster.kubectl("create", "-n", stored_namespace, "-f", "-", stdin=yaml.safe_dump(app))
+    stored = cluster.find("sparkapplication", app["metadata"]["name"], stored_namespace) or {}
+    (vllm,) = stored["spec"]["executor"]["initContainers"]
+    assert (vllm["name"], vllm.get("restartPolicy")) == ("vllm", "Always"), vllm
+    assert not _lost(app["spec"], stored["spec"])
+
+
 def test_driver_service_account_may_do_what_spark_needs_and_nothing_else(
     cluster: Cluster, operator_releases: dict[str, list[dict[str, Any]]], stored_namespace: str
 ) -> None:

@@ -1,10 +1,11 @@
 """The example chat job in real pods through the chart's operator-less path: a Job runs
 spark-submit, the driver pod creates executor pods, each carries the vLLM sidecar on its
-loopback, and the output lands on the node's disk with one row per input id. Then faults at
-pod level, and `helm test` against the real cluster.
+loopback, and the output lands on the node's disk with one row per input id; and `helm test`
+against the real cluster.
 
-vLLM on CPU takes minutes to start, so the tier starts few: one clean job (one executor),
-one job that takes every fault in turn, and its rerun."""
+vLLM on CPU takes minutes to start, so the tier starts few: here, one clean job (one
+executor). The faults at pod level (vLLM killed, executor and driver deleted) are taken by
+the chart's default path, the operator's (test_operator_faults.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ import re
 import secrets
 import urllib.error
 import urllib.request
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ import pytest
 from tests.conftest import SERVED_NAME
 
 from .jobs import Job, chat_job, make_job, questions, until
-from .kube import Cluster, Obj, container_ready
+from .kube import Cluster, Obj
 
 pytestmark = pytest.mark.cluster
 
@@ -99,10 +99,6 @@ def first_executor(job: Job, not_named: set[str] | None = None) -> Obj | None:
         and "deletionTimestamp" not in p["metadata"]
     ]
     return running[0] if running else None
-
-
-def successes(rows_by_run: dict[str, list[dict[str, Any]]]) -> Counter[Any]:
-    return Counter(r["id"] for rows in rows_by_run.values() for r in rows if r["error"] is None)
 
 
 @pytest.fixture(scope="module")
@@ -227,102 +223,3 @@ def test_helm_test_validates_the_job_spec_in_the_cluster(
     job, _ = clean_job
     proc = cluster.helm("test", job.name, "-n", job.namespace, "--logs", timeout=600)
     assert "Phase:          Succeeded" in proc.stdout, proc.stdout
-
-
-# --- faults ------------------------------------------------------------------------------
-
-FAULT_ROWS = 240
-
-
-def test_pod_faults_end_with_every_id_once_and_no_success_redone(
-    cluster: Cluster, namespace: str, image: str, model_root: Path, tmp_path: Path
-) -> None:
-    """One job takes three faults in turn, each while tasks are left to do:
-    1. the vLLM server process is killed inside the sidecar container: the container's
-       supervisor starts it again and the executor's task waits for it;
-    2. the executor pod is deleted: Spark's driver asks for a new one;
-    3. the driver pod is deleted: the Job fails, the executors go with their owner;
-    then the job is run again and resumes. Each id has exactly one successful row over all
-    runs, and the rerun sends nothing for the ids that had succeeded before it."""
-    spec = chat_job(
-        # Slow enough to leave tasks for every fault: many small tasks, few requests at once.
-        partitions=16,
-        sampling={"max_tokens": 48, "temperature": 0.0, "ignore_eos": True},
-        concurrency={"mode": "fixed", "per_executor": 4},
-    )
-    job = make_job(cluster, namespace, "faults", tmp_path, image, model_root, FAULT_ROWS, spec)
-    job.install()
-    try:
-        executor = until("a running executor pod", lambda: first_executor(job), 600)
-        name = executor["metadata"]["name"]
-        loopback_probe(job, name)
-        until("2 committed tasks", lambda: job.committed_tasks() >= 2, 600)
-
-        # 1. vLLM killed inside the sidecar container (the child of tini is the server).
-        job.cluster.kubectl(
-            "exec", name, "-n", namespace, "-c", "vllm", "--",
-            "sh", "-c", 'pkill -KILL -P "$(pgrep -x tini)"',
-        )  # fmt: skip
-        done = job.committed_tasks()
-        until(
-            "the supervisor's restart",
-            lambda: "vllm-supervisor: vLLM exited" in job.logs(name, "vllm"),
-            60,
-        )
-        loopback_probe(job, name)  # answers again
-        engines = job.cluster.kubectl(
-            "exec",
-            name,
-            "-n",
-            namespace,
-            "-c",
-            "vllm",
-            "--",
-            "pgrep",
-            "-c",
-            "-f",
-            "^VLLM::EngineCore",
-        ).stdout.strip()
-        assert engines == "1", f"{engines} vLLM engines in the sidecar: the killed one's lives on"
-        until("a task committed after the restart", lambda: job.committed_tasks() > done, 600)
-        pod = cluster.find("pod", name, namespace)
-        assert pod is not None and container_ready(pod, "spark-kubernetes-executor"), job.report()
-
-        # 2. The executor pod deleted: the driver replaces it.
-        cluster.kubectl("delete", "pod", name, "-n", namespace, "--wait=false")
-        replacement = until("a new executor pod", lambda: first_executor(job, {name}), 600)
-        loopback_probe(job, replacement["metadata"]["name"])
-        done = job.committed_tasks()
-        until("a task committed by the new executor", lambda: job.committed_tasks() > done, 600)
-
-        # 3. The driver pod deleted mid-job.
-        before = job.committed_tasks()
-        assert before < 16, f"the job finished before the driver could be deleted:\n{job.report()}"
-        cluster.kubectl("delete", "pod", job.driver, "-n", namespace)
-        assert job.wait_finished(300) == "Failed", job.report()
-        until("the executors gone with their driver", lambda: not job.executors(), 300)
-        succeeded_before = set(successes(job.rows_by_run()))
-        assert 0 < len(succeeded_before) < FAULT_ROWS
-
-        # Run it again: resume.
-        job.rerun()
-        assert job.wait_finished(1200) == "Complete", job.report()
-        summary = job.logs(job.driver)
-    except BaseException:
-        print(job.report())
-        raise
-    finally:
-        job.uninstall()
-
-    runs = job.rows_by_run()
-    ids = {q["id"] for q in questions(FAULT_ROWS)}
-    counts = successes(runs)
-    assert set(counts) == ids, f"ids without a success: {sorted(ids - set(counts))[:10]}"
-    assert max(counts.values()) == 1, (
-        f"successes redone: {[i for i, n in counts.items() if n > 1][:10]}"
-    )
-    last_run = max(runs)
-    redone = succeeded_before & {r["id"] for r in runs[last_run]}
-    assert not redone, f"the rerun sent ids that had succeeded: {sorted(redone)[:10]}"
-    skipped = re.search(r"skipped\s+(\d+)", summary)
-    assert skipped and int(skipped.group(1)) == len(succeeded_before), summary[-3000:]

@@ -4,9 +4,8 @@ cluster would reach its Service.
 
 Operator-less: a missing or wrong token is 401, a bad spec is 400 naming the key path, a
 good spec is accepted and reported completed with its summary, one row per input; DELETE
-removes the run's objects. Operator path: the run is a SparkApplication the API server
-stores (the operator's controller cannot run here, so it is never started), which GET
-reports and DELETE removes."""
+removes the run's objects. Operator path: the run is a SparkApplication that the real
+operator runs to COMPLETED, which GET follows to its counts and DELETE removes."""
 
 from __future__ import annotations
 
