@@ -2,10 +2,10 @@
 command itself runs (`python -m spark_vllm.cli`) with the node's kubeconfig and the real
 helm, as a user would.
 
-On the operator-less path: one job followed to the end, then read with `status` and `logs`;
-one cancelled after its first committed task and submitted again, which resumes. On the
-operator path: the SparkApplication installed, followed and removed (the operator's
-controller cannot run here; see the test)."""
+On the operator-less path: one job cancelled after its first committed task and submitted
+again, which resumes, followed to its summary and read with `status`, `logs` and `list`. On the
+operator path: a SparkApplication the real operator fails to submit, followed to its
+failure, read with `status` and `list`, and removed with `cancel`."""
 
 from __future__ import annotations
 
@@ -87,61 +87,16 @@ def successes(job: Job) -> Counter[Any]:
     )
 
 
-def test_submit_follows_the_job_to_its_summary_then_status_and_logs_read_it(
-    cluster: Cluster, namespace: str, image: str, model_root: Path, tmp_path: Path
-) -> None:
-    job, spec = prepare(cluster, namespace, "cli-chat", tmp_path, image, model_root, 20, chat_job())
-    try:
-        proc = cli(
-            cluster, "submit", str(spec), "-n", namespace, "--values", str(job.values_file),
-            "--timeout", "900", timeout=960,
-        )  # fmt: skip
-        out = proc.stdout
-        assert proc.returncode == 0, f"{out[-5000:]}\n{proc.stderr[-3000:]}\n{job.report()}"
-        for change in (
-            "spark-vllm: submitted cli-chat",
-            "spark-vllm: driver cli-chat-driver running",
-            "spark-vllm: executors up 1",
-            "spark-vllm: completed",
-        ):
-            assert change in out, f"{change!r} not in:\n{out[-5000:]}"
-        assert out.index("driver cli-chat-driver running") < out.index("spark-vllm: completed")
-        assert "spark-vllm progress: 20/20 rows" in out
-        assert re.search(r"^spark-vllm summary \(run \S+\)$", out, re.M), out[-3000:]
-        assert re.search(r"^  succeeded     20$", out, re.M), out[-3000:]
-        (rows,) = job.rows_by_run().values()
-        assert sorted(r["id"] for r in rows) == sorted(q["id"] for q in questions(20))
-        print("\n".join(line for line in out.splitlines() if line.startswith("spark-vllm: ")))
-
-        status = cli(cluster, "status", "cli-chat", "-n", namespace)
-        assert status.returncode == 0, status.stderr
-        assert re.search(r"^driver\s+cli-chat-driver\s+Succeeded", status.stdout, re.M)
-        assert "job cli-chat-submit: Complete" in status.stdout
-        assert "driver exit code: 0" in status.stdout
-        assert re.search(r"^  succeeded     20$", status.stdout, re.M), status.stdout
-
-        logs = cli(cluster, "logs", "cli-chat", "-n", namespace)
-        assert logs.returncode == 0, logs.stderr
-        assert "spark-vllm summary" in logs.stdout
-
-        listed = cli(cluster, "list", "-n", namespace)
-        assert listed.returncode == 0, listed.stderr
-        assert re.search(r"^cli-chat\s+Complete\s+Succeeded\s+0$", listed.stdout, re.M), (
-            listed.stdout
-        )
-    except BaseException:
-        print(job.report())
-        raise
-    finally:
-        cli(cluster, "cancel", "cli-chat", "-n", namespace, timeout=300)
-
-
 RESUME_ROWS = 128
 
 
-def test_cancel_stops_a_running_job_and_a_second_submit_resumes_it(
+def test_cancel_stops_a_running_job_then_a_second_submit_resumes_and_follows_it_to_its_summary(
     cluster: Cluster, namespace: str, image: str, model_root: Path, tmp_path: Path
 ) -> None:
+    """A job submitted in the background, read with `logs` and `list` while it starts,
+    cancelled after its first committed task; the same spec submitted again resumes: the
+    follower prints the job's state changes and progress, the driver's summary, and `status`,
+    `logs` and `list` read the finished job."""
     spec = chat_job(
         # Many small tasks, one request at a time: slow enough to cancel between tasks.
         partitions=16,
@@ -195,9 +150,39 @@ def test_cancel_stops_a_running_job_and_a_second_submit_resumes_it(
         succeeded_before = set(successes(job))
         assert 0 < len(succeeded_before) < RESUME_ROWS, job.committed_tasks()
 
-        again = cli(cluster, *submit, "--timeout", "1200", timeout=1260)
+        # Again, followed in the foreground to its end; more requests at once (not part of
+        # what a resume compares) to finish sooner.
+        more = ["--set", "concurrency.per_executor=16"]
+        again = cli(cluster, *submit, *more, "--timeout", "1200", timeout=1260)
         out = again.stdout
         assert again.returncode == 0, f"{out[-5000:]}\n{again.stderr[-3000:]}\n{job.report()}"
+        for change in (
+            "spark-vllm: submitted cli-resume",
+            "spark-vllm: driver cli-resume-driver running",
+            "spark-vllm: executors up 1",
+            "spark-vllm: completed",
+        ):
+            assert change in out, f"{change!r} not in:\n{out[-5000:]}"
+        assert out.index("driver cli-resume-driver running") < out.index("spark-vllm: completed")
+        left = RESUME_ROWS - len(succeeded_before)
+        assert f"spark-vllm progress: {left}/{left} rows" in out, out[-5000:]
+        assert re.search(r"^spark-vllm summary \(run \S+\)$", out, re.M), out[-3000:]
+        print("\n".join(line for line in out.splitlines() if line.startswith(("spark-vllm", "  "))))
+
+        status = cli(cluster, "status", "cli-resume", "-n", namespace)
+        assert status.returncode == 0, status.stderr
+        assert re.search(r"^driver\s+cli-resume-driver\s+Succeeded", status.stdout, re.M)
+        assert "job cli-resume-submit: Complete" in status.stdout
+        assert "driver exit code: 0" in status.stdout
+        assert re.search(rf"^  succeeded     {left}$", status.stdout, re.M), status.stdout
+        logs = cli(cluster, "logs", "cli-resume", "-n", namespace)
+        assert logs.returncode == 0, logs.stderr
+        assert "spark-vllm summary" in logs.stdout
+        listed = cli(cluster, "list", "-n", namespace)
+        assert listed.returncode == 0, listed.stderr
+        assert re.search(r"^cli-resume\s+Complete\s+Succeeded\s+0$", listed.stdout, re.M), (
+            listed.stdout
+        )
     except BaseException:
         print(job.report())
         raise
@@ -206,7 +191,6 @@ def test_cancel_stops_a_running_job_and_a_second_submit_resumes_it(
             follower.kill()
         cli(cluster, "cancel", "cli-resume", "-n", namespace, timeout=300)
 
-    print("\n".join(line for line in out.splitlines() if line.startswith(("spark-vllm", "  "))))
     skipped = re.search(r"^  skipped\s+(\d+)", out, re.M)
     assert skipped and int(skipped.group(1)) == len(succeeded_before), out[-3000:]
     counts = successes(job)
