@@ -614,9 +614,13 @@ def summary_block(log: str) -> list[str]:
     return block
 
 
-def _ready(pod: Any) -> str:
+def ready(pod: Any) -> str:
+    """Ready containers of the pod's containers, as kubectl's READY column (`0/2`): counted
+    against its spec, since a pod no node has taken has no container statuses yet."""
     statuses = pod.status.container_statuses or []
-    return f"{sum(1 for s in statuses if s.ready)}/{len(statuses)}"
+    containers = pod.spec.containers if pod.spec is not None else None
+    total = len(containers) if containers else len(statuses)
+    return f"{sum(1 for s in statuses if s.ready)}/{total}"
 
 
 def _restarts(pod: Any) -> int:
@@ -695,7 +699,7 @@ def status(kube: Kube, name: str, namespace: str) -> int:
         if pod.metadata.name in executors:
             kind = f"executor {executors[pod.metadata.name]}"
         print(
-            f"{kind:<12} {pod.metadata.name:<44} {pod.status.phase:<10} {_ready(pod):<6} "
+            f"{kind:<12} {pod.metadata.name:<44} {pod.status.phase:<10} {ready(pod):<6} "
             f"{_restarts(pod)}"
         )
     for pod in pods:

@@ -9,12 +9,14 @@ from typing import Any
 
 import pytest
 from kubernetes.client import (
+    V1Container,
     V1ContainerState,
     V1ContainerStateTerminated,
     V1ContainerStatus,
     V1ObjectMeta,
     V1Pod,
     V1PodCondition,
+    V1PodSpec,
     V1PodStatus,
 )
 
@@ -266,3 +268,17 @@ def test_a_scheduled_releases_application_is_its_newest_run() -> None:
     found = kube.application("nightly", "jobs")
     assert found is not None and found["metadata"]["name"] == "nightly-1765159200"
     assert Kube(core=None, batch=None, custom=_Runs([])).application("nightly", "jobs") is None
+
+
+def test_ready_counts_a_pending_pods_containers_from_its_spec() -> None:
+    p = waiting("job-exec-1", "executor", NO_GPU)
+    p.spec = V1PodSpec(
+        containers=[V1Container(name="spark-kubernetes-executor"), V1Container(name="vllm")]
+    )
+    assert operate.ready(p) == "0/2"  # no container statuses before a node takes it
+    p.status.container_statuses = [
+        V1ContainerStatus(name=n, image="i", image_id="", ready=n == "vllm", restart_count=0)
+        for n in ("spark-kubernetes-executor", "vllm")
+    ]
+    assert operate.ready(p) == "1/2"
+    assert operate.ready(pod("job-driver", "driver", "Running")) == "0/0"  # no spec, no statuses
