@@ -47,6 +47,10 @@ class FaultProxy:
         self.rng = random.Random(self.faults.seed)
         self.posts = 0
         self.forwarded = 0
+        # POSTs vLLM answered with success: requests of the job's tasks, not the /health,
+        # /v1/models and /metrics GETs that `forwarded` also counts (the adaptive window
+        # polls /metrics from before a task sends anything).
+        self.answered_posts = 0
         self.resets = 0
         self.bursts = 0
         self.unfinished = 0
@@ -144,6 +148,8 @@ class FaultProxy:
             ) as upstream:
                 payload = await upstream.read()
                 self.forwarded += 1
+                if request.method == "POST" and upstream.status < 400:
+                    self.answered_posts += 1
                 if request.method == "POST" and number <= self.faults.unfinished_first:
                     payload = self._unfinished(payload)
                 return web.Response(

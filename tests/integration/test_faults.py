@@ -78,7 +78,7 @@ def test_a_dead_engine_is_waited_out_without_spending_row_attempts(spark, vllm_s
     with FaultProxy(vllm_server) as proxy:
         doc = spec_doc(tmp_path, proxy.base_url, rows, timeouts={"ready_s": 30, "outage_s": 120})
         thread, done = start_job(spark, doc)
-        wait_for(lambda: proxy.forwarded >= 20, 180, "20 answered requests")
+        wait_for(lambda: proxy.answered_posts >= 20, 180, "20 answered requests")
         proxy.engine_dead = True
         wait_for(lambda: proxy.dead_answers >= 4, 60, "requests answered by the dead engine")
         time.sleep(4)  # longer than the three tries' backoff (0.2 s + 0.4 s)
@@ -109,8 +109,11 @@ def test_vllm_killed_and_restarted_mid_job(spark, vllm_local, tmp_path):
             concurrency={"per_executor": 8},
         )
         thread, done = start_job(spark, doc)
-        wait_for(lambda: proxy.forwarded >= 30, 180, "30 answered requests")
-        answered_before = proxy.forwarded
+        # Answered POSTs: both tasks have met the server before it is killed. Counting every
+        # forwarded request (GETs of /metrics and /health too) once let the kill come before
+        # a task's first request, whose start-up wait (ready_s, 60 s here) then ran out.
+        wait_for(lambda: proxy.answered_posts >= 30, 180, "30 answered requests")
+        answered_before = proxy.answered_posts
         vllm_local.stop()  # SIGTERM then SIGKILL to the server's whole process group
         time.sleep(3)
         vllm_local.start()  # same port; about 90 s on 2 cores
