@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -180,6 +181,18 @@ class Job:
         """Task outputs committed so far, over all runs."""
         return len(list(self.output.glob("run=*/part-*")))
 
+    def set_gpus(self, count: int) -> None:
+        """The vLLM sidecar's GPU count in the values file (the node advertises some)."""
+        values = yaml.safe_load(self.values_file.read_text())
+        values["sidecar"]["gpu"] = {"count": count}
+        self.values_file.write_text(yaml.safe_dump(values))
+
+    def successes(self) -> Counter[Any]:
+        """Successful rows per input id, over all runs."""
+        return Counter(
+            r["id"] for rows in self.rows_by_run().values() for r in rows if r["error"] is None
+        )
+
     def rows_by_run(self) -> dict[str, list[dict[str, Any]]]:
         runs = {}
         for folder in sorted(self.output.glob("run=*")):
@@ -219,3 +232,14 @@ def until(what: str, check: Any, timeout: float, every: float = 1) -> Any:
     value = wait_for(what, check, timeout, every)
     print(f"{what}: after {time.monotonic() - start:.0f}s")
     return value
+
+
+def rendered_application(cluster: Cluster, release: str, namespace: str, *args: str) -> Obj:
+    """The SparkApplication `helm template RELEASE` renders from the chart (ARGS: values
+    files, --set, --kube-version ...), as a dict."""
+    rendered = cluster.helm("template", release, CHART, "-n", namespace, *args).stdout
+    apps: list[Obj] = [
+        d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "SparkApplication"
+    ]
+    (app,) = apps
+    return app

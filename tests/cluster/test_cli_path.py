@@ -13,7 +13,6 @@ import os
 import re
 import subprocess
 import sys
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -81,12 +80,6 @@ def prepare(
     return job_, spec_file
 
 
-def successes(job: Job) -> Counter[Any]:
-    return Counter(
-        r["id"] for rows in job.rows_by_run().values() for r in rows if r["error"] is None
-    )
-
-
 RESUME_ROWS = 128
 
 
@@ -147,7 +140,7 @@ def test_cancel_stops_a_running_job_then_a_second_submit_resumes_and_follows_it_
         )
         assert not cluster.pods(namespace, "app.kubernetes.io/instance=cli-resume")
         assert cluster.find("job", "cli-resume-submit", namespace) is None
-        succeeded_before = set(successes(job))
+        succeeded_before = set(job.successes())
         assert 0 < len(succeeded_before) < RESUME_ROWS, job.committed_tasks()
 
         # Again, followed in the foreground to its end; more requests at once (not part of
@@ -193,7 +186,7 @@ def test_cancel_stops_a_running_job_then_a_second_submit_resumes_and_follows_it_
 
     skipped = re.search(r"^  skipped\s+(\d+)", out, re.M)
     assert skipped and int(skipped.group(1)) == len(succeeded_before), out[-3000:]
-    counts = successes(job)
+    counts = job.successes()
     ids = {q["id"] for q in questions(RESUME_ROWS)}
     assert set(counts) == ids, f"ids without a success: {sorted(ids - set(counts))[:10]}"
     assert max(counts.values()) == 1, f"redone: {[i for i, n in counts.items() if n > 1][:10]}"

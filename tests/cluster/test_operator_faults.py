@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 import time
-from collections import Counter
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from .jobs import CHART, Job, chat_job, make_job, questions, until
+from .jobs import CHART, chat_job, make_job, questions, rendered_application, until
 from .kube import Cluster, Obj, Operator, container_ready, wait_for
 from .test_cli_path import cli
 from .test_operator_path import operator_report
@@ -25,12 +24,6 @@ from .test_submit_path import first_executor, loopback_probe
 pytestmark = pytest.mark.cluster
 
 SCHEDULED_LABEL = "sparkoperator.k8s.io/scheduled-app-name"
-
-
-def _set_gpus(job: Job, count: int) -> None:
-    values = yaml.safe_load(job.values_file.read_text())
-    values["sidecar"]["gpu"] = {"count": count}
-    job.values_file.write_text(yaml.safe_dump(values))
 
 
 def _time(text: str) -> datetime:
@@ -58,7 +51,7 @@ def test_a_scheduled_run_fires_on_its_tick_waits_for_gpus_and_forbid_holds_the_n
             "schedule": {"cron": "* * * * *", "concurrencyPolicy": "Forbid"},
         },
     )  # fmt: skip
-    _set_gpus(job, node_gpus + 1)
+    job.set_gpus(node_gpus + 1)
     job.install()
 
     def runs() -> list[Obj]:
@@ -122,15 +115,6 @@ def test_a_scheduled_run_fires_on_its_tick_waits_for_gpus_and_forbid_holds_the_n
         job.uninstall()
 
 
-def _rendered_application(cluster: Cluster, job: Job) -> str:
-    """The release's SparkApplication as helm renders it, for a server-side dry run."""
-    rendered = cluster.helm(
-        "template", job.name, CHART, "-n", job.namespace, "-f", str(job.values_file)
-    ).stdout
-    (app,) = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "SparkApplication"]
-    return yaml.safe_dump(app)
-
-
 def test_with_the_webhook_down_helm_install_is_refused_and_nothing_runs(
     cluster: Cluster,
     spark_operator: Operator,
@@ -148,7 +132,9 @@ def test_with_the_webhook_down_helm_install_is_refused_and_nothing_runs(
         extra={"operator": {"enabled": True}},
     )  # fmt: skip
     webhook, ns = spark_operator.webhook, spark_operator.namespace
-    application = _rendered_application(cluster, job)
+    application = yaml.safe_dump(
+        rendered_application(cluster, job.name, namespace, "-f", str(job.values_file))
+    )
 
     def dry_run() -> Any:
         return cluster.kubectl(
@@ -184,10 +170,6 @@ def test_with_the_webhook_down_helm_install_is_refused_and_nothing_runs(
 # --- faults during a job -----------------------------------------------------------------
 
 FAULT_ROWS = 240
-
-
-def successes(rows_by_run: dict[str, list[dict[str, Any]]]) -> Counter[Any]:
-    return Counter(r["id"] for rows in rows_by_run.values() for r in rows if r["error"] is None)
 
 
 def test_controller_vllm_executor_and_driver_faults_end_with_every_id_once(
@@ -298,7 +280,7 @@ def test_controller_vllm_executor_and_driver_faults_end_with_every_id_once(
             lambda: not old_executors & {p["metadata"]["name"] for p in job.executors()},
             300,
         )
-        succeeded_before = set(successes(job.rows_by_run()))
+        succeeded_before = set(job.successes())
         assert 0 < len(succeeded_before) < FAULT_ROWS
 
         def resubmitted() -> str | None:
@@ -334,7 +316,7 @@ def test_controller_vllm_executor_and_driver_faults_end_with_every_id_once(
 
     runs = job.rows_by_run()
     ids = {q["id"] for q in questions(FAULT_ROWS)}
-    counts = successes(runs)
+    counts = job.successes()
     assert set(counts) == ids, f"ids without a success: {sorted(ids - set(counts))[:10]}"
     assert max(counts.values()) == 1, (
         f"successes redone: {[i for i, n in counts.items() if n > 1][:10]}"

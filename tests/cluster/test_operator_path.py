@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from .jobs import Job, chat_job, make_job, questions, until
+from .jobs import Job, chat_job, make_job, questions, rendered_application, until
 from .kube import Cluster, Operator, wait_for
 
 pytestmark = pytest.mark.cluster
@@ -101,12 +101,10 @@ def test_the_operators_crd_keeps_a_native_sidecar(cluster: Cluster, stored_names
     Always`. The chart refuses it on this 1.20 node, so the application is rendered for
     1.29 and created as it is; the operator's CRD stores the field (the kubelet that would
     run it needs the newer node)."""
-    rendered = cluster.helm(
-        "template", "chat-native", CHART, "-n", stored_namespace,
-        "-f", "examples/values/chat.yaml", "--kube-version", "1.29.0",
-        "--set", "fullnameOverride=chat-native",
-    ).stdout  # fmt: skip
-    (app,) = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "SparkApplication"]
+    app = rendered_application(
+        cluster, "chat-native", stored_namespace, "-f", "examples/values/chat.yaml",
+        "--kube-version", "1.29.0", "--set", "fullnameOverride=chat-native",
+    )  # fmt: skip
     cluster.kubectl("create", "-n", stored_namespace, "-f", "-", stdin=yaml.safe_dump(app))
     stored = cluster.find("sparkapplication", app["metadata"]["name"], stored_namespace) or {}
     (vllm,) = stored["spec"]["executor"]["initContainers"]
@@ -201,9 +199,7 @@ def test_helm_install_runs_through_the_operators_webhook_and_controller_to_compl
         cluster, namespace, "op-chat", tmp_path, image, model_root, rows, chat_job(),
         extra={"operator": {"enabled": True}},
     )  # fmt: skip
-    values = yaml.safe_load(job.values_file.read_text())
-    values["sidecar"]["gpu"] = {"count": 1}
-    job.values_file.write_text(yaml.safe_dump(values))
+    job.set_gpus(1)
     job.install()
     seen: dict[str, Any] = {}
 
