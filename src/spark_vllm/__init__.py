@@ -45,8 +45,8 @@ _PUBLIC = {
     "SidecarDown": "spark_vllm.errors",
     "RowFailed": "spark_vllm.errors",
     "ErrorBudgetExceeded": "spark_vllm.errors",
-    "JobFailed": "spark_vllm.errors",
-    "JobInterrupted": "spark_vllm.errors",
+    "JobFailed": "spark_vllm.summary",
+    "JobInterrupted": "spark_vllm.summary",
 }
 
 __all__ = ["__version__", *_PUBLIC]

@@ -7,6 +7,9 @@ never became ready, Spark failed); 2 the job spec or the command line is wrong (
 max_tokens larger than the served model's context); 3 the run stopped at its budget (what
 finished is committed); 130 interrupted (Ctrl-C): what was committed stays, and the same
 command resumes.
+
+Each verb imports the modules it runs when it runs (Spark, the Kubernetes client, the
+trigger's web server): `--help` and `validate` start without them.
 """
 
 from __future__ import annotations
@@ -25,8 +28,6 @@ from typing import TYPE_CHECKING, Any
 from spark_vllm.errors import (
     ContextExceeded,
     JdbcError,
-    JobFailed,
-    JobInterrupted,
     SidecarNotReady,
     SpecError,
     task_error,
@@ -451,7 +452,7 @@ def spark_session(spec: JobSpec):  # type: ignore[no-untyped-def]
     if master:
         builder = builder.master(master)
     if master and master.startswith("local"):
-        from spark_vllm.job import local_cores
+        from spark_vllm.slots import local_cores
 
         # Local Python workers must run this interpreter, which has spark_vllm installed.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -518,7 +519,7 @@ def _plain_sigint() -> Iterator[None]:
 def run(spec: JobSpec, server: LocalServer | None = None) -> int:
     """Plan the job, start `server` (if any) only when there is something to send, run."""
     from spark_vllm.job import execute, plan
-    from spark_vllm.summary import BUDGET_REACHED
+    from spark_vllm.summary import BUDGET_REACHED, JobFailed, JobInterrupted
 
     spark = spark_session(spec)
     ctrl_c = _CtrlC(spark, server)

@@ -18,35 +18,16 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from dataclasses import replace
+from typing import Any
 
 import aiohttp
 import orjson
 
 from spark_vllm.errors import SidecarDown, SidecarNotReady
+from spark_vllm.kinds import Problem, RequestKind
+from spark_vllm.result import Result
 from spark_vllm.retry import SERVER_DOWN_STATUS, RetryPolicy, is_transient_status
-
-if TYPE_CHECKING:
-    from spark_vllm.kinds import Problem, RequestKind
-
-
-@dataclass
-class Result:
-    """The outcome of one row's request; `error` is None on success."""
-
-    # What the answer holds for this row, by result column (see the row's kind).
-    values: dict[str, Any] = field(default_factory=dict)
-    latency_ms: float = 0.0
-    attempts: int = 0
-    error: str | None = None
-    # The error came from failures that retrying might have cured (not from the row).
-    error_transient: bool = field(default=False, repr=False)
-    # The last HTTP answer: status and body (None: no answer), and the request id sent
-    # with the request as X-Request-Id.
-    status: int | None = field(default=None, repr=False)
-    body: bytes | str | None = field(default=None, repr=False)
-    request_id: str | None = field(default=None, repr=False)
 
 
 def read_api_key(env_name: str | None) -> str | None:
@@ -68,11 +49,11 @@ def server_root(base_url: str) -> str:
     return base[: -len("/v1")] if base.endswith("/v1") else base
 
 
-def _headers(api_key: str | None) -> dict[str, str]:
+def auth_headers(api_key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
-def _describe_url_error(exc: Exception) -> str:
+def describe_url_error(exc: Exception) -> str:
     reason = getattr(exc, "reason", exc)
     if isinstance(reason, ConnectionRefusedError):
         return "connection refused"
@@ -81,20 +62,20 @@ def _describe_url_error(exc: Exception) -> str:
     return str(reason) or type(reason).__name__
 
 
-class _NotOk(Exception):
+class NotOk(Exception):
     """A GET that did not answer 200; the message says what was seen."""
 
 
-def _get_ok(url: str, api_key: str | None, timeout: float) -> bytes:
+def get_ok(url: str, api_key: str | None, timeout: float) -> bytes:
     # The spec allows only http:// and https:// base URLs.
-    request = urllib.request.Request(url, headers=_headers(api_key))  # noqa: S310
+    request = urllib.request.Request(url, headers=auth_headers(api_key))  # noqa: S310
     try:
         with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310
             return bytes(resp.read())
     except urllib.error.HTTPError as exc:
-        raise _NotOk(f"GET {url} answered {exc.code}") from None
+        raise NotOk(f"GET {url} answered {exc.code}") from None
     except (urllib.error.URLError, OSError) as exc:
-        raise _NotOk(f"GET {url}: {_describe_url_error(exc)}") from None
+        raise NotOk(f"GET {url}: {describe_url_error(exc)}") from None
 
 
 def probe(
@@ -103,9 +84,9 @@ def probe(
     """None when the sidecar is ready, else what was seen, for the error message."""
     models_url = base_url.rstrip("/") + "/models"
     try:
-        _get_ok(server_root(base_url) + "/health", api_key, timeout)
-        body = _get_ok(models_url, api_key, timeout)
-    except _NotOk as exc:
+        get_ok(server_root(base_url) + "/health", api_key, timeout)
+        body = get_ok(models_url, api_key, timeout)
+    except NotOk as exc:
         return str(exc)
     try:
         served = [m["id"] for m in json.loads(body)["data"]]
@@ -122,11 +103,11 @@ def served_context(
     """The served model's context in tokens (vLLM's `max_model_len` in GET /v1/models),
     or None when the server does not say (or cannot be asked): never raises."""
     try:
-        body = _get_ok(base_url.rstrip("/") + "/models", api_key, timeout)
+        body = get_ok(base_url.rstrip("/") + "/models", api_key, timeout)
         for entry in json.loads(body)["data"]:
             if entry.get("id") == model and isinstance(entry.get("max_model_len"), int):
                 return int(entry["max_model_len"])
-    except (_NotOk, ValueError, KeyError, TypeError, AttributeError):
+    except (NotOk, ValueError, KeyError, TypeError, AttributeError):
         return None
     return None
 
@@ -211,7 +192,7 @@ class SidecarClient:
         self.policy = policy
         self.timeout = aiohttp.ClientTimeout(total=request_s, connect=connect_s)
         self.pool_size = pool_size
-        self.headers = _headers(api_key)
+        self.headers = auth_headers(api_key)
         self.gate = OutageGate(base_url, outage_s, api_key) if outage_s else None
         # Request ids: a random prefix per client and a count, cheaper than a uuid each.
         self._ids = map(f"spark-vllm-{uuid.uuid4().hex[:16]}-{{}}".format, itertools.count())
@@ -343,7 +324,7 @@ class OutageGate:
     def __init__(self, base_url: str, outage_s: float, api_key: str | None) -> None:
         self.health_url = server_root(base_url) + "/health"
         self.outage_s = outage_s
-        self.headers = _headers(api_key)
+        self.headers = auth_headers(api_key)
         self.recovered_at = float("-inf")
         self.dead: SidecarDown | None = None
         self._lock = asyncio.Lock()

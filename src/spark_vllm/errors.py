@@ -10,8 +10,9 @@ value or the cause and what to do. Three families:
 - one row is wrong: `RowError` (it cannot become a request) and `AnswerError` (its answer
   does not fit the schema) make that row an error row, never a crash;
 - the job cannot go on: `TaskError`s fail the Spark task that raises them (Spark retries
-  it, then fails the job), `JdbcError` (a database refused), `JobFailed` and
-  `JobInterrupted` (with the summary of what was committed).
+  it, then fails the job), `JdbcError` (a database refused); the driver's `JobFailed`
+  and `JobInterrupted` carry the summary of what was committed, so they live beside it
+  (see summary).
 
 A `TaskError` raised in an executor's Python worker reaches the driver as the text of a
 PySpark exception; `task_error` finds its class there again and rebuilds it, so the
@@ -19,11 +20,6 @@ driver handles it by type.
 """
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from spark_vllm.summary import Summary
 
 
 class SparkVllmError(Exception):
@@ -77,23 +73,6 @@ class ErrorBudgetExceeded(TaskError):
 class ContextExceeded(TaskError):
     """The job asks for more output tokens (max_tokens) than the served model's context
     holds: every row would fail, so the task refuses before it sends anything."""
-
-
-class JobFailed(SparkVllmError, RuntimeError):
-    """The job stopped early; `summary` covers the rows committed before it stopped."""
-
-    def __init__(self, cause: BaseException, summary: Summary) -> None:
-        super().__init__(str(cause))
-        self.cause = cause
-        self.summary = summary
-
-
-class JobInterrupted(SparkVllmError, RuntimeError):
-    """Ctrl-C stopped the job; `summary` covers the rows committed before it stopped."""
-
-    def __init__(self, summary: Summary) -> None:
-        super().__init__("interrupted")
-        self.summary = summary
 
 
 def _task_errors(cls: type[TaskError] = TaskError) -> list[type[TaskError]]:

@@ -12,33 +12,26 @@ import contextlib
 import hashlib
 import json
 import logging
-import math
 import os
 import platform
-import re
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from functools import partial
 
 import pyspark
-from pyspark.accumulators import Accumulator
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.pandas.types import to_arrow_schema
 
-from spark_vllm import inputs, results, structured
-from spark_vllm.errors import (
-    JobFailed,
-    JobInterrupted,
-    SchemaError,
-    SpecError,
-)
+from spark_vllm import __version__, inputs, results, structured
+from spark_vllm.errors import SchemaError, SpecError
 from spark_vllm.fingerprint import Fingerprint, RunRecord, changes, fingerprint, matching_runs
 from spark_vllm.kinds import (
+    COMPLETION_DEFAULT_MAX_TOKENS,
     Answer,
     BatchLine,
     Chat,
@@ -46,7 +39,8 @@ from spark_vllm.kinds import (
     Embedding,
     RequestKind,
 )
-from spark_vllm.preflight import COMPLETION_DEFAULT_MAX_TOKENS
+from spark_vllm.plan import Census, Plan, largest_max_tokens
+from spark_vllm.prefix import group_by_prefix
 from spark_vllm.progress import Budget, JobMetrics, ProgressBoard, ProgressPrinter
 from spark_vllm.prompt import PromptBuilder
 from spark_vllm.retry import RetryPolicy
@@ -58,16 +52,18 @@ from spark_vllm.runner import (
     Timeouts,
     run_partition,
 )
+from spark_vllm.slots import default_partitions, per_task_window, task_slots
 from spark_vllm.spec import JobSpec, SampleSpec
 from spark_vllm.stores import OutputStore, store_for
 from spark_vllm.summary import (
     BUDGET_REACHED,
+    JobFailed,
+    JobInterrupted,
     Summary,
-    Tally,
-    TallyParam,
     summarize,
     summarize_from_output,
 )
+from spark_vllm.tally import Tally, TallyParam
 
 log = logging.getLogger(__name__)
 
@@ -110,57 +106,6 @@ def with_ids(df: DataFrame, spec: JobSpec) -> DataFrame:
     ).drop(digest)
 
 
-def local_cores(master: str) -> int:
-    """Task slots of a local master: local → 1, local[N] → N, local[*] → every core."""
-    match = re.match(r"local\[(\*|\d+)", master)
-    if not match:
-        return 1
-    if match.group(1) == "*":
-        return os.cpu_count() or 1
-    return int(match.group(1))
-
-
-def task_slots(spark: SparkSession) -> int:
-    """How many tasks run at once on one executor (they share its sidecar)."""
-    sc = spark.sparkContext
-    master = sc.master or ""
-    if master.startswith("local"):
-        return local_cores(master)
-    conf = sc.getConf()
-    cores = int(conf.get("spark.executor.cores", "1"))
-    task_cpus = int(conf.get("spark.task.cpus", "1"))
-    return max(1, cores // task_cpus)
-
-
-def per_task_window(per_executor: int, slots: int) -> int:
-    return max(1, math.ceil(per_executor / slots))
-
-
-# Partitions per task slot on a cluster when the spec does not say: two waves of tasks,
-# so executors that finish early (or join late) take work from the rest.
-PARTITIONS_PER_SLOT = 2
-
-
-def default_partitions(spark: SparkSession) -> int:
-    """Tasks to split the input into when `partitions` is unset.
-
-    Local mode: one per task slot (they share one sidecar, and the adaptive window lets
-    the tasks still running take up a finished one's share). A cluster: two per task
-    slot of the most executors the job may get (dynamic allocation's maxExecutors, else
-    spark.executor.instances), so added executors find work waiting.
-    """
-    sc = spark.sparkContext
-    slots = task_slots(spark)
-    if (sc.master or "").startswith("local"):
-        return slots
-    conf = sc.getConf()
-    if conf.get("spark.dynamicAllocation.enabled", "false").lower() == "true":
-        executors = int(conf.get("spark.dynamicAllocation.maxExecutors", "0") or 0)
-    else:
-        executors = int(conf.get("spark.executor.instances", "0") or 0)
-    return max(sc.defaultParallelism, executors * slots) * PARTITIONS_PER_SLOT
-
-
 def max_tokens_hint(df: DataFrame, spec: JobSpec) -> Column | None:
     """Each row's max_tokens (its sampling column's, else the spec's), or None if unknown."""
     default = spec.sampling.max_tokens
@@ -180,17 +125,6 @@ def max_tokens_hint(df: DataFrame, spec: JobSpec) -> Column | None:
     return F.coalesce(per_row.cast("long"), F.lit(default).cast("long"))
 
 
-def largest_max_tokens(spec: JobSpec, census: Census) -> int | None:
-    """The largest max_tokens any row of a generating job asks for: with a sampling
-    column, the census's (each row's own, else the spec's); else the spec's. None: none
-    is set, or the kind has none."""
-    if spec.task == "embedding" or spec.input.format == "openai-batch":
-        return None
-    if spec.sampling_column is not None:
-        return census.max_tokens
-    return spec.sampling.max_tokens
-
-
 def arrange(
     df: DataFrame,
     spec: JobSpec,
@@ -207,8 +141,6 @@ def arrange(
     """
     partitions = spec.partitions or default_partitions(spark)
     if spec.prefix is not None and grouped:
-        from spark_vllm.prefix import group_by_prefix
-
         prefix = spec.prefix
         if prefix.columns is not None and spec.lora is not None and spec.lora.column:
             # vLLM's prefix cache is per adapter: an adapter's rows are a group of their own.
@@ -381,27 +313,6 @@ def _changed_settings(
     )
 
 
-@dataclass
-class Census:
-    """The input and the output before a run, counted in one pass (see `take_census`).
-    Counts are of input rows unless they say otherwise."""
-
-    rows: int = 0
-    bad_ids: int = 0  # ids that are null or on several rows
-    skipped: int = 0  # ids whose latest answer succeeded with these settings
-    stale: int = 0  # ids whose latest answer succeeded with other settings
-    stale_runs: list[str] = field(default_factory=list)  # the runs that made those
-    retried: int = 0  # ids whose latest attempt failed
-    earlier_ids: int = 0  # ids at the output, input or not
-    earlier_failed: int = 0  # of those, the ones whose latest attempt failed
-    max_tokens: int | None = None  # the largest per-row max_tokens (a sampling column's)
-    held_back: int = 0  # rows to send that `limit` leaves for a later run
-
-    @property
-    def to_send(self) -> int:
-        return self.rows - self.skipped - self.held_back
-
-
 # The census's own column names.
 _ID, _N, _RUN, _OK, _MT = "__sv_id", "__sv_n", "__sv_run", "__sv_ok", "__sv_mt"
 # A row's place in the input (limit: the first rows to send), and its id's sample hash.
@@ -490,27 +401,6 @@ def refuse_bad_ids(df: DataFrame, id_column: str) -> None:
         f"input.id_column: column {id_column!r} must hold a unique, non-null id per row; "
         f"found {examples}. Fix the input, or unset input.id_column to derive ids"
     )
-
-
-@dataclass
-class Plan:
-    """A job ready to run: its kind and store, the lazy result (None: nothing to send,
-    and `note` says why), the stored rows' schema, the census, the tally the tasks count
-    into, and the record the run leaves before it sends anything."""
-
-    kind: RequestKind
-    store: OutputStore
-    result: DataFrame | None
-    schema: T.StructType | None
-    run_id: str
-    census: Census
-    record: RunRecord
-    started: float
-    earlier_runs: bool = False
-    note: str = ""
-    tally: Accumulator[Tally] | None = None
-    progress: ProgressBoard | None = None  # where the tasks report as they go
-    to_send: DataFrame | None = None  # the input rows the run sends, in its partitions
 
 
 # The local properties by which Spark's UI groups and names the jobs a thread starts.
@@ -798,8 +688,6 @@ def _leave_summary(spec: JobSpec, job: Plan, summary: Summary) -> None:
     summary.task, summary.model = spec.task, spec.endpoint.model
     summary.settings_sha256 = hashlib.sha256(settings.encode()).hexdigest()
     summary.finished_at = datetime.now(UTC).isoformat(timespec="seconds")
-    from spark_vllm import __version__
-
     summary.versions = {
         "spark_vllm": __version__,
         "pyspark": pyspark.__version__,

@@ -27,7 +27,7 @@ import base64
 import hashlib
 import json
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import orjson
@@ -36,13 +36,14 @@ from pyspark.sql import Column
 from pyspark.sql import types as T
 
 from spark_vllm import openai_batch
-from spark_vllm.client import Result
 from spark_vllm.errors import AnswerError, RowError
 from spark_vllm.prompt import PromptBuilder
+from spark_vllm.result import Result
+from spark_vllm.spec import unstored_field
+from spark_vllm.structured import AnswerParser, response_format
 
-if TYPE_CHECKING:
-    from spark_vllm.structured import AnswerParser
-
+# vLLM's max_tokens for /v1/completions when a request sets none (OpenAI's default).
+COMPLETION_DEFAULT_MAX_TOKENS = 16
 # What keeps a 200 answer from being a success: (what is wrong, whether another try may
 # cure it).
 Problem = tuple[str, bool]
@@ -106,8 +107,6 @@ def row_sampling(value: Any, column: str) -> dict[str, Any]:
     string keys, or that sets a field the job sets itself or cannot store, is a RowError
     naming the column.
     """
-    from spark_vllm.spec import unstored_field
-
     if value is None:
         return {}
     if isinstance(value, str):
@@ -268,8 +267,6 @@ class Generating(RequestKind):
         self.logprobs = logprobs
         self.answer = answer
         if answer is not None:
-            from spark_vllm.structured import response_format
-
             self.sampling["response_format"] = response_format(answer.schema, answer.name)
 
     def result_fields(self) -> list[T.StructField]:
@@ -372,8 +369,6 @@ class Generating(RequestKind):
         parser: AnswerParser | None = self.__dict__.get("_answer_parser")
         if parser is None:
             from pyspark.sql.pandas.types import to_arrow_type
-
-            from spark_vllm.structured import AnswerParser
 
             assert self.answer is not None
             arrow = to_arrow_type(self.answer.columns)
@@ -551,12 +546,6 @@ class BatchLine(RequestKind):
 
 # Every kind, by the name the job spec uses.
 KINDS: dict[str, type[RequestKind]] = {k.name: k for k in (Chat, Completion, Embedding, BatchLine)}
-
-
-def reserved_columns() -> set[str]:
-    """Every name a kind may give a result column (kept input columns may not)."""
-    names = {f.name for kind in KINDS.values() for f in kind.fields}
-    return names | {LOGPROBS.name, TRUNCATED.name}
 
 
 def row_request(kind: RequestKind, row: dict[str, Any]) -> Any:

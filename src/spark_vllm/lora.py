@@ -17,13 +17,13 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from spark_vllm.client import _describe_url_error, _get_ok, _headers, _NotOk
+from spark_vllm.client import NotOk, auth_headers, describe_url_error, get_ok
 from spark_vllm.errors import RowError
 
 
 def served_models(base_url: str, api_key: str | None, timeout: float = 10.0) -> set[str]:
     """The names GET /v1/models lists (the base model and the adapters loaded)."""
-    body = _get_ok(base_url.rstrip("/") + "/models", api_key, timeout)
+    body = get_ok(base_url.rstrip("/") + "/models", api_key, timeout)
     return {str(m["id"]) for m in json.loads(body)["data"]}
 
 
@@ -33,7 +33,7 @@ def load_adapter(
     """Load adapter `name` from `path` into the sidecar; None when it is loaded, else why not."""
     url = base_url.rstrip("/") + "/load_lora_adapter"
     body = json.dumps({"lora_name": name, "lora_path": path}).encode()
-    headers = {"Content-Type": "application/json", **_headers(api_key)}
+    headers = {"Content-Type": "application/json", **auth_headers(api_key)}
     request = urllib.request.Request(url, data=body, headers=headers, method="POST")  # noqa: S310
     try:
         with urllib.request.urlopen(request, timeout=timeout):  # noqa: S310
@@ -51,7 +51,7 @@ def load_adapter(
             )
         return f"POST {url} answered {exc.code}: {_message(text)}"
     except (urllib.error.URLError, OSError) as exc:
-        return f"POST {url}: {_describe_url_error(exc)}"
+        return f"POST {url}: {describe_url_error(exc)}"
 
 
 def _no_route(text: str) -> bool:
@@ -102,7 +102,7 @@ class Adapters:
         if self._served is None:
             try:
                 self._served = served_models(self.base_url, self.api_key)
-            except (_NotOk, ValueError, KeyError, TypeError):
+            except (NotOk, ValueError, KeyError, TypeError):
                 return  # not known now: the request goes, and vLLM answers for the adapter
         if name in self._served:
             return

@@ -25,11 +25,12 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import pyarrow as pa
 
+from spark_vllm.errors import SpecError
+from spark_vllm.kinds import RequestKind
+from spark_vllm.spec import PrefixSpec
+
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
-
-    from spark_vllm.kinds import RequestKind
-    from spark_vllm.spec import PrefixSpec
 
 # The helper columns (dropped before the rows reach the tasks).
 KEY, INDEX, TASK = "__sv_prefix", "__sv_prefix_index", "__sv_prefix_task"
@@ -163,8 +164,6 @@ def group_by_prefix(
         keyed = df.mapInArrow(partial(rendered_keys, kind=kind, chars=spec.chars), schema)
     counted = keyed.groupBy(KEY).count().limit(MAX_GROUPS + 1).collect()
     if len(counted) > MAX_GROUPS:
-        from spark_vllm.errors import SpecError
-
         raise SpecError(
             f"prefix: more than {MAX_GROUPS:,} prefix groups, too many to plan on the driver; "
             "group by coarser prefix.columns (a document id, not a row id), or leave prefix out"

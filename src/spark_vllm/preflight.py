@@ -26,17 +26,23 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import pyarrow as pa
 
+from spark_vllm.client import probe, read_api_key, served_context, server_root
 from spark_vllm.errors import RowError, SpecError
-from spark_vllm.kinds import BatchLine, Chat, Completion, Embedding, RequestKind, row_request
+from spark_vllm.kinds import (
+    COMPLETION_DEFAULT_MAX_TOKENS,
+    BatchLine,
+    Chat,
+    Completion,
+    Embedding,
+    RequestKind,
+    row_request,
+)
+from spark_vllm.plan import Plan, largest_max_tokens
+from spark_vllm.spec import JobSpec
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-    from spark_vllm.job import Plan
-    from spark_vllm.spec import JobSpec
-
-# vLLM's max_tokens for /v1/completions when a request sets none (OpenAI's default).
-COMPLETION_DEFAULT_MAX_TOKENS = 16
 # How many render failures the report shows, and how many ids of rows over the context.
 SHOWN_FAILURES = 5
 LISTED_IDS = 1000
@@ -459,8 +465,6 @@ Tokens = ServerTokens | FileTokens
 def choose_tokens(spec: JobSpec, tokenizer: str | None) -> tuple[Tokens, int | None]:
     """The server's tokenizer when the spec's endpoint serves the model (and its context
     with it), else the files at `tokenizer`. SpecError when neither is there."""
-    from spark_vllm.client import probe, read_api_key, served_context, server_root
-
     base_url, model = spec.endpoint.base_url, spec.endpoint.model
     api_key = read_api_key(spec.endpoint.api_key_env)
     if tokenizer is not None:
@@ -526,8 +530,6 @@ def preflight(
         note=job.note,
         generating=spec.task != "embedding" or spec.input.format == "openai-batch",
     )
-    from spark_vllm.job import largest_max_tokens
-
     report.max_tokens = largest_max_tokens(spec, job.census)
     found = count_rows(spec, job, tokens, context)
     if found is None:

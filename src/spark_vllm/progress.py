@@ -24,7 +24,6 @@ sends.
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import logging
 import secrets
@@ -32,85 +31,25 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, fields
+from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import IO, Any
 
 import orjson
 
+from spark_vllm.tally import REPORT_TIMEOUT_S, Counts, ProgressTarget, TaskReport
+
 log = logging.getLogger(__name__)
 
 # The largest report body the endpoint reads, in bytes (a report is about 200).
 MAX_REPORT_BYTES = 16 * 1024
-# Seconds a report may take (a task's HTTP client), and the endpoint waits on a socket.
-REPORT_TIMEOUT_S = 5.0
 # Connections the driver's endpoint serves at once (a thread each); one more waits up to
 # SLOT_WAIT_S for a slot, then is closed: a flood of connections cannot start threads
 # without end.
 MAX_CONNECTIONS = 128
 SLOT_WAIT_S = 1.0
-
-
-@dataclass(frozen=True)
-class ProgressTarget:
-    """Where a task reports (`url`, with `token`) and how often (`interval_s`, seconds)."""
-
-    url: str
-    token: str
-    interval_s: float
-
-
-@dataclass
-class Counts:
-    """Rows a task (or, summed, the job) has a result for so far and their tokens; tries
-    after a request's first (`retries`); rows sent and not yet answered (`in_flight`);
-    and milliseconds the task found its sidecar down (`outage_ms`)."""
-
-    rows: int = 0
-    succeeded: int = 0
-    failed: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    retries: int = 0
-    in_flight: int = 0
-    outage_ms: int = 0
-
-    def add(self, other: Counts) -> None:
-        for f in fields(self):
-            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
-
-
-@dataclass(frozen=True)
-class TaskReport:
-    """One task attempt's counts so far. Spark runs a task again under a new, larger
-    `task_attempt` (its task attempt id); `stage` and `partition` say which task."""
-
-    stage: int
-    partition: int
-    task_attempt: int
-    counts: Counts
-
-    def to_json(self) -> bytes:
-        counts = {f.name: getattr(self.counts, f.name) for f in fields(self.counts)}
-        task = {"stage": self.stage, "partition": self.partition, "attempt": self.task_attempt}
-        return orjson.dumps({"task": task, "counts": counts})
-
-    @classmethod
-    def from_json(cls, body: bytes) -> TaskReport:
-        """Raises ValueError naming what is wrong with `body`."""
-        try:
-            data = orjson.loads(body)
-            task, counts = data["task"], data["counts"]
-            numbers = {f.name: counts[f.name] for f in fields(Counts)}
-            ids = (task["stage"], task["partition"], task["attempt"])
-        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ValueError(f"a progress report is JSON with task and counts: {exc}") from exc
-        values = [*ids, *numbers.values()]
-        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
-            raise ValueError(f"a progress report holds counts >= 0, found {data!r}")
-        return cls(*ids, Counts(**numbers))
 
 
 @dataclass(frozen=True)
@@ -440,146 +379,6 @@ class JobCollector:
         yield GaugeMetricFamily(
             "spark_vllm_tasks_reporting", "Tasks that have reported progress.", tasks
         )
-
-
-# Rows a task asks the budget for at a time (at most what its current batch still holds).
-LEASE_ROWS = 64
-# How long a task waits for rows out to free the output budget before it stops, seconds.
-LEASE_WAIT_S = 300.0
-# What `BudgetLease.take` says: send the row, wait and ask again, or stop.
-GRANTED, WAIT, STOP = "granted", "wait", "stop"
-
-
-class BudgetLease:
-    """A task's end of the budget: `take()` before each row it sends. It asks the driver
-    for up to LEASE_ROWS rows at a time (never more than the rows in hand) and says
-    GRANTED, WAIT (the rows out hold the output budget: let answers come in, then take
-    again) or STOP (the budget is reached, or nothing freed it for LEASE_WAIT_S).
-    Synchronous, from the task's thread, past any HTTP proxy; a driver that cannot be
-    asked fails the task (the budget would not hold)."""
-
-    def __init__(self, target: ProgressTarget, task: Callable[[], tuple[int, int, int]]) -> None:
-        self.url = target.url.rsplit("/", 1)[0] + "/lease"
-        self.token = target.token
-        self._task = task
-        self.allowance = 0
-        self.exhausted = False
-        self._waiting_since: float | None = None
-        import urllib.request
-
-        # straight to the driver's pod, past any HTTP proxy of the environment
-        self._direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-    def take(self, in_hand: int, counts: Callable[[], Counts]) -> str:
-        if self.allowance > 0:
-            self.allowance -= 1
-            return GRANTED
-        if self.exhausted:
-            return STOP
-        granted, reached = self._ask(max(1, min(LEASE_ROWS, in_hand)), counts())
-        if granted > 0:
-            self.allowance, self._waiting_since = granted - 1, None
-            return GRANTED
-        now = time.monotonic()
-        if self._waiting_since is None:
-            self._waiting_since = now
-        if reached or now - self._waiting_since > LEASE_WAIT_S:
-            self.exhausted = True
-            return STOP
-        return WAIT
-
-    def _ask(self, want: int, counts: Counts) -> tuple[int, bool]:
-        import urllib.request
-
-        from spark_vllm.errors import BudgetUnavailable
-
-        body = orjson.loads(TaskReport(*self._task(), counts).to_json())
-        body["want"] = want
-        request = urllib.request.Request(  # noqa: S310  # the driver's own http URL
-            self.url,
-            data=orjson.dumps(body),
-            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
-            method="POST",
-        )
-        last: Exception | None = None
-        for attempt in range(4):
-            if attempt:
-                time.sleep(0.5 * 2**attempt)  # the driver busy: a few tries
-            try:
-                with self._direct.open(request, timeout=REPORT_TIMEOUT_S) as answer:
-                    data = orjson.loads(answer.read())
-                    return int(data["granted"]), bool(data["reached"])
-            except Exception as exc:
-                last = exc
-        raise BudgetUnavailable(
-            f"the driver's budget endpoint {self.url} cannot be asked ({last}); the task "
-            "stops rather than pass the budget"
-        )
-
-
-class ProgressReporter:
-    """A task's end, on the task's event loop: `run()` POSTs `counts()` every interval
-    until cancelled; `send()` reports once (the task's last report). Failures are
-    logged, never raised: progress must not fail a task."""
-
-    def __init__(self, target: ProgressTarget, task: Callable[[], tuple[int, int, int]]) -> None:
-        self.target = target
-        self._task = task  # (stage, partition, task attempt id)
-        self._session: Any = None
-        self._warned = False
-
-    async def run(self, counts: Callable[[], Counts]) -> None:
-        while True:
-            await asyncio.sleep(self.target.interval_s)
-            await self.send(counts())
-
-    async def finish(self, periodic: asyncio.Future[None] | None, counts: Counts) -> None:
-        """Stop the periodic reports (`run`'s task), then send the last one: no earlier
-        report can arrive after it."""
-        if periodic is not None:
-            periodic.cancel()
-            await asyncio.gather(periodic, return_exceptions=True)
-        await self.send(counts)
-
-    async def send(self, counts: Counts) -> None:
-        import aiohttp
-
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=REPORT_TIMEOUT_S)
-            )
-        report = TaskReport(*self._task(), counts)
-        headers = {
-            "Authorization": f"Bearer {self.target.token}",
-            "Content-Type": "application/json",
-        }
-        try:
-            async with self._session.post(
-                self.target.url, data=report.to_json(), headers=headers
-            ) as answer:
-                if answer.status != 204 and not self._warned:
-                    self._warned = True
-                    text = (await answer.text())[:200]
-                    log.warning("progress report refused: HTTP %s %s", answer.status, text)
-        except Exception as exc:  # progress must never fail a task
-            if not self._warned:
-                self._warned = True
-                log.warning("progress report to %s failed: %s", self.target.url, exc)
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-
-
-def task_identity() -> tuple[int, int, int]:
-    """(stage id, partition id, task attempt id) of the Spark task running this code;
-    zeros outside a Spark task."""
-    from pyspark import TaskContext
-
-    context = TaskContext.get()
-    if context is None:
-        return (0, 0, 0)
-    return (context.stageId(), context.partitionId(), context.taskAttemptId())
 
 
 def _duration(seconds: float) -> str:

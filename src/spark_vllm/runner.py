@@ -27,7 +27,6 @@ import pyarrow as pa
 
 from spark_vllm.adaptive import AdaptiveWindow, WindowPolicy
 from spark_vllm.client import (
-    Result,
     SidecarClient,
     read_api_key,
     served_context,
@@ -37,7 +36,9 @@ from spark_vllm.client import (
 from spark_vllm.errors import ContextExceeded, ErrorBudgetExceeded, RowError, RowFailed
 from spark_vllm.kinds import RequestKind, row_request
 from spark_vllm.lora import Adapters
-from spark_vllm.progress import (
+from spark_vllm.result import Result
+from spark_vllm.retry import RetryPolicy
+from spark_vllm.tally import (
     GRANTED,
     REPORT_TIMEOUT_S,
     WAIT,
@@ -45,10 +46,9 @@ from spark_vllm.progress import (
     Counts,
     ProgressReporter,
     ProgressTarget,
+    Tally,
     task_identity,
 )
-from spark_vllm.retry import RetryPolicy
-from spark_vllm.summary import Tally
 
 T = TypeVar("T")
 

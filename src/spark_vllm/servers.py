@@ -33,6 +33,7 @@ from pyspark.sql import SparkSession
 
 from spark_vllm.client import wait_ready
 from spark_vllm.local_server import LocalServer, stop_process_group, tail
+from spark_vllm.slots import task_slots
 
 
 @dataclass(frozen=True)
@@ -142,8 +143,6 @@ def stop_here(cfg: ServerConfig, grace_s: float = 20.0) -> int | None:
 
 def _on_every_slot(spark: SparkSession, fn: Any) -> list[Any]:
     """Run fn() once in every task slot of the cluster at once, so every executor runs it."""
-    from spark_vllm.job import task_slots
-
     sc = spark.sparkContext
     if (sc.master or "").startswith("local"):
         executors = 1

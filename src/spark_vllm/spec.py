@@ -48,6 +48,23 @@ UNSTORED_FIELDS = {
 }
 # The values of those fields that change nothing.
 _HARMLESS = {"stream": (False, None), "n": (1, None)}
+# Every name a request kind may give a result column (see kinds): kept input columns may
+# not take one. tests/unit/test_layers.py holds it equal to the kinds' own fields.
+RESULT_COLUMNS = frozenset(
+    {
+        "attempts",
+        "completion_tokens",
+        "embedding",
+        "error",
+        "finish_reason",
+        "latency_ms",
+        "line",
+        "logprobs",
+        "prompt_tokens",
+        "response",
+        "truncated",
+    }
+)
 
 
 def unstored_field(key: str, value: Any) -> str | None:
@@ -222,9 +239,7 @@ class OutputSpec(_Strict):
     @field_validator("keep_columns")
     @classmethod
     def _no_result_names(cls, value: list[str]) -> list[str]:
-        from spark_vllm.kinds import reserved_columns
-
-        clash = sorted(set(value) & reserved_columns())
+        clash = sorted(set(value) & RESULT_COLUMNS)
         if clash:
             raise ValueError(
                 f"{clash} are result columns the job writes itself; "
@@ -453,6 +468,8 @@ class StructuredSpec(_Strict):
         if (self.json_schema is None) == (self.ddl is None):
             raise ValueError("set exactly one of structured_output.json_schema and .ddl")
         if self.json_schema is not None:
+            # Loaded here, not with the module: the spec's other checks need no Spark
+            # (`spark-vllm validate`, the trigger), and structured's Spark types cost ~1 s.
             from spark_vllm.structured import check_schema
 
             try:

@@ -8,138 +8,21 @@ back. A run that failed midway reads back what it committed instead.
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from pyspark.accumulators import AccumulatorParam
 from pyspark.sql import functions as F
 
+from spark_vllm.errors import SparkVllmError
+from spark_vllm.plan import Plan
 from spark_vllm.redact import redact
+from spark_vllm.results import latest
+from spark_vllm.tally import ERROR_CHARS, Tally, error_kind
 
-if TYPE_CHECKING:
-    from spark_vllm.job import Plan
-
-# Error messages are counted by their first characters, with URL passwords and password-like
-# parameters taken out (row errors name columns and row ids, never values: see prompt, images),
-# and a task reports its most common ones only.
-ERROR_CHARS = 300
-ERRORS_PER_TASK = 50
 # Kinds of failure the summary lists.
 BREAKDOWN_KINDS = 10
 # A run's status when its budget stopped it (it committed what finished).
 BUDGET_REACHED = "budget reached"
-# Words of a server's message that name the kind of an HTTP error.
-KIND_WORDS = 6
-
-
-def error_kind(error: str) -> str:
-    """The kind of a failed row's `error`, for the summary's breakdown: `bad input`,
-    `bad answer`, `timeout`, `cannot connect`, `HTTP <status> <first words of the
-    server's message>`, or the message's first words; an error retries gave up on keeps
-    the kind of its last try with `gave up: ` before it. E.g. "HTTP 400: This model's
-    maximum context length is 512 tokens..." → "HTTP 400 This model's maximum context
-    length is"."""
-    if error.startswith("gave up after ") and "; last: " in error:
-        return "gave up: " + error_kind(error.split("; last: ", 1)[1])
-    for prefix in ("bad input", "bad answer", "cannot connect", "unexpected response"):
-        if error.startswith(prefix):
-            return prefix
-    if error.startswith("HTTP ") and ": " in error:
-        status, message = error.split(": ", 1)
-        words = message.split()[:KIND_WORDS]
-        return " ".join([status, *words]).rstrip(".,:;")
-    if "timed out" in error or error.startswith("TimeoutError"):
-        return "timeout"
-    return " ".join(error.split()[:KIND_WORDS])
-
-
-@dataclass
-class Tally:
-    """What tasks counted of the rows they handed over. `kinds`: failed rows by
-    `error_kind`, each with its count and one example id; `retries`: tries after the
-    first, summed over requests; `outage_s`: seconds the tasks found their sidecar down,
-    summed; `window`: the smallest and largest window of requests in flight a task used
-    (rows; None: no task sent)."""
-
-    rows: int = 0
-    succeeded: int = 0
-    failed: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    errors: Counter[str] = field(default_factory=Counter)
-    kinds: dict[str, tuple[int, str]] = field(default_factory=dict)
-    retries: int = 0
-    outage_s: float = 0.0
-    window: tuple[int, int] | None = None
-
-    def count(self, error: str | None, tokens: tuple[int, int], row_id: object = None) -> None:
-        self.rows += 1
-        if error is None:
-            self.succeeded += 1
-        else:
-            self.failed += 1
-            shown = redact(error)
-            self.errors[shown[:ERROR_CHARS]] += 1
-            self.add_kind(error_kind(shown), 1, str(row_id))
-        self.prompt_tokens += tokens[0]
-        self.completion_tokens += tokens[1]
-
-    def merge(self, other: Tally) -> Tally:
-        self.rows += other.rows
-        self.succeeded += other.succeeded
-        self.failed += other.failed
-        self.prompt_tokens += other.prompt_tokens
-        self.completion_tokens += other.completion_tokens
-        self.errors.update(other.errors)
-        for kind, (count, example) in other.kinds.items():
-            self.add_kind(kind, count, example)
-        self.retries += other.retries
-        self.outage_s += other.outage_s
-        self.add_window(other.window)
-        return self
-
-    def add_window(self, window: tuple[int, int] | None) -> None:
-        """Widen `window` to take in `window` (None: nothing)."""
-        if window is None:
-            return
-        low, high = self.window or window
-        self.window = (min(low, window[0]), max(high, window[1]))
-
-    def add_kind(self, kind: str, count: int, example: str) -> None:
-        """`count` more failed rows of `kind`; the first example id seen stays."""
-        known, first = self.kinds.get(kind, (0, example))
-        self.kinds[kind] = (known + count, first)
-
-    def breakdown(self) -> list[tuple[str, int, str]]:
-        """(kind, failed rows, an example id), the most common kind first."""
-        ranked = sorted(self.kinds.items(), key=lambda item: (-item[1][0], item[0]))
-        return [(kind, count, example) for kind, (count, example) in ranked]
-
-    def shipped(self) -> Tally:
-        """This tally with only its most common errors and kinds, as a task sends it back."""
-        return Tally(
-            self.rows,
-            self.succeeded,
-            self.failed,
-            self.prompt_tokens,
-            self.completion_tokens,
-            Counter(dict(self.errors.most_common(ERRORS_PER_TASK))),
-            {kind: (n, ex) for kind, n, ex in self.breakdown()[:ERRORS_PER_TASK]},
-            self.retries,
-            self.outage_s,
-            self.window,
-        )
-
-
-class TallyParam(AccumulatorParam[Tally]):
-    """Sums the tasks' tallies in a Spark accumulator."""
-
-    def zero(self, value: Tally) -> Tally:
-        return Tally()
-
-    def addInPlace(self, value1: Tally, value2: Tally) -> Tally:
-        return value1.merge(value2)
 
 
 @dataclass
@@ -292,6 +175,23 @@ class Summary:
         return "\n".join(lines)
 
 
+class JobFailed(SparkVllmError, RuntimeError):
+    """The job stopped early; `summary` covers the rows committed before it stopped."""
+
+    def __init__(self, cause: BaseException, summary: Summary) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.summary = summary
+
+
+class JobInterrupted(SparkVllmError, RuntimeError):
+    """Ctrl-C stopped the job; `summary` covers the rows committed before it stopped."""
+
+    def __init__(self, summary: Summary) -> None:
+        super().__init__("interrupted")
+        self.summary = summary
+
+
 def summarize(job: Plan, wall_s: float) -> Summary:
     """The summary of a run that ended well: the tasks' tally and the plan's census.
 
@@ -378,8 +278,6 @@ def summarize_from_output(job: Plan, wall_s: float) -> Summary:
 
 def output_totals(job: Plan) -> tuple[int, int]:
     """(ids, ids whose latest attempt failed) at the output, read back."""
-    from spark_vllm.results import latest
-
     store = job.store
     view = latest(store.attempts(job.schema), store.id_column)
     overall = view.agg(

@@ -50,7 +50,7 @@ from starlette.concurrency import run_in_threadpool
 from spark_vllm import operate
 from spark_vllm.errors import SpecError
 from spark_vllm.redact import redact
-from spark_vllm.spec import conf_key_allowed
+from spark_vllm.spec import JobSpec, conf_key_allowed
 
 # What a run may consist of, in the order created (the spec's ConfigMaps before what mounts
 # them). Anything else the chart renders for a run is refused: the trigger's Role allows
@@ -696,8 +696,6 @@ def create_app(
 def _job_body() -> tuple[dict[str, Any], dict[str, Any]]:
     """POST /jobs's body in the OpenAPI document: the job spec's JSON schema (the handler
     reads the body itself, JSON or YAML)."""
-    from spark_vllm.spec import JobSpec
-
     schema = JobSpec.model_json_schema(ref_template="#/components/schemas/{model}")
     defs = schema.pop("$defs", {})
     # A posted spec never names the endpoint: the chart fills it in.

@@ -18,7 +18,8 @@ from spark_vllm.job import kind_for
 from spark_vllm.kinds import row_request
 from spark_vllm.redact import redact
 from spark_vllm.spec import JdbcConnection
-from spark_vllm.summary import Summary, Tally
+from spark_vllm.summary import Summary
+from spark_vllm.tally import Tally
 
 pytestmark = pytest.mark.unit
 

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from spark_vllm import RowError, spec_from_dict
-from spark_vllm.client import Result
 from spark_vllm.job import kind_for
 from spark_vllm.kinds import BatchLine, Generating, row_request
+from spark_vllm.result import Result
 
 pytestmark = pytest.mark.unit
 

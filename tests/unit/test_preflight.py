@@ -7,9 +7,8 @@ from __future__ import annotations
 import pytest
 
 from spark_vllm.errors import RowError
-from spark_vllm.kinds import BatchLine, Chat, Completion, Embedding
+from spark_vllm.kinds import COMPLETION_DEFAULT_MAX_TOKENS, BatchLine, Chat, Completion, Embedding
 from spark_vllm.preflight import (
-    COMPLETION_DEFAULT_MAX_TOKENS,
     Counting,
     Fit,
     PlanReport,

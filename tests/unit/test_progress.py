@@ -14,16 +14,13 @@ import orjson
 import pytest
 
 from spark_vllm.local_server import free_port  # internal: a port nobody listens on
-from spark_vllm.progress import (
+from spark_vllm.progress import Budget, JobMetrics, ProgressBoard, ProgressPrinter
+from spark_vllm.tally import (
     GRANTED,
     STOP,
     WAIT,
-    Budget,
     BudgetLease,
     Counts,
-    JobMetrics,
-    ProgressBoard,
-    ProgressPrinter,
     ProgressReporter,
     ProgressTarget,
     TaskReport,

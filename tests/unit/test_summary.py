@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from spark_vllm.summary import Summary, Tally, error_kind
+from spark_vllm.summary import Summary
+from spark_vllm.tally import Tally, error_kind
 
 pytestmark = pytest.mark.unit
 

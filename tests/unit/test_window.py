@@ -2,7 +2,8 @@
 
 import pytest
 
-from spark_vllm.job import Summary, per_task_window
+from spark_vllm.slots import per_task_window
+from spark_vllm.summary import Summary
 
 pytestmark = pytest.mark.unit
 

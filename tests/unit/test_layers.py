@@ -1,0 +1,187 @@
+"""The package's layering, read from its import graph: every import of a spark_vllm module
+(at the top, inside a function, or under TYPE_CHECKING) goes to a module of the same layer
+or one below; the graph has no circle; a module imports its own package inside a function
+only where a start-up cost is kept out on purpose (listed below, with why); and what a
+Spark task imports stays the task's side, without the cluster's dependencies."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from spark_vllm.kinds import KINDS, LOGPROBS, TRUNCATED
+from spark_vllm.spec import RESULT_COLUMNS
+
+pytestmark = pytest.mark.unit
+
+PACKAGE = Path(__file__).resolve().parents[2] / "src" / "spark_vllm"
+
+# Lowest first. A module may import its own layer and the layers below it.
+LAYERS: list[tuple[str, set[str]]] = [
+    ("common", {"errors", "redact", "retry", "result", "adaptive"}),
+    ("request", {"images", "structured", "prompt", "spec", "kinds", "openai_batch"}),
+    ("task", {"client", "lora", "tally", "runner"}),
+    ("storage", {"fingerprint", "results", "jdbc", "inputs", "stores"}),
+    (
+        "driver",
+        {
+            "slots",
+            "progress",
+            "plan",
+            "summary",
+            "preflight",
+            "prefix",
+            "job",
+            "functions",
+            "local_server",
+            "servers",
+        },
+    ),
+    ("cluster", {"operate", "metrics_proxy", "trigger"}),
+    ("command", {"cli", "__init__"}),
+]
+LAYER = {module: i for i, (_, modules) in enumerate(LAYERS) for module in modules}
+# What a Spark task imports (the runner and what it reaches): never these layers.
+NOT_IN_A_TASK = {"storage", "driver", "cluster", "command"}
+# Imports of the package's own modules inside a function, each for a start-up cost kept out.
+LAZY = {
+    # each verb imports what it runs when it runs (see cli's docstring)
+    "cli": "the verbs' own modules",
+    # the spec's checks need no Spark: structured's Spark types load with a json_schema
+    "spec": "structured",
+}
+
+
+def _own(name: str) -> str | None:
+    if name == "spark_vllm":
+        return "__init__"
+    if name.startswith("spark_vllm."):
+        return name.split(".")[1]
+    return None
+
+
+def _graph() -> tuple[dict[str, dict[str, int]], dict[str, set[str]]]:
+    """(module -> {imported module: line}, module -> modules it imports below its top level)."""
+    edges: dict[str, dict[str, int]] = {}
+    nested: dict[str, set[str]] = {}
+    for path in sorted(PACKAGE.glob("*.py")):
+        module = path.stem
+        tree = ast.parse(path.read_text(), str(path))
+        top = {id(node) for node in tree.body}
+        edges[module], nested[module] = {}, set()
+        for node in ast.walk(tree):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            found = {own for name in names if (own := _own(name)) is not None}
+            # `from spark_vllm import errors` imports the module errors, not the package
+            if len(found) > 1:
+                found.discard("__init__")
+            found &= set(LAYER) | {"__init__"}
+            found.discard(module)
+            for target in found:
+                edges[module].setdefault(target, node.lineno)
+                if id(node) not in top:
+                    nested[module].add(target)
+    return edges, nested
+
+
+def _circle(edges: dict[str, dict[str, int]]) -> list[str] | None:
+    """One circle of the graph (its modules in order), or None."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(module: str) -> list[str] | None:
+        state[module] = 1
+        stack.append(module)
+        for target in edges.get(module, {}):
+            if state.get(target) == 1:
+                return [*stack[stack.index(target) :], target]
+            if target not in state and (found := visit(target)) is not None:
+                return found
+        state[module] = 2
+        stack.pop()
+        return None
+
+    for module in sorted(edges):
+        if module not in state and (found := visit(module)) is not None:
+            return found
+    return None
+
+
+def test_every_module_has_a_layer() -> None:
+    modules = {path.stem for path in PACKAGE.glob("*.py")}
+    assert modules - set(LAYER) == set(), "place the new module in LAYERS"
+    assert set(LAYER) - modules == set(), "LAYERS names a module that is gone"
+
+
+def test_no_import_goes_up_a_layer() -> None:
+    edges, _ = _graph()
+    against = [
+        f"{module}.py:{line} imports {target} ({LAYERS[LAYER[target]][0]}), "
+        f"above its own layer ({LAYERS[LAYER[module]][0]})"
+        for module, targets in edges.items()
+        for target, line in targets.items()
+        if LAYER[target] > LAYER[module]
+    ]
+    assert against == []
+
+
+def test_the_import_graph_has_no_circle() -> None:
+    edges, _ = _graph()
+    assert _circle(edges) is None
+
+
+def test_the_circle_finder_finds_one() -> None:
+    assert _circle({"a": {"b": 1}, "b": {"c": 1}, "c": {"a": 1}}) == ["a", "b", "c", "a"]
+    assert _circle({"a": {"b": 1}, "b": {}, "c": {"a": 1}}) is None
+
+
+def test_the_package_is_imported_inside_functions_only_where_said() -> None:
+    _, nested = _graph()
+    lazy = {module: sorted(targets) for module, targets in nested.items() if targets}
+    assert set(lazy) <= set(LAZY), lazy
+    assert lazy["spec"] == ["structured"]
+
+
+def _imported_by(statement: str) -> set[str]:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"{statement}; import sys; print('\\n'.join(sorted(sys.modules)))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return set(out.split())
+
+
+def test_a_task_imports_the_task_side_only() -> None:
+    """The runner (what a pickled task imports on an executor) reaches none of the
+    storage, driver, cluster or command modules, nor the cluster's dependencies."""
+    loaded = _imported_by("import spark_vllm.runner")
+    ours = {name.split(".")[1] for name in loaded if name.startswith("spark_vllm.")}
+    assert "runner" in ours
+    beyond = {m for m in ours if LAYERS[LAYER[m]][0] in NOT_IN_A_TASK}
+    assert beyond == set()
+    assert {"kubernetes", "fastapi", "uvicorn"} & loaded == set()
+
+
+def test_import_spark_vllm_and_its_spec_load_no_spark_and_no_cluster_client() -> None:
+    loaded = _imported_by("import spark_vllm, spark_vllm.spec")
+    assert {"pyspark", "kubernetes", "fastapi", "uvicorn"} & loaded == set()
+
+
+def test_the_specs_result_columns_are_the_kinds_fields() -> None:
+    """spec.RESULT_COLUMNS (kept input columns may not take these names) states what the
+    kinds define: a kind's new column must be added there too."""
+    fields = {f.name for kind in KINDS.values() for f in kind.fields}
+    assert fields | {LOGPROBS.name, TRUNCATED.name} == RESULT_COLUMNS
