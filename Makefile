@@ -61,7 +61,7 @@ $(STAMP): pyproject.toml requirements/constraints.txt requirements/installer.txt
 	@# excludes.txt say why each line is there.
 	$(BIN)/uv pip install --quiet --python $(BIN)/python $(UV_EXTRA) \
 	  --constraints requirements/constraints.txt --overrides requirements/overrides.txt \
-	  --excludes requirements/excludes.txt -e '.[cpu,dev,bench]'
+	  --excludes requirements/excludes.txt -e '.[cpu,k8s,dev,bench]'
 	touch $@
 
 setup: $(STAMP) ## create .venv with the pinned dependencies

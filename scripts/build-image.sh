@@ -113,7 +113,10 @@ stamp=$("$python" - "$variant" <<'PY'
 import hashlib, json, pathlib, sys, tomllib
 pyproject = tomllib.load(open("pyproject.toml", "rb"))
 project = pyproject["project"]
-deps = [project["dependencies"], project["optional-dependencies"][sys.argv[1]]]
+extras = project["optional-dependencies"]
+# the image's Python packages: the core, the k8s extra (the trigger and the operating
+# commands run in the image) and the variant's vLLM
+deps = [project["dependencies"] + extras["k8s"], extras[sys.argv[1]]]
 versions = pyproject["tool"]["spark-vllm"]["versions"]
 pins = [pathlib.Path("requirements", name).read_text()
         for name in ("installer.txt", "constraints.txt", "overrides.txt", "excludes.txt")]
@@ -137,7 +140,7 @@ else
                 --overrides requirements/overrides.txt --excludes requirements/excludes.txt)
         fi
         "$uv" pip compile --quiet --python "$python" --python-version "$v_python" \
-            --no-header --no-annotate --extra "$variant" "${uv_args[@]}" \
+            --no-header --no-annotate --extra k8s --extra "$variant" "${uv_args[@]}" \
             --output-file "$cache.tmp/.requirements" pyproject.toml
         quiet_pip wheel --quiet --no-deps --wheel-dir "$cache.tmp" \
             --requirement "$cache.tmp/.requirements" >/dev/null

@@ -4,7 +4,8 @@ follow, read and cancel jobs on Kubernetes (spark_vllm.operate).
 
 Exit codes: 0 done; 1 the job failed (a row failed under on_error: fail, the sidecar
 never became ready, Spark failed); 2 the job spec or the command line is wrong (also a
-max_tokens larger than the served model's context); 3 the run stopped at its budget (what
+max_tokens larger than the served model's context, and a Kubernetes verb without the
+`k8s` extra installed); 3 the run stopped at its budget (what
 finished is committed); 130 interrupted (Ctrl-C): what was committed stays, and the same
 command resumes.
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import os
 import signal
@@ -276,8 +278,33 @@ def _add_operate_commands(sub: Any) -> None:
     )
 
 
+# What the commands that act on Kubernetes import beyond the core: spark-vllm's `k8s` extra.
+K8S_EXTRA = {"kubernetes": "kubernetes", "fastapi": "fastapi", "uvicorn": "uvicorn"}
+
+
+def missing_extra(command: str) -> list[str]:
+    """The distributions of the `k8s` extra that `command` needs and this Python lacks."""
+    needed = ["kubernetes", "fastapi", "uvicorn"] if command == "trigger" else ["kubernetes"]
+    missing = []
+    for module in needed:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(K8S_EXTRA[module])
+    return missing
+
+
 def operate(args: argparse.Namespace) -> int:
     """The commands that act on jobs on Kubernetes."""
+    missing = missing_extra(args.command)
+    if missing:
+        print(
+            f"spark-vllm {args.command}: needs {', '.join(missing)}, which come with "
+            "spark-vllm's k8s extra: pip install 'spark-vllm[k8s]'",
+            file=sys.stderr,
+        )
+        return 2
+
     from spark_vllm import operate as op
 
     if args.command == "submit":

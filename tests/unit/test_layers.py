@@ -7,8 +7,10 @@ Spark task imports stays the task's side, without the cluster's dependencies."""
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -185,3 +187,39 @@ def test_the_specs_result_columns_are_the_kinds_fields() -> None:
     kinds define: a kind's new column must be added there too."""
     fields = {f.name for kind in KINDS.values() for f in kind.fields}
     assert fields | {LOGPROBS.name, TRUNCATED.name} == RESULT_COLUMNS
+
+
+_TRIGGER = ["trigger", "--release", "r", "-n", "jobs", "--values", "v.yaml", "--token-file", "t"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "blocked", "named"),
+    [
+        (["status", "some-job", "-n", "jobs"], "kubernetes", "kubernetes"),
+        (["list", "-n", "jobs"], "kubernetes", "kubernetes"),
+        (_TRIGGER, "fastapi", "fastapi"),
+        (_TRIGGER, "uvicorn", "uvicorn"),
+    ],
+)
+def test_a_kubernetes_verb_without_the_k8s_extra_says_how_to_install_it(
+    argv: list[str], blocked: str, named: str
+) -> None:
+    """kubernetes, fastapi and uvicorn are the `k8s` extra, not core dependencies: a
+    Python without them (blocked here in sys.modules) gets exit code 2 and the command."""
+    program = (
+        f"import sys; sys.modules[{blocked!r}] = None\n"
+        "from spark_vllm.cli import main\n"
+        f"raise SystemExit(main({argv!r}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr
+    assert f"spark-vllm {argv[0]}: needs {named}," in done.stderr
+    assert "pip install 'spark-vllm[k8s]'" in done.stderr
+
+
+def test_the_cluster_clients_are_the_k8s_extra_not_core_dependencies() -> None:
+    project = tomllib.loads((PACKAGE.parents[1] / "pyproject.toml").read_text())["project"]
+    names = {re.split(r"[=<>\[]", dep)[0] for dep in project["dependencies"]}
+    extra = {re.split(r"[=<>\[]", dep)[0] for dep in project["optional-dependencies"]["k8s"]}
+    assert extra == {"kubernetes", "fastapi", "uvicorn"}
+    assert names & extra == set()
