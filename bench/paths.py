@@ -278,8 +278,8 @@ def memory(cfg: Config) -> list[Measurement]:
     from pyspark.sql import types as T
 
     from spark_vllm import spec_from_dict
-    from spark_vllm.job import kind_for, task_config  # internal: one task, no Spark job
-    from spark_vllm.runner import run_partition
+    from spark_vllm.driver.job import kind_for, task_config  # internal: one task, no Spark job
+    from spark_vllm.task.runner import run_partition
 
     n, batch_rows = cfg["rows"], cfg["batch_rows"]
     spec = spec_from_dict(cfg["job_spec"])

@@ -2,7 +2,7 @@
 
 One path runs at a time (the machine's cores are shared by the engine and the client):
 (1) vLLM offline first, with no server running; then one vLLM server, started with
-`spark_vllm.local_server.LocalServer` and the same engine arguments, serves (2)-(5) and
+`spark_vllm.driver.local_server.LocalServer` and the same engine arguments, serves (2)-(5) and
 the memory probe; last, with no vLLM running, the ceiling path (bench/ceiling.py) runs the
 job against an instant stand-in server. See bench/README.md.
 """
@@ -32,7 +32,7 @@ from bench import report
 from bench.ceiling import Ceiling
 from bench.paths import Measurement, _http_run
 from bench.workload import SYSTEM, Row, Workload, make_workloads
-from spark_vllm.local_server import stop_group
+from spark_vllm.driver.local_server import stop_group
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVED_NAME = "bench-llama"
@@ -546,7 +546,7 @@ class Bench:
     @contextlib.contextmanager
     def serve(self, model: Path, tag: str) -> Iterator[None]:
         """One vLLM server for the paths that follow, with (1)'s engine arguments."""
-        from spark_vllm.local_server import LocalServer
+        from spark_vllm.driver.local_server import LocalServer
 
         os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(self.args.kv_cache_gib)
         server = LocalServer(

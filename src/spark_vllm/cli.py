@@ -1,6 +1,6 @@
 """The `spark-vllm` command: validate a job spec, plan it (count what a run would send),
 run a job, run it with a local vLLM, or serve a local vLLM for your own code; and submit,
-follow, read and cancel jobs on Kubernetes (spark_vllm.operate).
+follow, read and cancel jobs on Kubernetes (spark_vllm.cluster.operate).
 
 Exit codes: 0 done; 1 the job failed (a row failed under on_error: fail, the sidecar
 never became ready, Spark failed); 2 the job spec or the command line is wrong (also a
@@ -37,8 +37,8 @@ from spark_vllm.errors import (
 from spark_vllm.spec import JobSpec, conf_key_allowed, load_spec
 
 if TYPE_CHECKING:
-    from spark_vllm.inputs import Columns
-    from spark_vllm.local_server import LocalServer
+    from spark_vllm.driver.local_server import LocalServer
+    from spark_vllm.storage.inputs import Columns
 
 OPERATE_COMMANDS = ("submit", "status", "logs", "cancel", "list", "trigger")
 
@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_operate_commands(sub: Any) -> None:
-    """submit, status, logs, cancel, list: jobs on Kubernetes (spark_vllm.operate)."""
+    """submit, status, logs, cancel, list: jobs on Kubernetes (spark_vllm.cluster.operate)."""
     ns_help = "the Kubernetes namespace"
     submit = sub.add_parser(
         "submit",
@@ -305,12 +305,12 @@ def operate(args: argparse.Namespace) -> int:
         )
         return 2
 
-    from spark_vllm import operate as op
+    from spark_vllm.cluster import operate as op
 
     if args.command == "submit":
         return op.submit(args)
     if args.command == "trigger":
-        from spark_vllm.trigger import serve
+        from spark_vllm.cluster.trigger import serve
 
         try:
             return serve(args)
@@ -337,8 +337,8 @@ def make_plan(spec: JobSpec, args: argparse.Namespace) -> int:
     """`spark-vllm plan`: the job planned and its requests counted, nothing sent."""
     import json
 
-    from spark_vllm.job import plan
-    from spark_vllm.preflight import choose_tokens, file_context, preflight
+    from spark_vllm.driver.job import plan
+    from spark_vllm.driver.preflight import choose_tokens, file_context, preflight
 
     try:
         tokens, context = choose_tokens(spec, args.tokenizer)
@@ -381,8 +381,8 @@ def show_summaries(spec: JobSpec, args: argparse.Namespace) -> int:
     """`spark-vllm summary`: the summaries earlier runs left beside the spec's output."""
     import json
 
-    from spark_vllm.stores import store_for
-    from spark_vllm.summary import Summary
+    from spark_vllm.driver.summary import Summary
+    from spark_vllm.storage.stores import store_for
 
     spark = spark_session(spec)
     try:
@@ -479,7 +479,7 @@ def spark_session(spec: JobSpec):  # type: ignore[no-untyped-def]
     if master:
         builder = builder.master(master)
     if master and master.startswith("local"):
-        from spark_vllm.slots import local_cores
+        from spark_vllm.driver.slots import local_cores
 
         # Local Python workers must run this interpreter, which has spark_vllm installed.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -545,8 +545,8 @@ def _plain_sigint() -> Iterator[None]:
 
 def run(spec: JobSpec, server: LocalServer | None = None) -> int:
     """Plan the job, start `server` (if any) only when there is something to send, run."""
-    from spark_vllm.job import execute, plan
-    from spark_vllm.summary import BUDGET_REACHED, JobFailed, JobInterrupted
+    from spark_vllm.driver.job import execute, plan
+    from spark_vllm.driver.summary import BUDGET_REACHED, JobFailed, JobInterrupted
 
     spark = spark_session(spec)
     ctrl_c = _CtrlC(spark, server)
@@ -623,7 +623,7 @@ def run(spec: JobSpec, server: LocalServer | None = None) -> int:
 
 
 def _local_server(spec: JobSpec | None, args: argparse.Namespace) -> LocalServer:
-    from spark_vllm.local_server import LocalServer
+    from spark_vllm.driver.local_server import LocalServer
 
     name = args.served_model_name if spec is None else spec.endpoint.model
     return LocalServer(
@@ -680,7 +680,7 @@ def serve(args: argparse.Namespace) -> int:
 
 def validate(spec: JobSpec, args: argparse.Namespace) -> int:
     """`validate`: the spec, then the columns it reads against the input's, where cheap."""
-    from spark_vllm.inputs import columns_without_spark
+    from spark_vllm.storage.inputs import columns_without_spark
 
     columns = columns_without_spark(spec)
     if columns.problems:
@@ -721,7 +721,7 @@ def validate(spec: JobSpec, args: argparse.Namespace) -> int:
 
 
 def _columns_with_spark(spec: JobSpec) -> Columns:
-    from spark_vllm.inputs import Columns, read_input
+    from spark_vllm.storage.inputs import Columns, read_input
 
     spark = spark_session(spec)
     try:

@@ -24,58 +24,12 @@ from pydantic import (
 )
 
 from spark_vllm.errors import PromptError, SchemaError, SpecError
-from spark_vllm.prompt import template_variables
+from spark_vllm.request.fields import RESULT_COLUMNS, unstored_field
+from spark_vllm.request.prompt import template_variables
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 
 Task = Literal["chat", "completion", "embedding"]
-
-# Request fields that would change the answer's shape beyond what the job stores (one
-# text per row, and with logprobs its tokens' log-probabilities), and why. They are
-# refused in `sampling` and in a row's sampling column; a batch file keeps whole bodies.
-_TOOLS = "the answer would be tool calls, which the job does not store"
-UNSTORED_FIELDS = {
-    "stream": "the job reads whole answers, not server-sent events",
-    "stream_options": "it goes with stream, which the job does not use",
-    "n": "the job stores one answer per row",
-    "prompt_logprobs": "the job does not store the prompt's log-probabilities",
-    "return_token_ids": "the job does not store token ids",
-    "tools": _TOOLS,
-    "tool_choice": _TOOLS,
-    "parallel_tool_calls": _TOOLS,
-    "functions": _TOOLS,
-    "function_call": _TOOLS,
-}
-# The values of those fields that change nothing.
-_HARMLESS = {"stream": (False, None), "n": (1, None)}
-# Every name a request kind may give a result column (see kinds): kept input columns may
-# not take one. tests/unit/test_layers.py holds it equal to the kinds' own fields.
-RESULT_COLUMNS = frozenset(
-    {
-        "attempts",
-        "completion_tokens",
-        "embedding",
-        "error",
-        "finish_reason",
-        "latency_ms",
-        "line",
-        "logprobs",
-        "prompt_tokens",
-        "response",
-        "truncated",
-    }
-)
-
-
-def unstored_field(key: str, value: Any) -> str | None:
-    """Why a request field cannot be sent with a job's rows, or None when it can."""
-    reason = UNSTORED_FIELDS.get(key)
-    if reason is None or value in _HARMLESS.get(key, (None,)):
-        return None
-    return (
-        f"{reason}; remove it, or run the requests as an OpenAI batch file "
-        "(input.format: openai-batch), whose output keeps each answer's whole body"
-    )
 
 
 class _Strict(BaseModel):
@@ -470,7 +424,7 @@ class StructuredSpec(_Strict):
         if self.json_schema is not None:
             # Loaded here, not with the module: the spec's other checks need no Spark
             # (`spark-vllm validate`, the trigger), and structured's Spark types cost ~1 s.
-            from spark_vllm.structured import check_schema
+            from spark_vllm.request.structured import check_schema
 
             try:
                 check_schema(self.json_schema)

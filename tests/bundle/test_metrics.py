@@ -220,7 +220,7 @@ def test_metrics_proxy_runs_beside_vllm_with_the_token_from_the_secret(
         assert init == []
         assert "restartPolicy" not in proxy
     args = proxy["args"]
-    assert args[:3] == ["python3", "-m", "spark_vllm.metrics_proxy"]
+    assert args[:3] == ["python3", "-m", "spark_vllm.cluster.metrics_proxy"]
     assert args[args.index("--listen") + 1] == f"0.0.0.0:{SIDECAR_PORT}"
     assert args[args.index("--upstream") + 1] == f"http://127.0.0.1:{VLLM_PORT}/metrics"
     assert args[args.index("--token-env") + 1] == TOKEN_ENV

@@ -11,7 +11,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from spark_vllm.trigger import RUN_KINDS, RunError, Runs, check_rendered
+from spark_vllm.cluster.trigger import RUN_KINDS, RunError, Runs, check_rendered
 
 from .render import CHART, NAMESPACE, Case, Rendered, render, run_helm
 

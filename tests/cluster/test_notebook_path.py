@@ -2,7 +2,7 @@
 token from a Secret), and the example notebook, copied in with `kubectl cp` as the chart's
 NOTES say, runs headless (nbclient, inside the notebook pod) to its end: its kernel's Spark
 driver in client mode starts an executor with the vLLM sidecar through the chart's pod
-template, and `spark_vllm.functions.chat()` answers one row per question."""
+template, and `spark_vllm.chat()` answers one row per question."""
 
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from aiohttp import ClientSession, ClientTimeout, web
 
-from spark_vllm.client import server_root  # internal helper: base URL -> server root
+from spark_vllm.task.client import server_root  # internal helper: base URL -> server root
 
 # vLLM's EngineDeadError text (vllm/v1/engine/exceptions.py), as its API server sends it.
 ENGINE_DEAD_MESSAGE = "EngineCore encountered an issue. See stack trace (above) for the root cause."

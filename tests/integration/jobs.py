@@ -56,10 +56,10 @@ def task_config(
     from pyspark.sql import types as T
     from pyspark.sql.pandas.types import to_arrow_schema
 
-    from spark_vllm.kinds import Chat
-    from spark_vllm.prompt import PromptBuilder
-    from spark_vllm.retry import RetryPolicy
-    from spark_vllm.runner import Concurrency, Endpoint, TaskConfig, Timeouts
+    from spark_vllm.request.kinds import Chat
+    from spark_vllm.request.prompt import PromptBuilder
+    from spark_vllm.task.retry import RetryPolicy
+    from spark_vllm.task.runner import Concurrency, Endpoint, TaskConfig, Timeouts
 
     kind = Chat(
         SERVED_NAME,

@@ -10,7 +10,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from spark_vllm.local_server import free_port  # internal helper: a free loopback port
+from spark_vllm.driver.local_server import free_port  # internal helper: a free loopback port
 
 USER = "spark_vllm"
 PASSWORD = "s3cret-for-tests"  # a throwaway cluster's

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 import yaml
 
-from spark_vllm.local_server import free_port  # internal helper: a free loopback port
+from spark_vllm.driver.local_server import free_port  # internal helper: a free loopback port
 
 SCRAPE_INTERVAL = "500ms"
 

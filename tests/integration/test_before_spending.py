@@ -47,8 +47,8 @@ def test_max_tokens_above_the_context_is_refused_before_any_request(vllm_server,
 
 def counted_rows(spark, doc: dict, tokens) -> dict[str, dict]:
     """The plan's per-row counts (preflight.count_rows) of the job `doc`, by id."""
-    from spark_vllm.job import plan
-    from spark_vllm.preflight import count_rows
+    from spark_vllm.driver.job import plan
+    from spark_vllm.driver.preflight import count_rows
 
     spec = spec_from_dict(doc)
     job = plan(spark, spec)
@@ -62,8 +62,8 @@ def counted_rows(spark, doc: dict, tokens) -> dict[str, dict]:
 def nearly_full(doc: dict, tokens, low: int, high: int) -> str:
     """A question whose request, as the job `doc` renders it, counts `low` to `high`
     prompt tokens (found with the server's tokenizer, by bisection over its length)."""
-    from spark_vllm.job import kind_for
-    from spark_vllm.preflight import counting
+    from spark_vllm.driver.job import kind_for
+    from spark_vllm.driver.preflight import counting
 
     kind = kind_for(spec_from_dict(doc))
 
@@ -88,8 +88,8 @@ def test_the_plan_counts_the_tokens_a_real_run_reports_row_for_row(
     equal the prompt_tokens of a real run. The rows the plan calls over the context are
     exactly the rows the run fails; a row whose prompt leaves less room than max_tokens
     is answered (vLLM 0.32 lowers its max_tokens) with the tokens the plan said."""
-    from spark_vllm.client import server_root
-    from spark_vllm.preflight import FileTokens, ServerTokens
+    from spark_vllm.driver.preflight import FileTokens, ServerTokens
+    from spark_vllm.task.client import server_root
 
     server = ServerTokens(server_root(vllm_server))
     rows = sample_rows(40)
@@ -158,7 +158,7 @@ def test_a_sample_run_then_the_full_run_sends_each_id_once(spark, vllm_server, t
     assert len(sampled) == 50
     # a fraction picks by the id's hash too: about that share, the same ids every time
     picked = spark.createDataFrame([(r["id"],) for r in rows], "id string")
-    from spark_vllm.job import sample
+    from spark_vllm.driver.job import sample
     from spark_vllm.spec import SampleSpec
 
     share = SampleSpec(fraction=0.25, seed=1)

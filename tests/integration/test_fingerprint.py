@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from spark_vllm import SpecError, run_job, spec_from_dict
-from spark_vllm.job import execute, plan  # internal: the two halves of run_job
+from spark_vllm.driver.job import execute, plan  # internal: the two halves of run_job
 from tests.conftest import sample_rows
 from tests.integration.jobs import read_rows, run_cli, spec_doc
 

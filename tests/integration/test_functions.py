@@ -1,4 +1,4 @@
-"""spark_vllm.functions.chat in a plain PySpark query, against the real vLLM."""
+"""spark_vllm.chat in a plain PySpark query, against the real vLLM."""
 
 from __future__ import annotations
 

@@ -196,9 +196,9 @@ def test_a_path_column_reads_each_file_under_its_prefixes_and_a_missing_one_is_a
 def test_the_plan_counts_image_tokens_as_the_run_does(spark, vlm_server, vlm_model, tmp_path):
     """The server's POST /tokenize counts an image's tokens as the run's prompt_tokens; the
     tokenizer files cannot, and say so for each image row instead of counting less."""
-    from spark_vllm.client import server_root
-    from spark_vllm.job import plan
-    from spark_vllm.preflight import FileTokens, ServerTokens, count_rows
+    from spark_vllm.driver.job import plan
+    from spark_vllm.driver.preflight import FileTokens, ServerTokens, count_rows
+    from spark_vllm.task.client import server_root
 
     table = pa.table({"id": ["one", "two"], "photos": [[png(1)], [png(1), png(2)]]})
     pq.write_table(table, tmp_path / "in.parquet")

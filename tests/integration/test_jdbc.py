@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from spark_vllm import JdbcError, SpecError, jdbc, plan, run_job, spec_from_dict
+from spark_vllm import JdbcError, SpecError, plan, run_job, spec_from_dict
+from spark_vllm.storage import jdbc
 from tests.conftest import SERVED_NAME
 from tests.integration.postgres import PASSWORD, USER
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from spark_vllm import SpecError, plan, run_job, spec_from_dict
-from spark_vllm.local_server import free_port  # internal: a port nobody listens on
+from spark_vllm.driver.local_server import free_port  # internal: a port nobody listens on
 from spark_vllm.spec import load_spec
 from tests.conftest import SERVED_NAME, sample_rows
 from tests.integration.jobs import (
@@ -215,7 +215,7 @@ def test_cli_refuses_a_bad_spec_before_spark_starts(tmp_path):
 
 def test_window_keeps_many_requests_in_flight_and_streams(vllm_server):
     """The runner overlaps requests (never one at a time) and yields before input ends."""
-    from spark_vllm.runner import run_partition  # internal: one task, no Spark job
+    from spark_vllm.task.runner import run_partition  # internal: one task, no Spark job
 
     rows = sample_rows(64)
 
@@ -255,7 +255,7 @@ def test_window_keeps_many_requests_in_flight_and_streams(vllm_server):
 
 def test_readiness_names_a_model_the_server_does_not_serve(vllm_server):
     from spark_vllm import SidecarNotReady
-    from spark_vllm.client import wait_ready  # internal: what a task waits with
+    from spark_vllm.task.client import wait_ready  # internal: what a task waits with
 
     assert wait_ready(vllm_server, SERVED_NAME, deadline_s=10) < 10
     with pytest.raises(SidecarNotReady) as info:

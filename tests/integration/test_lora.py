@@ -16,8 +16,8 @@ import pytest
 from pyspark.sql import functions as F
 
 from spark_vllm import RowError, run_job, spec_from_dict
-from spark_vllm.job import arrange
-from spark_vllm.lora import Adapters, load_adapter
+from spark_vllm.driver.job import arrange
+from spark_vllm.task.lora import Adapters, load_adapter
 from tests.conftest import MAX_MODEL_LEN, ROOT, SERVED_NAME
 from tests.integration.jobs import read_rows, spec_doc
 

@@ -18,8 +18,8 @@ import orjson
 import pytest
 
 from spark_vllm import run_job, spec_from_dict
-from spark_vllm.client import server_root
-from spark_vllm.local_server import free_port  # internal helper: a free loopback port
+from spark_vllm.driver.local_server import free_port  # internal helper: a free loopback port
+from spark_vllm.task.client import server_root
 from tests.conftest import sample_rows
 from tests.integration.jobs import assert_one_row_per_input, read_rows, spec_doc
 from tests.integration.prometheus import Prometheus
@@ -59,7 +59,7 @@ def metrics_proxy(vllm_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPa
     log = (tmp_path / "proxy.log").open("wb")
     proxy = subprocess.Popen(
         [
-            sys.executable, "-m", "spark_vllm.metrics_proxy",
+            sys.executable, "-m", "spark_vllm.cluster.metrics_proxy",
             "--listen", f"127.0.0.1:{port}",
             "--upstream", server_root(vllm_server) + "/metrics",
             "--token-env", TOKEN_ENV,

@@ -10,7 +10,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from spark_vllm import run_job, spec_from_dict
-from spark_vllm.job import arrange
+from spark_vllm.driver.job import arrange
 from tests.conftest import sample_rows
 from tests.integration.jobs import assert_one_row_per_input, read_rows, spec_doc
 

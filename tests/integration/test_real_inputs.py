@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from spark_vllm import SpecError, inputs, run_job, spec_from_dict
+from spark_vllm import SpecError, run_job, spec_from_dict
+from spark_vllm.storage import inputs
 from tests.conftest import SERVED_NAME
 from tests.integration.faultproxy import FaultProxy, Faults
 from tests.integration.jobs import (

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 
 from spark_vllm import run_job, spec_from_dict
+from spark_vllm.driver.local_server import free_port
+from spark_vllm.driver.servers import _alive, start_servers
 
 # Internals of the server manager, under test here.
-from spark_vllm.client import probe
-from spark_vllm.local_server import free_port
-from spark_vllm.servers import _alive, start_servers
+from spark_vllm.task.client import probe
 from tests.conftest import MAX_MODEL_LEN, SERVED_NAME, sample_rows
 from tests.integration.jobs import assert_one_row_per_input, read_rows, spec_doc
 

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from spark_vllm import run_job, spec_from_dict
-from spark_vllm.runner import PartitionRunner  # internal: one task's window, no Spark job
+from spark_vllm.task.runner import PartitionRunner  # internal: one task's window, no Spark job
 from tests.conftest import sample_rows
 from tests.integration.jobs import assert_one_row_per_input, read_rows, spec_doc, task_config
 

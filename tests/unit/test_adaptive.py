@@ -5,8 +5,8 @@ import asyncio
 import pytest
 
 from spark_vllm import RowError
-from spark_vllm.adaptive import AdaptiveWindow, EngineLoad, WindowPolicy, parse_metrics
-from spark_vllm.kinds import row_sampling
+from spark_vllm.request.kinds import row_sampling
+from spark_vllm.task.adaptive import AdaptiveWindow, EngineLoad, WindowPolicy, parse_metrics
 
 pytestmark = pytest.mark.unit
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from spark_vllm.kinds import Chat, Completion, unfinished
-from spark_vllm.prompt import PromptBuilder
+from spark_vllm.request.kinds import Chat, Completion, unfinished
+from spark_vllm.request.prompt import PromptBuilder
 
 KINDS = {
     "chat": Chat("m", PromptBuilder("chat", template="{{ q }}")),

@@ -13,13 +13,13 @@ from typing import Any
 import pytest
 
 from spark_vllm import RowError, spec_from_dict
-from spark_vllm.jdbc import Database
-from spark_vllm.job import kind_for
-from spark_vllm.kinds import row_request
+from spark_vllm.driver.job import kind_for
+from spark_vllm.driver.summary import Summary
 from spark_vllm.redact import redact
+from spark_vllm.request.kinds import row_request
 from spark_vllm.spec import JdbcConnection
-from spark_vllm.summary import Summary
-from spark_vllm.tally import Tally
+from spark_vllm.storage.jdbc import Database
+from spark_vllm.task.tally import Tally
 
 pytestmark = pytest.mark.unit
 
@@ -146,7 +146,7 @@ def test_a_jdbc_connection_error_names_the_host_but_not_the_password(monkeypatch
 
 
 def test_an_adapter_a_row_names_and_the_sidecar_lacks_is_not_quoted(monkeypatch):
-    from spark_vllm import lora
+    from spark_vllm.task import lora
 
     monkeypatch.setattr(lora, "served_models", lambda url, key: {"base", "alpha"})
     adapters = lora.Adapters("http://127.0.0.1:1/v1", "base", {}, None)
@@ -158,7 +158,7 @@ def test_an_adapter_a_row_names_and_the_sidecar_lacks_is_not_quoted(monkeypatch)
 
 
 def test_a_batch_lines_method_and_url_are_not_quoted():
-    from spark_vllm.kinds import BatchLine
+    from spark_vllm.request.kinds import BatchLine
 
     batch = BatchLine("m")
     line = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": "{}"}
@@ -180,7 +180,7 @@ def test_a_servers_validation_error_loses_the_value_it_quotes():
 def test_get_jobs_summary_lines_lose_url_passwords_and_quoted_values():
     from types import SimpleNamespace as NS
 
-    from spark_vllm.operate import report
+    from spark_vllm.cluster.operate import report
 
     driver = NS(
         metadata=NS(name="d", labels={"spark-role": "driver"}),

@@ -2,8 +2,8 @@
 
 import pytest
 
-from spark_vllm.fingerprint import RunRecord, changes, fingerprint, matching_runs
 from spark_vllm.spec import spec_from_dict
+from spark_vllm.storage.fingerprint import RunRecord, changes, fingerprint, matching_runs
 
 pytestmark = pytest.mark.unit
 

@@ -20,8 +20,8 @@ from kubernetes.client import (
     V1PodStatus,
 )
 
-from spark_vllm import operate
-from spark_vllm.operate import DRIVER_CONTAINER, NOT_SEEN, Kube, _Follow
+from spark_vllm.cluster import operate
+from spark_vllm.cluster.operate import DRIVER_CONTAINER, NOT_SEEN, Kube, _Follow
 
 pytestmark = pytest.mark.unit
 

@@ -3,8 +3,8 @@
 import pyarrow as pa
 import pytest
 
-from spark_vllm.functions import _INDEX, _PROMPT, _InOrder
-from spark_vllm.kinds import Chat
+from spark_vllm.driver.functions import _INDEX, _PROMPT, _InOrder
+from spark_vllm.request.kinds import Chat
 
 # The columns of chat()'s struct: the chat kind's own.
 RESULT_COLUMNS = tuple(f.name for f in Chat.fields)

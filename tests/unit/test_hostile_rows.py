@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from spark_vllm import RowError, spec_from_dict
-from spark_vllm.job import kind_for
-from spark_vllm.kinds import BatchLine, Generating, row_request
-from spark_vllm.result import Result
+from spark_vllm.driver.job import kind_for
+from spark_vllm.request.kinds import BatchLine, Generating, row_request
+from spark_vllm.request.result import Result
 
 pytestmark = pytest.mark.unit
 
@@ -153,9 +153,9 @@ def test_a_task_of_hostile_rows_ends_with_one_error_row_each_and_never_calls_the
     from pyspark.sql import types as T
     from pyspark.sql.pandas.types import to_arrow_schema
 
-    from spark_vllm.kinds import Chat
-    from spark_vllm.prompt import PromptBuilder
-    from spark_vllm.runner import Endpoint, TaskConfig, Timeouts, run_partition
+    from spark_vllm.request.kinds import Chat
+    from spark_vllm.request.prompt import PromptBuilder
+    from spark_vllm.task.runner import Endpoint, TaskConfig, Timeouts, run_partition
 
     k = Chat("m", PromptBuilder("chat", column="m"))
     schema = T.StructType([T.StructField("id", T.StringType()), *k.result_fields()])

@@ -10,10 +10,10 @@ import pytest
 from PIL import Image
 
 from spark_vllm import RowError, SpecError, spec_from_dict
-from spark_vllm.fingerprint import fingerprint
-from spark_vllm.images import data_url, image_parts, image_url
-from spark_vllm.job import kind_for
-from spark_vllm.prompt import PromptBuilder
+from spark_vllm.driver.job import kind_for
+from spark_vllm.request.images import data_url, image_parts, image_url
+from spark_vllm.request.prompt import PromptBuilder
+from spark_vllm.storage.fingerprint import fingerprint
 
 pytestmark = pytest.mark.unit
 
@@ -236,7 +236,7 @@ def test_the_fingerprint_holds_content_and_adapters_only_when_set():
 def test_image_and_adapter_columns_of_a_type_no_row_could_use_are_refused():
     from pyspark.sql import types as T
 
-    from spark_vllm.job import check_column_types
+    from spark_vllm.driver.job import check_column_types
 
     def schema(**kinds):
         return T.StructType([T.StructField(n, k) for n, k in kinds.items()])

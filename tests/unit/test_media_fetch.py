@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from spark_vllm.local_server import LocalServer
+from spark_vllm.driver.local_server import LocalServer
 
 pytestmark = pytest.mark.unit
 

@@ -19,8 +19,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from spark_vllm.local_server import free_port  # internal: a port nobody listens on
-from spark_vllm.metrics_proxy import TokenMissing, make_app, token_from_env
+from spark_vllm.cluster.metrics_proxy import TokenMissing, make_app, token_from_env
+from spark_vllm.driver.local_server import free_port  # internal: a port nobody listens on
 
 pytestmark = pytest.mark.unit
 
@@ -202,7 +202,13 @@ def test_no_token_no_start(monkeypatch: pytest.MonkeyPatch, value: str | None) -
 def test_the_command_refuses_to_start_naming_the_variable() -> None:
     env = {k: v for k, v in os.environ.items() if k != "SPARK_VLLM_METRICS_TOKEN"}
     result = subprocess.run(
-        [sys.executable, "-m", "spark_vllm.metrics_proxy", "--listen", f"127.0.0.1:{free_port()}"],
+        [
+            sys.executable,
+            "-m",
+            "spark_vllm.cluster.metrics_proxy",
+            "--listen",
+            f"127.0.0.1:{free_port()}",
+        ],
         capture_output=True,
         text=True,
         env=env,
@@ -216,7 +222,7 @@ def test_the_command_refuses_to_start_naming_the_variable() -> None:
 
 def test_help_names_every_option_and_its_default() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "spark_vllm.metrics_proxy", "--help"],
+        [sys.executable, "-m", "spark_vllm.cluster.metrics_proxy", "--help"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -235,7 +241,7 @@ def test_help_names_every_option_and_its_default() -> None:
 
 
 def test_the_command_serves_vllms_metrics_with_the_token() -> None:
-    """`python -m spark_vllm.metrics_proxy` as the chart runs it, end to end."""
+    """`python -m spark_vllm.cluster.metrics_proxy` as the chart runs it, end to end."""
 
     async def run() -> None:
         seen: list[dict[str, str]] = []
@@ -244,7 +250,7 @@ def test_the_command_serves_vllms_metrics_with_the_token() -> None:
             proxy = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "spark_vllm.metrics_proxy",
+                "spark_vllm.cluster.metrics_proxy",
                 "--listen",
                 f"127.0.0.1:{port}",
                 "--upstream",

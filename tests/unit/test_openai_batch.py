@@ -5,8 +5,8 @@ import json
 import pytest
 
 from spark_vllm import RowError
-from spark_vllm.openai_batch import check_line, output_line, request
-from spark_vllm.result import Result
+from spark_vllm.request.openai_batch import check_line, output_line, request
+from spark_vllm.request.result import Result
 
 pytestmark = pytest.mark.unit
 

@@ -10,8 +10,7 @@ import pytest
 import yaml
 
 from spark_vllm.cli import main
-from spark_vllm.errors import SpecError
-from spark_vllm.operate import (
+from spark_vllm.cluster.operate import (
     SOURCE_ROOT,
     chart_values,
     find_chart,
@@ -19,6 +18,7 @@ from spark_vllm.operate import (
     release_name,
     summary_block,
 )
+from spark_vllm.errors import SpecError
 
 pytestmark = pytest.mark.unit
 

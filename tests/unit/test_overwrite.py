@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from spark_vllm import results
 from spark_vllm.errors import SpecError
-from spark_vllm.fingerprint import RunRecord
 from spark_vllm.spec import spec_from_dict
-from spark_vllm.stores import FileStore
+from spark_vllm.storage import results
+from spark_vllm.storage.fingerprint import RunRecord
+from spark_vllm.storage.stores import FileStore
 
 pytestmark = pytest.mark.unit
 
@@ -182,8 +182,8 @@ class _Table:
 
 def jdbc_store(monkeypatch: pytest.MonkeyPatch, columns: list[str] | None, write_mode: str):
     """A JdbcStore whose database holds one table with `columns` (None: no table)."""
-    from spark_vllm import jdbc
-    from spark_vllm.stores import JdbcStore
+    from spark_vllm.storage import jdbc
+    from spark_vllm.storage.stores import JdbcStore
 
     class Database:
         def __init__(self, *args: object) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from spark_vllm.prefix import PrefixPlan, _key_of
+from spark_vllm.driver.prefix import PrefixPlan, _key_of
 
 pytestmark = pytest.mark.unit
 

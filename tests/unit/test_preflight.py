@@ -6,16 +6,22 @@ from __future__ import annotations
 
 import pytest
 
-from spark_vllm.errors import RowError
-from spark_vllm.kinds import COMPLETION_DEFAULT_MAX_TOKENS, BatchLine, Chat, Completion, Embedding
-from spark_vllm.preflight import (
+from spark_vllm.driver.preflight import (
     Counting,
     Fit,
     PlanReport,
     counting,
     fit_row,
 )
-from spark_vllm.prompt import PromptBuilder
+from spark_vllm.errors import RowError
+from spark_vllm.request.kinds import (
+    COMPLETION_DEFAULT_MAX_TOKENS,
+    BatchLine,
+    Chat,
+    Completion,
+    Embedding,
+)
+from spark_vllm.request.prompt import PromptBuilder
 
 pytestmark = pytest.mark.unit
 

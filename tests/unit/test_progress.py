@@ -13,9 +13,9 @@ import urllib.request
 import orjson
 import pytest
 
-from spark_vllm.local_server import free_port  # internal: a port nobody listens on
-from spark_vllm.progress import Budget, JobMetrics, ProgressBoard, ProgressPrinter
-from spark_vllm.tally import (
+from spark_vllm.driver.local_server import free_port  # internal: a port nobody listens on
+from spark_vllm.driver.progress import Budget, JobMetrics, ProgressBoard, ProgressPrinter
+from spark_vllm.task.tally import (
     GRANTED,
     STOP,
     WAIT,
@@ -126,7 +126,7 @@ def test_a_reporter_that_cannot_reach_the_driver_warns_once_and_never_raises(cap
             await reporter.send(Counts(1))
         await reporter.close()
 
-    with caplog.at_level(logging.WARNING, logger="spark_vllm.progress"):
+    with caplog.at_level(logging.WARNING, logger="spark_vllm.driver.progress"):
         asyncio.run(go())
     warnings = [r for r in caplog.records if "progress report" in r.getMessage()]
     assert len(warnings) == 1
@@ -353,7 +353,7 @@ def test_a_task_waits_while_rows_out_hold_the_output_budget():
 
 
 def test_a_task_that_cannot_ask_the_driver_fails_rather_than_pass_the_budget(monkeypatch):
-    from spark_vllm import progress
+    from spark_vllm.driver import progress
     from spark_vllm.errors import BudgetUnavailable
 
     monkeypatch.setattr(progress.time, "sleep", lambda s: None)  # no backoff in a test
@@ -365,7 +365,7 @@ def test_a_task_that_cannot_ask_the_driver_fails_rather_than_pass_the_budget(mon
 def test_a_flood_of_idle_connections_starts_no_more_threads_than_the_bound(monkeypatch):
     import socket
 
-    from spark_vllm import progress
+    from spark_vllm.driver import progress
 
     monkeypatch.setattr(progress, "MAX_CONNECTIONS", 4, raising=False)
     monkeypatch.setattr(progress, "SLOT_WAIT_S", 0.01, raising=False)

@@ -6,7 +6,7 @@ import pytest
 
 from spark_vllm import RowError
 from spark_vllm.errors import PromptError
-from spark_vllm.prompt import PromptBuilder, template_variables
+from spark_vllm.request.prompt import PromptBuilder, template_variables
 
 pytestmark = pytest.mark.unit
 

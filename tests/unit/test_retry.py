@@ -4,8 +4,8 @@ import random
 
 import pytest
 
-from spark_vllm.client import _error_text
-from spark_vllm.retry import RetryPolicy, is_transient_status
+from spark_vllm.task.client import _error_text
+from spark_vllm.task.retry import RetryPolicy, is_transient_status
 
 pytestmark = pytest.mark.unit
 

@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from spark_vllm import RowError, SpecError, spec_from_dict
-from spark_vllm.job import kind_for
-from spark_vllm.kinds import BatchLine, row_request
+from spark_vllm.driver.job import kind_for
+from spark_vllm.request.kinds import BatchLine, row_request
 from spark_vllm.spec import apply_overrides
 
 pytestmark = pytest.mark.unit

@@ -269,8 +269,8 @@ def test_jdbc_output_takes_a_table_not_a_path_or_mode_overwrite():
 
 
 def test_jdbc_credentials_are_read_from_the_named_variables(monkeypatch):
-    from spark_vllm import jdbc
     from spark_vllm.spec import JdbcInput
+    from spark_vllm.storage import jdbc
 
     src = JdbcInput(**JDBC, table="t")
     monkeypatch.setenv("DB_USER", "ann")
@@ -369,7 +369,7 @@ def test_a_spec_read_from_a_file_knows_its_name():
 
 
 def test_metrics_need_their_token_in_the_environment(monkeypatch):
-    from spark_vllm.job import _metrics_token  # internal: the check plan() makes first
+    from spark_vllm.driver.job import _metrics_token  # internal: the check plan() makes first
 
     assert _metrics_token(spec_from_dict(minimal())) is None  # off by default
     spec = spec_from_dict(minimal(metrics={"enabled": True, "token_env": "SCRAPE_TOKEN"}))

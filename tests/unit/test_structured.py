@@ -11,8 +11,7 @@ from pydantic import BaseModel, Field
 from pyspark.sql import types as T
 from pyspark.sql.pandas.types import to_arrow_schema
 
-from spark_vllm.spec import SpecError, spec_from_dict
-from spark_vllm.structured import (
+from spark_vllm.request.structured import (
     AnswerError,
     AnswerParser,
     SchemaError,
@@ -21,6 +20,7 @@ from spark_vllm.structured import (
     response_format,
     spark_type,
 )
+from spark_vllm.spec import SpecError, spec_from_dict
 
 pytestmark = pytest.mark.unit
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from spark_vllm.summary import Summary
-from spark_vllm.tally import Tally, error_kind
+from spark_vllm.driver.summary import Summary
+from spark_vllm.task.tally import Tally, error_kind
 
 pytestmark = pytest.mark.unit
 

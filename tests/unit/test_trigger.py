@@ -11,8 +11,8 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 
+from spark_vllm.cluster.trigger import Policy, RunError, check_posted, create_app, parse_body
 from spark_vllm.errors import SpecError
-from spark_vllm.trigger import Policy, RunError, check_posted, create_app, parse_body
 
 pytestmark = pytest.mark.unit
 

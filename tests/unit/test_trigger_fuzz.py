@@ -11,7 +11,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from spark_vllm.trigger import Policy, create_app
+from spark_vllm.cluster.trigger import Policy, create_app
 
 from .test_trigger import TOKEN, Recorder
 

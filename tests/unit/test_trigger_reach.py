@@ -16,10 +16,9 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 
-from spark_vllm import cli, trigger
-from spark_vllm.errors import SpecError
-from spark_vllm.spec import spec_from_dict
-from spark_vllm.trigger import (
+from spark_vllm import cli
+from spark_vllm.cluster import trigger
+from spark_vllm.cluster.trigger import (
     Policy,
     RunError,
     check_posted,
@@ -28,6 +27,8 @@ from spark_vllm.trigger import (
     location_allowed,
     parse_body,
 )
+from spark_vllm.errors import SpecError
+from spark_vllm.spec import spec_from_dict
 
 from .test_trigger import GOOD, LAKE, POLICY, TOKEN, Recorder, auth
 

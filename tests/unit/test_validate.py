@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from spark_vllm.cli import main
-from spark_vllm.inputs import SAMPLE_LINES, columns_without_spark
 from spark_vllm.spec import spec_from_dict
+from spark_vllm.storage.inputs import SAMPLE_LINES, columns_without_spark
 
 pytestmark = pytest.mark.unit
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from spark_vllm.slots import per_task_window
-from spark_vllm.summary import Summary
+from spark_vllm.driver.slots import per_task_window
+from spark_vllm.driver.summary import Summary
 
 pytestmark = pytest.mark.unit
 
@@ -34,7 +34,7 @@ def test_summary_reports_rates_and_the_most_common_errors():
 
 
 def test_row_seed_is_a_stable_non_negative_int_per_id():
-    from spark_vllm.kinds import row_seed
+    from spark_vllm.request.kinds import row_seed
 
     assert row_seed("q0001") == row_seed("q0001")
     assert row_seed("q0001") != row_seed("q0002")

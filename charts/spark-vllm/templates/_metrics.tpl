@@ -40,7 +40,7 @@ and the named port of its progress endpoint, which serves /metrics. */}}
 {{- define "spark-vllm.metricsProxyCpuMilli" -}}50{{- end }}
 {{- define "spark-vllm.metricsProxyMemoryMi" -}}64{{- end }}
 
-{{/* The metrics proxy (spark_vllm.metrics_proxy) beside vLLM in each executor pod: vLLM's
+{{/* The metrics proxy (spark_vllm.cluster.metrics_proxy) beside vLLM in each executor pod: vLLM's
 loopback /metrics on a pod port, only for the bearer token. It follows sidecar.mode like the
 vllm container: native, an init container with restartPolicy Always; classic, a plain one.
 Its image is the spark-vllm image (sidecar.image may be a vLLM image without spark_vllm). */}}
@@ -57,7 +57,7 @@ restartPolicy: Always
 args:
   - python3
   - -m
-  - spark_vllm.metrics_proxy
+  - spark_vllm.cluster.metrics_proxy
   - --listen
   - {{ printf "0.0.0.0:%d" (int .Values.metrics.sidecarPort) | quote }}
   - --upstream

@@ -9,7 +9,7 @@ vLLM's /metrics on loopback, passing its status, body and Content-Type through (
 text or OpenMetrics, as the scraper's Accept header asks). Nothing else of vLLM is
 reachable through it.
 
-    python -m spark_vllm.metrics_proxy --listen 0.0.0.0:9400 \\
+    python -m spark_vllm.cluster.metrics_proxy --listen 0.0.0.0:9400 \\
         --upstream http://127.0.0.1:8000/metrics --token-env SPARK_VLLM_METRICS_TOKEN
 
 Every request without the token gets 401, whatever its method or path, so nothing is
@@ -132,7 +132,7 @@ def _upstream(value: str) -> str:
 
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m spark_vllm.metrics_proxy",
+        prog="python -m spark_vllm.cluster.metrics_proxy",
         description="Serve vLLM's loopback /metrics on a pod port, only to scrapers that "
         "send the bearer token (GET /metrics only).",
     )

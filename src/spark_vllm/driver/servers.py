@@ -31,9 +31,9 @@ from typing import Any
 
 from pyspark.sql import SparkSession
 
-from spark_vllm.client import wait_ready
-from spark_vllm.local_server import LocalServer, stop_process_group, tail
-from spark_vllm.slots import task_slots
+from spark_vllm.driver.local_server import LocalServer, stop_process_group, tail
+from spark_vllm.driver.slots import task_slots
+from spark_vllm.task.client import wait_ready
 
 
 @dataclass(frozen=True)

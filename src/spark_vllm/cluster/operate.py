@@ -47,7 +47,7 @@ EXECUTOR_CONTAINER = "spark-kubernetes-executor"
 SIDECAR_CONTAINER = "vllm"
 EXIT_TIMEOUT = 124  # as timeout(1)
 SUMMARY_HEAD = "spark-vllm summary"
-# The label the HTTP trigger (spark_vllm.trigger) puts on each object of a run it created.
+# The label the HTTP trigger (spark_vllm.cluster.trigger) puts on each object of a run it created.
 RUN_LABEL = "spark-vllm.io/run"
 # How helm reports a `fail` of the chart's own templates (its message in group 1).
 CHART_FAIL = r"execution error at \([^)]*\): (.*?)(\n\s*Use --debug.*)?$"

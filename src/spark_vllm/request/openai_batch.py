@@ -40,7 +40,7 @@ from pyspark.sql import types as T
 from pyspark.sql.pandas.types import to_arrow_schema
 
 from spark_vllm.errors import RowError
-from spark_vllm.result import Result
+from spark_vllm.request.result import Result
 
 ID_COLUMN = "custom_id"
 # The columns of each input line; `body` is the line's body object as JSON text.

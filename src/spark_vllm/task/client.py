@@ -25,9 +25,9 @@ import aiohttp
 import orjson
 
 from spark_vllm.errors import SidecarDown, SidecarNotReady
-from spark_vllm.kinds import Problem, RequestKind
-from spark_vllm.result import Result
-from spark_vllm.retry import SERVER_DOWN_STATUS, RetryPolicy, is_transient_status
+from spark_vllm.request.kinds import Problem, RequestKind
+from spark_vllm.request.result import Result
+from spark_vllm.task.retry import SERVER_DOWN_STATUS, RetryPolicy, is_transient_status
 
 
 def read_api_key(env_name: str | None) -> str | None:

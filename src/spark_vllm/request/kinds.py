@@ -35,12 +35,12 @@ import pyarrow as pa
 from pyspark.sql import Column
 from pyspark.sql import types as T
 
-from spark_vllm import openai_batch
 from spark_vllm.errors import AnswerError, RowError
-from spark_vllm.prompt import PromptBuilder
-from spark_vllm.result import Result
-from spark_vllm.spec import unstored_field
-from spark_vllm.structured import AnswerParser, response_format
+from spark_vllm.request import openai_batch
+from spark_vllm.request.fields import unstored_field
+from spark_vllm.request.prompt import PromptBuilder
+from spark_vllm.request.result import Result
+from spark_vllm.request.structured import AnswerParser, response_format
 
 # vLLM's max_tokens for /v1/completions when a request sets none (OpenAI's default).
 COMPLETION_DEFAULT_MAX_TOKENS = 16

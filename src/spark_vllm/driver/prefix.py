@@ -26,7 +26,7 @@ import orjson
 import pyarrow as pa
 
 from spark_vllm.errors import SpecError
-from spark_vllm.kinds import RequestKind
+from spark_vllm.request.kinds import RequestKind
 from spark_vllm.spec import PrefixSpec
 
 if TYPE_CHECKING:

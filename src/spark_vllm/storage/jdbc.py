@@ -20,9 +20,9 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from spark_vllm.errors import JdbcError, SpecError
-from spark_vllm.fingerprint import RunRecord
 from spark_vllm.redact import redact
 from spark_vllm.spec import JdbcConnection, JdbcInput, JdbcOutput
+from spark_vllm.storage.fingerprint import RunRecord
 
 # The run column: which run wrote a row of the target table.
 RUN_COLUMN = "run"

@@ -26,7 +26,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from spark_vllm.fingerprint import RunRecord
+from spark_vllm.storage.fingerprint import RunRecord
 
 RUN_COLUMN = "run"
 # Hadoop's committer setting, passed as a write option: commit each task's files into

@@ -47,7 +47,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
-from spark_vllm import operate
+from spark_vllm.cluster import operate
 from spark_vllm.errors import SpecError
 from spark_vllm.redact import redact
 from spark_vllm.spec import JobSpec, conf_key_allowed

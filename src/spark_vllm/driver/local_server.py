@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
-from spark_vllm.client import wait_ready
+from spark_vllm.task.client import wait_ready
 
 # Environment defaults that make the CPU build of vLLM start on a small machine.
 CPU_ENV_DEFAULTS = {

@@ -10,12 +10,12 @@ from pyspark.accumulators import Accumulator
 from pyspark.sql import DataFrame
 from pyspark.sql import types as T
 
-from spark_vllm.fingerprint import RunRecord
-from spark_vllm.kinds import RequestKind
-from spark_vllm.progress import ProgressBoard
+from spark_vllm.driver.progress import ProgressBoard
+from spark_vllm.request.kinds import RequestKind
 from spark_vllm.spec import JobSpec
-from spark_vllm.stores import OutputStore
-from spark_vllm.tally import Tally
+from spark_vllm.storage.fingerprint import RunRecord
+from spark_vllm.storage.stores import OutputStore
+from spark_vllm.task.tally import Tally
 
 
 @dataclass

@@ -20,10 +20,11 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from spark_vllm import jdbc, openai_batch, results
 from spark_vllm.errors import SpecError
-from spark_vllm.openai_batch import BLOCK, FILE, POSITION
+from spark_vllm.request import openai_batch
+from spark_vllm.request.openai_batch import BLOCK, FILE, POSITION
 from spark_vllm.spec import InputSpec, JobSpec
+from spark_vllm.storage import jdbc, results
 
 
 def read_batch_file(spark: SparkSession, spec: InputSpec) -> DataFrame:

@@ -26,10 +26,10 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from spark_vllm import jdbc, results
 from spark_vllm.errors import SpecError
-from spark_vllm.fingerprint import RunRecord
 from spark_vllm.spec import JdbcOutput, JobSpec
+from spark_vllm.storage import jdbc, results
+from spark_vllm.storage.fingerprint import RunRecord
 
 
 class OutputStore:

@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import pyarrow as pa
 
-from spark_vllm.client import probe, read_api_key, served_context, server_root
+from spark_vllm.driver.plan import Plan, largest_max_tokens
 from spark_vllm.errors import RowError, SpecError
-from spark_vllm.kinds import (
+from spark_vllm.request.kinds import (
     COMPLETION_DEFAULT_MAX_TOKENS,
     BatchLine,
     Chat,
@@ -37,8 +37,8 @@ from spark_vllm.kinds import (
     RequestKind,
     row_request,
 )
-from spark_vllm.plan import Plan, largest_max_tokens
 from spark_vllm.spec import JobSpec
+from spark_vllm.task.client import probe, read_api_key, served_context, server_root
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession

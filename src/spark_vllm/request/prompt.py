@@ -22,7 +22,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import Namespace
 
 from spark_vllm.errors import PromptError, RowError
-from spark_vllm.images import image_parts
+from spark_vllm.request.images import image_parts
 
 
 class _NullValue(Exception):

@@ -17,8 +17,8 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from spark_vllm.client import NotOk, auth_headers, describe_url_error, get_ok
 from spark_vllm.errors import RowError
+from spark_vllm.task.client import NotOk, auth_headers, describe_url_error, get_ok
 
 
 def served_models(base_url: str, api_key: str | None, timeout: float = 10.0) -> set[str]:

@@ -29,11 +29,11 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.pandas.types import to_arrow_schema
 
-from spark_vllm.kinds import Chat, Embedding, RequestKind
-from spark_vllm.prompt import PromptBuilder
-from spark_vllm.retry import RetryPolicy
-from spark_vllm.runner import Concurrency, Endpoint, TaskConfig, Timeouts, run_partition
+from spark_vllm.request.kinds import Chat, Embedding, RequestKind
+from spark_vllm.request.prompt import PromptBuilder
 from spark_vllm.spec import DEFAULT_BASE_URL, EmbeddingSpec
+from spark_vllm.task.retry import RetryPolicy
+from spark_vllm.task.runner import Concurrency, Endpoint, TaskConfig, Timeouts, run_partition
 
 _INDEX = "__spark_vllm_index"
 _PROMPT = "prompt"

@@ -39,7 +39,7 @@ from typing import IO, Any
 
 import orjson
 
-from spark_vllm.tally import REPORT_TIMEOUT_S, Counts, ProgressTarget, TaskReport
+from spark_vllm.task.tally import REPORT_TIMEOUT_S, Counts, ProgressTarget, TaskReport
 
 log = logging.getLogger(__name__)
 

@@ -13,11 +13,11 @@ from typing import Any
 
 from pyspark.sql import functions as F
 
+from spark_vllm.driver.plan import Plan
 from spark_vllm.errors import SparkVllmError
-from spark_vllm.plan import Plan
 from spark_vllm.redact import redact
-from spark_vllm.results import latest
-from spark_vllm.tally import ERROR_CHARS, Tally, error_kind
+from spark_vllm.storage.results import latest
+from spark_vllm.task.tally import ERROR_CHARS, Tally, error_kind
 
 # Kinds of failure the summary lists.
 BREAKDOWN_KINDS = 10

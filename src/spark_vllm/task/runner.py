@@ -25,20 +25,20 @@ from typing import Any, TypeVar
 
 import pyarrow as pa
 
-from spark_vllm.adaptive import AdaptiveWindow, WindowPolicy
-from spark_vllm.client import (
+from spark_vllm.errors import ContextExceeded, ErrorBudgetExceeded, RowError, RowFailed
+from spark_vllm.request.kinds import RequestKind, row_request
+from spark_vllm.request.result import Result
+from spark_vllm.task.adaptive import AdaptiveWindow, WindowPolicy
+from spark_vllm.task.client import (
     SidecarClient,
     read_api_key,
     served_context,
     server_root,
     wait_ready,
 )
-from spark_vllm.errors import ContextExceeded, ErrorBudgetExceeded, RowError, RowFailed
-from spark_vllm.kinds import RequestKind, row_request
-from spark_vllm.lora import Adapters
-from spark_vllm.result import Result
-from spark_vllm.retry import RetryPolicy
-from spark_vllm.tally import (
+from spark_vllm.task.lora import Adapters
+from spark_vllm.task.retry import RetryPolicy
+from spark_vllm.task.tally import (
     GRANTED,
     REPORT_TIMEOUT_S,
     WAIT,

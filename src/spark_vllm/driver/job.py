@@ -27,10 +27,22 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.pandas.types import to_arrow_schema
 
-from spark_vllm import __version__, inputs, results, structured
+from spark_vllm import __version__
+from spark_vllm.driver.plan import Census, Plan, largest_max_tokens
+from spark_vllm.driver.prefix import group_by_prefix
+from spark_vllm.driver.progress import Budget, JobMetrics, ProgressBoard, ProgressPrinter
+from spark_vllm.driver.slots import default_partitions, per_task_window, task_slots
+from spark_vllm.driver.summary import (
+    BUDGET_REACHED,
+    JobFailed,
+    JobInterrupted,
+    Summary,
+    summarize,
+    summarize_from_output,
+)
 from spark_vllm.errors import SchemaError, SpecError
-from spark_vllm.fingerprint import Fingerprint, RunRecord, changes, fingerprint, matching_runs
-from spark_vllm.kinds import (
+from spark_vllm.request import structured
+from spark_vllm.request.kinds import (
     COMPLETION_DEFAULT_MAX_TOKENS,
     Answer,
     BatchLine,
@@ -39,12 +51,19 @@ from spark_vllm.kinds import (
     Embedding,
     RequestKind,
 )
-from spark_vllm.plan import Census, Plan, largest_max_tokens
-from spark_vllm.prefix import group_by_prefix
-from spark_vllm.progress import Budget, JobMetrics, ProgressBoard, ProgressPrinter
-from spark_vllm.prompt import PromptBuilder
-from spark_vllm.retry import RetryPolicy
-from spark_vllm.runner import (
+from spark_vllm.request.prompt import PromptBuilder
+from spark_vllm.spec import JobSpec, SampleSpec
+from spark_vllm.storage import inputs, results
+from spark_vllm.storage.fingerprint import (
+    Fingerprint,
+    RunRecord,
+    changes,
+    fingerprint,
+    matching_runs,
+)
+from spark_vllm.storage.stores import OutputStore, store_for
+from spark_vllm.task.retry import RetryPolicy
+from spark_vllm.task.runner import (
     Concurrency,
     Endpoint,
     ErrorPolicy,
@@ -52,18 +71,7 @@ from spark_vllm.runner import (
     Timeouts,
     run_partition,
 )
-from spark_vllm.slots import default_partitions, per_task_window, task_slots
-from spark_vllm.spec import JobSpec, SampleSpec
-from spark_vllm.stores import OutputStore, store_for
-from spark_vllm.summary import (
-    BUDGET_REACHED,
-    JobFailed,
-    JobInterrupted,
-    Summary,
-    summarize,
-    summarize_from_output,
-)
-from spark_vllm.tally import Tally, TallyParam
+from spark_vllm.task.tally import Tally, TallyParam
 
 log = logging.getLogger(__name__)
 
