@@ -546,7 +546,8 @@ def _plain_sigint() -> Iterator[None]:
 def run(spec: JobSpec, server: LocalServer | None = None) -> int:
     """Plan the job, start `server` (if any) only when there is something to send, run."""
     from spark_vllm.driver.job import execute, plan
-    from spark_vllm.driver.summary import BUDGET_REACHED, JobFailed, JobInterrupted
+    from spark_vllm.driver.summary import JobFailed, JobInterrupted
+    from spark_vllm.task.budget import BUDGET_REACHED
 
     spark = spark_session(spec)
     ctrl_c = _CtrlC(spark, server)

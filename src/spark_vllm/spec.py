@@ -22,6 +22,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticUndefined
 
 from spark_vllm.errors import PromptError, SchemaError, SpecError
 from spark_vllm.request.fields import RESULT_COLUMNS, unstored_field
@@ -30,6 +31,16 @@ from spark_vllm.request.prompt import template_variables
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 
 Task = Literal["chat", "completion", "embedding"]
+
+
+def default(model: type[BaseModel], name: str) -> Any:
+    """The default of `model`'s field `name`: the one statement of a task's defaults, which
+    the task's records (task.runner, task.retry) and the column functions take from here.
+    KeyError for a field the model lacks; ValueError for one without a plain default."""
+    value = model.model_fields[name].default
+    if value is PydanticUndefined:
+        raise ValueError(f"{model.__name__}.{name} has no plain default")
+    return value
 
 
 class _Strict(BaseModel):

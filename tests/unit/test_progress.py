@@ -14,12 +14,9 @@ import orjson
 import pytest
 
 from spark_vllm.driver.local_server import free_port  # internal: a port nobody listens on
-from spark_vllm.driver.progress import Budget, JobMetrics, ProgressBoard, ProgressPrinter
+from spark_vllm.driver.progress import JobMetrics, ProgressBoard, ProgressPrinter
+from spark_vllm.task.budget import GRANTED, STOP, WAIT, Budget, BudgetLease
 from spark_vllm.task.tally import (
-    GRANTED,
-    STOP,
-    WAIT,
-    BudgetLease,
     Counts,
     ProgressReporter,
     ProgressTarget,
@@ -380,3 +377,23 @@ def test_a_flood_of_idle_connections_starts_no_more_threads_than_the_bound(monke
         for sock in idle:
             sock.close()
         board.close()
+
+
+def test_a_budgets_grant_alone() -> None:
+    """Budget.grant, the arithmetic the driver's lease endpoint applies (see the lease tests
+    above for the endpoint): max_rows counts rows granted, max_prompt_tokens the answered
+    rows' prompts, max_output_tokens the answers plus `reserve` per row out."""
+    rows = Budget(max_rows=10)
+    assert rows.grant(4, 0, Counts()) == (4, False)
+    assert rows.grant(4, 8, Counts(rows=8)) == (2, False)
+    assert rows.grant(4, 10, Counts(rows=10)) == (0, True)
+    prompts = Budget(max_prompt_tokens=100)
+    assert prompts.grant(4, 3, Counts(rows=3, prompt_tokens=99)) == (4, False)
+    assert prompts.grant(4, 3, Counts(rows=3, prompt_tokens=100)) == (0, True)
+    out = Budget(max_output_tokens=100, reserve=10)
+    # 2 rows out hold 20 of the 100: 8 more fit
+    assert out.grant(64, 2, Counts()) == (8, False)
+    # 95 answered: 5 left, less than one row's reserve
+    assert out.grant(64, 10, Counts(rows=10, completion_tokens=95)) == (0, True)
+    # 60 answered, 4 rows out hold the other 40: wait for answers, not reached
+    assert out.grant(64, 10, Counts(rows=6, completion_tokens=60)) == (0, False)

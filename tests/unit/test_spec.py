@@ -427,3 +427,49 @@ def test_prefix_columns_must_be_in_the_input():
     with pytest.raises(SpecError, match=r"prefix.columns: column\(s\) \['document_id'\] not in"):
         spec.check_columns(["question"])
     spec.check_columns(["question", "document_id"])
+
+
+def test_a_tasks_defaults_are_the_specs() -> None:
+    """The task's records and the column functions state no default of their own: each is
+    the spec's (spec.default), so a default changed in the spec changes them all."""
+    import inspect
+
+    from spark_vllm.driver.functions import chat, embed
+    from spark_vllm.spec import (
+        ConcurrencySpec,
+        EmbeddingSpec,
+        JobSpec,
+        RetrySpec,
+        TimeoutSpec,
+        default,
+    )
+    from spark_vllm.task.retry import RetryPolicy
+    from spark_vllm.task.runner import Concurrency, ErrorPolicy, Timeouts
+
+    spec = TimeoutSpec()
+    assert Timeouts() == Timeouts(spec.ready_s, spec.request_s, spec.connect_s, spec.outage_s)
+    retry = RetrySpec()
+    assert RetryPolicy() == RetryPolicy(
+        retry.attempts, retry.backoff_initial_s, retry.backoff_max_s, retry.backoff_multiplier
+    )
+    concurrency = ConcurrencySpec()
+    assert Concurrency().max_per_task == concurrency.max_per_task
+    assert Concurrency().metrics_interval_s == concurrency.metrics_interval_s
+    assert Concurrency().adaptive is (concurrency.mode == "adaptive")
+    fields = JobSpec.model_fields
+    assert ErrorPolicy() == ErrorPolicy(
+        fields["on_error"].default,
+        fields["max_error_rate"].default,
+        fields["error_rate_min_rows"].default,
+    )
+    for function in (chat, embed):
+        parameters = inspect.signature(function).parameters
+        assert parameters["retries"].default == retry.attempts
+        assert parameters["request_timeout_s"].default == spec.request_s
+        assert parameters["ready_timeout_s"].default == spec.ready_s
+        assert parameters["max_window"].default == concurrency.max_per_task
+    assert inspect.signature(embed).parameters["batch_size"].default == EmbeddingSpec().batch_size
+    with pytest.raises(ValueError, match="no plain default"):
+        default(JobSpec, "input")  # required
+    with pytest.raises(KeyError):
+        default(TimeoutSpec, "nope")

@@ -31,7 +31,14 @@ from pyspark.sql.pandas.types import to_arrow_schema
 
 from spark_vllm.request.kinds import Chat, Embedding, RequestKind
 from spark_vllm.request.prompt import PromptBuilder
-from spark_vllm.spec import DEFAULT_BASE_URL, EmbeddingSpec
+from spark_vllm.spec import (
+    DEFAULT_BASE_URL,
+    ConcurrencySpec,
+    EmbeddingSpec,
+    RetrySpec,
+    TimeoutSpec,
+    default,
+)
 from spark_vllm.task.retry import RetryPolicy
 from spark_vllm.task.runner import Concurrency, Endpoint, TaskConfig, Timeouts, run_partition
 
@@ -129,10 +136,10 @@ def chat(
     sampling: dict[str, Any] | None = None,
     window: int = 64,
     adaptive: bool = True,
-    max_window: int = 1024,
-    retries: int = 5,
-    request_timeout_s: float = 600.0,
-    ready_timeout_s: float = 900.0,
+    max_window: int = default(ConcurrencySpec, "max_per_task"),
+    retries: int = default(RetrySpec, "attempts"),
+    request_timeout_s: float = default(TimeoutSpec, "request_s"),
+    ready_timeout_s: float = default(TimeoutSpec, "ready_s"),
     api_key_env: str | None = None,
 ) -> Column:
     """A chat completion per row of `prompt`: a user message (string), or a whole
@@ -163,15 +170,15 @@ def embed(
     *,
     model: str,
     base_url: str = DEFAULT_BASE_URL,
-    batch_size: int = 32,
+    batch_size: int = default(EmbeddingSpec, "batch_size"),
     dimensions: int | None = None,
     truncate_prompt_tokens: int | None = None,
     window: int = 256,
     adaptive: bool = True,
-    max_window: int = 1024,
-    retries: int = 5,
-    request_timeout_s: float = 600.0,
-    ready_timeout_s: float = 900.0,
+    max_window: int = default(ConcurrencySpec, "max_per_task"),
+    retries: int = default(RetrySpec, "attempts"),
+    request_timeout_s: float = default(TimeoutSpec, "request_s"),
+    ready_timeout_s: float = default(TimeoutSpec, "ready_s"),
     api_key_env: str | None = None,
 ) -> Column:
     """An embedding per row of the string column `text`, `batch_size` rows per

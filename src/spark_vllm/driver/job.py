@@ -30,10 +30,9 @@ from pyspark.sql.pandas.types import to_arrow_schema
 from spark_vllm import __version__
 from spark_vllm.driver.plan import Census, Plan, largest_max_tokens
 from spark_vllm.driver.prefix import group_by_prefix
-from spark_vllm.driver.progress import Budget, JobMetrics, ProgressBoard, ProgressPrinter
+from spark_vllm.driver.progress import JobMetrics, ProgressBoard, ProgressPrinter
 from spark_vllm.driver.slots import default_partitions, per_task_window, task_slots
 from spark_vllm.driver.summary import (
-    BUDGET_REACHED,
     JobFailed,
     JobInterrupted,
     Summary,
@@ -62,6 +61,7 @@ from spark_vllm.storage.fingerprint import (
     matching_runs,
 )
 from spark_vllm.storage.stores import OutputStore, store_for
+from spark_vllm.task.budget import BUDGET_REACHED, Budget
 from spark_vllm.task.retry import RetryPolicy
 from spark_vllm.task.runner import (
     Concurrency,

@@ -39,6 +39,7 @@ from typing import IO, Any
 
 import orjson
 
+from spark_vllm.task.budget import Budget
 from spark_vllm.task.tally import REPORT_TIMEOUT_S, Counts, ProgressTarget, TaskReport
 
 log = logging.getLogger(__name__)
@@ -50,18 +51,6 @@ MAX_REPORT_BYTES = 16 * 1024
 # without end.
 MAX_CONNECTIONS = 128
 SLOT_WAIT_S = 1.0
-
-
-@dataclass(frozen=True)
-class Budget:
-    """The spec's `budget`, all tasks together (None: no limit). `reserve` is the output
-    tokens a row may cost (its max_tokens), held from `max_output_tokens` from the row's
-    grant until its answer is counted."""
-
-    max_rows: int | None = None
-    max_prompt_tokens: int | None = None
-    max_output_tokens: int | None = None
-    reserve: int = 0
 
 
 @dataclass(frozen=True)
@@ -160,22 +149,7 @@ class ProgressBoard:
             for known in self._latest.values():
                 total.add(known.counts)
             granted = sum(rows for _, rows in self._grants.values())
-            waiting = max(granted - total.rows, 0)
-            grant, reached = want, False
-            if budget.max_rows is not None:
-                grant = min(grant, budget.max_rows - granted)
-                reached = grant <= 0
-            if budget.max_prompt_tokens is not None and (
-                total.prompt_tokens >= budget.max_prompt_tokens
-            ):
-                grant, reached = 0, True
-            if budget.max_output_tokens is not None:
-                left = budget.max_output_tokens - total.completion_tokens
-                free = left - waiting * budget.reserve
-                grant = min(grant, free // budget.reserve if budget.reserve else free)
-                if left < max(budget.reserve, 1) or (grant <= 0 and waiting == 0):
-                    reached = True  # not one row more, and nothing out to free any
-            grant = 0 if reached else max(grant, 0)
+            grant, reached = budget.grant(want, granted, total)
             _, had = self._grants.get(key, (report.task_attempt, 0))
             self._grants[key] = (report.task_attempt, had + grant)
             self.budget_reached = self.budget_reached or reached

@@ -21,8 +21,6 @@ from spark_vllm.task.tally import ERROR_CHARS, Tally, error_kind
 
 # Kinds of failure the summary lists.
 BREAKDOWN_KINDS = 10
-# A run's status when its budget stopped it (it committed what finished).
-BUDGET_REACHED = "budget reached"
 
 
 @dataclass

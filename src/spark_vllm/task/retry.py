@@ -10,6 +10,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from spark_vllm.spec import RetrySpec, default
+
 TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
 # Answers that may mean the server behind them is down: a proxy's 502/504, vLLM's 503, and
 # vLLM's 500 "EngineCore encountered an issue" (EngineDeadError) in the seconds between its
@@ -24,10 +26,10 @@ def is_transient_status(status: int) -> bool:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    attempts: int = 5
-    initial_s: float = 0.5
-    max_s: float = 30.0
-    multiplier: float = 2.0
+    attempts: int = default(RetrySpec, "attempts")
+    initial_s: float = default(RetrySpec, "backoff_initial_s")
+    max_s: float = default(RetrySpec, "backoff_max_s")
+    multiplier: float = default(RetrySpec, "backoff_multiplier")
 
     def __post_init__(self) -> None:
         if self.attempts < 1:

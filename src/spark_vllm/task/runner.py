@@ -28,7 +28,9 @@ import pyarrow as pa
 from spark_vllm.errors import ContextExceeded, ErrorBudgetExceeded, RowError, RowFailed
 from spark_vllm.request.kinds import RequestKind, row_request
 from spark_vllm.request.result import Result
+from spark_vllm.spec import ConcurrencySpec, JobSpec, TimeoutSpec, default
 from spark_vllm.task.adaptive import AdaptiveWindow, WindowPolicy
+from spark_vllm.task.budget import GRANTED, WAIT, BudgetLease
 from spark_vllm.task.client import (
     SidecarClient,
     read_api_key,
@@ -39,10 +41,7 @@ from spark_vllm.task.client import (
 from spark_vllm.task.lora import Adapters
 from spark_vllm.task.retry import RetryPolicy
 from spark_vllm.task.tally import (
-    GRANTED,
     REPORT_TIMEOUT_S,
-    WAIT,
-    BudgetLease,
     Counts,
     ProgressReporter,
     ProgressTarget,
@@ -71,10 +70,10 @@ class Endpoint:
 class Timeouts:
     """The spec's `timeouts`, in seconds."""
 
-    ready_s: float = 900.0
-    request_s: float = 600.0
-    connect_s: float = 10.0
-    outage_s: float = 600.0
+    ready_s: float = default(TimeoutSpec, "ready_s")
+    request_s: float = default(TimeoutSpec, "request_s")
+    connect_s: float = default(TimeoutSpec, "connect_s")
+    outage_s: float = default(TimeoutSpec, "outage_s")
 
 
 @dataclass(frozen=True)
@@ -82,19 +81,19 @@ class Concurrency:
     """Requests in flight for one task: where the window starts (`per_task`), and with
     `adaptive`, how far the sidecar's /metrics may open it (`max_per_task`)."""
 
-    per_task: int = 64
-    adaptive: bool = True
-    max_per_task: int = 1024
-    metrics_interval_s: float = 0.5
+    per_task: int = 64  # the spec's per_executor, split across an executor's task slots
+    adaptive: bool = default(ConcurrencySpec, "mode") == "adaptive"
+    max_per_task: int = default(ConcurrencySpec, "max_per_task")
+    metrics_interval_s: float = default(ConcurrencySpec, "metrics_interval_s")
 
 
 @dataclass(frozen=True)
 class ErrorPolicy:
     """What a failed row does: `record` it, or `fail` the task; and the error budget."""
 
-    on_error: str = "record"
-    max_error_rate: float | None = None
-    error_rate_min_rows: int = 50
+    on_error: str = default(JobSpec, "on_error")
+    max_error_rate: float | None = default(JobSpec, "max_error_rate")
+    error_rate_min_rows: int = default(JobSpec, "error_rate_min_rows")
 
 
 @dataclass(frozen=True)
@@ -400,11 +399,7 @@ class PartitionRunner:
     def _counts(self) -> Counts:
         """What the task has a result for so far, sent and found (read from the event
         loop's thread)."""
-        t = self.tally
-        return Counts(
-            t.rows, t.succeeded, t.failed, t.prompt_tokens, t.completion_tokens,
-            retries=t.retries, in_flight=self.pending, outage_ms=round(self._outage_s() * 1000),
-        )  # fmt: skip
+        return self.tally.counts(in_flight=self.pending, outage_s=self._outage_s())
 
     def _outage_s(self) -> float:
         """Seconds this task found its sidecar down."""

@@ -1,11 +1,11 @@
 """A task's account of its rows, and how it tells the driver (the task side only).
 
-Two counts, for two readers. `Counts` is what a task has done so far: it POSTs them to
-the driver's progress endpoint every `progress.interval_s` (`ProgressReporter`) and the
-driver shows their sum (see progress). `Tally` is the summary's count: each task adds its
-own to a Spark accumulator (`TallyParam`), which keeps the tallies of the task attempts
-that succeeded (see summary). `BudgetLease` is the task's end of the job's `budget`: it
-asks the driver's endpoint for rows before it sends them.
+A task counts its rows once, in a `Tally`, which two readers get in their own shape: the
+summary gets the tally itself, added to a Spark accumulator (`TallyParam`) that keeps the
+tallies of the task attempts that succeeded (see driver.summary); live progress gets
+`Tally.counts()`, the numbers only, which the task POSTs to the driver's progress
+endpoint every `progress.interval_s` (`ProgressReporter`) for the driver to show their
+sum (see driver.progress). The budget's lease is in task.budget.
 
 Nothing here imports the driver's code: this module travels with every task.
 """
@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -26,7 +24,6 @@ import orjson
 from pyspark import TaskContext
 from pyspark.accumulators import AccumulatorParam
 
-from spark_vllm.errors import BudgetUnavailable
 from spark_vllm.redact import redact
 
 log = logging.getLogger(__name__)
@@ -100,75 +97,6 @@ class TaskReport:
         if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
             raise ValueError(f"a progress report holds counts >= 0, found {data!r}")
         return cls(*ids, Counts(**numbers))
-
-
-# Rows a task asks the budget for at a time (at most what its current batch still holds).
-LEASE_ROWS = 64
-# How long a task waits for rows out to free the output budget before it stops, seconds.
-LEASE_WAIT_S = 300.0
-# What `BudgetLease.take` says: send the row, wait and ask again, or stop.
-GRANTED, WAIT, STOP = "granted", "wait", "stop"
-
-
-class BudgetLease:
-    """A task's end of the budget: `take()` before each row it sends. It asks the driver
-    for up to LEASE_ROWS rows at a time (never more than the rows in hand) and says
-    GRANTED, WAIT (the rows out hold the output budget: let answers come in, then take
-    again) or STOP (the budget is reached, or nothing freed it for LEASE_WAIT_S).
-    Synchronous, from the task's thread, past any HTTP proxy; a driver that cannot be
-    asked fails the task (the budget would not hold)."""
-
-    def __init__(self, target: ProgressTarget, task: Callable[[], tuple[int, int, int]]) -> None:
-        self.url = target.url.rsplit("/", 1)[0] + "/lease"
-        self.token = target.token
-        self._task = task
-        self.allowance = 0
-        self.exhausted = False
-        self._waiting_since: float | None = None
-        # straight to the driver's pod, past any HTTP proxy of the environment
-        self._direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-    def take(self, in_hand: int, counts: Callable[[], Counts]) -> str:
-        if self.allowance > 0:
-            self.allowance -= 1
-            return GRANTED
-        if self.exhausted:
-            return STOP
-        granted, reached = self._ask(max(1, min(LEASE_ROWS, in_hand)), counts())
-        if granted > 0:
-            self.allowance, self._waiting_since = granted - 1, None
-            return GRANTED
-        now = time.monotonic()
-        if self._waiting_since is None:
-            self._waiting_since = now
-        if reached or now - self._waiting_since > LEASE_WAIT_S:
-            self.exhausted = True
-            return STOP
-        return WAIT
-
-    def _ask(self, want: int, counts: Counts) -> tuple[int, bool]:
-        body = orjson.loads(TaskReport(*self._task(), counts).to_json())
-        body["want"] = want
-        request = urllib.request.Request(  # noqa: S310  # the driver's own http URL
-            self.url,
-            data=orjson.dumps(body),
-            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
-            method="POST",
-        )
-        last: Exception | None = None
-        for attempt in range(4):
-            if attempt:
-                time.sleep(0.5 * 2**attempt)  # the driver busy: a few tries
-            try:
-                with self._direct.open(request, timeout=REPORT_TIMEOUT_S) as answer:
-                    data = orjson.loads(answer.read())
-                    return int(data["granted"]), bool(data["reached"])
-            except Exception as exc:
-                last = exc
-        raise BudgetUnavailable(
-            f"the driver's budget endpoint {self.url} cannot be asked ({last}); the task "
-            "stops rather than pass the budget"
-        )
 
 
 class ProgressReporter:
@@ -314,6 +242,14 @@ class Tally:
         """(kind, failed rows, an example id), the most common kind first."""
         ranked = sorted(self.kinds.items(), key=lambda item: (-item[1][0], item[0]))
         return [(kind, count, example) for kind, (count, example) in ranked]
+
+    def counts(self, in_flight: int, outage_s: float) -> Counts:
+        """The live report of these counts (see `Counts`), with the rows sent and not yet
+        answered and the seconds the sidecar was found down, which the task knows."""
+        return Counts(
+            self.rows, self.succeeded, self.failed, self.prompt_tokens, self.completion_tokens,
+            retries=self.retries, in_flight=in_flight, outage_ms=round(outage_s * 1000),
+        )  # fmt: skip
 
     def shipped(self) -> Tally:
         """This tally with only its most common errors and kinds, as a task sends it back."""
