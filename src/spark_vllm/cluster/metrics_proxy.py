@@ -28,10 +28,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 from aiohttp import ClientError, ClientSession, ClientTimeout, web
 
+from spark_vllm.cluster.chart import SIDECAR_PORT
+
 log = logging.getLogger(__name__)
 
 DEFAULT_LISTEN = "0.0.0.0:9400"
-DEFAULT_UPSTREAM = "http://127.0.0.1:8000/metrics"
+DEFAULT_UPSTREAM = f"http://127.0.0.1:{SIDECAR_PORT}/metrics"
 DEFAULT_TOKEN_ENV = "SPARK_VLLM_METRICS_TOKEN"  # noqa: S105  # its name, not a token
 # Seconds vLLM may take to answer one scrape (Prometheus' own default scrape timeout).
 UPSTREAM_TIMEOUT_S = 10.0

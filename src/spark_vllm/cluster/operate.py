@@ -34,24 +34,33 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from spark_vllm.cluster.chart import (
+    APP_GROUP,
+    APP_PLURAL,
+    APP_VERSION,
+    CHART_NAME,
+    COMPONENT_LABEL,
+    DRIVER_CONTAINER,
+    EXECUTOR_CONTAINER,
+    INSTANCE_LABEL,
+    SIDECAR_CONTAINER,
+    SIDECAR_PORT,
+    SPARK_ROLE_LABEL,
+    SUBMITTER_COMPONENT,
+)
 from spark_vllm.errors import SpecError
 from spark_vllm.redact import redact
 from spark_vllm.spec import apply_overrides, read_document, spec_from_dict
 
-CHART_NAME = "spark-vllm"
 # The chart keeps its full name to 40 characters (Spark's pod names must fit in 63).
 MAX_RELEASE = 40
 SOURCE_ROOT = Path(__file__).resolve().parents[2]
-DRIVER_CONTAINER = "spark-kubernetes-driver"
-EXECUTOR_CONTAINER = "spark-kubernetes-executor"
-SIDECAR_CONTAINER = "vllm"
 EXIT_TIMEOUT = 124  # as timeout(1)
 SUMMARY_HEAD = "spark-vllm summary"
 # The label the HTTP trigger (spark_vllm.cluster.trigger) puts on each object of a run it created.
 RUN_LABEL = "spark-vllm.io/run"
 # How helm reports a `fail` of the chart's own templates (its message in group 1).
 CHART_FAIL = r"execution error at \([^)]*\): (.*?)(\n\s*Use --debug.*)?$"
-APP_GROUP, APP_VERSION, APP_PLURAL = "sparkoperator.k8s.io", "v1beta2", "sparkapplications"
 # SparkApplication states (status.applicationState.state) after which no driver will come.
 APP_FAILED = ("SUBMISSION_FAILED", "FAILED")
 NOT_SEEN = "not yet seen by the Spark Operator"
@@ -178,7 +187,7 @@ def check_for_chart(doc: dict[str, Any], values: dict[str, Any]) -> None:
     chart fills in (its vLLM sidecar), unless the spec names one. Raises SpecError."""
     sidecar = values.get("sidecar") or {}
     chart_endpoint = {
-        "base_url": f"http://127.0.0.1:{sidecar.get('port', 8000)}/v1",
+        "base_url": f"http://127.0.0.1:{sidecar.get('port', SIDECAR_PORT)}/v1",
         "model": (values.get("model") or {}).get("servedName", "model"),
     }
     checked = copy.deepcopy(doc)
@@ -327,7 +336,7 @@ class Kube:
 
     def submitter_job(self, name: str, namespace: str) -> Any | None:
         jobs = self.batch.list_namespaced_job(
-            namespace, label_selector=f"{_selector(name)},app.kubernetes.io/component=submitter"
+            namespace, label_selector=f"{_selector(name)},{COMPONENT_LABEL}={SUBMITTER_COMPONENT}"
         ).items
         return jobs[0] if jobs else None
 
@@ -354,14 +363,14 @@ class Kube:
 
 
 def _selector(name: str) -> str:
-    return f"app.kubernetes.io/instance={name}"
+    return f"{INSTANCE_LABEL}={name}"
 
 
 def role(pod: Any) -> str:
     labels = pod.metadata.labels or {}
-    if labels.get("app.kubernetes.io/component") == "submitter":
-        return "submitter"
-    return str(labels.get("spark-role") or labels.get("app.kubernetes.io/component") or "other")
+    if labels.get(COMPONENT_LABEL) == SUBMITTER_COMPONENT:
+        return SUBMITTER_COMPONENT
+    return str(labels.get(SPARK_ROLE_LABEL) or labels.get(COMPONENT_LABEL) or "other")
 
 
 def executors_in_order(pods: list[Any]) -> list[Any]:
