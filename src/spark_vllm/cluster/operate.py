@@ -54,7 +54,8 @@ from spark_vllm.spec import apply_overrides, read_document, spec_from_dict
 
 # The chart keeps its full name to 40 characters (Spark's pod names must fit in 63).
 MAX_RELEASE = 40
-SOURCE_ROOT = Path(__file__).resolve().parents[2]
+# The checkout this module runs from (src/spark_vllm/cluster/operate.py), whose charts/ it uses
+SOURCE_ROOT = Path(__file__).resolve().parents[3]
 EXIT_TIMEOUT = 124  # as timeout(1)
 SUMMARY_HEAD = "spark-vllm summary"
 # The label the HTTP trigger (spark_vllm.cluster.trigger) puts on each object of a run it created.
