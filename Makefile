@@ -43,10 +43,13 @@ TINY_LORAS := $(BUILD)/models/tiny-loras
 TOOLS       := $(BUILD)/tools
 HELM        ?= $(TOOLS)/bin/helm
 TOOLS_STAMP := $(TOOLS)/venv/.installed
+# The manual's generator, in a venv of its own (requirements/docs.txt).
+DOCS_VENV   := $(BUILD)/docs-venv
+DOCS_STAMP  := $(DOCS_VENV)/.installed
 
 .DEFAULT_GOAL := help
 .PHONY: help setup model run plan run-embedding run-images run-lora serve postgres prometheus tools schema manifests base-image build-image operator operator-image test test-unit \
-	test-bundle test-image test-gpu-image test-cluster cluster-up cluster-down bench bench-prefix smoke lint format clean
+	test-bundle test-image test-gpu-image test-cluster docs cluster-up cluster-down bench bench-prefix smoke lint format clean
 
 help: ## list the verbs
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -163,8 +166,17 @@ prometheus: ## install Debian's prometheus when missing (root)
 	  echo "the metrics test needs: sudo apt-get install prometheus" >&2; exit 1; \
 	fi
 
-test: setup tools postgres prometheus ## run every tier: unit, integration (real Spark + vLLM + PostgreSQL + Prometheus), bundle, image, cluster
+test: setup tools postgres prometheus docs ## run every tier: unit, integration (real Spark + vLLM + PostgreSQL + Prometheus), bundle, image, cluster; and build the manual
 	$(BIN)/pytest -m "$(TEST_MARKERS)" tests
+
+$(DOCS_STAMP): requirements/docs.txt
+	$(PYTHON) -m venv $(DOCS_VENV)
+	$(DOCS_VENV)/bin/pip install --quiet -r requirements/docs.txt
+	touch $@
+
+docs: setup $(DOCS_STAMP) ## the manual: docs/ as a site in build/site (MkDocs, strict), its CLI reference generated first
+	$(BIN)/python scripts/docs_reference.py
+	NO_MKDOCS_2_WARNING=1 $(DOCS_VENV)/bin/mkdocs build --strict --site-dir $(BUILD)/site
 
 test-bundle: setup tools ## the chart rendered by helm, checked against the operator's API models
 	$(BIN)/pytest -m bundle tests/bundle

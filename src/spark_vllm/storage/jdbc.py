@@ -38,7 +38,7 @@ def _java_cause(exc: Exception) -> str:
     return str(throwable.getMessage() or throwable.toString())
 
 
-# Driver classes for the JDBC URL schemes the README documents.
+# Driver classes for the JDBC URL schemes the manual documents (docs/job-spec.md).
 KNOWN_DRIVERS = {
     "jdbc:postgresql:": "org.postgresql.Driver",
     "jdbc:sqlserver:": "com.microsoft.sqlserver.jdbc.SQLServerDriver",
