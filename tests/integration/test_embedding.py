@@ -218,7 +218,7 @@ def test_embeddings_from_a_database_table_back_into_one(
     assert_matches([by_sku[s] for s in stored], list(stored.values()), reference)
 
 
-def test_the_readmes_embedding_example_and_reading_recipe_work_as_written(
+def test_the_embedding_example_and_the_manuals_reading_recipe_work_as_written(
     spark, embedding_server, tmp_path
 ):
     """`make run-embedding` is `spark-vllm local examples/jobs/embedding.yaml`: the same

@@ -41,7 +41,7 @@ def test_rerun_skips_succeeded_ids_and_retries_failed_ones(spark, vllm_server, t
     assert (third.rows, third.skipped) == (0, 40)
 
 
-def test_plain_spark_recipe_in_the_readme_gives_the_same_rows(spark, vllm_server, tmp_path):
+def test_the_manuals_plain_spark_recipe_gives_the_same_rows(spark, vllm_server, tmp_path):
     rows = sample_rows(12)
     rows[3]["question"] = "word " * 2000
     run_job(spark, spec_from_dict(spec_doc(tmp_path, vllm_server, rows)))

@@ -185,8 +185,9 @@ def test_import_spark_vllm_and_its_spec_load_no_spark_and_no_cluster_client() ->
     assert {"pyspark", "kubernetes", "fastapi", "uvicorn"} & loaded == set()
 
 
-def test_the_specs_result_columns_are_the_kinds_fields() -> None:
-    """spec.RESULT_COLUMNS (kept input columns may not take these names) states what the
+def test_the_result_columns_the_spec_checks_are_the_kinds_fields() -> None:
+    """request.fields.RESULT_COLUMNS (kept input columns may not take these names) states
+    what the
     kinds define: a kind's new column must be added there too."""
     fields = {f.name for kind in KINDS.values() for f in kind.fields}
     assert fields | {LOGPROBS.name, TRUNCATED.name} == RESULT_COLUMNS

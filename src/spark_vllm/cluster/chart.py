@@ -1,5 +1,6 @@
 """The names the chart (charts/spark-vllm) and the code that operates its releases share,
-stated once: what `operate` and the trigger look for in what the chart renders.
+stated once: what `operate`, the trigger and the metrics proxy look for in what the chart
+renders.
 tests/bundle/test_chart_names.py renders the chart and holds each name to what it finds.
 """
 

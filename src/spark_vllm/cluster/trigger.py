@@ -48,6 +48,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from spark_vllm.cluster import operate
+from spark_vllm.cluster.chart import APP_GROUP, APP_VERSION
 from spark_vllm.errors import SpecError
 from spark_vllm.redact import redact
 from spark_vllm.spec import JobSpec, conf_key_allowed
@@ -60,7 +61,7 @@ RUN_KINDS = (
     ("networking.k8s.io/v1", "NetworkPolicy"),
     ("monitoring.coreos.com/v1", "PodMonitor"),
     ("batch/v1", "Job"),
-    ("sparkoperator.k8s.io/v1beta2", "SparkApplication"),
+    (f"{APP_GROUP}/{APP_VERSION}", "SparkApplication"),
 )
 TRIGGER_LABEL = "spark-vllm.io/trigger"
 RUN_LABEL = operate.RUN_LABEL

@@ -1,6 +1,6 @@
 """A job ready to run, as `job.plan` leaves it for `job.execute` and the summary: the
 request kind, the output store, the lazy result, and the census of the input and the
-output taken before the run. Data only (driver side)."""
+output taken before the run; and the largest max_tokens a run asks (driver side)."""
 
 from __future__ import annotations
 

@@ -110,7 +110,7 @@ class TaskConfig:
     concurrency: Concurrency = field(default_factory=Concurrency)
     errors: ErrorPolicy = field(default_factory=ErrorPolicy)
     flush_rows: int = FLUSH_ROWS
-    # A Spark accumulator of summary.Tally: what the task counted goes there at its end.
+    # A Spark accumulator of task.tally.Tally: what the task counted goes there at its end.
     tally: Any = None
     # The driver's progress endpoint: the task reports its counts there as it goes.
     progress: ProgressTarget | None = None
