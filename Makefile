@@ -174,7 +174,7 @@ $(DOCS_STAMP): requirements/docs.txt
 	$(DOCS_VENV)/bin/pip install --quiet -r requirements/docs.txt
 	touch $@
 
-docs: setup $(DOCS_STAMP) ## the manual: docs/ as a site in build/site (MkDocs, strict), its CLI reference generated first
+docs: setup $(DOCS_STAMP) ## the manual: docs/ as a site in build/site (MkDocs, strict), its references (CLI, job-spec keys) generated first
 	$(BIN)/python scripts/docs_reference.py
 	NO_MKDOCS_2_WARNING=1 $(DOCS_VENV)/bin/mkdocs build --strict --site-dir $(BUILD)/site
 

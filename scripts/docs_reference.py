@@ -1,21 +1,34 @@
-"""Write the manual's generated reference: docs/reference/cli.md, every verb of the
-`spark-vllm` command with its options, from the argument parser (spark_vllm.cli), so the
-manual cannot drift from the code; a unit test runs `--check`.
+"""Write the manual's generated references, so the manual cannot drift from the code; a
+unit test runs `--check`:
+- docs/reference/cli.md: every verb of the `spark-vllm` command with its options, from the
+  argument parser (spark_vllm.cli);
+- the key table of docs/job-spec.md (between its two GENERATED markers): every key of the
+  job spec with its default and its description, from the pydantic models (spark_vllm.spec),
+  whose descriptions the chart's schema shows too (scripts/job_schema.py).
 
-    python scripts/docs_reference.py           # rewrite docs/reference/cli.md
-    python scripts/docs_reference.py --check   # exit 1, with a diff, when it is out of date
+    python scripts/docs_reference.py           # rewrite both
+    python scripts/docs_reference.py --check   # exit 1, with a diff, when one is out of date
 """
 
 from __future__ import annotations
 
 import argparse
 import difflib
+import json
 import os
 import sys
+import typing
 from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI_REFERENCE = ROOT / "docs" / "reference" / "cli.md"
+JOB_SPEC_PAGE = ROOT / "docs" / "job-spec.md"
+BEGIN = "<!-- GENERATED from spark_vllm.spec by scripts/docs_reference.py: edit the models -->"
+END = "<!-- END GENERATED -->"
 # argparse wraps help to the terminal's width: fixed here, so the page is the same anywhere.
 WIDTH = "100"
 
@@ -52,25 +65,79 @@ def cli_reference() -> str:
     return "\n".join(parts) + "\n"
 
 
+def _shown(value: Any) -> str:
+    """A default as the table shows it: YAML-like, in code."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    if isinstance(value, float) and value.is_integer():
+        return f"`{int(value)}`"
+    if isinstance(value, str):
+        return f"`{value}`"
+    return f"`{json.dumps(value)}`"
+
+
+def _rows(model: type[BaseModel], prefix: str = "") -> list[str]:
+    rows = []
+    for name, info in model.model_fields.items():
+        key = prefix + (info.alias or name)
+        options = typing.get_args(info.annotation) or (info.annotation,)
+        sections = [t for t in options if isinstance(t, type) and issubclass(t, BaseModel)]
+        if info.default is not PydanticUndefined:
+            default = _shown(info.default)
+        elif info.default_factory is not None:
+            made = info.default_factory()  # type: ignore[call-arg]
+            default = "" if isinstance(made, BaseModel) else _shown(made)
+        else:
+            default = "required"
+        if not sections or info.description:
+            text = info.description or ""
+            rows.append(f"| `{key}` | {default} | {text} |")
+        for section in sections:
+            rows += _rows(section, key + ".")
+    return rows
+
+
+def job_spec_table() -> str:
+    from spark_vllm.spec import JobSpec
+
+    return "\n".join(["| key | default | meaning |", "| --- | --- | --- |", *_rows(JobSpec)])
+
+
+def job_spec_page(page: str) -> str:
+    """`page` with its generated table made anew."""
+    head, _, rest = page.partition(BEGIN)
+    _, found, tail = rest.partition(END)
+    if not found:
+        raise SystemExit(f"{JOB_SPEC_PAGE.relative_to(ROOT)} lacks the markers {BEGIN} {END}")
+    return f"{head}{BEGIN}\n{job_spec_table()}\n{END}{tail}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     args.add_argument("--check", action="store_true", help="compare, do not write")
     check = args.parse_args(argv).check
-    wanted = cli_reference()
-    relative = CLI_REFERENCE.relative_to(ROOT)
-    if check:
-        have = CLI_REFERENCE.read_text() if CLI_REFERENCE.exists() else ""
-        if have != wanted:
+    stale = 0
+    for path, wanted in (
+        (CLI_REFERENCE, cli_reference()),
+        (JOB_SPEC_PAGE, job_spec_page(JOB_SPEC_PAGE.read_text())),
+    ):
+        relative = path.relative_to(ROOT)
+        have = path.read_text() if path.exists() else ""
+        if have == wanted:
+            continue
+        if check:
             diff = difflib.unified_diff(
                 have.splitlines(), wanted.splitlines(), str(relative), "generated", lineterm=""
             )
-            print(f"{relative} differs from the argument parser; run `make docs`:", file=sys.stderr)
+            print(f"{relative} differs from the code; run `make docs`:", file=sys.stderr)
             print("\n".join(diff), file=sys.stderr)
-            return 1
-        return 0
-    CLI_REFERENCE.write_text(wanted)
-    print(f"wrote {relative}")
-    return 0
+            stale += 1
+        else:
+            path.write_text(wanted)
+            print(f"wrote {relative}")
+    return 1 if stale else 0
 
 
 if __name__ == "__main__":

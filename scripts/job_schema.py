@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,8 @@ DRAFT7_KEYWORDS = {
 }  # fmt: skip
 # Keywords whose value maps names (property, definition) to schemas.
 NAMED_SCHEMAS = {"properties", "patternProperties", "definitions", "dependencies"}
+# A link of the manual in a description ([text](target)): the schema keeps the text.
+MARKDOWN_LINK = re.compile(r"\[([^\]]+)\]\([^)\s]+\)")
 # Keywords whose value is data, not a schema (a default may well hold a key named title).
 INSTANCE_VALUES = {"default", "const", "enum", "examples"}
 
@@ -72,6 +75,8 @@ def tidy(node: Any, where: str) -> Any:
             out[key] = {name: tidy(sub, f"{where}/{key}/{name}") for name, sub in value.items()}
         elif key in INSTANCE_VALUES:
             out[key] = value
+        elif key == "description" and isinstance(value, str):
+            out[key] = MARKDOWN_LINK.sub(r"\1", value)  # the manual's links, as their text
         else:
             out[key] = tidy(value, f"{where}/{key}")
     return out

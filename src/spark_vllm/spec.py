@@ -48,20 +48,29 @@ class _Strict(BaseModel):
 
 
 class JdbcConnection(_Strict):
-    url: str = Field(description="JDBC URL, e.g. jdbc:postgresql://db:5432/shop")
+    url: str = Field(description="the JDBC URL, e.g. `jdbc:postgresql://db:5432/shop`")
     user_env: str | None = Field(
-        default=None, description="environment variable holding the user name"
+        default=None,
+        description=(
+            "the name of the environment variable holding the user name (never the name itself)"
+        ),
     )
     password_env: str | None = Field(
-        default=None, description="environment variable holding the password (never the password)"
+        default=None,
+        description=(
+            "the name of the environment variable holding the password (never the password)"
+        ),
     )
     driver: str | None = Field(
         default=None,
-        description="driver class; default: org.postgresql.Driver for jdbc:postgresql:, "
-        "com.microsoft.sqlserver.jdbc.SQLServerDriver for jdbc:sqlserver:",
+        description=(
+            "the driver class; by default from the URL: `org.postgresql.Driver` for "
+            "`jdbc:postgresql:`, `com.microsoft.sqlserver.jdbc.SQLServerDriver` for "
+            "`jdbc:sqlserver:`"
+        ),
     )
     properties: dict[str, str] = Field(
-        default_factory=dict, description="more connection properties (e.g. sslmode)"
+        default_factory=dict, description="more connection properties (e.g. `sslmode`)"
     )
 
     @field_validator("url")
@@ -83,15 +92,27 @@ class JdbcConnection(_Strict):
 
 
 class JdbcInput(JdbcConnection):
-    table: str | None = Field(default=None, description="table (or view) to read")
-    query: str | None = Field(default=None, description="instead of table: a SELECT to read")
-    partition_column: str | None = Field(
-        default=None, description="numeric, date or timestamp column to split the read on"
+    table: str | None = Field(
+        default=None, description="the table (or view) to read; or set `query`"
     )
-    lower_bound: int | str | None = Field(default=None, description="partition_column's low end")
-    upper_bound: int | str | None = Field(default=None, description="partition_column's high end")
-    num_partitions: int | None = Field(default=None, ge=1, description="parallel reads")
-    fetch_size: int | None = Field(default=None, ge=1, description="rows per round trip")
+    query: str | None = Field(default=None, description="instead of `table`: a `SELECT` to read")
+    partition_column: str | None = Field(
+        default=None,
+        description=(
+            "a parallel read, split on this numeric, date or timestamp column: set it"
+            " with `lower_bound`, `upper_bound` and `num_partitions` (all four or "
+            "none; rows outside the bounds are still read, by the first and last "
+            "reads)"
+        ),
+    )
+    lower_bound: int | str | None = Field(default=None, description="`partition_column`'s low end")
+    upper_bound: int | str | None = Field(default=None, description="`partition_column`'s high end")
+    num_partitions: int | None = Field(
+        default=None, ge=1, description="how many reads run in parallel"
+    )
+    fetch_size: int | None = Field(
+        default=None, ge=1, description="rows per round trip (unset: the driver's default)"
+    )
 
     @model_validator(mode="after")
     def _source(self) -> JdbcInput:
@@ -114,12 +135,19 @@ class JdbcInput(JdbcConnection):
 
 
 class JdbcOutput(JdbcConnection):
-    table: str = Field(description="table to write; created when missing")
+    table: str = Field(
+        description=(
+            "the table to write; created (shaped like the output rows, plus `run`) when missing"
+        )
+    )
     write_mode: Literal["upsert", "append", "overwrite"] = Field(
         default="upsert",
-        description="upsert: merge by id (a rerun replaces a row); append: add rows; "
-        "overwrite: replace the table's rows with this run's (only in a table a job made, "
-        "with its run column)",
+        description=(
+            "`upsert`: merge by id, a rerun replaces an id's row; `append`: add rows;"
+            " `overwrite`: replace the table's rows with this run's (nothing is "
+            "skipped), only in a table a job made (one with the `run` column): any "
+            "other table is refused before the run starts"
+        ),
     )
     batch_size: int = Field(default=1000, ge=1, description="rows per insert batch")
 
@@ -127,20 +155,60 @@ class JdbcOutput(JdbcConnection):
 class InputSpec(_Strict):
     format: Literal["parquet", "jsonl", "csv", "table", "openai-batch", "jdbc", "binaryFile"] = (
         Field(
-            description="openai-batch: request lines {custom_id, method, url, body} as for "
-            "OpenAI's Batch API or vllm run-batch; each line's body is sent as it is. "
-            "binaryFile: Spark's whole-file source, a row per file: path, modificationTime, "
-            "length, content (the bytes, e.g. for prompt.content's image parts)"
+            description=(
+                "`parquet`, `jsonl`, `csv`, `table` (a catalog table), `jdbc` (a SQL "
+                "database, see [SQL databases](#sql-databases-over-jdbc)), `binaryFile` "
+                "(Spark's whole-file source: a row per file, columns `path`, "
+                "`modificationTime`, `length`, `content`; `input.options` such as "
+                '`pathGlobFilter: "*.jpg"` and `recursiveFileLookup: "true"` go to it; '
+                "use `id_column: path`) or `openai-batch` (request lines, see [OpenAI "
+                "batch files](#openai-batch-files)). `csv` is read as RFC 4180 writes it:"
+                ' a header row, quoted fields that may hold line breaks, `""` for a quote'
+                " inside one, and every value as the text it is (`007` stays `007`; "
+                '`input.options: {inferSchema: "true"}` infers types); Spark then reads '
+                "each CSV file in one task. `jsonl` keeps a conversation column "
+                "(`prompt.column` of a chat job) as its JSON text, so each row's messages"
+                " keep their own shape; a line that Spark's parser cannot read as a JSON "
+                "object (cut off, not JSON, an array) is refused before any request, "
+                "named as `file:line` with its text (up to 20, then a count), since it "
+                "has no id — `input.options: {mode: DROPMALFORMED}` leaves such lines out"
+                " instead, on purpose"
+            )
         )
     )
-    path: str | None = Field(default=None, description="file or directory (all formats but table)")
-    table: str | None = Field(default=None, description="catalog table name (format: table)")
+    path: str | None = Field(
+        default=None,
+        description=(
+            "file, directory or glob to read (all formats but `table` and `jdbc`); "
+            "any Spark/Hadoop URL (`s3a://…`, `hdfs://…`). A path that does not "
+            "exist, or a glob that matches nothing, is refused (exit 2); an empty "
+            "input — a 0-byte file, a folder without data files, a CSV of only a "
+            "header, a table without rows — is a job of no rows (exit 0)"
+        ),
+    )
+    table: str | None = Field(default=None, description="table name, for `format: table`")
     id_column: str | None = Field(
         default=None,
-        description="column holding a unique row id; when absent an id is derived from the row",
+        description=(
+            "column holding a unique, non-null id per row. Duplicate or null ids are "
+            "refused before any request, with examples. When unset, the id is derived"
+            " (see [Derived ids](#derived-ids))"
+        ),
     )
-    options: dict[str, str] = Field(default_factory=dict, description="passed to Spark's reader")
-    jdbc: JdbcInput | None = Field(default=None, description="format jdbc: what to read")
+    options: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "passed to Spark's reader; for `csv` they override the defaults above "
+            "(`header`, `multiLine`, `quote`, `escape`, `inferSchema`)"
+        ),
+    )
+    jdbc: JdbcInput | None = Field(
+        default=None,
+        description=(
+            "format `jdbc`: what to read, and how to connect (see [SQL "
+            "databases](#sql-databases-over-jdbc))"
+        ),
+    )
 
     def where(self) -> str:
         """The input, for messages and Spark's UI."""
@@ -181,24 +249,49 @@ class InputSpec(_Strict):
 class OutputSpec(_Strict):
     format: Literal["parquet", "jsonl", "openai-batch", "jdbc"] = Field(
         default="parquet",
-        description="openai-batch (the default for that input): one line per request, "
-        "{id, custom_id, response: {status_code, request_id, body}, error}",
+        description=(
+            '`parquet` or `jsonl` (JSON Lines, every key on every row, `"error": '
+            "null` included); `jdbc` (a SQL table); `openai-batch`, the default and "
+            "the only choice for that input"
+        ),
     )
-    path: str | None = Field(default=None, description="where to write (every format but jdbc)")
-    jdbc: JdbcOutput | None = Field(default=None, description="format jdbc: where to write")
-    keep_columns: list[str] = Field(default_factory=list, description="input columns copied over")
+    path: str | None = Field(
+        default=None,
+        description=("where the result goes (every format but `jdbc`); required for them"),
+    )
+    jdbc: JdbcOutput | None = Field(
+        default=None,
+        description=(
+            "format `jdbc`: where to write, and how to connect (the connection keys "
+            "as for `input.jdbc`)"
+        ),
+    )
+    keep_columns: list[str] = Field(
+        default_factory=list, description="input columns copied into the output"
+    )
     mode: Literal["resume", "overwrite", "error"] = Field(
         default="resume",
-        description="resume: skip ids that already succeeded at this path (or table) and "
-        "retry the rest; overwrite: delete the path first, only when it is empty or holds the "
-        "_SPARK_VLLM_OUTPUT marker every run leaves (jdbc: use jdbc.write_mode); "
-        "error: refuse to run when the path (or table) exists",
+        description=(
+            "`resume`: ids whose latest row succeeded are skipped, the rest (failed "
+            "or never reached) are run; `overwrite`: delete the path when the run "
+            "starts sending (a run stopped before that, while it plans or its vLLM "
+            "starts, leaves the output as it was), and only a path that is absent, "
+            "empty or holds the `_SPARK_VLLM_OUTPUT` marker every run leaves: any "
+            "other path is refused before anything starts; `error`: refuse to run "
+            "when the path exists. Format `jdbc`: `resume` or `error` (the table); "
+            "rows are replaced with `output.jdbc.write_mode: overwrite`"
+        ),
     )
     on_change: Literal["refuse", "resume"] = Field(
         default="refuse",
-        description="resume, when earlier answers at the output were made with other "
-        "settings (task, model, prompt, sampling, structured output, embedding options): "
-        "refuse: do not start, and name the changes; resume: count them as done anyway",
+        description=(
+            "what resume does when earlier answers at the output were made with other"
+            " settings (task, model, prompt, sampling, structured output, embedding "
+            "options; see [What resume reuses](#what-resume-reuses)): `refuse` to "
+            "start, naming each changed key with its old and new value; or `resume`: "
+            "count them as done anyway (this run then adopts them, and later runs "
+            "with its settings count them too)"
+        ),
     )
 
     @field_validator("keep_columns")
@@ -248,10 +341,13 @@ class OutputSpec(_Strict):
 
 
 class EndpointSpec(_Strict):
-    base_url: str = DEFAULT_BASE_URL
-    model: str = Field(description="the name the vLLM server serves the model under")
+    base_url: str = Field(
+        default=DEFAULT_BASE_URL, description="the OpenAI-compatible server (the sidecar)"
+    )
+    model: str = Field(description=("the name vLLM serves the model under (`--served-model-name`)"))
     api_key_env: str | None = Field(
-        default=None, description="name of the environment variable holding the API key"
+        default=None,
+        description=("name of an environment variable holding the API key (never the key itself)"),
     )
 
     @field_validator("base_url")
@@ -296,30 +392,58 @@ class ContentPart(_Strict):
 
 class PromptSpec(_Strict):
     template: str | None = Field(
-        default=None, description="jinja2 template over the row's columns: the user message"
+        default=None,
+        description=(
+            "jinja2 template over the row's columns, giving the user message (chat), "
+            "the prompt (completion) or the text to embed (embedding)"
+        ),
     )
-    system: str | None = Field(default=None, description="system message (chat), a jinja2 template")
+    system: str | None = Field(
+        default=None, description="system message (chat only), also a template"
+    )
     column: str | None = Field(
         default=None,
-        description="column holding an OpenAI messages list (chat) or a prompt string",
+        description=(
+            "instead of a template: a column holding a prompt string (the user "
+            "message; the text, for completion and embedding) or, for chat, a "
+            "conversation: a list of messages (array of structs, or maps) or a JSON "
+            "string of one (it starts with `[{`). Every message shape of the "
+            "chat-completions API is sent as it is: roles `system`, `developer`, "
+            "`user`, `assistant`, `tool` (and `function`); `content` a string, a list"
+            " of parts (`text`, `image_url`, …), or absent on an assistant turn with "
+            "`tool_calls`; `tool_call_id`, `name` and the rest untouched; null fields"
+            " are left out. Any other string is plain text, a user message"
+        ),
     )
     content: list[ContentPart] | None = Field(
         default=None,
         min_length=1,
-        description="chat: the user message as parts in this order, each {text: TEMPLATE} "
-        "or {image: COLUMN}; images are sent as image_url parts",
+        description=(
+            "chat: the user message as parts, in this order: `{text: TEMPLATE}` or "
+            "`{image: COLUMN}`. An image column holds, per row, one image or a list "
+            "of them: bytes (a binary column; `binaryFile`'s `content`), a path the "
+            "task reads (local, `file://`, `s3://`/`s3a://` with the AWS credential "
+            "chain, `gs://`, `hdfs://` where libhdfs is installed), an `http(s)://` "
+            "URL that vLLM fetches, or a `data:image/…` URL. See [Images in the "
+            "prompt](command.md#images-in-the-prompt)"
+        ),
     )
     max_image_bytes: int = Field(
         default=DEFAULT_MAX_IMAGE_BYTES,
         ge=1,
-        description="a row's image larger than this many bytes is an error row (bytes and "
-        "paths; an http(s) URL is fetched by vLLM, which applies its own limits)",
+        description=(
+            "a row's image above this size (20 MiB by default) is an error row naming"
+            " both sizes (bytes and paths; vLLM applies its own limits to URLs it "
+            "fetches)"
+        ),
     )
     image_prefixes: list[str] = Field(
         default_factory=list,
-        description="folders the executors may read a row's image path under (e.g. "
-        "s3a://bucket/images/, /data/images/); default none: an image path in a row is an "
-        "error row, and images come as bytes, http(s) URLs or data: URLs",
+        description=(
+            "folders a row's image path may be read under (`s3a://bucket/images/`, "
+            "`/data/images/`); none by default: a path in a row is an error row, and "
+            "images come as bytes, `http(s)` or `data:` URLs"
+        ),
     )
 
     @model_validator(mode="after")
@@ -358,20 +482,24 @@ class PromptSpec(_Strict):
 
 class LoraSpec(_Strict):
     adapter: str | None = Field(
-        default=None, pattern=_SERVED_NAME, description="the LoRA adapter that answers every row"
+        default=None, pattern=_SERVED_NAME, description="the adapter that answers every row"
     )
     column: str | None = Field(
         default=None,
         min_length=1,
-        description="column naming each row's LoRA adapter (its served name); null: the "
-        "base model (endpoint.model)",
+        description=(
+            "a column naming each row's adapter (its served name; null: the base "
+            "model, `endpoint.model`)"
+        ),
     )
     modules: dict[str, str] = Field(
         default_factory=dict,
-        description="adapters the job loads into the sidecar on first use when it does not "
-        "serve them yet: name -> path on the sidecar's file system (vLLM's POST "
-        "/v1/load_lora_adapter; the sidecar needs VLLM_ALLOW_RUNTIME_LORA_UPDATING, the "
-        "chart's sidecar.vllm.lora.runtimeLoading)",
+        description=(
+            "adapters the job loads on first use when its sidecar does not serve "
+            "them: `name: path` (a path the vLLM server reads); needs the server's "
+            "runtime loading (`VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`, the chart's "
+            "`sidecar.vllm.lora.runtimeLoading`)"
+        ),
     )
 
     @model_validator(mode="after")
@@ -396,12 +524,28 @@ class SamplingSpec(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    max_tokens: int | None = Field(default=256, ge=1)
-    temperature: float | None = Field(default=None, ge=0)
-    top_p: float | None = Field(default=None, gt=0, le=1)
-    stop: str | list[str] | None = None
+    max_tokens: int | None = Field(
+        default=256, ge=1, description="the most tokens an answer may have"
+    )
+    temperature: float | None = Field(
+        default=None, ge=0, description="sent with every request; vLLM's default when unset"
+    )
+    top_p: float | None = Field(
+        default=None, gt=0, le=1, description="sent with every request; vLLM's default when unset"
+    )
+    stop: str | list[str] | None = Field(
+        default=None,
+        description=(
+            "a string, or a list of them, that ends a generation; sent with every request"
+        ),
+    )
     seed: int | Literal["auto"] | None = Field(
-        default=None, description="an integer for every row, or auto: one derived from the row id"
+        default=None,
+        description=(
+            "an integer for every row, or `auto`: a per-row seed derived from the id "
+            "(first 4 bytes of SHA-256 of the id), so a rerun samples the same "
+            "answers"
+        ),
     )
 
     def request_fields(self) -> dict[str, Any]:
@@ -421,10 +565,31 @@ class SamplingSpec(BaseModel):
 class StructuredSpec(_Strict):
     json_schema: dict[str, Any] | None = Field(
         default=None,
-        description="JSON schema of the answer: an object whose properties become columns",
+        description=(
+            "a JSON schema for the answer, as written by hand or by Pydantic's "
+            "`model_json_schema()`: an object whose top-level properties become "
+            "typed, nullable output columns — string (also a string `enum`/`const`, "
+            "any `format`), integer → bigint, number (or integer-or-number) → double,"
+            " boolean, array → array, object → struct, an object with only an "
+            "`additionalProperties` schema → `map<string, …>`; `$ref` into "
+            "`$defs`/`definitions` is resolved, a `null` branch (`Optional`) just "
+            "makes the value nullable, and `title`, `description`, `default` are "
+            "ignored. What has no Spark type is refused, naming the property path and"
+            " why: a union of types that are not all numbers (not kept as JSON text: "
+            "`response` holds the whole answer), a value with no type (`Any`), an "
+            "object with neither `properties` nor a typed `additionalProperties`, a "
+            "recursive `$ref`. vLLM decodes within it (`response_format: {type: "
+            "json_schema}`); an answer that is not JSON or does not match makes the "
+            "row an error row (`bad answer: …`)"
+        ),
     )
     ddl: str | None = Field(
-        default=None, description="the answer as a Spark DDL struct, e.g. 'label STRING, n INT'"
+        default=None,
+        description=(
+            "instead of `json_schema`: a Spark DDL struct such as `label STRING, "
+            "stars INT, tags ARRAY<STRING>`; every field is required in the answer, "
+            "and integer ranges follow the column types"
+        ),
     )
     name: str = Field(default="answer", description="the schema's name in the request")
 
@@ -449,15 +614,24 @@ class EmbeddingSpec(_Strict):
         default=32,
         ge=1,
         le=2048,
-        description="inputs per /v1/embeddings request; requests in flight are counted in rows",
+        description=(
+            "task `embedding`: rows per `/v1/embeddings` request. Requests in flight "
+            "(`concurrency`) count rows. When vLLM refuses a request whole (one input"
+            " too long), its rows are sent one by one, so only the bad row fails"
+        ),
     )
     dimensions: int | None = Field(
-        default=None, ge=1, description="shorter vectors, for models trained for it (Matryoshka)"
+        default=None,
+        ge=1,
+        description=("sent with every embedding request: a shorter vector (Matryoshka models)"),
     )
     truncate_prompt_tokens: int | None = Field(
         default=None,
         ge=1,
-        description="cut each input to this many tokens instead of failing an over-long row",
+        description=(
+            "sent with every embedding request: cut inputs to this many tokens "
+            "instead of failing over-long rows"
+        ),
     )
 
     def request_fields(self) -> dict[str, Any]:
@@ -471,25 +645,42 @@ class EmbeddingSpec(_Strict):
 class ConcurrencySpec(_Strict):
     mode: Literal["adaptive", "fixed"] = Field(
         default="adaptive",
-        description="adaptive: each task steers its requests in flight by the sidecar's "
-        "/metrics (batch full, queue short); fixed: per_executor, split across the tasks",
+        description=(
+            "`adaptive`: each task reads the sidecar's `/metrics` and steers its "
+            "requests in flight so vLLM's batch stays full and its queue short (see "
+            "[How a task works](how-a-task-works.md#how-a-task-works)); `fixed`: "
+            "`per_executor` requests in flight, split across the tasks"
+        ),
     )
     per_executor: int = Field(
         default=256,
         ge=1,
-        description="requests in flight per executor, shared by the tasks running on it "
-        "(adaptive: where the tasks start)",
+        description=(
+            "requests in flight per executor; each task gets `ceil(per_executor / "
+            "tasks running at once on the executor)`. Adaptive: where each task "
+            "starts"
+        ),
     )
     max_per_task: int = Field(
-        default=1024, ge=1, description="adaptive: the most requests one task may keep in flight"
+        default=1024,
+        ge=1,
+        description=(
+            "adaptive: the most requests one task may keep in flight (its old name "
+            "`max_per_executor` still works, with a warning)"
+        ),
     )
     metrics_interval_s: float = Field(
-        default=0.5, gt=0, description="adaptive: how often a task reads the sidecar's /metrics"
+        default=0.5,
+        gt=0,
+        description=("adaptive: how often a task reads the sidecar's `/metrics`, seconds"),
     )
     order: Literal["longest_first", "input"] = Field(
         default="longest_first",
-        description="longest_first: within each partition, rows with the largest max_tokens "
-        "are sent first (needs a per-row max_tokens, see sampling_column); input: as read",
+        description=(
+            "`longest_first`: with a per-row `max_tokens` (from `sampling_column`), "
+            "each partition sends its longest generations first and its shortest "
+            "last; `input`: rows as read"
+        ),
     )
 
     @model_validator(mode="before")
@@ -524,53 +715,87 @@ class ConcurrencySpec(_Strict):
 
 class RetrySpec(_Strict):
     attempts: int = Field(default=5, ge=1, description="tries per row, the first included")
-    backoff_initial_s: float = Field(default=0.5, gt=0)
-    backoff_max_s: float = Field(default=30.0, gt=0)
-    backoff_multiplier: float = Field(default=2.0, ge=1)
+    backoff_initial_s: float = Field(
+        default=0.5,
+        gt=0,
+        description=(
+            "exponential backoff between tries, with jitter: the wait after try *n* "
+            "is uniform in [c/2, c], c = min(`backoff_max_s`, `backoff_initial_s` * "
+            "`backoff_multiplier`^(n-1)); seconds"
+        ),
+    )
+    backoff_max_s: float = Field(
+        default=30.0, gt=0, description="the longest wait between tries, seconds"
+    )
+    backoff_multiplier: float = Field(
+        default=2.0, ge=1, description="how much the wait grows from one try to the next"
+    )
 
 
 class TimeoutSpec(_Strict):
-    ready_s: float = Field(default=900.0, gt=0, description="wait this long for the sidecar")
+    ready_s: float = Field(
+        default=900.0,
+        gt=0,
+        description="how long a task waits for the sidecar to be ready, seconds",
+    )
     outage_s: float = Field(
         default=600.0,
         gt=0,
-        description="once ready, how long the sidecar may be down (restarting) before the "
-        "task fails and Spark retries it",
+        description=(
+            "once the sidecar was ready, how long it may be down (crashed, "
+            "restarting) before the task fails and Spark retries it, seconds"
+        ),
     )
-    request_s: float = Field(default=600.0, gt=0, description="one request, end to end")
-    connect_s: float = Field(default=10.0, gt=0)
+    request_s: float = Field(default=600.0, gt=0, description="one request, end to end, seconds")
+    connect_s: float = Field(default=10.0, gt=0, description="connecting to the sidecar, seconds")
 
 
 class ProgressSpec(_Strict):
     enabled: bool = Field(
-        default=True, description="show the run's progress on the driver while it sends"
+        default=True,
+        description=(
+            "show the run's progress on the driver while it sends (see "
+            "[Progress](command.md#progress-while-a-job-runs))"
+        ),
     )
     interval_s: float = Field(
         default=10.0,
         gt=0,
-        description="seconds between the driver's progress lines, and between a task's "
-        "reports to the driver; what is shown is at most two intervals old",
+        description=(
+            "seconds between the driver's progress lines and between a task's reports"
+            " to the driver; what is shown is at most two intervals old"
+        ),
     )
     port: int = Field(
         default=0,
         ge=0,
         le=65535,
-        description="port of the driver's progress endpoint that tasks report to, and that "
-        "serves /metrics with metrics.enabled (0: any free port)",
+        description=(
+            "port of the driver's progress endpoint the tasks report to, which also "
+            "serves `/metrics` with `metrics.enabled`; `0` takes any free port (the "
+            "chart's NetworkPolicy admits the job's executors to every port of its "
+            "driver; the chart sets `metrics.driverPort` here with its metrics on)"
+        ),
     )
 
 
 class MetricsSpec(_Strict):
     enabled: bool = Field(
         default=False,
-        description="serve the job's Prometheus metrics at GET /metrics on the driver's "
-        "progress endpoint (progress.port) while the run sends",
+        description=(
+            "serve the job's Prometheus metrics at `GET /metrics` on the progress "
+            "endpoint while the run sends (see "
+            "[Metrics](command.md#prometheus-metrics))"
+        ),
     )
     token_env: str = Field(
         default="SPARK_VLLM_METRICS_TOKEN",
         min_length=1,
-        description="environment variable of the driver holding the bearer token a scraper "
-        "must send (Authorization: Bearer ...); required with enabled",
+        description=(
+            "environment variable of the driver holding the bearer token scrapers "
+            "must send; the job refuses to start with `metrics.enabled` and the "
+            "variable unset or empty"
+        ),
     )
 
 
@@ -578,14 +803,15 @@ class PrefixSpec(_Strict):
     columns: list[str] | None = Field(
         default=None,
         min_length=1,
-        description="rows with equal values in these columns share a long prompt prefix "
-        "(a document id, a customer id)",
+        description=("rows with equal values in these columns share a long prompt prefix"),
     )
     chars: int | None = Field(
         default=None,
         ge=1,
-        description="automatic: rows whose rendered request (the system message, then the "
-        "prompt) starts with the same N characters share a prefix",
+        description=(
+            "automatic: rows whose rendered request starts with the same this many "
+            "characters share a prefix"
+        ),
     )
 
     @model_validator(mode="after")
@@ -599,8 +825,7 @@ class EstimateSpec(_Strict):
     output_tokens_per_s: float | None = Field(
         default=None,
         gt=0,
-        description="for `spark-vllm plan`'s time and GPU-hours: output tokens per second "
-        "one replica (one sidecar) generates, e.g. measured with make bench on your GPU",
+        description="output tokens per second one sidecar generates",
     )
     replicas: int = Field(default=1, ge=1, description="sidecars generating at once")
     gpus_per_replica: int = Field(default=1, ge=1, description="GPUs each sidecar holds")
@@ -613,8 +838,7 @@ class SampleSpec(_Strict):
     rows: int | None = Field(default=None, ge=1, description="keep this many of the input's ids")
     seed: int = Field(
         default=0,
-        description="which ids: a hash of the id and the seed picks them, the same "
-        "on every run and every partitioning",
+        description="which ids: a hash of the id and the seed picks them",
     )
 
     @model_validator(mode="after")
@@ -625,12 +849,17 @@ class SampleSpec(_Strict):
 
 
 class BudgetSpec(_Strict):
-    max_rows: int | None = Field(default=None, ge=1, description="rows sent, all tasks together")
+    max_rows: int | None = Field(default=None, ge=1, description="rows sent")
     max_prompt_tokens: int | None = Field(
-        default=None, ge=1, description="prompt tokens of the answered rows, all tasks together"
+        default=None, ge=1, description="prompt tokens of the answered rows"
     )
     max_output_tokens: int | None = Field(
-        default=None, ge=1, description="output tokens of the answered rows, all tasks together"
+        default=None,
+        ge=1,
+        description=(
+            "output tokens of the answered rows (each row sent holds its `max_tokens`"
+            " of it until answered)"
+        ),
     )
 
     @model_validator(mode="after")
@@ -652,10 +881,17 @@ def conf_key_allowed(key: str, allowed: list[str] | tuple[str, ...] | frozenset[
 
 class SparkSpec(_Strict):
     master: str | None = Field(
-        default=None, description="unset: spark-submit's master, else local[*]"
+        default=None, description="Spark master; unset: spark-submit's, else `local[*]`"
     )
-    app_name: str = "spark-vllm"
-    conf: dict[str, str] = Field(default_factory=dict)
+    app_name: str = Field(default="spark-vllm", description="the application's name")
+    conf: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "extra Spark settings. A local master also gets the driver on loopback, "
+            "no console progress bar and `spark.sql.shuffle.partitions` of two per "
+            "core; `spark.conf` overrides them"
+        ),
+    )
 
 
 class JobSpec(_Strict):
@@ -664,81 +900,146 @@ class JobSpec(_Strict):
     endpoint: EndpointSpec
     task: Task = Field(
         default="chat",
-        description="chat: /v1/chat/completions; completion: /v1/completions; "
-        "embedding: /v1/embeddings, many rows per request, an array<float> column",
+        description=(
+            "`chat` (`/v1/chat/completions`), `completion` (`/v1/completions`) or "
+            "`embedding` (`/v1/embeddings`, many rows per request, an `embedding` "
+            "column; the server must run an embedding model with `--runner pooling`)"
+        ),
     )
     prompt: PromptSpec | None = Field(
-        default=None, description="what to send for each row (every input format but openai-batch)"
+        default=None,
+        description=(
+            "what to send for each row: one of `prompt.template`, `prompt.column` and"
+            " `prompt.content`; required but for `openai-batch` input, which has none"
+        ),
     )
     embedding: EmbeddingSpec = Field(
-        default_factory=EmbeddingSpec, description="task embedding: batching and vector shape"
+        default_factory=EmbeddingSpec,
+        description="task `embedding`: batching and the vectors' shape",
     )
-    sampling: SamplingSpec = Field(default_factory=SamplingSpec)
+    sampling: SamplingSpec = Field(
+        default_factory=SamplingSpec,
+        description=(
+            "request fields sent with every row, for the generating tasks (as are "
+            "`sampling_column` and `structured_output`): the keys below, and any "
+            "other (`ignore_eos`, `min_p`, `repetition_penalty`, …) untouched — "
+            "except those that would change the answer's shape beyond what the job "
+            "stores, which are refused (exit 2, naming the key and why): `stream: "
+            "true`, `stream_options`, `n` above 1, `prompt_logprobs`, "
+            "`return_token_ids`, `tools`, `tool_choice`, `parallel_tool_calls`, "
+            "`functions`, `function_call`, and `response_format` beside "
+            "`structured_output` (an OpenAI batch file keeps each answer's whole "
+            "body, for those). `logprobs` fills a `logprobs` column (see [Output "
+            "rows](#output-rows)): chat takes `logprobs: true` and `top_logprobs: N` "
+            "alternatives per token, completion `logprobs: N` (0: the chosen tokens "
+            "only)"
+        ),
+    )
     sampling_column: str | None = Field(
         default=None,
-        description="column of per-row sampling overrides (a struct, a map or a JSON object "
-        "string), e.g. {max_tokens: 64}; its non-null fields override `sampling` for that row",
+        description=(
+            "a column of per-row sampling overrides: a struct, a map or a JSON object"
+            ' string such as `{"max_tokens": 64}`. Its non-null fields override '
+            "`sampling` for that row (null overrides nothing); one that is not an "
+            "object, sets `model`, `messages`, `prompt`, `input`, `logprobs` or "
+            "`top_logprobs`, or a field refused in `sampling`, makes that row an "
+            "error row. Its `max_tokens` also orders the work (`concurrency.order`)"
+        ),
     )
     structured_output: StructuredSpec | None = Field(
         default=None,
-        description="guided decoding to a JSON schema; the answer's fields become typed columns",
+        description=(
+            "guided decoding to a JSON schema: the answer's fields become typed "
+            "columns (one of `json_schema` and `ddl`)"
+        ),
     )
     concurrency: ConcurrencySpec = Field(default_factory=ConcurrencySpec)
     retries: RetrySpec = Field(default_factory=RetrySpec)
     timeouts: TimeoutSpec = Field(default_factory=TimeoutSpec)
-    on_error: Literal["record", "fail"] = "record"
+    on_error: Literal["record", "fail"] = Field(
+        default="record",
+        description=(
+            "`record`: a failed row is an output row with `error` set; `fail`: the "
+            "first failed row fails the job (exit code 1, the row's id and cause in "
+            "the message)"
+        ),
+    )
     max_error_rate: float | None = Field(
         default=None,
         ge=0,
         le=1,
-        description="fail the job once more than this share of a task's rows failed",
+        description=(
+            "a share in [0, 1]: a task whose failed rows exceed it (judged once it "
+            "has `error_rate_min_rows` rows) fails, and so does the job, with the "
+            "summary of what was committed"
+        ),
     )
     error_rate_min_rows: int = Field(
-        default=50, ge=1, description="rows a task completes before max_error_rate is judged"
+        default=50, ge=1, description="rows a task completes before `max_error_rate` is judged"
     )
     partitions: int | None = Field(
         default=None,
         ge=1,
-        description="tasks the input is split into; default: one per task slot in local "
-        "mode, two per task slot of the most executors the job may get on a cluster",
+        description=(
+            "how many tasks the input is split into. Unset: one per task slot in "
+            "local mode; on a cluster, two per task slot of the most executors the "
+            "job may get (`spark.dynamicAllocation.maxExecutors`, else "
+            "`spark.executor.instances`), so executors that join late or finish early"
+            " find work waiting"
+        ),
     )
     progress: ProgressSpec = Field(default_factory=ProgressSpec)
     metrics: MetricsSpec = Field(default_factory=MetricsSpec)
     estimate: EstimateSpec = Field(
-        default_factory=EstimateSpec, description="throughput for `spark-vllm plan`'s estimate"
+        default_factory=EstimateSpec,
+        description="throughput for `spark-vllm plan`'s time and GPU-hours",
     )
     prefix: PrefixSpec | None = Field(
         default=None,
-        description="send rows that share a long prompt prefix to one task, back to back, "
-        "so the sidecar's prefix cache serves the prefix once",
+        description=(
+            "send rows that share a long prompt prefix to one task, back to back (one"
+            " of `columns` and `chars`; see [Rows that share a long "
+            "prefix](command.md#rows-that-share-a-long-prefix))"
+        ),
     )
     limit: int | None = Field(
         default=None,
         ge=1,
-        description="send at most the first N rows to send (after resume), in input order; "
-        "a later run resumes past them",
+        description=(
+            "send at most the first N rows left to send (after resume), in input "
+            "order; a later run resumes past them (see [Know before you "
+            "spend](command.md#know-before-you-spend-plan-samples-budgets))"
+        ),
     )
     sample: SampleSpec | None = Field(
         default=None,
-        description="run on a sample of the input's ids (fraction or rows, seed); a later "
-        "run without it resumes past them",
+        description=(
+            "run on a sample of the input's ids: a hash of (id, `seed`) picks them, "
+            "the same on every run (one of `fraction` and `rows`)"
+        ),
     )
     budget: BudgetSpec | None = Field(
         default=None,
-        description="stop sending at a limit of rows or tokens across all tasks; the run "
-        "commits what finished and exits 3; a rerun with a higher budget goes on",
+        description=(
+            "stop sending at a limit, all tasks together; the run commits what "
+            "finished and exits 3. Token budgets are for generating tasks"
+        ),
     )
     on_overlong: Literal["error", "truncate"] = Field(
         default="error",
-        description="a prompt too long for the model's context: error (an error row, "
-        "vLLM's HTTP 400) or truncate (vLLM keeps its last tokens so the row fits; the "
-        "row's `truncated` is true)",
+        description=(
+            "a prompt too long for the context with its `max_tokens`: `error` (an "
+            "error row, vLLM's HTTP 400) or `truncate` (vLLM keeps its last tokens so"
+            " it fits; the output's `truncated` says so). Generating tasks"
+        ),
     )
     lora: LoraSpec | None = Field(
         default=None,
-        description="answer rows with a LoRA adapter of the served model: one for every "
-        "row (adapter) or one per row (column); the sidecar must serve them or load them "
-        "(modules)",
+        description=(
+            "answer with a LoRA adapter of the served model (one of `adapter` and "
+            "`column`; chat and completion; see [A LoRA adapter per "
+            "row](command.md#a-lora-adapter-per-row))"
+        ),
     )
     spark: SparkSpec = Field(default_factory=SparkSpec)
     # The spec file's name when read from one (load_spec): Spark's UI names the job by it.
