@@ -9,8 +9,7 @@ import re
 import pyspark
 import pytest
 
-from spark_vllm import execute, run_job, spec_from_dict
-from spark_vllm.driver import plan
+from spark_vllm import execute, plan, run_job, spec_from_dict
 from spark_vllm.driver.summary import Summary
 from tests.conftest import SERVED_NAME, sample_rows
 from tests.integration.jobs import assert_one_row_per_input, read_rows, run_cli, spec_doc
