@@ -198,8 +198,9 @@ class InputSpec(_Strict):
     options: dict[str, str] = Field(
         default_factory=dict,
         description=(
-            "passed to Spark's reader; for `csv` they override the defaults above "
-            "(`header`, `multiLine`, `quote`, `escape`, `inferSchema`)"
+            'passed to Spark\'s reader, each value a string (`"true"`, not `true`); for '
+            "`csv` they override the defaults above (`header`, `multiLine`, `quote`, "
+            "`escape`, `inferSchema`)"
         ),
     )
     jdbc: JdbcInput | None = Field(
@@ -525,7 +526,12 @@ class SamplingSpec(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     max_tokens: int | None = Field(
-        default=256, ge=1, description="the most tokens an answer may have"
+        default=256,
+        ge=1,
+        description=(
+            "the most tokens an answer may have; null: none is sent, and vLLM's default "
+            "applies (chat: what the context leaves; completion: 16)"
+        ),
     )
     temperature: float | None = Field(
         default=None, ge=0, description="sent with every request; vLLM's default when unset"
@@ -887,7 +893,8 @@ class SparkSpec(_Strict):
     conf: dict[str, str] = Field(
         default_factory=dict,
         description=(
-            "extra Spark settings. A local master also gets the driver on loopback, "
+            'extra Spark settings, each value a string (`"2"`, not `2`). A local master '
+            "also gets the driver on loopback, "
             "no console progress bar and `spark.sql.shuffle.partitions` of two per "
             "core; `spark.conf` overrides them"
         ),
@@ -1061,7 +1068,9 @@ class JobSpec(_Strict):
                 "input.format 'openai-batch' (lines with custom_id, url and body)"
             )
         if self.prompt is None:
-            raise ValueError("prompt is missing: set prompt.template or prompt.column")
+            raise ValueError(
+                "prompt is missing: set one of prompt.template, prompt.column and prompt.content"
+            )
         if self.task != "chat" and self.prompt.content is not None:
             raise ValueError(
                 f"prompt.content (text and image parts) is for task 'chat'; task "

@@ -473,3 +473,14 @@ def test_a_tasks_defaults_are_the_specs() -> None:
         default(JobSpec, "input")  # required
     with pytest.raises(KeyError):
         default(TimeoutSpec, "nope")
+
+
+def test_a_missing_prompt_names_all_three_ways_to_give_one() -> None:
+    """Found by a new-user try: the message named template and column, not content."""
+    doc = {
+        "input": {"format": "jsonl", "path": "in.jsonl"},
+        "output": {"path": "out"},
+        "endpoint": {"model": "m"},
+    }
+    with pytest.raises(SpecError, match="prompt.template, prompt.column and prompt.content"):
+        spec_from_dict(doc)
