@@ -52,8 +52,7 @@ def values(
         "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
         "model": chart_model_values(model_root),
         "sidecar": {
-            # Kubernetes 1.20 has no native sidecars.
-            "mode": "classic",
+            # The chart's default mode, native: the node is Kubernetes 1.35.
             "cpu": 1,
             "memoryMi": 4096,
             "shmSizeMi": 512,
@@ -236,8 +235,13 @@ def until(what: str, check: Any, timeout: float, every: float = 1) -> Any:
 
 def rendered_application(cluster: Cluster, release: str, namespace: str, *args: str) -> Obj:
     """The SparkApplication `helm template RELEASE` renders from the chart (ARGS: values
-    files, --set, --kube-version ...), as a dict."""
-    rendered = cluster.helm("template", release, CHART, "-n", namespace, *args).stdout
+    files, --set ...) for the node's Kubernetes version (helm template alone assumes an
+    old one, for which the chart refuses native sidecars), as a dict."""
+    version = json.loads(cluster.kubectl("version", "-o", "json").stdout)["serverVersion"]
+    rendered = cluster.helm(
+        "template", release, CHART, "-n", namespace,
+        "--kube-version", version["gitVersion"], *args,
+    ).stdout  # fmt: skip
     apps: list[Obj] = [
         d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "SparkApplication"
     ]

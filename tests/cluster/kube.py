@@ -1,9 +1,9 @@
 """Talk to the cluster tier's one-node Kubernetes: kubectl, helm and polling, nothing else.
 
 Both binaries are the real ones from build/tools/bin (scripts/get-helm.sh): kubectl 1.35
-and helm 4 against an API server 1.20. Helm 4 applies server-side by default, which 1.20
-refuses for the chart's Services ("associative list with keys has an element that omits
-key field protocol"): every helm call that writes passes --server-side=false.
+and helm 4 against the node's API server 1.35. The helm calls that write pass
+--server-side=false, as users of clusters older than 1.21 must (Helm 4 applies server-side by
+default, which 1.20 refused for the chart's Services); both ways work on 1.35.
 """
 
 from __future__ import annotations
@@ -115,11 +115,35 @@ class Operator:
     image: str
 
 
+def container_statuses(pod: Obj) -> list[Obj]:
+    """The statuses of a pod's containers and of its init containers: a native sidecar (an
+    init container with restartPolicy Always, such as the chart's vLLM) reports there."""
+    status = pod.get("status", {})
+    return [*status.get("containerStatuses", []), *status.get("initContainerStatuses", [])]
+
+
+def pod_containers(pod: Obj) -> dict[str, Obj]:
+    """A pod's containers by name, its native sidecars (init containers with restartPolicy
+    Always) included; other init containers are left out."""
+    spec = pod["spec"]
+    sidecars = [c for c in spec.get("initContainers", []) if c.get("restartPolicy") == "Always"]
+    return {c["name"]: c for c in [*spec["containers"], *sidecars]}
+
+
+def started_at(pod: Obj, name: str) -> str | None:
+    """When the container NAME of the pod started running (RFC 3339), if it has."""
+    for status in container_statuses(pod):
+        if status["name"] == name:
+            state = status.get("state", {})
+            when = (state.get("running") or state.get("terminated") or {}).get("startedAt")
+            return str(when) if when else None
+    return None
+
+
 def container_ready(pod: Obj, name: str) -> bool:
-    statuses = pod.get("status", {}).get("containerStatuses", [])
-    return any(s["name"] == name and s.get("ready") for s in statuses)
+    return any(s["name"] == name and s.get("ready") for s in container_statuses(pod))
 
 
 def restart_count(pod: Obj, name: str) -> int:
-    statuses = pod.get("status", {}).get("containerStatuses", [])
+    statuses = container_statuses(pod)
     return next((int(s.get("restartCount", 0)) for s in statuses if s["name"] == name), 0)

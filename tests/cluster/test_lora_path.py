@@ -53,6 +53,9 @@ def test_each_row_is_answered_by_its_adapter_in_the_pod(
     job = make_job(cluster, namespace, "lora-k8s", tmp_path, image, model_root, 1, spec)
     (job.data / "input" / "questions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     values = yaml.safe_load(job.values_file.read_text())
+    # The classic sidecar (for clusters before 1.29) keeps running on this node too: this job
+    # runs it, the others the chart's default, native.
+    values["sidecar"]["mode"] = "classic"
     values["sidecar"]["vllm"]["lora"] = {
         "enabled": True,
         "maxLoras": 2,

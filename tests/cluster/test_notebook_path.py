@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from .jobs import CHART, until, values
-from .kube import ROOT, Cluster, Obj, container_ready
+from .kube import ROOT, Cluster, Obj, container_ready, pod_containers
 
 pytestmark = pytest.mark.cluster
 
@@ -131,7 +131,7 @@ def test_notebook_pod_runs_the_example_notebook_with_one_answer_per_question(
         )
         assert executors, report(cluster, namespace)
         for executor in executors:
-            names = {c["name"] for c in executor["spec"]["containers"]}
+            names = set(pod_containers(executor))
             assert names == {"spark-kubernetes-executor", "vllm"}, names
             owners = [o["name"] for o in executor["metadata"].get("ownerReferences", [])]
             assert owners == [name], owners

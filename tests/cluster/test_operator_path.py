@@ -7,6 +7,7 @@ through the operator's webhook and controller to COMPLETED."""
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,20 +15,25 @@ import pytest
 import yaml
 
 from .jobs import Job, chat_job, make_job, questions, rendered_application, until
-from .kube import Cluster, Operator, wait_for
+from .kube import Cluster, Operator, pod_containers, started_at, wait_for
 
 pytestmark = pytest.mark.cluster
 
 CHART = "charts/spark-vllm"
 OPERATOR_RELEASES = {
-    # release: (values file, overrides). 1.20 has no native sidecars: classic mode.
-    "chat-demo": ("examples/values/chat.yaml", ["--set", "sidecar.mode=classic"]),
+    # release: (values file, overrides); the chart's defaults (native sidecars) otherwise.
+    "chat-demo": ("examples/values/chat.yaml", []),
     # Volcano's Queue CRD is not installed here; the queue object stays out.
     "nightly-summaries": (
         "examples/values/scheduled.yaml",
-        ["--set", "sidecar.mode=classic", "--set", "volcano.createQueue.enabled=false"],
+        ["--set", "volcano.createQueue.enabled=false"],
     ),
 }
+
+
+def parse_time(text: str) -> datetime:
+    """An RFC 3339 time as the API server and `kubectl logs --timestamps` write it."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def _lost(sent: Any, stored: Any, path: str = "") -> list[str]:
@@ -98,12 +104,11 @@ def test_api_server_stores_every_object_the_operator_path_renders_unpruned(
 
 def test_the_operators_crd_keeps_a_native_sidecar(cluster: Cluster, stored_namespace: str) -> None:
     """The chart's default sidecar is native: an init container with `restartPolicy:
-    Always`. The chart refuses it on this 1.20 node, so the application is rendered for
-    1.29 and created as it is; the operator's CRD stores the field (the kubelet that would
-    run it needs the newer node)."""
+    Always`. The operator's CRD stores the field as sent (the jobs of
+    test_helm_install_runs_through_the_operators_webhook_and_controller_to_completed run it)."""
     app = rendered_application(
         cluster, "chat-native", stored_namespace, "-f", "examples/values/chat.yaml",
-        "--kube-version", "1.29.0", "--set", "fullnameOverride=chat-native",
+        "--set", "fullnameOverride=chat-native",
     )  # fmt: skip
     cluster.kubectl("create", "-n", stored_namespace, "-f", "-", stdin=yaml.safe_dump(app))
     stored = cluster.find("sparkapplication", app["metadata"]["name"], stored_namespace) or {}
@@ -191,9 +196,11 @@ def test_helm_install_runs_through_the_operators_webhook_and_controller_to_compl
     """The chart's default path for real: helm installs a SparkApplication, the operator's
     webhook accepts it, its controller runs spark-submit, the webhook adds the vLLM sidecar
     and the model volume to the executor pod, and the application ends COMPLETED with one
-    row per input id. Classic sidecars: Kubernetes 1.20 has no native ones. One GPU per
-    executor, as the chart's defaults ask: the node advertises GPUs (node_gpus), the sidecar
-    carries the limit and the executor's Spark container none."""
+    row per input id. One GPU per executor, as the chart's defaults ask: the node advertises
+    GPUs (node_gpus), the sidecar carries the limit and the executor's Spark container none.
+    The sidecar is native (the chart's default) and behaves so on the node's kubelet: the
+    executor's container starts only after vLLM logged its start-up and passed its
+    startupProbe."""
     rows = 24
     job = make_job(
         cluster, namespace, "op-chat", tmp_path, image, model_root, rows, chat_job(),
@@ -206,6 +213,17 @@ def test_helm_install_runs_through_the_operators_webhook_and_controller_to_compl
     def ended() -> str | None:
         for pod in job.executors():
             seen.setdefault("executor", pod)
+            if "order" not in seen and (started := started_at(pod, "spark-kubernetes-executor")):
+                logs = job.cluster.kubectl(
+                    "logs", pod["metadata"]["name"], "-n", namespace, "-c", "vllm",
+                    "--timestamps", check=False,
+                ).stdout  # fmt: skip
+                ready = [
+                    line.split(" ", 1)[0]
+                    for line in logs.splitlines()
+                    if "Application startup complete" in line
+                ]
+                seen["order"] = (ready[0] if ready else None, started)
         app = cluster.find("sparkapplication", job.name, namespace) or {}
         seen["app"] = app
         state = ((app.get("status") or {}).get("applicationState") or {}).get("state")
@@ -220,9 +238,10 @@ def test_helm_install_runs_through_the_operators_webhook_and_controller_to_compl
         executor = seen.get("executor")
         assert executor is not None, operator_report(cluster, spark_operator, job)
         assert executor["metadata"]["labels"]["sparkoperator.k8s.io/launched-by-spark-operator"]
-        containers = {c["name"]: c for c in executor["spec"]["containers"]}
+        containers = pod_containers(executor)
         assert sorted(containers) == ["spark-kubernetes-executor", "vllm"]
         vllm = containers["vllm"]
+        assert vllm.get("restartPolicy") == "Always", vllm  # native, through the webhook
         host = vllm["args"][vllm["args"].index("--host") + 1]
         assert host == "127.0.0.1", vllm["args"]
         assert "/models" in {m["mountPath"] for m in vllm.get("volumeMounts", [])}
@@ -235,6 +254,10 @@ def test_helm_install_runs_through_the_operators_webhook_and_controller_to_compl
         (answers,) = runs.values()
         assert sorted(r["id"] for r in answers) == sorted(q["id"] for q in questions(rows))
         assert not [r for r in answers if r["error"] is not None]
+        # Native sidecar: the executor's container started after vLLM was up.
+        ready, started = seen.get("order") or (None, None)
+        assert ready and started, (seen.get("order"), operator_report(cluster, spark_operator, job))
+        assert parse_time(started) >= parse_time(ready).replace(microsecond=0), (ready, started)
     finally:
         job.uninstall()
         cluster.kubectl(

@@ -23,7 +23,7 @@ import pytest
 from tests.conftest import SERVED_NAME
 
 from .jobs import Job, chat_job, make_job, questions, until
-from .kube import Cluster, Obj
+from .kube import Cluster, Obj, pod_containers
 
 pytestmark = pytest.mark.cluster
 
@@ -154,17 +154,18 @@ def test_driver_pod_creates_executor_pods_that_carry_the_sidecar(
     owners = executor["metadata"].get("ownerReferences", [])
     assert [(o["kind"], o["name"]) for o in owners] == [("Pod", job.driver)]
     spec = executor["spec"]
-    assert sorted(c["name"] for c in spec["containers"]) == [
-        "spark-kubernetes-executor", "vllm", "vllm-metrics",
-    ]  # fmt: skip
+    containers = pod_containers(executor)
+    assert sorted(containers) == ["spark-kubernetes-executor", "vllm", "vllm-metrics"]
+    # The chart's default: vLLM and its metrics proxy are native sidecars.
+    assert containers["vllm"].get("restartPolicy") == "Always"
     # The pod template's settings survived Spark's own: no API token, locked down.
     assert spec["automountServiceAccountToken"] is False
     assert spec["serviceAccountName"] == f"{job.name}-executor"
     assert not any(
-        "serviceaccount" in str(m) for c in spec["containers"] for m in c.get("volumeMounts", [])
+        "serviceaccount" in str(m) for c in containers.values() for m in c.get("volumeMounts", [])
     )
     assert spec["securityContext"]["runAsUser"] == 185
-    for container in spec["containers"]:
+    for container in containers.values():
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
         assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert executor["metadata"]["labels"]["app.kubernetes.io/component"] == "executor"
@@ -195,8 +196,7 @@ def test_metrics_reach_a_pod_port_only_with_the_token(
     assert status == 200
     assert "# TYPE spark_vllm_rows_total counter" in text
     assert "spark_vllm_rows_to_send 60.0" in text
-    executor = seen["executor"]["spec"]
-    proxy = next(c for c in executor["containers"] if c["name"] == "vllm-metrics")
+    proxy = pod_containers(seen["executor"])["vllm-metrics"]
     assert [p["containerPort"] for p in proxy["ports"]] == [9400]
 
 
