@@ -49,7 +49,7 @@ DOCS_STAMP  := $(DOCS_VENV)/.installed
 
 .DEFAULT_GOAL := help
 .PHONY: help setup model run plan run-embedding run-images run-lora serve postgres prometheus tools schema manifests base-image build-image operator operator-image test test-unit \
-	test-bundle test-image test-gpu-image test-cluster docs cluster-up cluster-down bench bench-prefix smoke lint format clean
+	test-bundle test-image test-gpu-image test-cluster docs cluster-up cluster-down volcano node bench bench-prefix smoke lint format clean
 
 help: ## list the verbs
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -187,22 +187,30 @@ test-image: setup tools ## build the CPU image and run sidecar + job containers 
 test-gpu-image: setup ## build the GPU image here (wheelhouse, no registry) and check it without a GPU; RAPIDS_JAR=... adds the plugin check
 	$(BIN)/pytest -m gpu_image tests/gpu_image
 
-test-cluster: setup tools ## a real one-node Kubernetes 1.20 (built once, cached): the chart and the job in pods
+test-cluster: setup tools ## a real one-node Kubernetes 1.35 (built once from Go modules, cached): the chart and the job in pods
 	$(BIN)/pytest -m cluster tests/cluster
 
-cluster-up: setup tools ## start the one-node Kubernetes by hand (root, Docker) with the Spark Operator running in it; prints KUBECONFIG
+cluster-up: setup tools ## start the one-node Kubernetes 1.35 by hand (root, Docker) with Volcano and the Spark Operator running; prints KUBECONFIG
 	$(MAKE) build-image VARIANT=cpu
 	scripts/k8s-node/node.sh up
 	set -a; . "$${K8S_NODE_DIR:-/tmp/spark-vllm-k8s-node}/env"; set +a; \
+	  scripts/volcano/run.sh up && \
 	  API_SERVER="$$K8S_API_SERVER" BASE_IMAGE=spark-vllm:dev-cpu scripts/spark-operator/install.sh all
 
 operator: ## build the Spark Operator v2.5.2 from its Go module (cached outside the checkout; about 8 minutes once)
 	scripts/spark-operator/build.sh
 
+volcano: ## build Volcano's scheduler and controller manager v1.14.1 from its Go module (cached outside the checkout)
+	scripts/volcano/build.sh
+
+node: ## build the one-node Kubernetes 1.35 (kubelet, control plane, cri-dockerd, etcd) from Go modules (cached outside the checkout)
+	scripts/k8s-node/build-current.sh
+
 operator-image: ## the Spark Operator's image: BASE_IMAGE (default spark-vllm:dev-cpu) plus the operator binary
 	scripts/spark-operator/image.sh $(or $(BASE_IMAGE),spark-vllm:dev-cpu)
 
-cluster-down: ## stop the one-node Kubernetes, removing its pods
+cluster-down: ## stop the one-node Kubernetes and Volcano, removing their pods
+	K8S_NODE_DIR="$${K8S_NODE_DIR:-/tmp/spark-vllm-k8s-node}" scripts/volcano/run.sh down
 	scripts/k8s-node/node.sh down
 
 test-unit: setup ## run the unit tests only (seconds)

@@ -1,7 +1,9 @@
-"""Fixtures of the cluster tier: one real one-node Kubernetes v1.20.2 per test session
-(scripts/k8s-node/), the CPU image and the tiny model of the image tier, the Spark
-Operator v2.5.2 built from its Go module (scripts/spark-operator/) with its own CRDs, run in
-the node by the platform chart, and the job chart installed with helm.
+"""Fixtures of the cluster tier: one real one-node Kubernetes v1.35.8 per test session
+(scripts/k8s-node/, built from Go modules, cri-dockerd as its runtime), the CPU image and
+the tiny model of the image tier, Volcano's scheduler and controller manager
+(scripts/volcano/), the Spark Operator v2.5.2 built from its Go module
+(scripts/spark-operator/) with its own CRDs, run in the node by the platform chart, and the
+job chart installed with helm.
 
 The node runs pods on the same Docker engine that builds the images, so the image tier's
 `spark-vllm:test-<digest>` and the operator's image made from it are on the node without
@@ -27,6 +29,7 @@ from .kube import ROOT, Cluster, Operator, wait_for
 
 NODE_SCRIPT = ROOT / "scripts" / "k8s-node" / "node.sh"
 OPERATOR_SCRIPTS = ROOT / "scripts" / "spark-operator"
+VOLCANO_SCRIPT = ROOT / "scripts" / "volcano" / "run.sh"
 OPERATOR_NAMESPACE = "spark-operator"
 PLATFORM_RELEASE = "platform"
 # A fixed folder, so that a node left behind by a killed session is stopped by the next one.
@@ -46,7 +49,8 @@ def docker_engine() -> None:
 @pytest.fixture(scope="package")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """The node, up and Ready; stopped (its pods and mounts removed) after the tier.
-    Building Kubernetes on first use takes about 9 minutes; later sessions reuse the build."""
+    Building the node's parts on first use takes about 20 minutes (Kubernetes, cri-dockerd,
+    etcd); later sessions reuse the build."""
     if os.geteuid() != 0:
         pytest.fail("the cluster tier runs a kubelet, which needs root", pytrace=False)
     env = {**os.environ, "K8S_NODE_DIR": str(NODE_DIR)}
@@ -101,9 +105,26 @@ def operator_crds(cluster: Cluster) -> None:
 
 
 @pytest.fixture(scope="package")
+def volcano(cluster: Cluster) -> Iterator[None]:
+    """Volcano v1.14.1's scheduler and controller manager, built from its Go module
+    (scripts/volcano/build.sh, cached) and run beside the node's control plane
+    (scripts/volcano/run.sh) with its CRDs; Ready once the default Queue is Open. Before the
+    operator: it manages PodGroups only if their CRD exists when it starts."""
+    env = {**os.environ, "KUBECONFIG": cluster.kubeconfig, "K8S_NODE_DIR": str(cluster.node_dir)}
+    proc = subprocess.run(
+        ["bash", str(VOLCANO_SCRIPT), "up"], env=env, capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"Volcano did not start:\n{proc.stderr[-5000:]}", pytrace=False)
+    yield
+    subprocess.run(["bash", str(VOLCANO_SCRIPT), "down"], env=env, check=False)
+
+
+@pytest.fixture(scope="package")
 def spark_operator(
     cluster: Cluster,
     operator_crds: None,
+    volcano: None,
     namespace: str,
     image: str,  # noqa: F811  (the image tier's fixture)
 ) -> Iterator[Operator]:
