@@ -85,10 +85,25 @@ def test_operator_rights_are_namespaced_but_for_its_own_webhook_configurations(h
                 assert rule["verbs"] == ["create"] or rule["resourceNames"] == [
                     "p-spark-operator-webhook-certs"
                 ]
-    (cluster_role,) = by_kind(docs, "ClusterRole").values()
+    cluster_roles = by_kind(docs, "ClusterRole")
+    assert set(cluster_roles) == {"/p-spark-operator-webhook", "/p-spark-operator-controller"}
+    cluster_role = cluster_roles["/p-spark-operator-webhook"]
     writes = [r for r in cluster_role["rules"] if set(r["verbs"]) & {"update", "patch", "create"}]
     assert writes and all(r["resourceNames"] == ["p-spark-operator-webhook"] for r in writes)
-    assert set(by_kind(docs, "ClusterRoleBinding")) == {"/p-spark-operator-webhook"}
+    # The controller may read one object of the cluster: the Volcano PodGroup CRD, which it
+    # checks before it makes a job's PodGroup (batch scheduler on, the default).
+    assert cluster_roles["/p-spark-operator-controller"]["rules"] == [
+        {
+            "apiGroups": ["apiextensions.k8s.io"],
+            "resources": ["customresourcedefinitions"],
+            "resourceNames": ["podgroups.scheduling.volcano.sh"],
+            "verbs": ["get"],
+        }
+    ]
+    assert set(by_kind(docs, "ClusterRoleBinding")) == set(cluster_roles)
+    # Without the batch scheduler, the webhook's right is the only cluster-wide one.
+    docs = render(helm, "operator.controller.batchScheduler=false")
+    assert set(by_kind(docs, "ClusterRole")) == {"/p-spark-operator-webhook"}
 
 
 def test_webhooks_select_the_job_namespaces_and_only_the_operators_pods(helm: str) -> None:
