@@ -11,8 +11,10 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from .render import (
     CHART,
@@ -290,6 +292,66 @@ def test_volcano_resources_count_sidecars_and_gpus(
         "memory": memory,
         "nvidia.com/gpu": gpus,
     }
+
+
+# spark.kubernetes.<role>.request.cores in sparkConf is what Spark requests for the pod; the
+# sidecar's cpu may be a quantity. Keys with dots, so --set-json cannot name them: -f.
+FRACTIONAL_CPU = {
+    "volcano": {"enabled": True},
+    "sidecar": {"cpu": "500m"},
+    "sparkConf": {
+        "spark.kubernetes.driver.request.cores": "0.5",
+        "spark.kubernetes.executor.request.cores": "1500m",
+    },
+}
+
+
+@pytest.mark.parametrize(
+    ("values", "cpu", "sidecar_cpu"),
+    [
+        # 500m + 2 x (1500m + 500m)
+        (FRACTIONAL_CPU, "4500m", "500m"),
+        # 500m + 2 x (1500m + 1000m): whole again
+        ({**FRACTIONAL_CPU, "sidecar": {"cpu": 1}}, "5500m", "1"),
+        # 1 core + 2 x (2 cores + 1.5): whole cores when the sum is whole
+        ({"volcano": {"enabled": True}, "sidecar": {"cpu": "1.5"}}, "8", "1.5"),
+    ],
+)
+def test_volcano_resources_count_the_cpu_the_pods_request(
+    helm: str, tmp_path: Path, values: dict[str, Any], cpu: str, sidecar_cpu: str
+) -> None:
+    """A PodGroup that asks for more CPU than its pods request never fits a node its pods
+    would fit: the chart sums what Spark and the sidecar will request."""
+    extra = tmp_path / "cpu.yaml"
+    extra.write_text(yaml.safe_dump(values))
+    spec = render(helm, "t", Case("chat.yaml"), "-f", str(extra)).app_spec()
+    assert spec["batchSchedulerOptions"]["resources"]["cpu"] == cpu
+    assert vllm_container(spec)["resources"]["requests"]["cpu"] == sidecar_cpu
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"sidecar": {"cpu": "half"}}, "at '/sidecar/cpu'"),
+        ({"sidecar": {"cpu": 0}}, "at '/sidecar/cpu'"),
+        (
+            {
+                "volcano": {"enabled": True},
+                "sparkConf": {"spark.kubernetes.executor.request.cores": "two"},
+            },
+            'a CPU quantity such as "300m", "0.5" or "2" was expected, got "two"',
+        ),
+    ],
+)
+def test_a_cpu_that_is_no_quantity_is_refused_by_name(
+    helm: str, tmp_path: Path, values: dict[str, Any], message: str
+) -> None:
+    extra = tmp_path / "cpu.yaml"
+    extra.write_text(yaml.safe_dump(values))
+    args = [*Case("chat.yaml").helm_args(), "-f", str(extra)]
+    result = run_helm(helm, "template", "t", str(CHART), *args)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
 
 
 def test_volcano_off_leaves_the_default_scheduler(rendered: dict[str, Rendered]) -> None:

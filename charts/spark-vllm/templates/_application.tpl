@@ -102,7 +102,34 @@ the operator's webhook adds a volume to a pod only when the Spark container moun
 {{- end }}
 {{- end }}
 
-{{/* Volcano PodGroup resources: driver + executors + their sidecars, in Kubernetes units. */}}
+{{/* A Kubernetes CPU quantity ("300m", "0.5", "2", or a number) in millicores. */}}
+{{- define "spark-vllm.milliCores" -}}
+{{- $q := toString . }}
+{{- if hasSuffix "m" $q }}
+{{- int (trimSuffix "m" $q) }}
+{{- else if regexMatch "^[0-9]+(\\.[0-9]+)?$" $q }}
+{{- int (round (mulf (float64 $q) 1000) 0) }}
+{{- else }}
+{{- fail (printf "a CPU quantity such as \"300m\", \"0.5\" or \"2\" was expected, got %q" $q) }}
+{{- end }}
+{{- end }}
+
+{{/* CPU millicores a driver or executor pod's Spark container requests: what Spark asks for,
+spark.kubernetes.<role>.request.cores in sparkConf when set, else <role>.cores. */}}
+{{- define "spark-vllm.sparkCpuMilli" -}}
+{{- $root := index . 0 }}
+{{- $role := index . 1 }}
+{{- $key := printf "spark.kubernetes.%s.request.cores" $role }}
+{{- if hasKey $root.Values.sparkConf $key }}
+{{- include "spark-vllm.milliCores" (index $root.Values.sparkConf $key) }}
+{{- else }}
+{{- mul (int (index $root.Values $role).cores) 1000 }}
+{{- end }}
+{{- end }}
+
+{{/* Volcano PodGroup resources: driver + executors + their sidecars, in Kubernetes units. CPU
+counts what the pods request (a request.cores in sparkConf included): whole cores when the sum
+is whole, else millicores. */}}
 {{- define "spark-vllm.volcanoResources" -}}
 {{- if .Values.volcano.resources }}
 {{- toYaml .Values.volcano.resources }}
@@ -114,14 +141,18 @@ the operator's webhook adds a volume to a pod only when the Spark container moun
 {{- end }}
 {{- $d := .Values.driver }}
 {{- $e := .Values.executor }}
-{{- $cpu := add (int $d.cores) (mul $n (add (int $e.cores) (int .Values.sidecar.cpu))) }}
+{{- $executorMilli := add (int (include "spark-vllm.sparkCpuMilli" (list . "executor"))) (int (include "spark-vllm.milliCores" .Values.sidecar.cpu)) }}
 {{- $driverMem := add (int $d.memoryMi) (int $d.memoryOverheadMi) }}
 {{- $executorMem := add (int $e.memoryMi) (int $e.memoryOverheadMi) (int .Values.sidecar.memoryMi) }}
-{{- $cpuText := toString $cpu }}
 {{- if .Values.metrics.enabled }}
-{{- /* the metrics proxy beside each sidecar: millicores, so the sum turns into them */}}
+{{- /* the metrics proxy beside each sidecar */}}
 {{- $executorMem = add $executorMem (int (include "spark-vllm.metricsProxyMemoryMi" .)) }}
-{{- $cpuText = printf "%dm" (add (mul $cpu 1000) (mul $n (int (include "spark-vllm.metricsProxyCpuMilli" .)))) }}
+{{- $executorMilli = add $executorMilli (int (include "spark-vllm.metricsProxyCpuMilli" .)) }}
+{{- end }}
+{{- $milli := add (int (include "spark-vllm.sparkCpuMilli" (list . "driver"))) (mul $n $executorMilli) }}
+{{- $cpuText := printf "%dm" $milli }}
+{{- if eq (mod $milli 1000) 0 }}
+{{- $cpuText = toString (div $milli 1000) }}
 {{- end }}
 {{- $mem := add $driverMem (mul $n $executorMem) -}}
 cpu: {{ $cpuText | quote }}
