@@ -204,7 +204,7 @@ volcano: ## build Volcano's scheduler and controller manager v1.14.1 from its Go
 	scripts/volcano/build.sh
 
 node: ## build the one-node Kubernetes 1.35 (kubelet, control plane, cri-dockerd, etcd) from Go modules (cached outside the checkout)
-	scripts/k8s-node/build-current.sh
+	scripts/k8s-node/build.sh
 
 operator-image: ## the Spark Operator's image: BASE_IMAGE (default spark-vllm:dev-cpu) plus the operator binary
 	scripts/spark-operator/image.sh $(or $(BASE_IMAGE),spark-vllm:dev-cpu)

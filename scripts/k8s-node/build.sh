@@ -1,135 +1,139 @@
 #!/usr/bin/env bash
-# Build a one-node Kubernetes (kube-apiserver, kube-controller-manager, kube-scheduler,
-# kubelet) and the pod sandbox ("pause") binary from Debian bookworm's `kubernetes` source
-# package, into a cache outside the repository, keyed by version. A second run finds the
-# cache complete and does nothing. Prints the cache folder on its last line.
+# Build a current one-node Kubernetes from Go modules on the module proxy, into a cache
+# outside the repository keyed by version; a second run finds each part complete and does
+# nothing. Prints the node's folder on its last line (bin/ and pause/).
 #
-# Why from Debian's source: no registry here ships Kubernetes server binaries or images,
-# and bookworm's source package is the one Kubernetes server source reachable (it carries
-# its whole vendor/ tree, so the build needs no Go module proxy). Cost measured on 2 cores:
-# about 11 minutes of both cores, 3 GB of disk while building (the tree is removed after),
-# about 420 MB kept.
+# Parts, each built as the main module (see scripts/lib/gomod.sh for why):
+#   - Kubernetes v1.35.8: kube-apiserver, kube-controller-manager, kube-scheduler and
+#     kubelet in one `go build` (their shared packages compile once). 1.35 is the newest
+#     release that Volcano (v1.15) supports and that still runs on cgroup v1 (with the
+#     kubelet's failCgroupV1: false), which the machines here have.
+#   - cri-dockerd v0.4.3: the kubelet's container runtime (CRI) on the Docker engine. The
+#     images that `docker build` makes (the CPU image, the operator's) are then on the node
+#     without an export and import of several GB, and the engine's runc wrapper for this
+#     machine's oom_score_adj limit (runc-oom-score-adj) serves the pods as before.
+#   - etcd v3.6.7, the release line Kubernetes 1.35 is tested with.
+#   - the pod sandbox ("pause") from the Kubernetes module's build/pause/linux/pause.c,
+#     static, with gcc: no registry is reachable to pull it.
+# Cost measured on 2 cores: see the README of the cluster tier (docs/testing.md).
 #
 # Environment:
-#   K8S_CACHE     the cache root (default: ${XDG_CACHE_HOME:-$HOME/.cache}/spark-vllm)
-#   K8S_KEEP_SRC  1 keeps the unpacked source tree and Go's build cache after the build
+#   K8S_CACHE   the cache root (default: ${XDG_CACHE_HOME:-$HOME/.cache}/spark-vllm)
 set -euo pipefail
 
-version=v1.20.2
-# Debian's version string for that tree ("really" 1.20.2: 1.20.5 was reverted upstream).
-debian_version=1.20.5+really1.20.2
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=../lib/gomod.sh
+. "$here/../lib/gomod.sh"
+
+kubernetes=v1.35.8
+cri_dockerd=v0.4.3
+etcd=v3.6.7
 cache_root=${K8S_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/spark-vllm}
-out=$cache_root/kubernetes-$version
-binaries=(kube-apiserver kube-controller-manager kube-scheduler kubelet)
+node=$cache_root/k8s-node-$kubernetes-cri-dockerd-$cri_dockerd-etcd-$etcd
 
 say() { printf 'k8s-node build: %s\n' "$*" >&2; }
 
-if [ -f "$out/.complete" ]; then
-    say "cached: $out"
-    echo "$out"
+if [ -f "$node/.complete" ]; then
+    say "cached: $node"
+    echo "$node"
     exit 0
 fi
-
-as_root=()
-if [ "$(id -u)" -ne 0 ]; then
-    command -v sudo >/dev/null || { say "need root (or sudo) to install build dependencies"; exit 1; }
-    as_root=(sudo -n)
-fi
-
-# Build-Depends of the source package (golang, jq, rsync), gcc for the static pause
-# binary, and Debian's reflect2 1.0.2 (see the vendor fix below).
-need=()
-[ -x /usr/lib/go-1.19/bin/go ] || need+=(golang-1.19-go)
-[ -d /usr/share/gocode/src/github.com/modern-go/reflect2 ] || need+=(golang-github-modern-go-reflect2-dev)
-command -v jq >/dev/null || need+=(jq)
-command -v rsync >/dev/null || need+=(rsync)
-command -v gcc >/dev/null || need+=(gcc libc6-dev)
-command -v dpkg-source >/dev/null || need+=(dpkg-dev)
-if [ ${#need[@]} -gt 0 ]; then
-    say "installing ${need[*]}"
-    install() {
-        "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-            -o DPkg::Lock::Timeout=600 --no-install-recommends "${need[@]}" >/dev/null
-    }
-    install || { "${as_root[@]}" apt-get update -qq && install; }
-fi
-
-work=$out.build
-rm -rf "$work"
-mkdir -p "$work/apt/lists/partial" "$work/apt/archives/partial" "$work/src"
-start=$(date +%s)
-
-# The source package through a private apt configuration: a deb-src line for bookworm
-# main that leaves the system's sources and package lists untouched.
-echo "deb-src http://deb.debian.org/debian bookworm main" >"$work/apt/sources.list"
-apt_opts=(
-    -o Dir::Etc::SourceList="$work/apt/sources.list"
-    -o Dir::Etc::SourceParts=/dev/null
-    -o Dir::State::Lists="$work/apt/lists"
-    -o Dir::Cache="$work/apt"
-    -o APT::Sandbox::User=root
-)
-say "fetching Debian source package kubernetes $debian_version"
-apt-get "${apt_opts[@]}" update -qq
-(cd "$work/src" && apt-get "${apt_opts[@]}" source --download-only -qq kubernetes)
-dsc=$(ls "$work"/src/kubernetes_*.dsc)
-case $dsc in
-*"_$debian_version-"*) ;;
-*) say "expected kubernetes $debian_version, Debian offers $(basename "$dsc")"; exit 1 ;;
-esac
-dpkg-source --no-check -x "$dsc" "$work/src/tree" >/dev/null
-tree=$work/src/tree
-
-# Trap 1: the vendored github.com/modern-go/reflect2 v1.0.1 reads Go's map internals with
-# a layout that changed in Go 1.18; built with Go 1.19 the API server dies with
-# "fatal error: fault ... reflect2.(*UnsafeMapType).UnsafeIterate" on the first
-# custom-resource request. Debian's packaged reflect2 1.0.2 has the fix: replace the
-# vendored library's sources (not its tests) with it.
-reflect2=$tree/vendor/github.com/modern-go/reflect2
-find "$reflect2" -maxdepth 1 \( -name '*.go' -o -name '*.s' \) ! -name '*_test.go' -delete
-find /usr/share/gocode/src/github.com/modern-go/reflect2 -maxdepth 1 \
-    \( -name '*.go' -o -name '*.s' \) ! -name '*_test.go' -exec cp {} "$reflect2/" \;
-
-# The build reads its version from git, which a source package has not: give it a file.
-cat >"$work/version" <<EOF
-KUBE_GIT_VERSION='$version'
-KUBE_GIT_MAJOR='1'
-KUBE_GIT_MINOR='20'
-KUBE_GIT_TREE_STATE='clean'
-KUBE_GIT_COMMIT='debian-$debian_version'
-EOF
-
-# The Makefile expects the tree at $GOPATH/src/k8s.io/kubernetes.
-mkdir -p "$work/gopath/src/k8s.io"
-ln -s "$tree" "$work/gopath/src/k8s.io/kubernetes"
-say "building ${binaries[*]} with Go 1.19 (about 11 minutes on 2 cores)"
-(
-    cd "$work/gopath/src/k8s.io/kubernetes"
-    export PATH=/usr/lib/go-1.19/bin:$PATH GOPATH=$work/gopath GOCACHE=$work/gocache \
-        CGO_ENABLED=0 KUBE_GIT_VERSION_FILE=$work/version
-    whats=()
-    for b in "${binaries[@]}"; do whats+=("cmd/$b"); done
-    make WHAT="${whats[*]}" >"$work/build.log" 2>&1 || { tail -n 40 "$work/build.log" >&2; exit 1; }
-)
-
-# The pod sandbox image cannot be pulled: build Kubernetes' own pause.c statically; the
-# node's start script `docker import`s it as the kubelet's --pod-infra-container-image.
-mkdir -p "$out.new/bin" "$out.new/pause"
-gcc -Os -static -DVERSION="$version" -o "$out.new/pause/pause" "$tree/build/pause/linux/pause.c"
-strip "$out.new/pause/pause"
-for b in "${binaries[@]}"; do
-    cp "$tree/_output/local/bin/linux/amd64/$b" "$out.new/bin/$b"
+for tool in go jq gcc; do
+    command -v "$tool" >/dev/null || { say "needs $tool on PATH"; exit 1; }
 done
-"$out.new/bin/kube-apiserver" --version >"$out.new/VERSION"
-echo "$(($(date +%s) - start)) s" >"$out.new/BUILD_SECONDS"
-rm -rf "$out"
-mv "$out.new" "$out"
-touch "$out/.complete"
-if [ "${K8S_KEEP_SRC:-0}" = 1 ]; then
-    say "source tree kept in $work"
-else
-    chmod -R u+w "$work" 2>/dev/null || true
-    rm -rf "$work"
+gomod_env "$cache_root"
+
+# part NAME VERSION: true when the part's cache folder is complete; else make its work folder.
+part_done() { [ -f "$cache_root/$1-$2/.complete" ]; }
+part_finish() { # NAME VERSION START: move the built part into place
+    local out=$cache_root/$1-$2
+    echo "$(($(date +%s) - $3)) s" >"$out.new/BUILD_SECONDS"
+    rm -rf "$out"
+    mv "$out.new" "$out"
+    touch "$out/.complete"
+    rm -rf "$out.build"
+    say "built $1 $2 in $(cat "$out/BUILD_SECONDS")"
+}
+compile() { # LOG DIR ARGS...: go build in DIR, its output in LOG, the tail on failure
+    local log=$1 dir=$2
+    shift 2
+    (cd "$dir" && nice go build -trimpath "$@") >"$log" 2>&1 || { tail -n 40 "$log" >&2; exit 1; }
+}
+
+if ! part_done cri-dockerd "$cri_dockerd"; then
+    start=$(date +%s)
+    out=$cache_root/cri-dockerd-$cri_dockerd
+    src=$out.build/src
+    mkdir -p "$out.build" "$out.new/bin"
+    say "downloading github.com/Mirantis/cri-dockerd@$cri_dockerd"
+    gomod_copy github.com/Mirantis/cri-dockerd "$cri_dockerd" "$src"
+    # Its replaces name published versions; the ldflags are its Makefile's.
+    v=github.com/Mirantis/cri-dockerd/cmd/version
+    say "building cri-dockerd $cri_dockerd"
+    compile "$out.build/build.log" "$src" \
+        -ldflags "-X $v.Version=${cri_dockerd#v} -X $v.GitCommit=$GOMOD_COMMIT" \
+        -o "$out.new/bin/cri-dockerd" .
+    "$out.new/bin/cri-dockerd" --version >"$out.new/VERSION" 2>&1
+    part_finish cri-dockerd "$cri_dockerd" "$start"
 fi
-say "built $(cat "$out/VERSION") in $(cat "$out/BUILD_SECONDS") into $out"
-echo "$out"
+
+if ! part_done etcd "$etcd"; then
+    start=$(date +%s)
+    out=$cache_root/etcd-$etcd
+    src=$out.build/src
+    mkdir -p "$out.build" "$out.new/bin"
+    say "downloading go.etcd.io/etcd/server/v3@$etcd"
+    gomod_copy go.etcd.io/etcd/server/v3 "$etcd" "$src"
+    # ../api, ../client/... are etcd's other modules, published at the same version.
+    for m in $(gomod_local_replaces "$src"); do gomod_pin "$src" "$m" "$etcd"; done
+    say "building etcd $etcd"
+    compile "$out.build/build.log" "$src" \
+        -ldflags "-X go.etcd.io/etcd/api/v3/version.GitSHA=${GOMOD_COMMIT:0:9}" \
+        -o "$out.new/bin/etcd" .
+    "$out.new/bin/etcd" --version >"$out.new/VERSION"
+    part_finish etcd "$etcd" "$start"
+fi
+
+if ! part_done kubernetes "$kubernetes"; then
+    start=$(date +%s)
+    out=$cache_root/kubernetes-$kubernetes
+    src=$out.build/src
+    mkdir -p "$out.build"
+    say "downloading k8s.io/kubernetes@$kubernetes"
+    gomod_copy k8s.io/kubernetes "$kubernetes" "$src"
+    # staging/src/k8s.io/* are modules of their own, published as k8s.io/<name> v0.<minor>.<patch>.
+    staging=v0.${kubernetes#v1.}
+    for m in $(gomod_local_replaces "$src"); do gomod_pin "$src" "$m" "$staging"; done
+    minor=${kubernetes#v1.}
+    minor=${minor%%.*}
+    ldflags=""
+    for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+        ldflags+=" -X $p.gitVersion=$kubernetes -X $p.gitMajor=1 -X $p.gitMinor=$minor"
+        ldflags+=" -X $p.gitCommit=$GOMOD_COMMIT -X $p.gitTreeState=clean"
+        ldflags+=" -X $p.buildDate=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    done
+    say "building Kubernetes $kubernetes (about 25 minutes on 2 idle cores)"
+    mkdir -p "$out.new/bin" "$out.new/pause"
+    compile "$out.build/build.log" "$src" -ldflags "$ldflags" -o "$out.new/bin/" \
+        ./cmd/kube-apiserver ./cmd/kube-controller-manager ./cmd/kube-scheduler ./cmd/kubelet
+    gcc -Os -static -DVERSION="$kubernetes" -o "$out.new/pause/pause" "$src/build/pause/linux/pause.c"
+    strip "$out.new/pause/pause"
+    "$out.new/bin/kube-apiserver" --version >"$out.new/VERSION"
+    part_finish kubernetes "$kubernetes" "$start"
+fi
+
+# The node: links to the parts, so that a change of one part rebuilds only that part.
+rm -rf "$node.new"
+mkdir -p "$node.new/bin"
+for b in kube-apiserver kube-controller-manager kube-scheduler kubelet; do
+    ln -s "$cache_root/kubernetes-$kubernetes/bin/$b" "$node.new/bin/$b"
+done
+ln -s "$cache_root/kubernetes-$kubernetes/pause" "$node.new/pause"
+ln -s "$cache_root/cri-dockerd-$cri_dockerd/bin/cri-dockerd" "$node.new/bin/cri-dockerd"
+ln -s "$cache_root/etcd-$etcd/bin/etcd" "$node.new/bin/etcd"
+cp "$cache_root/kubernetes-$kubernetes/VERSION" "$node.new/VERSION"
+rm -rf "$node"
+mv "$node.new" "$node"
+touch "$node/.complete"
+say "node parts in $node"
+echo "$node"

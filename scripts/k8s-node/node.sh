@@ -1,11 +1,9 @@
 #!/usr/bin/env bash
 # A one-node Kubernetes on this machine's Docker engine, for the cluster test tier and for
 # trying the chart by hand. Real parts only, built from their Go modules by
-# build-current.sh (cached): etcd, the API server, the controller manager, the scheduler and
+# build.sh (cached): etcd, the API server, the controller manager, the scheduler and
 # the kubelet of Kubernetes 1.35, with cri-dockerd as the kubelet's container runtime on the
 # same engine as `docker build`, so locally built images are on the node already.
-# K8S_NODE_RELEASE=1.20 starts the node the tier ran before (build.sh: Debian's source
-# package, the kubelet's built-in dockershim); nothing runs it any more.
 #
 #   scripts/k8s-node/node.sh up          start (stopping a stale node first), wait until the
 #                                        node is Ready, print the environment file
@@ -25,7 +23,6 @@
 #   - so the API server calls admission webhooks (the Spark Operator's) at the pod behind the
 #     webhook's Service, not at its cluster IP (--enable-aggregator-routing: its resolver
 #     serves webhooks too), and reaches that pod on the bridge;
-#   - (1.20 only) no native sidecars (Kubernetes 1.29+) and no Pod Security admission (1.23+).
 # The API server listens on the Docker bridge's address, not loopback, because pods must
 # reach it (Spark's driver creates its executors through it); the kubelet registers that
 # address too, because the API server reaches the kubelet there for `kubectl logs/exec`
@@ -34,11 +31,8 @@
 # Environment:
 #   K8S_NODE_DIR   state folder: certificates, logs, etcd data, kubelet root
 #                  (default: /tmp/spark-vllm-k8s-node); its file `env` holds KUBECONFIG etc.
-#   K8S_CACHE      where build-current.sh (build.sh for 1.20) caches the binaries
+#   K8S_CACHE      where build.sh caches the binaries
 #   K8S_NODE_TIMEOUT  seconds to wait for the node to be Ready (default: 180)
-#   K8S_NODE_RELEASE  which Kubernetes: current (default; build-current.sh: 1.35 with
-#                  cri-dockerd as the container runtime on the same Docker engine, etcd 3.6
-#                  from its module) or 1.20 (build.sh, the kubelet's own Docker support)
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -47,15 +41,9 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 state=${K8S_NODE_DIR:-/tmp/spark-vllm-k8s-node}
 node_name=spark-vllm-node
 service_range=127.127.0.0/24
-release=${K8S_NODE_RELEASE:-current}
-case $release in
-1.20) build=build.sh pause_image=localhost/spark-vllm-pause:v1.20.2 ;;
-current) build=build-current.sh pause_image=localhost/spark-vllm-pause:v1.35.8 ;;
-*) echo "k8s-node: K8S_NODE_RELEASE is '$release'; expected 1.20 or current" >&2; exit 2 ;;
-esac
+pause_image=localhost/spark-vllm-pause:v1.35.8
 runtime=spark-vllm-runc
-# Stopped in reverse order. cri-dockerd runs only on the current release; stopping a
-# component that was not started does nothing.
+# Stopped in reverse order; stopping a component that was not started does nothing.
 components=(etcd kube-apiserver kube-controller-manager kube-scheduler cri-dockerd kubelet)
 
 say() { printf 'k8s-node: %s\n' "$*" >&2; }
@@ -159,7 +147,7 @@ api() { # PATH: GET from the API server as the admin
         "$server$1"
 }
 
-# The kubelet's settings, the same on both releases:
+# The kubelet's settings (kubelet.yaml below):
 #   no cgroups per QoS class and no node-allocatable enforcement: the kubelet does not build
 #     its own cgroup hierarchy (it would fight the machine's); pods still get their limits;
 #   oom score 0: the kubelet would lower its own score to -999, which this machine forbids
@@ -167,27 +155,7 @@ api() { # PATH: GET from the API server as the admin
 #   image GC at 100%: never delete images; they belong to the Docker engine's other users
 #     (the image tier's build cache) as much as to this node;
 #   eviction: only a nearly full machine evicts pods; a test machine's disk is busy.
-start_kubelet_1_20() { # dockershim, built into the 1.20 kubelet
-    start kubelet "$bin/kubelet" \
-        --kubeconfig "$state/kubelet.kubeconfig" \
-        --container-runtime docker --docker-endpoint "$docker_endpoint" \
-        --container-runtime-endpoint "unix://$state/dockershim.sock" \
-        --experimental-dockershim-root-directory "$state/dockershim" \
-        --pod-infra-container-image "$pause_image" \
-        --root-dir "$state/kubelet" --cert-dir "$state/kubelet-pki" \
-        --tls-cert-file "$pki/kubelet.crt" --tls-private-key-file "$pki/kubelet.key" \
-        --hostname-override "$node_name" --node-ip "$bridge" \
-        --address "$bridge" --port "$kubelet_port" --read-only-port 0 \
-        --healthz-bind-address 127.0.0.1 --healthz-port "$healthz_port" \
-        --client-ca-file "$pki/ca.crt" --anonymous-auth=false --authorization-mode AlwaysAllow \
-        --cgroups-per-qos=false --enforce-node-allocatable= --fail-swap-on=false \
-        --oom-score-adj 0 \
-        --image-gc-high-threshold 100 --image-gc-low-threshold 99 \
-        --eviction-hard 'memory.available<200Mi,nodefs.available<1%,imagefs.available<1%' \
-        --runtime-request-timeout 10m
-}
-
-start_kubelet_current() { # cri-dockerd as the CRI runtime, the kubelet's settings in a file
+start_kubelet() { # cri-dockerd as the CRI runtime, the kubelet's settings in a file
     # cri-dockerd with no network plugin: pods sit on Docker's bridge, as with dockershim.
     start cri-dockerd "$bin/cri-dockerd" \
         --container-runtime-endpoint "unix://$state/cri-dockerd.sock" \
@@ -243,14 +211,8 @@ up() {
     [ "$(docker info --format '{{.DefaultRuntime}}')" = "$runtime" ] ||
         die "the Docker engine's default runtime is not $runtime: run scripts/start-dockerd.sh" \
             "(pod sandboxes fail without it where oom_score_adj cannot be lowered)"
-    [ "$release" != 1.20 ] || command -v etcd >/dev/null || {
-        say "installing Debian's etcd-server"
-        local install=(env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
-            -o DPkg::Lock::Timeout=300 --no-install-recommends etcd-server)
-        "${install[@]}" >/dev/null || { apt-get update -qq && "${install[@]}" >/dev/null; }
-    }
     local bin
-    bin=$("$here/$build" | tail -n 1)/bin
+    bin=$("$here/build.sh" | tail -n 1)/bin
     local cache
     cache=$(dirname "$bin")
 
@@ -282,14 +244,7 @@ up() {
     kubeconfig scheduler "$server"
     kubeconfig kubelet "$server"
     local pki=$state/pki
-    # 1.20's components still had an unauthenticated port, closed by --insecure-port 0 or
-    # --port 0; the flags are gone since 1.24.
-    local insecure_port=() no_port=()
-    [ "$release" != 1.20 ] || { insecure_port=(--insecure-port 0); no_port=(--port 0); }
-
-    local etcd=etcd
-    [ "$release" = 1.20 ] || etcd=$bin/etcd
-    start etcd "$etcd" --name "$node_name" --data-dir "$state/etcd" \
+    start etcd "$bin/etcd" --name "$node_name" --data-dir "$state/etcd" \
         --listen-client-urls "http://127.0.0.1:$etcd_port" \
         --advertise-client-urls "http://127.0.0.1:$etcd_port" \
         --listen-peer-urls "http://127.0.0.1:$etcd_peer" \
@@ -299,7 +254,6 @@ up() {
     start kube-apiserver "$bin/kube-apiserver" \
         --etcd-servers "http://127.0.0.1:$etcd_port" \
         --bind-address "$bridge" --advertise-address "$bridge" --secure-port "$api_port" \
-        "${insecure_port[@]}" \
         --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
         --client-ca-file "$pki/ca.crt" \
         --authorization-mode Node,RBAC \
@@ -326,7 +280,7 @@ up() {
         --kubeconfig "$state/controller-manager.kubeconfig" \
         --authentication-kubeconfig "$state/controller-manager.kubeconfig" \
         --authorization-kubeconfig "$state/controller-manager.kubeconfig" \
-        --bind-address 127.0.0.1 --secure-port "$cm_port" "${no_port[@]}" \
+        --bind-address 127.0.0.1 --secure-port "$cm_port" \
         --cert-dir "$state/pki/controller-manager-serving" \
         --leader-elect=false \
         --use-service-account-credentials \
@@ -337,16 +291,12 @@ up() {
         --kubeconfig "$state/scheduler.kubeconfig" \
         --authentication-kubeconfig "$state/scheduler.kubeconfig" \
         --authorization-kubeconfig "$state/scheduler.kubeconfig" \
-        --bind-address 127.0.0.1 --secure-port "$sched_port" "${no_port[@]}" \
+        --bind-address 127.0.0.1 --secure-port "$sched_port" \
         --cert-dir "$state/pki/scheduler-serving" \
         --leader-elect=false
 
     local docker_endpoint=${DOCKER_HOST:-unix:///var/run/docker.sock}
-    if [ "$release" = 1.20 ]; then
-        start_kubelet_1_20
-    else
-        start_kubelet_current
-    fi
+    start_kubelet
 
     local timeout=${K8S_NODE_TIMEOUT:-180} ready=""
     for _ in $(seq "$timeout"); do
