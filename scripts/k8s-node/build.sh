@@ -33,6 +33,12 @@ node=$cache_root/k8s-node-$kubernetes-cri-dockerd-$cri_dockerd-etcd-$etcd
 
 say() { printf 'k8s-node build: %s\n' "$*" >&2; }
 
+# One build of this at a time: scripts/prebuild.sh may be building it in the background;
+# wait for that build to end, then find its cache complete.
+mkdir -p "$cache_root"
+exec 9>"$node.lock"
+flock 9
+
 if [ -f "$node/.complete" ]; then
     say "cached: $node"
     echo "$node"

@@ -28,6 +28,12 @@ crds_only=0
 
 say() { printf 'spark-operator build: %s\n' "$*" >&2; }
 
+# One build of this at a time: scripts/prebuild.sh may be building it in the background;
+# wait for that build to end, then find its cache complete.
+mkdir -p "$cache_root"
+exec 9>"$out.lock"
+flock 9
+
 if [ -f "$out/.complete" ]; then
     say "cached: $out"
     echo "$out"
