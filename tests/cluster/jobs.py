@@ -53,7 +53,8 @@ def values(
         "model": chart_model_values(model_root),
         "sidecar": {
             # The chart's default mode, native: the node is Kubernetes 1.35.
-            "cpu": 1,
+            # A request only: vLLM may use both cores when they are idle.
+            "cpu": "500m",
             "memoryMi": 4096,
             "shmSizeMi": 512,
             "startupTimeoutSeconds": 600,
@@ -72,7 +73,7 @@ def values(
         },
         "sparkConf": {
             # Fractions of a core, so that the submitter, the driver, the executor and its
-            # sidecar fit on two cores.
+            # sidecar fit on two cores (and the chart's Volcano minResources count them).
             "spark.kubernetes.driver.request.cores": "300m",
             "spark.kubernetes.executor.request.cores": "300m",
             **mount,

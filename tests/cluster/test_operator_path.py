@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from .jobs import Job, chat_job, make_job, questions, rendered_application, until
-from .kube import Cluster, Operator, pod_containers, started_at, wait_for
+from .kube import Cluster, Obj, Operator, pod_containers, started_at, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -207,6 +207,10 @@ def test_helm_install_runs_through_the_operators_webhook_and_controller_to_compl
         extra={"operator": {"enabled": True}},
     )  # fmt: skip
     job.set_gpus(1)
+    # Kept when it ends, so that its last state is seen: the pod ends with the executor.
+    values = yaml.safe_load(job.values_file.read_text())
+    values["executor"]["deleteOnTermination"] = False
+    job.values_file.write_text(yaml.safe_dump(values))
     job.install()
     seen: dict[str, Any] = {}
 
@@ -258,6 +262,25 @@ def test_helm_install_runs_through_the_operators_webhook_and_controller_to_compl
         ready, started = seen.get("order") or (None, None)
         assert ready and started, (seen.get("order"), operator_report(cluster, spark_operator, job))
         assert parse_time(started) >= parse_time(ready).replace(microsecond=0), (ready, started)
+        # Native sidecar: when the executor exits, the kubelet stops vLLM and the pod ends
+        # Succeeded; nothing lingers.
+        name = executor["metadata"]["name"]
+
+        def executor_pod_ended() -> Obj | None:
+            pod = cluster.find("pod", name, namespace) or {}
+            phase = (pod.get("status") or {}).get("phase")
+            return pod if phase in ("Succeeded", "Failed") else None
+
+        pod = until("the executor pod's end", executor_pod_ended, 180, every=2)
+        statuses = {
+            s["name"]: s.get("state", {})
+            for s in pod["status"].get("containerStatuses", [])
+            + pod["status"].get("initContainerStatuses", [])
+        }
+        assert pod["status"]["phase"] == "Succeeded", statuses
+        assert statuses.keys() == {"spark-kubernetes-executor", "vllm"}, statuses
+        assert all("terminated" in state for state in statuses.values()), statuses
+        assert statuses["spark-kubernetes-executor"]["terminated"]["exitCode"] == 0, statuses
     finally:
         job.uninstall()
         cluster.kubectl(
