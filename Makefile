@@ -177,7 +177,7 @@ prebuild: ## start building the cluster tier's node, Volcano and Spark Operator 
 	fi
 
 test: prebuild setup tools postgres prometheus docs ## run every tier: unit, integration (real Spark + vLLM + PostgreSQL + Prometheus), bundle, image, cluster; and build the manual
-	$(BIN)/pytest -m "$(TEST_MARKERS)" tests
+	$(BIN)/pytest -m "$(TEST_MARKERS)" --durations=40 tests
 
 $(DOCS_STAMP): requirements/docs.txt
 	$(PYTHON) -m venv $(DOCS_VENV)
