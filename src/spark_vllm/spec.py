@@ -7,6 +7,7 @@ the bad value and what was expected.
 
 from __future__ import annotations
 
+import difflib
 import re
 import warnings
 from pathlib import Path
@@ -25,12 +26,19 @@ from pydantic import (
 from pydantic_core import PydanticUndefined
 
 from spark_vllm.errors import PromptError, SchemaError, SpecError
-from spark_vllm.request.fields import RESULT_COLUMNS, unstored_field
+from spark_vllm.request.fields import RESULT_COLUMNS, UNSTORED_FIELDS, unstored_field
 from spark_vllm.request.prompt import template_variables
+from spark_vllm.request.vllm_fields import REQUEST_FIELDS
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 
 Task = Literal["chat", "completion", "embedding"]
+
+
+def _nearest(key: str, known: frozenset[str]) -> str:
+    """`; did you mean X?` for the known name closest to a misspelled key, or nothing."""
+    close = difflib.get_close_matches(key, sorted(known), n=1)
+    return f"; did you mean {close[0]}?" if close else ""
 
 
 def default(model: type[BaseModel], name: str) -> Any:
@@ -521,7 +529,8 @@ class LoraSpec(_Strict):
 
 
 class SamplingSpec(BaseModel):
-    """Sampling parameters; keys not named here go to vLLM untouched (e.g. ignore_eos)."""
+    """Sampling parameters; other fields of vLLM's request go to it untouched (e.g.
+    ignore_eos); JobSpec refuses a key vLLM's request for the task does not have."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -929,9 +938,11 @@ class JobSpec(_Strict):
         description=(
             "request fields sent with every row, for the generating tasks (as are "
             "`sampling_column` and `structured_output`): the keys below, and any "
-            "other (`ignore_eos`, `min_p`, `repetition_penalty`, …) untouched — "
-            "except those that would change the answer's shape beyond what the job "
-            "stores, which are refused (exit 2, naming the key and why): `stream: "
+            "other field of vLLM's request for the task (`ignore_eos`, `min_p`, "
+            "`repetition_penalty`, …) untouched. Refused (exit 2, naming each key "
+            "and why): a key vLLM's request for the task does not have (`temprature`: "
+            "the nearest it has is named), and those that would change the answer's "
+            "shape beyond what the job stores: `stream: "
             "true`, `stream_options`, `n` above 1, `prompt_logprobs`, "
             "`return_token_ids`, `tools`, `tool_choice`, `parallel_tool_calls`, "
             "`functions`, `function_call`, and `response_format` beside "
@@ -1131,10 +1142,19 @@ class JobSpec(_Strict):
 
     def _check_sampling(self) -> None:
         fields = self.sampling.model_dump(exclude_none=True)
+        problems = [
+            self._unknown_sampling_key(key)
+            for key in self.sampling.model_extra or {}
+            # top_logprobs and the unstored fields have their own messages, below
+            if key not in REQUEST_FIELDS[self.task] | {"top_logprobs"}
+            and key not in UNSTORED_FIELDS
+        ]
         for key, value in fields.items():
             reason = unstored_field(key, value)
             if reason is not None:
-                raise ValueError(f"sampling.{key} ({value!r}): {reason}")
+                problems.append(f"sampling.{key} ({value!r}): {reason}")
+        if problems:
+            raise ValueError("\n  ".join(problems))
         if "response_format" in fields and self.structured_output is not None:
             raise ValueError(
                 "sampling.response_format: structured_output sets the response format; "
@@ -1162,6 +1182,13 @@ class JobSpec(_Strict):
             )
         if "top_logprobs" in fields and not self.sampling.wants_logprobs():
             raise ValueError("sampling.top_logprobs needs sampling.logprobs: true")
+
+    def _unknown_sampling_key(self, key: str) -> str:
+        other = "completion" if self.task == "chat" else "chat"
+        if key in REQUEST_FIELDS[other]:
+            return f"sampling.{key} is a request field of task {other}, not {self.task}"
+        near = _nearest(key, REQUEST_FIELDS[self.task])
+        return f"sampling.{key} is not a request field vLLM knows{near}"
 
     def wants_logprobs(self) -> bool:
         """Whether the output has a logprobs column."""
@@ -1235,23 +1262,127 @@ class JobSpec(_Strict):
             )
 
 
+# What a value of a type error's kind should have been, in the words of the job spec.
+_EXPECTED = {
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "an integer",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "string_type": "text",
+    "list_type": "a list",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
+}
+
+
+def _is_union_member(part: str | int) -> bool:
+    """Whether a pydantic error location part names a member of a union (`int`,
+    `literal['auto']`, `list[str]`, `EndpointSpec`) rather than a key of the spec."""
+    if not isinstance(part, str):
+        return False
+    if "[" in part or part in {"int", "float", "str", "bool", "none"}:
+        return True
+    named = globals().get(part)
+    return isinstance(named, type) and issubclass(named, BaseModel)
+
+
+def _model_at(keys: list[str]) -> type[BaseModel] | None:
+    """The spec model a key path leads to (endpoint -> EndpointSpec), or None."""
+    model: type[BaseModel] = JobSpec
+    for key in keys:
+        field = model.model_fields.get(key)
+        if field is None:
+            return None
+        found = [
+            t
+            for t in (field.annotation, *getattr(field.annotation, "__args__", ()))
+            if isinstance(t, type) and issubclass(t, BaseModel)
+        ]
+        if not found:
+            return None
+        model = found[0]
+    return model
+
+
+def _expected(err: Any) -> str:
+    if err["type"] == "literal_error":
+        choices: str = err["ctx"]["expected"]
+        return "one of " + choices if " or " in choices else choices
+    return _EXPECTED[err["type"]]
+
+
 def _format_errors(exc: ValidationError) -> str:
-    lines = []
+    lines: list[str] = []
+    # A value that fits no member of a union gets one line naming every member.
+    wrong_type: dict[str, tuple[Any, list[str]]] = {}
     for err in exc.errors():
-        path = ".".join(str(p) for p in err["loc"]) or "job spec"
+        keys = [str(p) for p in err["loc"] if not _is_union_member(p)]
+        path = ".".join(keys) or "job spec"
         if err["type"] == "extra_forbidden":
             lines.append(f"{path}: unknown key; check its spelling against the job-spec reference")
             continue
         if err["type"] == "missing":
             lines.append(f"{path}: required key is missing")
             continue
+        if err["type"] in _EXPECTED or err["type"] == "literal_error":
+            _, expected = wrong_type.setdefault(path, (err["input"], []))
+            if err["type"] in ("model_type", "model_attributes_type", "dict_type"):
+                model = _model_at(keys)
+                required = [
+                    n for n, f in (model.model_fields.items() if model else ()) if f.is_required()
+                ]
+                if required:
+                    expected.append(f"a mapping with {', '.join(required)}")
+                    continue
+            expected.append(_expected(err))
+            continue
         message = err["msg"].removeprefix("Value error, ")
         if isinstance(err["input"], dict):
             # A rule across several keys: the message names them; the mapping is noise.
-            lines.append(f"{path}: {message}")
+            lines.append(f"{path}: {message}" if keys else message)
         else:
             lines.append(f"{path}: got {err['input']!r}; {message}")
+    for path, (value, expected) in wrong_type.items():
+        got = "nothing (the key has no value)" if value is None else repr(value)
+        lines.append(f"{path}: expected {' or '.join(dict.fromkeys(expected))}, got {got}")
     return "invalid job spec:\n  " + "\n  ".join(lines)
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping that gives one key twice (YAML's loaders would keep the last silently)."""
+
+    @property
+    def problem(self) -> str:
+        return str(self)
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (two `sampling:`
+    blocks, `max_tokens` twice), which would otherwise replace the earlier value unseen."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        lines: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                first = lines.get(key)
+            except TypeError:
+                continue  # an unhashable key: the loader's own message follows
+            if first is not None:
+                where = f"on line {line}" if first == line else f"on lines {first} and {line}"
+                raise DuplicateKeyError(
+                    f"the key {key!r} is given twice, {where}; YAML would keep only the "
+                    "last: remove one, or merge them"
+                )
+            lines[key] = line
+        return super().construct_mapping(node, deep)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -1260,7 +1391,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not key or any(not part for part in key.split(".")):
         raise SpecError(f"override {text!r}: expected KEY.PATH=VALUE, e.g. sampling.max_tokens=64")
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = yaml.load(raw, Loader=UniqueKeyLoader) if raw != "" else ""  # noqa: S506
     except yaml.YAMLError as exc:
         hint = ""
         if raw.lstrip().startswith(("{", "[")) or "{{" in raw:
@@ -1306,7 +1437,9 @@ def read_document(path: str | Path) -> Any:
     except OSError as exc:
         raise SpecError(f"job spec {str(path)!r}: cannot read it: {exc.strerror}") from None
     try:
-        doc = yaml.safe_load(text)
+        doc = yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506
+    except DuplicateKeyError as exc:
+        raise SpecError(f"job spec {str(path)!r}: {exc}") from None
     except yaml.YAMLError as exc:
         raise SpecError(f"job spec {str(path)!r} is not valid YAML: {exc}") from None
     return {} if doc is None else doc

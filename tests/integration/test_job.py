@@ -209,7 +209,7 @@ def test_cli_refuses_a_bad_spec_before_spark_starts(tmp_path):
     done = run_cli(doc, tmp_path, timeout=60)
 
     assert done.returncode == 2
-    assert "sampling.max_tokens: got 'many'" in done.stderr
+    assert "sampling.max_tokens: expected an integer, got 'many'" in done.stderr
     assert time.monotonic() - start < 30, "no JVM should start for a bad spec"
 
 

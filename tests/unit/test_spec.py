@@ -57,7 +57,7 @@ def test_wrong_type_names_path_value_and_expectation():
 
 def test_bad_enum_value_lists_the_choices():
     message = error_of(minimal(task="translate"))
-    assert "task: got 'translate'" in message
+    assert "task: expected one of 'chat', 'completion' or 'embedding', got 'translate'" in message
     assert "'chat', 'completion' or 'embedding'" in message
 
 
@@ -155,7 +155,9 @@ def test_seed_auto_is_not_sent_as_a_literal_seed():
     spec = spec_from_dict(minimal(sampling={"seed": "auto", "max_tokens": 4}))
     assert spec.sampling.seed == "auto"
     assert spec.sampling.request_fields() == {"max_tokens": 4}
-    assert "sampling.seed" in error_of(minimal(sampling={"seed": "random"}))
+    assert "sampling.seed: expected an integer or 'auto', got 'random'" in error_of(
+        minimal(sampling={"seed": "random"})
+    )
 
 
 def test_resume_is_the_default_output_mode_and_rates_are_shares():
@@ -484,3 +486,112 @@ def test_a_missing_prompt_names_all_three_ways_to_give_one() -> None:
     }
     with pytest.raises(SpecError, match="prompt.template, prompt.column and prompt.content"):
         spec_from_dict(doc)
+
+
+def test_a_misspelled_sampling_key_is_refused_with_the_nearest_field():
+    message = error_of(minimal(sampling={"temprature": 0}))
+    assert (
+        "sampling.temprature is not a request field vLLM knows; did you mean temperature?"
+        in message
+    )
+    completion = error_of(minimal(task="completion", sampling={"presense_penalty": 1}))
+    assert "sampling.presense_penalty is not a request field vLLM knows; did you mean" in (
+        completion
+    )
+    assert "did you mean presence_penalty?" in completion
+    assert "sampling.xyzzy is not a request field vLLM knows\n" in error_of(
+        minimal(sampling={"xyzzy": 1, "n": 2})
+    )
+
+
+def test_a_field_of_the_other_task_is_refused_naming_its_task():
+    assert "sampling.suffix is a request field of task completion, not chat" in error_of(
+        minimal(sampling={"suffix": "."})
+    )
+    assert "sampling.chat_template_kwargs is a request field of task chat, not completion" in (
+        error_of(minimal(task="completion", sampling={"chat_template_kwargs": {}}))
+    )
+
+
+def test_every_refused_sampling_key_is_named_not_only_the_first():
+    message = error_of(minimal(sampling={"temprature": 0, "topp": 0.9, "n": 3, "stream": True}))
+    for named in (
+        "sampling.temprature is not",
+        "sampling.topp is not a request field vLLM knows; did you mean top_p?",
+        "sampling.n (3): the job stores one answer per row",
+        "sampling.stream (True): the job reads whole answers",
+    ):
+        assert named in message
+
+
+def test_sampling_keys_vllm_knows_pass_for_their_task():
+    chat = {"ignore_eos": True, "min_p": 0.1, "repetition_penalty": 1.1, "top_k": 5}
+    assert spec_from_dict(minimal(sampling=chat)).sampling.request_fields()["top_k"] == 5
+    completion = {"suffix": ".", "echo": False, "logprobs": 0}
+    spec = spec_from_dict(minimal(task="completion", sampling=completion))
+    assert spec.sampling.request_fields()["suffix"] == "."
+
+
+def test_a_key_given_twice_in_the_spec_file_is_refused_with_both_lines(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        "input: {format: jsonl, path: in.jsonl}\n"
+        "output: {path: out}\n"
+        "endpoint: {model: m}\n"
+        "prompt: {template: '{{ q }}'}\n"
+        "sampling:\n"
+        "  max_tokens: 5\n"
+        "  temperature: 0\n"
+        "  max_tokens: 9\n"
+    )
+    with pytest.raises(SpecError, match="'max_tokens' is given twice, on lines 6 and 8"):
+        load_spec(path)
+    path.write_text(
+        "input: {format: jsonl, path: in.jsonl}\n"
+        "sampling: {max_tokens: 5}\n"
+        "output: {path: out}\n"
+        "endpoint: {model: m, model: n}\n"
+        "prompt: {template: '{{ q }}'}\n"
+        "sampling: {temperature: 0}\n"
+    )
+    with pytest.raises(SpecError, match="'sampling' is given twice, on lines 2 and 6"):
+        load_spec(path)
+    path.write_text(path.read_text().replace("sampling: {temperature: 0}\n", ""))
+    with pytest.raises(SpecError, match="'model' is given twice, on line 4;"):
+        load_spec(path)
+    with pytest.raises(SpecError, match="override .*'a' is given twice"):
+        apply_overrides({}, ["input.options={a: '1', a: '2'}"])
+
+
+def test_an_empty_or_wrong_type_section_names_what_it_needs():
+    for value, got in ((None, "got nothing (the key has no value)"), ("m", "got 'm'")):
+        assert f"endpoint: expected a mapping with model, {got}" in error_of(
+            minimal(endpoint=value)
+        )
+    assert "sampling: expected a mapping, got ['a']" in error_of(minimal(sampling=["a"]))
+    assert "output: expected a mapping, got nothing" in error_of(minimal(output=None))
+    assert "Input should" not in error_of(minimal(output=None, sampling=["a"]))
+
+
+def test_a_wrong_type_says_what_was_expected_and_what_was_given():
+    assert "sampling.seed: expected an integer or 'auto', got 'random'" in error_of(
+        minimal(sampling={"seed": "random"})
+    )
+    assert "sampling.stop: expected text or a list, got 5" in error_of(
+        minimal(sampling={"stop": 5})
+    )
+    assert "sampling.max_tokens: expected an integer, got 1.5" in error_of(
+        minimal(sampling={"max_tokens": 1.5})
+    )
+    assert "sampling.temperature: expected a number, got 'hot'" in error_of(
+        minimal(sampling={"temperature": "hot"})
+    )
+    assert "on_error: expected one of 'record' or 'fail', got True" in error_of(
+        minimal(on_error=True)
+    )
+    assert "input.options.header: expected text, got True" in error_of(
+        minimal(input={"format": "csv", "path": "x", "options": {"header": True}})
+    )
+    assert "prompt.content.0.text: expected text, got 5" in error_of(
+        minimal(prompt={"content": [{"text": 5}]})
+    )

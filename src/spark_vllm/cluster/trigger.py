@@ -51,7 +51,7 @@ from spark_vllm.cluster import operate
 from spark_vllm.cluster.chart import APP_GROUP, APP_VERSION
 from spark_vllm.errors import SpecError
 from spark_vllm.redact import redact
-from spark_vllm.spec import JobSpec, conf_key_allowed
+from spark_vllm.spec import JobSpec, UniqueKeyLoader, conf_key_allowed
 
 # What a run may consist of, in the order created (the spec's ConfigMaps before what mounts
 # them). Anything else the chart renders for a run is refused: the trigger's Role allows
@@ -297,9 +297,10 @@ def check_plain(doc: Any) -> None:
             )
 
 
-class _SpecLoader(yaml.SafeLoader):
-    """PyYAML's safe loader without aliases (a few bytes of them expand to gigabytes) and
-    with nesting bounded while composing (its composer recurses)."""
+class _SpecLoader(UniqueKeyLoader):
+    """The spec's loader (a key given twice is refused) without aliases (a few bytes of
+    them expand to gigabytes) and with nesting bounded while composing (its composer
+    recurses)."""
 
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
