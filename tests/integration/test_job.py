@@ -164,7 +164,7 @@ def test_duplicate_or_null_ids_are_refused_before_any_request(spark, tmp_path):
     rows[4]["id"] = rows[1]["id"]
     # No server at this URL: the spec error must come first.
     url = f"http://127.0.0.1:{free_port()}/v1"
-    with pytest.raises(SpecError, match=rf"unique, non-null id.*'{rows[1]['id']}' \(2 rows\)"):
+    with pytest.raises(SpecError, match=rf"unique, non-null id.*id '{rows[1]['id']}' on 2 rows"):
         plan(spark, spec_from_dict(spec_doc(tmp_path, url, rows)))
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from spark_vllm import RowError, spec_from_dict
-from spark_vllm.driver.job import kind_for
+from spark_vllm.driver.job import bad_ids_text, kind_for
 from spark_vllm.driver.summary import Summary
 from spark_vllm.redact import redact
 from spark_vllm.request.kinds import row_request
@@ -202,3 +202,13 @@ def test_the_breakdown_of_failures_by_kind_quotes_no_model_a_row_named():
     tally = Tally()
     tally.count(f"HTTP 404: The model `{SECRET}` does not exist.", (0, 0), "r1")
     assert SECRET not in str(tally.breakdown()) + str(tally.errors), tally.breakdown()
+
+
+def test_bad_ids_are_shown_as_ids_with_their_row_counts():
+    text = bad_ids_text("key", [(None, 1), ("a", 2), (7, 1), (None, 3)])
+    assert (
+        "found no id (null) on 1 row; id 'a' on 2 rows; id 7 on 1 row; no id (null) on 3 rows."
+        in (text)
+    )
+    assert "None" not in text and "1 rows" not in text
+    assert text.startswith("input.id_column: column 'key' must hold a unique, non-null id")

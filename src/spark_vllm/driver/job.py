@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from functools import partial
+from typing import Any
 
 import pyspark
 from pyspark.sql import Column, DataFrame, SparkSession, Window
@@ -404,10 +405,18 @@ def refuse_bad_ids(df: DataFrame, id_column: str) -> None:
         .limit(5)
         .collect()
     )
-    examples = ", ".join(f"{r['id']!r} ({r['count']} rows)" for r in bad)
-    raise SpecError(
+    raise SpecError(bad_ids_text(id_column, [(r["id"], r["count"]) for r in bad]))
+
+
+def bad_ids_text(id_column: str, bad: list[tuple[Any, int]]) -> str:
+    """What refuse_bad_ids says of `bad`: (id, rows holding it), null or on several rows."""
+    found = []
+    for value, count in bad:
+        rows = f"{count} row{'s' if count != 1 else ''}"
+        found.append(f"no id (null) on {rows}" if value is None else f"id {value!r} on {rows}")
+    return (
         f"input.id_column: column {id_column!r} must hold a unique, non-null id per row; "
-        f"found {examples}. Fix the input, or unset input.id_column to derive ids"
+        f"found {'; '.join(found)}. Fix the input, or unset input.id_column to derive ids"
     )
 
 
