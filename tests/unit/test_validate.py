@@ -80,7 +80,7 @@ def test_a_column_missing_from_the_first_lines_only_warns(tmp_path, capsys):
     ("fmt", "path", "said"),
     [
         ("parquet", "s3a://lake/questions/", "is not on this machine's file system"),
-        ("jsonl", "/no/such/file.jsonl", "does not exist here"),
+        ("jsonl", "/no/such/{a,b}.jsonl", "a glob with {a,b} alternatives"),
     ],
 )
 def test_what_could_not_be_checked_is_said(tmp_path, capsys, fmt, path, said):
@@ -121,3 +121,47 @@ def test_a_batch_file_is_checked_line_by_line_as_run_checks_it(tmp_path, capsys)
     assert "batch.jsonl:2: unknown key 'custom-id'" in text
     assert "batch.jsonl:3: not JSON" in text
     assert "batch.jsonl:4: custom_id 'r1' is also on batch.jsonl:1" in text
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["{tmp}/no-such.jsonl", "file://{tmp}/no-such.jsonl", "{tmp}/data/*.jsonl", "{tmp}/no/*"],
+)
+def test_a_local_input_path_with_nothing_at_it_is_refused_as_run_refuses_it(tmp_path, capsys, path):
+    (tmp_path / "data").mkdir()
+    path = path.format(tmp=tmp_path)
+    code, text = validate(job(tmp_path, "jsonl", path), capsys)
+    assert code == 2
+    assert f"spark-vllm: input.path {path!r} does not exist" in text
+    assert "valid job spec" not in text
+
+
+def test_a_batch_file_path_with_nothing_at_it_is_refused(tmp_path, capsys):
+    spec_path = tmp_path / "job.yaml"
+    doc = {
+        "input": {"format": "openai-batch", "path": str(tmp_path / "none.jsonl")},
+        "output": {"path": str(tmp_path / "out")},
+        "endpoint": {"model": "m"},
+    }
+    spec_path.write_text(yaml.safe_dump(doc))
+    code, text = validate(spec_path, capsys)
+    assert code == 2
+    assert f"input.path {str(tmp_path / 'none.jsonl')!r} does not exist" in text
+
+
+def test_a_glob_is_expanded_and_its_files_columns_read(tmp_path, capsys):
+    data = tmp_path / "data"
+    (data / "a").mkdir(parents=True)
+    (data / "b.jsonl").write_text(json.dumps({"question": "q", "other": 1}) + "\n")
+    code, text = validate(job(tmp_path, "jsonl", data / "*.jsonl"), capsys)
+    assert code == 0 and "the columns it reads are in the input" in text
+    code, text = validate(job(tmp_path, "jsonl", data / "*", "{{ nope }}"), capsys)
+    assert code == 2 and "nope" in text
+
+
+def test_input_elsewhere_says_a_missing_local_path_and_passes(tmp_path, capsys):
+    """The chart's helm test pod has the spec, not the driver's input volumes."""
+    path = "/data/input/questions.jsonl"
+    code, text = validate(job(tmp_path, "jsonl", path), capsys, "--input-elsewhere")
+    assert code == 0 and "is a valid job spec" in text
+    assert f"not checked: input.path {path!r} does not exist here" in text

@@ -9,7 +9,9 @@ not an error; a path or table that is not there is a SpecError.
 from __future__ import annotations
 
 import csv
+import glob
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -192,13 +194,13 @@ def read_input(spark: SparkSession, spec: JobSpec) -> DataFrame | None:
     src = spec.input
     # Asked before Spark's reader, which logs a stack trace for a missing path first.
     if src.path is not None and src.jdbc is None and results.matches(spark, src.path) is False:
-        raise SpecError(f"input.path {src.path!r} does not exist")
+        raise SpecError(not_there(src.path))
     try:
         df = _read(spark, spec)
     except AnalysisException as exc:
         condition = exc.getCondition()
         if condition == "PATH_NOT_FOUND":
-            raise SpecError(f"input.path {src.path!r} does not exist") from None
+            raise SpecError(not_there(src.path)) from None
         if condition == "TABLE_OR_VIEW_NOT_FOUND":
             raise SpecError(f"input.table {src.table!r} is not in the catalog") from None
         if condition == "UNABLE_TO_INFER_SCHEMA":  # a folder with no data files
@@ -228,11 +230,34 @@ class Columns:
     problems: list[str] = field(default_factory=list)
 
 
+def not_there(path: str | None) -> str:
+    """What `run` and `validate` say of an input.path with nothing at it."""
+    return f"input.path {path!r} does not exist"
+
+
 def _local(path: str) -> Path | None:
     parsed = urlparse(path)
     if parsed.scheme not in ("", "file"):
         return None
     return Path(parsed.path if parsed.scheme else path)
+
+
+# Characters of a Hadoop glob; Python's glob expands all but `{a,b}` alternatives.
+_GLOB = re.compile(r"[*?\[{]")
+
+
+def local_matches(path: str) -> list[Path] | None:
+    """What a local input.path (a plain path or file://) names, a glob expanded: none when
+    nothing is there. None when this cannot be told without Spark: a remote URL (s3a://,
+    hdfs://), or a glob with `{a,b}` alternatives."""
+    root = _local(path)
+    if root is None:
+        return None
+    if not _GLOB.search(str(root)):
+        return [root] if root.exists() else []
+    if "{" in str(root):
+        return None
+    return [Path(p) for p in sorted(glob.glob(str(root)))]
 
 
 def _data_files(root: Path) -> list[Path]:
@@ -316,14 +341,17 @@ def _csv_columns(file: Path, options: dict[str, str]) -> list[str]:
 def columns_without_spark(spec: JobSpec) -> Columns:
     """The input's columns where reading them is cheap and needs no Spark: the footer of
     a local parquet file, the header of a local CSV file, the keys of the first
-    SAMPLE_LINES lines of a local JSON Lines input."""
+    SAMPLE_LINES lines of a local JSON Lines input. SpecError, as `run` says it, for a
+    local input.path (or glob) with nothing at it."""
     src = spec.input
+    matched = local_matches(src.path) if src.path is not None else None
+    if matched == []:
+        raise SpecError(not_there(src.path))
     if src.format == "openai-batch":
         names = list(openai_batch.INPUT_SCHEMA.fieldNames())
-        root = _local(src.path) if src.path is not None else None
-        if root is None or not root.exists():
+        if not matched:
             return Columns(names, "the batch format")
-        files = _data_files(root)
+        files = [f for root in matched for f in _data_files(root)]
         return Columns(names, f"every line of {src.path}", problems=_batch_file_problems(files))
     if src.format in ("table", "jdbc"):
         where = "the catalog" if src.format == "table" else "the database"
@@ -331,12 +359,14 @@ def columns_without_spark(spec: JobSpec) -> Columns:
     if src.format == "binaryFile":
         return Columns(list(BINARY_FILE_COLUMNS), "Spark's binaryFile source")
     assert src.path is not None
-    root = _local(src.path)
-    if root is None:
-        return Columns(None, f"input.path {src.path!r} is not on this machine's file system")
-    if not root.exists():
-        return Columns(None, f"input.path {src.path!r} does not exist here")
-    files = _data_files(root)
+    if matched is None:
+        where = (
+            "is not on this machine's file system"
+            if _local(src.path) is None
+            else ("is a glob with {a,b} alternatives, which Spark expands")
+        )
+        return Columns(None, f"input.path {src.path!r} {where}")
+    files = [f for root in matched for f in _data_files(root)]
     if not files:
         return Columns(None, f"input.path {src.path!r} holds no data files (an empty input)")
     if src.format == "parquet":
@@ -344,6 +374,7 @@ def columns_without_spark(spec: JobSpec) -> Columns:
 
         names = list(pq.read_schema(files[0]).names)
         # Partition folders (key=value) become columns too.
+        root = next(r for r in matched if r == files[0] or r in files[0].parents)
         parts = files[0].relative_to(root).parts[:-1] if root.is_dir() else ()
         names += [p.split("=", 1)[0] for p in parts if "=" in p]
         return Columns(names, f"the footer of {files[0].name}")
