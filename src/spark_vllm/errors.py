@@ -21,6 +21,11 @@ driver handles it by type.
 
 from __future__ import annotations
 
+# What a JSON "\ud83d" escape without its other half decodes to (some writers emit half an
+# emoji this way): no text that UTF-8 (Arrow, Spark, a request to vLLM) can carry. A row
+# or answer holding one is an error row, named with these words.
+LONE_SURROGATE = "a lone UTF-16 surrogate (half a character, such as \\ud83d), which is not text"
+
 
 class SparkVllmError(Exception):
     """Base of the errors spark-vllm raises on purpose."""

@@ -73,9 +73,11 @@ def test_a_huge_string_blown_up_by_a_template_is_an_error_row():
 
 @pytest.mark.parametrize("text", ["\ud800", "ok \udfff ok"])
 def test_a_lone_surrogate_is_an_error_row_not_a_failed_request(text):
-    refused(kind(), {"id": 1, "q": text}, "cannot become a request")
+    said = "cannot become a request: a text in it holds a lone UTF-16 surrogate"
+    refused(kind(), {"id": 1, "q": text}, said)
+    # a JSON Lines conversation column is kept as its JSON text, escapes and all
     conversation = '[{"role": "user", "content": "\\ud800"}]'
-    refused(kind(column="m"), {"id": 1, "m": conversation}, "cannot become a request")
+    refused(kind(column="m"), {"id": 1, "m": conversation}, said)
 
 
 def test_bytes_that_are_not_utf8_are_an_error_row():

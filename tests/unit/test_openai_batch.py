@@ -2,10 +2,19 @@
 
 import json
 
+import pyarrow as pa
 import pytest
 
 from spark_vllm import RowError
-from spark_vllm.request.openai_batch import check_line, output_line, request
+from spark_vllm.request.kinds import BatchLine, row_request
+from spark_vllm.request.openai_batch import (
+    ID_COLUMN,
+    PROBLEM,
+    check_line,
+    output_line,
+    parse_lines,
+    request,
+)
 from spark_vllm.request.result import Result
 
 pytestmark = pytest.mark.unit
@@ -104,3 +113,50 @@ def test_a_200_answer_keeps_its_body_whole():
     out = json.loads(output_line("r1", result))
     assert out["response"]["body"] == {"object": "chat.completion"}
     assert out["error"] is None
+
+
+# A lone UTF-16 surrogate escaped in the JSON text, as some writers emit half an emoji.
+HALF_EMOJI = '{"messages": [{"role": "user", "content": "hi \\ud83d"}]}'
+
+
+def parsed(*texts: str) -> list[dict]:
+    batch = pa.RecordBatch.from_pydict(
+        {"value": list(texts), "file": ["in.jsonl"] * len(texts), "block": [0] * len(texts)}
+    )
+    return [row for out in parse_lines(iter([batch])) for row in out.to_pylist()]
+
+
+def test_a_lone_surrogate_in_a_body_is_that_lines_invalid_request_not_the_jobs_failure():
+    good = line(custom_id="a")
+    half = line(custom_id="b").replace('{"a": 1}', HALF_EMOJI)
+    assert "\\ud83d" in half  # escaped in the line's text, as the writer wrote it
+    rows = parsed(good, half, line(custom_id="c"))
+    assert [r[ID_COLUMN] for r in rows] == ["a", "b", "c"]
+    assert [r[PROBLEM] for r in rows] == [None, None, None]  # the file's shape is fine
+    with pytest.raises(RowError, match="body: a text in it holds a lone UTF-16 surrogate"):
+        request(rows[1])
+    with pytest.raises(RowError, match="lone UTF-16 surrogate"):
+        row_request(BatchLine("m"), rows[1])
+    assert request(rows[0]) == ("/v1/chat/completions", {"a": 1})
+    # a paired surrogate is a character: the line is sent as it is
+    pair = line(custom_id="d").replace('{"a": 1}', '{"q": "\\ud83d\\ude00"}')
+    (row,) = parsed(pair)
+    assert request(row) == ("/v1/chat/completions", {"q": "\U0001f600"})
+
+
+def test_a_lone_surrogate_in_a_method_or_url_is_an_invalid_request_too():
+    method, url = parsed(
+        line(custom_id="m").replace('"POST"', '"PO\\udc00ST"'),
+        line(custom_id="u").replace('"/v1/chat/completions"', '"/v1/chat\\ud800"'),
+    )
+    assert method["method"] == "PO\\udc00ST" and method[PROBLEM] is None
+    with pytest.raises(RowError, match="method: expected 'POST'"):
+        request(method)
+    with pytest.raises(RowError, match="url: expected one of"):
+        request(url)
+
+
+def test_a_lone_surrogate_in_a_custom_id_is_a_problem_of_the_file_named_by_its_line():
+    (row,) = parsed(line(custom_id="id-\udfff"))
+    assert row[ID_COLUMN] is None
+    assert "custom_id 'id-\\udfff' holds a lone UTF-16 surrogate" in row[PROBLEM]

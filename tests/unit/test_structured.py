@@ -129,6 +129,11 @@ def test_a_bad_answer_is_an_answer_error_saying_why(text, message):
     assert message in str(info.value)
 
 
+def test_an_answer_with_a_lone_surrogate_escape_is_an_answer_error():
+    with pytest.raises(AnswerError, match="answer holds a lone UTF-16 surrogate"):
+        parser().parse('{"label": "cat \\ud83d", "n": 3}')
+
+
 def test_answer_that_fits_the_schema_but_not_the_column_type_is_refused():
     p = AnswerParser(
         {"type": "object", "properties": {"n": {"type": "integer"}}},

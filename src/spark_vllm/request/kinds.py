@@ -35,7 +35,7 @@ import pyarrow as pa
 from pyspark.sql import Column
 from pyspark.sql import types as T
 
-from spark_vllm.errors import AnswerError, RowError
+from spark_vllm.errors import LONE_SURROGATE, AnswerError, RowError
 from spark_vllm.request import openai_batch
 from spark_vllm.request.fields import unstored_field
 from spark_vllm.request.prompt import PromptBuilder
@@ -559,5 +559,9 @@ def row_request(kind: RequestKind, row: dict[str, Any]) -> Any:
     except RowError:
         raise
     except Exception as exc:
+        if "surrogate" in str(exc):  # orjson's and UTF-8's words for one
+            raise RowError(
+                f"the row cannot become a request: a text in it holds {LONE_SURROGATE}"
+            ) from None
         raise RowError(f"the row cannot become a request ({type(exc).__name__})") from None
     return payload

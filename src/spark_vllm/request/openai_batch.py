@@ -39,7 +39,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.pandas.types import to_arrow_schema
 
-from spark_vllm.errors import RowError
+from spark_vllm.errors import LONE_SURROGATE, RowError
 from spark_vllm.request.result import Result
 
 ID_COLUMN = "custom_id"
@@ -149,6 +149,9 @@ def check_line(text: str) -> tuple[dict[str, str | None], str | None]:
         problems.append(f"custom_id must be a string, got {_kind(custom_id)} ({custom_id!r})")
     elif custom_id == "":
         problems.append("custom_id is empty")
+    elif not _utf8(custom_id):
+        problems.append(f"custom_id {custom_id!r} holds {LONE_SURROGATE}")
+        custom_id = None
     for key in ("method", "url"):
         if value.get(key) is None:
             problems.append(f"{key} is missing")
@@ -159,11 +162,34 @@ def check_line(text: str) -> tuple[dict[str, str | None], str | None]:
         problems.append(f"body must be a JSON object, got {_kind(body)}")
     fields = {
         ID_COLUMN: custom_id if isinstance(custom_id, str) else None,
-        "method": value.get("method") if isinstance(value.get("method"), str) else None,
-        "url": value.get("url") if isinstance(value.get("url"), str) else None,
-        "body": json.dumps(body, ensure_ascii=False) if isinstance(body, dict) else None,
+        "method": _shown(value.get("method")),
+        "url": _shown(value.get("url")),
+        "body": _body_text(body) if isinstance(body, dict) else None,
     }
     return fields, "; ".join(problems) or None
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _shown(value: Any) -> str | None:
+    """A method or url as Arrow can hold it: a lone surrogate shown as its escape (such a
+    value is no method or url `request` accepts, so the line is an invalid_request)."""
+    if not isinstance(value, str):
+        return None
+    return value if _utf8(value) else value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _body_text(body: dict[str, Any]) -> str:
+    """The body as JSON text; with a lone surrogate in it, escaped as in the line, so the
+    line reaches `request`, which makes it an invalid_request (one line, not the job)."""
+    text = json.dumps(body, ensure_ascii=False)
+    return text if _utf8(text) else json.dumps(body)
 
 
 class LineCounter:
@@ -267,6 +293,9 @@ def request(row: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     if url not in URLS:
         raise RowError(f"url: expected one of {list(URLS)}")
     body = json.loads(row["body"])
+    # Only a body kept escaped (_body_text) can hold a lone surrogate.
+    if "\\u" in row["body"] and not _utf8(json.dumps(body, ensure_ascii=False)):
+        raise RowError(f"body: a text in it holds {LONE_SURROGATE}")
     if body.get("stream"):
         raise RowError("body.stream: a batch line cannot stream; remove it or set it false")
     body.pop("model", None)  # the sidecar's model (endpoint.model) answers every line

@@ -29,7 +29,7 @@ from referencing import Registry, Specification
 from referencing.exceptions import Unresolvable
 from referencing.jsonschema import DRAFT202012
 
-from spark_vllm.errors import AnswerError, SchemaError
+from spark_vllm.errors import LONE_SURROGATE, AnswerError, SchemaError
 
 if TYPE_CHECKING:
     from referencing._core import Resolver
@@ -360,5 +360,9 @@ class AnswerParser:
             pa.array([value], type=self.arrow_type)
         except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
             raise AnswerError(f"answer does not fit the columns: {exc}") from None
+        except UnicodeEncodeError:  # JSON's "\ud83d" escape, alone
+            raise AnswerError(
+                f"answer holds {LONE_SURROGATE}; the response column holds it"
+            ) from None
         assert isinstance(value, dict)
         return value
