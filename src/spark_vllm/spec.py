@@ -7,7 +7,6 @@ the bad value and what was expected.
 
 from __future__ import annotations
 
-import difflib
 import re
 import warnings
 from pathlib import Path
@@ -26,19 +25,17 @@ from pydantic import (
 from pydantic_core import PydanticUndefined
 
 from spark_vllm.errors import PromptError, SchemaError, SpecError
-from spark_vllm.request.fields import RESULT_COLUMNS, UNSTORED_FIELDS, unstored_field
+from spark_vllm.request.fields import (
+    RESULT_COLUMNS,
+    UNSTORED_FIELDS,
+    unknown_field,
+    unstored_field,
+)
 from spark_vllm.request.prompt import template_variables
-from spark_vllm.request.vllm_fields import REQUEST_FIELDS
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 
 Task = Literal["chat", "completion", "embedding"]
-
-
-def _nearest(key: str, known: frozenset[str]) -> str:
-    """`; did you mean X?` for the known name closest to a misspelled key, or nothing."""
-    close = difflib.get_close_matches(key, sorted(known), n=1)
-    return f"; did you mean {close[0]}?" if close else ""
 
 
 def default(model: type[BaseModel], name: str) -> Any:
@@ -960,8 +957,9 @@ class JobSpec(_Strict):
             ' string such as `{"max_tokens": 64}`. Its non-null fields override '
             "`sampling` for that row (null overrides nothing); one that is not an "
             "object, sets `model`, `messages`, `prompt`, `input`, `logprobs` or "
-            "`top_logprobs`, or a field refused in `sampling`, makes that row an "
-            "error row. Its `max_tokens` also orders the work (`concurrency.order`)"
+            "`top_logprobs`, a field refused in `sampling`, or a key vLLM's request "
+            "for the task does not have, makes that row an error row. Its `max_tokens` "
+            "also orders the work (`concurrency.order`)"
         ),
     )
     structured_output: StructuredSpec | None = Field(
@@ -1143,11 +1141,12 @@ class JobSpec(_Strict):
     def _check_sampling(self) -> None:
         fields = self.sampling.model_dump(exclude_none=True)
         problems = [
-            self._unknown_sampling_key(key)
+            f"sampling.{key} {reason}"
             for key in self.sampling.model_extra or {}
             # top_logprobs and the unstored fields have their own messages, below
-            if key not in REQUEST_FIELDS[self.task] | {"top_logprobs"}
+            if key != "top_logprobs"
             and key not in UNSTORED_FIELDS
+            and (reason := unknown_field(key, self.task)) is not None
         ]
         for key, value in fields.items():
             reason = unstored_field(key, value)
@@ -1182,13 +1181,6 @@ class JobSpec(_Strict):
             )
         if "top_logprobs" in fields and not self.sampling.wants_logprobs():
             raise ValueError("sampling.top_logprobs needs sampling.logprobs: true")
-
-    def _unknown_sampling_key(self, key: str) -> str:
-        other = "completion" if self.task == "chat" else "chat"
-        if key in REQUEST_FIELDS[other]:
-            return f"sampling.{key} is a request field of task {other}, not {self.task}"
-        near = _nearest(key, REQUEST_FIELDS[self.task])
-        return f"sampling.{key} is not a request field vLLM knows{near}"
 
     def wants_logprobs(self) -> bool:
         """Whether the output has a logprobs column."""

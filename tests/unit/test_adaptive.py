@@ -171,3 +171,18 @@ def test_bad_row_sampling_is_a_row_error_naming_the_column(value, message):
     with pytest.raises(RowError, match=r".*") as info:
         row_sampling(value, "s")
     assert message in str(info.value)
+
+
+def test_a_sampling_column_key_vllm_does_not_know_is_a_row_error_naming_the_nearest():
+    with pytest.raises(RowError) as info:
+        row_sampling('{"temprature": 0, "topp": 0.5, "max_tokens": 9}', "s", "chat")
+    assert str(info.value) == (
+        "sampling column 's': temprature is not a request field vLLM knows; did you mean "
+        "temperature? topp is not a request field vLLM knows; did you mean top_p?"
+    )
+    with pytest.raises(RowError, match="suffix is a request field of task completion, not chat"):
+        row_sampling({"suffix": "."}, "s", "chat")
+    assert row_sampling({"suffix": ".", "min_p": 0.1}, "s", "completion") == {
+        "suffix": ".",
+        "min_p": 0.1,
+    }

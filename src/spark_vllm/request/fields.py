@@ -4,7 +4,10 @@ columns a kind may write (kept input columns may not take those names)."""
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
+
+from spark_vllm.request.vllm_fields import REQUEST_FIELDS
 
 # Request fields that would change the answer's shape beyond what the job stores (one
 # text per row, and with logprobs its tokens' log-probabilities), and why. They are
@@ -52,3 +55,16 @@ def unstored_field(key: str, value: Any) -> str | None:
         f"{reason}; remove it, or run the requests as an OpenAI batch file "
         "(input.format: openai-batch), whose output keeps each answer's whole body"
     )
+
+
+def unknown_field(key: str, task: str) -> str | None:
+    """Why `key` is no field of vLLM's request for generating task `task` (vLLM would
+    ignore it: a misspelled `temprature` samples at its default), as `<key> is not …`
+    words that follow the key, or None when it is a field."""
+    if key in REQUEST_FIELDS[task]:
+        return None
+    for other, names in REQUEST_FIELDS.items():
+        if key in names:
+            return f"is a request field of task {other}, not {task}"
+    close = difflib.get_close_matches(key, sorted(REQUEST_FIELDS[task]), n=1)
+    return "is not a request field vLLM knows" + (f"; did you mean {close[0]}?" if close else "")

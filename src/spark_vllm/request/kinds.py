@@ -37,7 +37,7 @@ from pyspark.sql import types as T
 
 from spark_vllm.errors import LONE_SURROGATE, AnswerError, RowError
 from spark_vllm.request import openai_batch
-from spark_vllm.request.fields import unstored_field
+from spark_vllm.request.fields import unknown_field, unstored_field
 from spark_vllm.request.prompt import PromptBuilder
 from spark_vllm.request.result import Result
 from spark_vllm.request.structured import AnswerParser, response_format
@@ -100,12 +100,12 @@ def row_seed(row_id: Any) -> int:
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
-def row_sampling(value: Any, column: str) -> dict[str, Any]:
+def row_sampling(value: Any, column: str, task: str | None = None) -> dict[str, Any]:
     """A row's sampling overrides from its sampling column: struct, map or JSON object.
 
     Null (or a null field) overrides nothing; anything else that is not a mapping with
-    string keys, or that sets a field the job sets itself or cannot store, is a RowError
-    naming the column.
+    string keys, or that sets a field the job sets itself or cannot store, or (given the
+    task) one vLLM's request for the task does not have, is a RowError naming the column.
     """
     if value is None:
         return {}
@@ -135,6 +135,13 @@ def row_sampling(value: Any, column: str) -> dict[str, Any]:
         reason = unstored_field(key, val)
         if reason is not None:
             raise RowError(f"sampling column {column!r} sets {key}: {reason}")
+    unknown = [
+        f"{key} {why}" + ("" if why.endswith("?") else ".")
+        for key in fields
+        if task is not None and (why := unknown_field(key, task)) is not None
+    ]
+    if unknown:
+        raise RowError(f"sampling column {column!r}: " + " ".join(unknown))
     return fields
 
 
@@ -308,7 +315,8 @@ class Generating(RequestKind):
             # First, so a prefix.chars key of the rendered request tells adapters apart.
             fields = {"model": model, **fields}
         if self.sampling_column is not None:
-            fields.update(row_sampling(row.get(self.sampling_column), self.sampling_column))
+            own = row_sampling(row.get(self.sampling_column), self.sampling_column, self.name)
+            fields.update(own)
         if self.seed_auto and "seed" not in fields:
             fields["seed"] = row_seed(row[self.id_column])
         return fields
