@@ -1300,10 +1300,26 @@ def _model_at(keys: list[str]) -> type[BaseModel] | None:
     return model
 
 
+# What a value outside a bound should have been (pydantic's constraint errors).
+_BOUNDS = {
+    "greater_than_equal": "at least {ge}",
+    "greater_than": "more than {gt}",
+    "less_than_equal": "at most {le}",
+    "less_than": "less than {lt}",
+    "string_too_short": "text of at least {min_length} characters",
+    "too_short": "at least {min_length} items",
+}
+
+
 def _expected(err: Any) -> str:
     if err["type"] == "literal_error":
         choices: str = err["ctx"]["expected"]
         return "one of " + choices if " or " in choices else choices
+    if err["type"] in ("string_too_short", "too_short") and err["ctx"]["min_length"] == 1:
+        return "non-empty text" if err["type"] == "string_too_short" else "at least one item"
+    if err["type"] in _BOUNDS:
+        bounds = {k: f"{v:g}" if isinstance(v, float) else v for k, v in err["ctx"].items()}
+        return _BOUNDS[err["type"]].format(**bounds)
     return _EXPECTED[err["type"]]
 
 
@@ -1320,7 +1336,7 @@ def _format_errors(exc: ValidationError) -> str:
         if err["type"] == "missing":
             lines.append(f"{path}: required key is missing")
             continue
-        if err["type"] in _EXPECTED or err["type"] == "literal_error":
+        if err["type"] in _EXPECTED or err["type"] in _BOUNDS or err["type"] == "literal_error":
             _, expected = wrong_type.setdefault(path, (err["input"], []))
             if err["type"] in ("model_type", "model_attributes_type", "dict_type"):
                 model = _model_at(keys)

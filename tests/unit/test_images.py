@@ -173,7 +173,7 @@ def test_the_spec_reads_image_columns_and_refuses_mixed_or_empty_prompts():
     assert spec.prompt_columns() == ["name", "photo"]
     with pytest.raises(SpecError, match="exactly one of prompt.template, prompt.column and"):
         spec_from_dict(_doc(prompt={"template": "x", "content": [{"text": "y"}]}))
-    with pytest.raises(SpecError, match=r"prompt.content.0.image: got ''"):
+    with pytest.raises(SpecError, match=r"prompt.content.0.image: expected non-empty text, got ''"):
         spec_from_dict(_doc(prompt={"content": [{"image": ""}]}))
     with pytest.raises(SpecError, match=r"content.0.*\{text: TEMPLATE\} or \{image: COLUMN\}"):
         spec_from_dict(_doc(prompt={"content": [{"text": "x", "image": "photo"}]}))
@@ -197,7 +197,7 @@ def test_lora_spec_one_way_and_generating_jobs_only():
     assert spec.lora is not None and spec.lora.modules == {"beta": "/m/beta"}
     with pytest.raises(SpecError, match=r"lora.adapter \('a'\) and lora.column \('b'\) are both"):
         spec_from_dict(_doc(lora={"adapter": "a", "column": "b"}))
-    with pytest.raises(SpecError, match="lora.column: got ''"):
+    with pytest.raises(SpecError, match="lora.column: expected non-empty text, got ''"):
         spec_from_dict(_doc(lora={"column": ""}))
     with pytest.raises(SpecError, match="lora.adapter .* or lora.column"):
         spec_from_dict(_doc(lora={}))

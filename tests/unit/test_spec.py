@@ -133,7 +133,7 @@ def test_override_errors_are_explained():
 def test_override_values_are_validated_like_the_file(tmp_path):
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(minimal()))
-    with pytest.raises(SpecError, match="sampling.max_tokens: got 0"):
+    with pytest.raises(SpecError, match="sampling.max_tokens: expected at least 1, got 0"):
         load_spec(path, ["sampling.max_tokens=0"])
 
 
@@ -164,7 +164,7 @@ def test_resume_is_the_default_output_mode_and_rates_are_shares():
     spec = spec_from_dict(minimal())
     assert spec.output.mode == "resume"
     assert spec.max_error_rate is None
-    assert "max_error_rate: got 1.5" in error_of(minimal(max_error_rate=1.5))
+    assert "max_error_rate: expected at most 1, got 1.5" in error_of(minimal(max_error_rate=1.5))
 
 
 def test_embedding_task_sends_its_own_fields_and_no_sampling():
@@ -180,7 +180,7 @@ def test_embedding_task_sends_its_own_fields_and_no_sampling():
         ({"sampling_column": "s"}, "['sampling_column'] are for generating tasks"),
         ({"structured_output": {"ddl": "a INT"}}, "['structured_output'] are for generating"),
         ({"prompt": {"template": "{{ q }}", "system": "be brief"}}, "prompt.system is for task"),
-        ({"embedding": {"batch_size": 0}}, "embedding.batch_size: got 0"),
+        ({"embedding": {"batch_size": 0}}, "embedding.batch_size: expected at least 1, got 0"),
     ],
 )
 def test_embedding_task_refuses_what_only_generation_takes(changes, named):
@@ -595,3 +595,16 @@ def test_a_wrong_type_says_what_was_expected_and_what_was_given():
     assert "prompt.content.0.text: expected text, got 5" in error_of(
         minimal(prompt={"content": [{"text": 5}]})
     )
+
+
+def test_a_value_outside_its_bounds_says_the_bound_not_pydantics_words():
+    for doc, said in (
+        (
+            minimal(concurrency={"per_executor": -1}),
+            "concurrency.per_executor: expected at least 1, got -1",
+        ),
+        (minimal(sampling={"top_p": 0}), "sampling.top_p: expected more than 0, got 0"),
+        (minimal(prompt={"content": []}), "prompt.content: expected at least one item, got []"),
+    ):
+        message = error_of(doc)
+        assert said in message and "Input should" not in message
