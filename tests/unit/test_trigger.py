@@ -124,6 +124,17 @@ def test_a_body_that_is_not_a_spec_is_400(client: TestClient, runs: Recorder) ->
         (b"{not json", "application/json", "(send YAML with Content-Type: application/yaml)"),
         (b"[1, 2]", "application/json", "the body is a list; expected a job spec"),
         (b"input: [unclosed", "application/yaml", "the body is not a YAML document"),
+        # a key given twice would silently replace the first (issue 33)
+        (
+            b'{"sampling": {"max_tokens": 5, "max_tokens": 9}}',
+            "application/json",
+            "the key 'max_tokens' is given twice in one object",
+        ),
+        (
+            b"sampling: {max_tokens: 5}\nsampling: {temperature: 0}\n",
+            "application/yaml",
+            "the key 'sampling' is given twice, on lines 1 and 2",
+        ),
     ]
     for body, kind, detail in cases:
         response = client.post("/jobs", content=body, headers={**auth(), "Content-Type": kind})

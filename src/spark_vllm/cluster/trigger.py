@@ -328,6 +328,16 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number a job spec takes")
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refused when it gives a key twice (json would keep the last)."""
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise ValueError(f"the key {key!r} is given twice in one object; remove one")
+        found[key] = value
+    return found
+
+
 def parse_body(body: bytes, content_type: str) -> dict[str, Any]:
     """The posted job spec: JSON, or YAML under a YAML content type; plain data only (see
     check_plain; YAML aliases refused). Raises SpecError (not a mapping, not parsable, not
@@ -337,7 +347,7 @@ def parse_body(body: bytes, content_type: str) -> dict[str, Any]:
         if kind in YAML_TYPES:
             doc = yaml.load(body.decode("utf-8"), Loader=_SpecLoader)  # noqa: S506
         elif kind in ("application/json", ""):
-            doc = json.loads(body, parse_constant=_no_constant)
+            doc = json.loads(body, parse_constant=_no_constant, object_pairs_hook=_unique_keys)
         else:
             raise RunError(
                 415, f"content type {kind!r}: expected application/json or application/yaml"
