@@ -65,3 +65,14 @@ def test_an_empty_input_batch_is_handed_back_empty():
     (first, empty) = list(order.take(results([0])))
     assert first.field("response").to_pylist() == ["0"]
     assert len(empty) == 0
+
+
+def test_chat_refuses_a_sampling_key_vllm_does_not_know_before_any_row():
+    from spark_vllm.driver.functions import chat
+
+    with pytest.raises(ValueError) as info:
+        chat("q", model="m", sampling={"temprature": 0, "max_tokens": 8, "suffix": "."})
+    assert str(info.value) == (
+        "sampling['temprature'] is not a request field vLLM knows; did you mean temperature?\n"
+        "sampling['suffix'] is a request field of task completion, not chat"
+    )

@@ -29,6 +29,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.pandas.types import to_arrow_schema
 
+from spark_vllm.request.fields import unknown_field
 from spark_vllm.request.kinds import Chat, Embedding, RequestKind
 from spark_vllm.request.prompt import PromptBuilder
 from spark_vllm.spec import (
@@ -146,10 +147,18 @@ def chat(
     conversation (an array of {role, content} structs, or a JSON string of one).
 
     `system` is a system message put before a string prompt; `sampling` holds request
-    fields sent with every row (max_tokens, temperature, ignore_eos, ...). `window` is
+    fields sent with every row (max_tokens, temperature, ignore_eos, ...): ValueError for
+    one vLLM's chat request does not have. `window` is
     where each task's requests in flight start; with `adaptive`, they follow vLLM's queue
     up to `max_window`, as in the job (`concurrency.mode: adaptive`).
     """
+    wrong = [
+        f"sampling[{key!r}] {why}"
+        for key in sampling or {}
+        if (why := unknown_field(key, "chat")) is not None
+    ]
+    if wrong:  # vLLM would ignore them: a misspelled key samples at its default
+        raise ValueError("\n".join(wrong))
     kind = Chat(model, PromptBuilder("chat", system=system, column=_PROMPT), sampling)
     cfg = _config(
         kind,
