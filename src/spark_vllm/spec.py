@@ -1334,7 +1334,10 @@ def _format_errors(exc: ValidationError) -> str:
             lines.append(f"{path}: unknown key; check its spelling against the job-spec reference")
             continue
         if err["type"] == "missing":
-            lines.append(f"{path}: required key is missing")
+            model = _model_at(keys[:-1])
+            field = model.model_fields.get(keys[-1]) if model is not None and keys else None
+            what = f": {field.description}" if field is not None and field.description else ""
+            lines.append(f"{path}: required key is missing{what}")
             continue
         if err["type"] in _EXPECTED or err["type"] in _BOUNDS or err["type"] == "literal_error":
             _, expected = wrong_type.setdefault(path, (err["input"], []))

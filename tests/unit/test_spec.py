@@ -608,3 +608,10 @@ def test_a_value_outside_its_bounds_says_the_bound_not_pydantics_words():
     ):
         message = error_of(doc)
         assert said in message and "Input should" not in message
+
+
+def test_a_missing_nested_key_says_what_it_is_for():
+    assert (
+        "endpoint.model: required key is missing: the name vLLM serves the model under"
+        in error_of(minimal(endpoint={}))
+    )
