@@ -48,7 +48,7 @@ DOCS_VENV   := $(BUILD)/docs-venv
 DOCS_STAMP  := $(DOCS_VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup model run plan run-embedding run-images run-lora serve postgres prometheus tools schema manifests base-image build-image operator operator-image prebuild test test-unit \
+.PHONY: help setup model run plan run-embedding run-images run-lora serve postgres prometheus jars tools schema manifests base-image build-image operator operator-image prebuild test test-unit \
 	test-bundle test-image test-gpu-image test-cluster docs cluster-up cluster-down volcano node bench bench-prefix smoke lint format clean
 
 help: ## list the verbs
@@ -176,7 +176,23 @@ prebuild: ## start building the cluster tier's node, Volcano and Spark Operator 
 	  echo "cluster tier builds started in the background: $(BUILD)/prebuild.log"; \
 	fi
 
-test: prebuild setup tools postgres prometheus docs ## run every tier: unit, integration (real Spark + vLLM + PostgreSQL + Prometheus), bundle, image, cluster; and build the manual
+# The Delta Lake connector (io.delta:delta-spark_2.13) and the runtime jars it needs beyond
+# Spark's, fetched by Maven from Maven Central into a cache outside the checkout
+# (~/.cache/spark-vllm/jars/delta-<version>/), each checked against its pinned SHA-1.
+# Jobs started here (`spark-vllm local`, `run`) and the tests find them there.
+jars: ## fetch the Delta Lake connector's jars with Maven (checksums checked; Debian's maven installed when missing, as root)
+	@if ! command -v mvn >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -qq --no-install-recommends maven \
+	    || { apt-get update -qq && apt-get install -y -qq --no-install-recommends maven; }; \
+	  else \
+	    echo "the Delta jars are fetched with Maven: sudo apt-get install maven" >&2; exit 1; \
+	  fi; \
+	fi
+	scripts/get-jars.sh
+
+test: prebuild setup tools postgres prometheus jars docs ## run every tier: unit, integration (real Spark + vLLM + PostgreSQL + Prometheus + Delta Lake), bundle, image, cluster; and build the manual
 	$(BIN)/pytest -m "$(TEST_MARKERS)" --durations=40 tests
 
 $(DOCS_STAMP): requirements/docs.txt

@@ -43,8 +43,8 @@ def _pins(lines: list[str]) -> dict[str, str]:
 
 def test_the_version_set_names_every_part() -> None:
     assert set(VERSIONS) == {
-        "spark", "scala", "rapids", "rapids-cuda", "rapids-sha256", "vllm", "torch", "cuda",
-        "jdk", "python",
+        "spark", "scala", "delta", "rapids", "rapids-cuda", "rapids-sha256", "vllm", "torch",
+        "cuda", "jdk", "python",
     }  # fmt: skip
     assert re.fullmatch(r"[0-9a-f]{64}", VERSIONS["rapids-sha256"])
 
