@@ -100,13 +100,21 @@ def spark():  # type: ignore[no-untyped-def]
     from pyspark.sql import SparkSession
 
     from spark_vllm.cli import LOCAL_DEFAULTS
+    from spark_vllm.storage import delta
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.master("local[2]").appName("spark-vllm-tests")
-    # The PostgreSQL JDBC driver (Debian's libpostgresql-jdbc-java) for the JDBC tests.
-    if POSTGRES_JDBC_JAR.is_file():
-        builder = builder.config("spark.jars", str(POSTGRES_JDBC_JAR))
-    for key, value in {**LOCAL_DEFAULTS, "spark.sql.shuffle.partitions": "4"}.items():
+    # The PostgreSQL JDBC driver (Debian's libpostgresql-jdbc-java) for the JDBC tests, and
+    # the Delta Lake connector (scripts/get-jars.sh, `make jars`) for the Delta tests: one
+    # session serves every test, so Delta's extension is on for all of them.
+    jars = [str(POSTGRES_JDBC_JAR)] if POSTGRES_JDBC_JAR.is_file() else []
+    delta_jars = delta.local_jars()
+    if jars or delta_jars:
+        builder = builder.config("spark.jars", ",".join([*jars, *delta_jars]))
+    conf = {**LOCAL_DEFAULTS, "spark.sql.shuffle.partitions": "4"}
+    if delta_jars:
+        conf.update(delta.DELTA_CONF)
+    for key, value in conf.items():
         builder = builder.config(key, value)
     session = builder.getOrCreate()
     yield session

@@ -478,27 +478,47 @@ def _under_spark_submit() -> bool:
     return "PYSPARK_GATEWAY_PORT" in os.environ
 
 
+def session_conf(spec: JobSpec, master: str | None) -> dict[str, str]:
+    """The Spark settings of the job's session: local defaults, Delta's when the spec reads
+    or writes Delta, then the spec's spark.conf over them."""
+    from spark_vllm.storage import delta
+
+    conf: dict[str, str] = {}
+    if master and master.startswith("local"):
+        from spark_vllm.driver.slots import local_cores
+
+        conf.update(LOCAL_DEFAULTS)
+        # A few shuffle partitions per core, not Spark's 200: the plan's census and the
+        # resume join are shuffles, and a local job gains nothing from 200 reducers.
+        conf["spark.sql.shuffle.partitions"] = str(2 * local_cores(master))
+    own = dict(spec.spark.conf)
+    jars = [] if _under_spark_submit() else delta.local_jars()
+    if delta.uses_delta(spec.input.format, spec.output.format) and (jars or _under_spark_submit()):
+        # Only then: Delta's SQL extension and catalog slow every session's start (see
+        # docs/job-spec.md). Started here, the session gets get-jars.sh's jars (without
+        # them the job stops with what to do, see delta.check_connector); under
+        # spark-submit they come with the submission (--jars, or Spark's jars folder).
+        conf.update(delta.DELTA_CONF)
+        if jars:
+            given = own.pop("spark.jars", "")
+            conf["spark.jars"] = ",".join([*([given] if given else []), *jars])
+    conf.update(own)
+    return conf
+
+
 def spark_session(spec: JobSpec):  # type: ignore[no-untyped-def]
     """The job's SparkSession; master: the spec's, else spark-submit's, else local[*]."""
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder.appName(spec.spark.app_name)
     master = spec.spark.master or (None if _under_spark_submit() else "local[*]")
-    conf: dict[str, str] = {}
     if master:
         builder = builder.master(master)
     if master and master.startswith("local"):
-        from spark_vllm.driver.slots import local_cores
-
         # Local Python workers must run this interpreter, which has spark_vllm installed.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-        conf.update(LOCAL_DEFAULTS)
-        # A few shuffle partitions per core, not Spark's 200: the plan's census and the
-        # resume join are shuffles, and a local job gains nothing from 200 reducers.
-        conf["spark.sql.shuffle.partitions"] = str(2 * local_cores(master))
-    conf.update(spec.spark.conf)
-    for key, value in conf.items():
+    for key, value in session_conf(spec, master).items():
         builder = builder.config(key, value)
     return builder.getOrCreate()
 

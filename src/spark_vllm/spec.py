@@ -158,27 +158,30 @@ class JdbcOutput(JdbcConnection):
 
 
 class InputSpec(_Strict):
-    format: Literal["parquet", "jsonl", "csv", "table", "openai-batch", "jdbc", "binaryFile"] = (
-        Field(
-            description=(
-                "`parquet`, `jsonl`, `csv`, `table` (a catalog table), `jdbc` (a SQL "
-                "database, see [SQL databases](#sql-databases-over-jdbc)), `binaryFile` "
-                "(Spark's whole-file source: a row per file, columns `path`, "
-                "`modificationTime`, `length`, `content`; `input.options` such as "
-                '`pathGlobFilter: "*.jpg"` and `recursiveFileLookup: "true"` go to it; '
-                "use `id_column: path`) or `openai-batch` (request lines, see [OpenAI "
-                "batch files](#openai-batch-files)). `csv` is read as RFC 4180 writes it:"
-                ' a header row, quoted fields that may hold line breaks, `""` for a quote'
-                " inside one, and every value as the text it is (`007` stays `007`; "
-                '`input.options: {inferSchema: "true"}` infers types); Spark then reads '
-                "each CSV file in one task. `jsonl` keeps a conversation column "
-                "(`prompt.column` of a chat job) as its JSON text, so each row's messages"
-                " keep their own shape; a line that Spark's parser cannot read as a JSON "
-                "object (cut off, not JSON, an array) is refused before any request, "
-                "named as `file:line` with its text (up to 20, then a count), since it "
-                "has no id — `input.options: {mode: DROPMALFORMED}` leaves such lines out"
-                " instead, on purpose"
-            )
+    format: Literal[
+        "parquet", "jsonl", "csv", "table", "openai-batch", "jdbc", "binaryFile", "delta"
+    ] = Field(
+        description=(
+            "`parquet`, `jsonl`, `csv`, `table` (a catalog table), `jdbc` (a SQL "
+            "database, see [SQL databases](#sql-databases-over-jdbc)), `delta` (the "
+            'Delta Lake table at `input.path`; `input.options: {versionAsOf: "3"}` '
+            "reads an older version, see [Delta Lake tables](#delta-lake-tables)), "
+            "`binaryFile` "
+            "(Spark's whole-file source: a row per file, columns `path`, "
+            "`modificationTime`, `length`, `content`; `input.options` such as "
+            '`pathGlobFilter: "*.jpg"` and `recursiveFileLookup: "true"` go to it; '
+            "use `id_column: path`) or `openai-batch` (request lines, see [OpenAI "
+            "batch files](#openai-batch-files)). `csv` is read as RFC 4180 writes it:"
+            ' a header row, quoted fields that may hold line breaks, `""` for a quote'
+            " inside one, and every value as the text it is (`007` stays `007`; "
+            '`input.options: {inferSchema: "true"}` infers types); Spark then reads '
+            "each CSV file in one task. `jsonl` keeps a conversation column "
+            "(`prompt.column` of a chat job) as its JSON text, so each row's messages"
+            " keep their own shape; a line that Spark's parser cannot read as a JSON "
+            "object (cut off, not JSON, an array) is refused before any request, "
+            "named as `file:line` with its text (up to 20, then a count), since it "
+            "has no id — `input.options: {mode: DROPMALFORMED}` leaves such lines out"
+            " instead, on purpose"
         )
     )
     path: str | None = Field(
@@ -253,12 +256,13 @@ class InputSpec(_Strict):
 
 
 class OutputSpec(_Strict):
-    format: Literal["parquet", "jsonl", "openai-batch", "jdbc"] = Field(
+    format: Literal["parquet", "jsonl", "openai-batch", "jdbc", "delta"] = Field(
         default="parquet",
         description=(
             '`parquet` or `jsonl` (JSON Lines, every key on every row, `"error": '
-            "null` included); `jdbc` (a SQL table); `openai-batch`, the default and "
-            "the only choice for that input"
+            "null` included); `delta` (a Delta Lake table at `output.path`, one commit "
+            "per run, see [Delta Lake tables](#delta-lake-tables)); `jdbc` (a SQL "
+            "table); `openai-batch`, the default and the only choice for that input"
         ),
     )
     path: str | None = Field(
@@ -284,8 +288,10 @@ class OutputSpec(_Strict):
             "starts, leaves the output as it was), and only a path that is absent, "
             "empty or holds the `_SPARK_VLLM_OUTPUT` marker every run leaves: any "
             "other path is refused before anything starts; `error`: refuse to run "
-            "when the path exists. Format `jdbc`: `resume` or `error` (the table); "
-            "rows are replaced with `output.jdbc.write_mode: overwrite`"
+            "when the path exists. Format `delta`: `overwrite` replaces the table's "
+            "rows in the run's own commit (earlier versions stay readable), so until "
+            "then the table is as it was. Format `jdbc`: `resume` or `error` (the "
+            "table); rows are replaced with `output.jdbc.write_mode: overwrite`"
         ),
     )
     on_change: Literal["refuse", "resume"] = Field(

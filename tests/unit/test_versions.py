@@ -121,6 +121,17 @@ def test_the_rapids_release_supports_the_spark_of_the_image() -> None:
     assert scala == "2.13" or not spark.startswith("4."), "Spark 4 exists for Scala 2.13 only"
 
 
+def test_the_delta_connector_is_the_version_set() -> None:
+    from spark_vllm.storage import delta
+
+    script = (ROOT / "scripts" / "get-jars.sh").read_text()
+    assert VERSIONS["delta"] == delta.DELTA_VERSION
+    assert f"io.delta:delta-spark_{VERSIONS['scala']}:{VERSIONS['delta']}" == delta.DELTA_ARTIFACT
+    assert f'DELTA_VERSION="{VERSIONS["delta"]}"' in script
+    # The pinned jar list names the connector of that version and Scala.
+    assert f"delta-spark_{VERSIONS['scala']}-{VERSIONS['delta']}.jar" in script
+
+
 def test_the_rapids_jar_is_built_for_the_cuda_of_torch() -> None:
     major = VERSIONS["cuda"].split(".")[0]
     assert VERSIONS["rapids-cuda"] == f"cuda{major}"

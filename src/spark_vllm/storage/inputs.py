@@ -26,7 +26,7 @@ from spark_vllm.errors import SpecError
 from spark_vllm.request import openai_batch
 from spark_vllm.request.openai_batch import BLOCK, FILE, POSITION
 from spark_vllm.spec import InputSpec, JobSpec
-from spark_vllm.storage import jdbc, results
+from spark_vllm.storage import delta, jdbc, results
 
 
 def read_batch_file(spark: SparkSession, spec: InputSpec) -> DataFrame:
@@ -183,6 +183,8 @@ def _read(spark: SparkSession, spec: JobSpec) -> DataFrame:
         return _read_json(spark, spec)
     if src.format == "binaryFile":
         return spark.read.options(**src.options).format("binaryFile").load(src.path)
+    if src.format == "delta":
+        return delta.read(spark, src.path, src.options)
     return spark.read.options(**{**CSV_DEFAULTS, **src.options}).csv(src.path)
 
 
@@ -353,8 +355,8 @@ def columns_without_spark(spec: JobSpec) -> Columns:
             return Columns(names, "the batch format")
         files = [f for root in matched for f in _data_files(root)]
         return Columns(names, f"every line of {src.path}", problems=_batch_file_problems(files))
-    if src.format in ("table", "jdbc"):
-        where = "the catalog" if src.format == "table" else "the database"
+    if src.format in ("table", "jdbc", "delta"):
+        where = {"table": "the catalog", "jdbc": "the database", "delta": "its log"}[src.format]
         return Columns(None, f"input.format {src.format} is read from {where} by Spark")
     if src.format == "binaryFile":
         return Columns(list(BINARY_FILE_COLUMNS), "Spark's binaryFile source")

@@ -105,6 +105,12 @@ def delete(spark: SparkSession, path: str) -> None:
     fs.delete(jpath, True)
 
 
+def remove(spark: SparkSession, path: str) -> None:
+    """Delete `path` and what is under it (no check: for the job's own folders)."""
+    fs, jpath = _fs(spark, path)
+    fs.delete(jpath, True)
+
+
 def write_marker(spark: SparkSession, path: str) -> None:
     """Leave the marker at the top of `path` (once: an existing one is kept)."""
     fs, jpath = _fs(spark, f"{path.rstrip('/')}/{MARKER}")

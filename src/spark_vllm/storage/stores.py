@@ -1,4 +1,4 @@
-"""Where a job's output lives: files under `output.path`, or a table over JDBC.
+"""Where a job's output lives: files under `output.path`, a Delta table, or a table over JDBC.
 
 One interface for both, used by the driver in this order:
 
@@ -16,7 +16,7 @@ One interface for both, used by the driver in this order:
    summary read the latest attempt per id from it);
 4. `write(result, run_id)` writes a run's rows as the tasks commit them, and
    `finish(run_id)` completes the run (JDBC: one transaction moves the staged rows into
-   the table), also after a task failed for good;
+   the table; Delta: one commit), also after a task failed for good;
 5. `this_run(...)`: the rows the run committed, for its summary.
 """
 
@@ -28,7 +28,7 @@ from pyspark.sql import types as T
 
 from spark_vllm.errors import SpecError
 from spark_vllm.spec import JdbcOutput, JobSpec
-from spark_vllm.storage import jdbc, results
+from spark_vllm.storage import delta, jdbc, results
 from spark_vllm.storage.fingerprint import RunRecord
 
 
@@ -214,8 +214,99 @@ class JdbcStore(OutputStore):
         return self.attempts(stored).where(F.col(jdbc.RUN_COLUMN) == run_id)
 
 
+class DeltaStore(OutputStore):
+    """A Delta table at `output.path`: one commit per run, staged first (see delta)."""
+
+    def __init__(self, spark: SparkSession, spec: JobSpec) -> None:
+        super().__init__(spark, spec)
+        assert spec.output.path is not None
+        self.path = spec.output.path
+        self.location = f"output.path {self.path!r}"
+        self.afresh = "output.mode: overwrite, or another output.path"
+
+    def prepare(self) -> bool:
+        delta.check_connector(self.spark, "output.format 'delta'")
+        mode = self.spec.output.mode
+        if mode == "overwrite":
+            try:
+                results.check_overwritable(self.spark, self.path)
+            except results.NotOurOutput as exc:
+                raise SpecError(str(exc)) from None
+            return False  # this run's commit replaces the rows; begin() drops staged ones
+        if mode == "error" and results.exists(self.spark, self.path):
+            raise SpecError(
+                f"output.path {self.path!r} exists and output.mode is 'error'; "
+                "use mode resume or overwrite, or another path"
+            )
+        self.recover_staging()
+        if not delta.is_table(self.spark, self.path):
+            foreign = results.entries(self.spark, self.path)
+            if foreign:
+                raise SpecError(
+                    f"output.path {self.path!r} holds {sorted(foreign)[:5]} but no Delta "
+                    "table (no _delta_log folder); choose an empty or new path, or set "
+                    "output.mode: overwrite"
+                )
+            return False
+        self.check_ours()
+        return True
+
+    def recover_staging(self) -> list[str]:
+        """Commit the rows a driver that died left staged, each run under its own id;
+        the runs it found."""
+        staged = delta.staged_runs(self.spark, self.path)
+        for run_id in staged:
+            delta.commit(self.spark, self.path, run_id, overwrite=False)
+        return staged
+
+    def check_ours(self) -> None:
+        """Resume reads and appends rows with the `run` column every job's table has."""
+        columns = delta.read_table(self.spark, self.path).columns
+        if results.RUN_COLUMN not in columns:
+            raise SpecError(
+                f"output.path {self.path!r} is a Delta table without a "
+                f"{results.RUN_COLUMN!r} column, so no spark-vllm job made it; choose "
+                "another output.path"
+            )
+
+    def begin(self) -> None:
+        if self.spec.output.mode == "overwrite":
+            delta.drop_staged(self.spark, self.path)
+
+    def records(self) -> dict[str, RunRecord]:
+        return results.read_records(self.spark, self.path)
+
+    def record(self, record: RunRecord) -> None:
+        results.write_record(self.spark, self.path, record)
+
+    def save_summary(self, run_id: str, text: str) -> None:
+        results.write_summary(self.spark, self.path, run_id, text)
+
+    def summaries(self) -> dict[str, str]:
+        return results.read_summaries(self.spark, self.path)
+
+    def attempts(self, stored: T.StructType | None) -> DataFrame:
+        return delta.read_table(self.spark, self.path)
+
+    def write(self, result: DataFrame, run_id: str) -> None:
+        delta.stage(result, self.path, run_id)
+
+    def finish(self, run_id: str) -> None:
+        """Commit the staged rows in one Delta transaction (those staged before a task
+        failed for good too: the next run resumes from them)."""
+        overwrite = self.spec.output.mode == "overwrite"
+        delta.commit(self.spark, self.path, run_id, overwrite=overwrite)
+
+    def this_run(self, run_id: str, stored: T.StructType | None) -> DataFrame | None:
+        if not delta.is_table(self.spark, self.path):
+            return None
+        return self.attempts(stored).where(F.col(results.RUN_COLUMN) == run_id)
+
+
 def store_for(spark: SparkSession, spec: JobSpec) -> OutputStore:
     """The output store the job spec names."""
     if spec.output.jdbc is not None:
         return JdbcStore(spark, spec)
+    if spec.output.format == "delta":
+        return DeltaStore(spark, spec)
     return FileStore(spark, spec)

@@ -1,0 +1,98 @@
+"""format: delta in the job spec and in the job's Spark session (no Spark started)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from spark_vllm.cli import session_conf
+from spark_vllm.spec import SpecError, spec_from_dict
+from spark_vllm.storage import delta
+
+pytestmark = pytest.mark.unit
+
+
+def doc(inp=None, out=None):  # type: ignore[no-untyped-def]
+    return {
+        "input": inp or {"format": "jsonl", "path": "in.jsonl"},
+        "output": out or {"format": "delta", "path": "s3a://lake/answers"},
+        "endpoint": {"model": "m"},
+        "prompt": {"template": "{{ question }}"},
+    }
+
+
+def error_of(d: dict) -> str:
+    with pytest.raises(SpecError) as info:
+        spec_from_dict(d)
+    return str(info.value)
+
+
+def test_delta_output_takes_a_path_and_every_mode():
+    for mode in ("resume", "overwrite", "error"):
+        spec = spec_from_dict(doc(out={"format": "delta", "path": "t", "mode": mode}))
+        assert spec.output.where() == "t (delta)"
+
+
+def test_delta_input_reads_a_path_with_the_readers_options():
+    inp = {"format": "delta", "path": "lake/questions", "options": {"versionAsOf": "3"}}
+    spec = spec_from_dict(doc(inp=inp, out={"path": "out"}))
+    assert spec.input.where() == "lake/questions (delta)"
+    assert spec.input.options == {"versionAsOf": "3"}
+
+
+@pytest.mark.parametrize(
+    ("inp", "out", "named"),
+    [
+        (None, {"format": "delta"}, "format 'delta' needs output.path"),
+        ({"format": "delta"}, {"path": "o"}, "format 'delta' needs input.path"),
+        ({"format": "delta", "path": "p", "table": "t"}, {"path": "o"}, "remove input.table"),
+        (None, {"format": "deltalake", "path": "o"}, "'delta'"),
+        (None, {"format": "delta", "path": "o", "jdbc": {"url": "jdbc:x:y", "table": "a"}},
+         "output.jdbc goes with format 'jdbc', not 'delta'"),
+    ],
+)  # fmt: skip
+def test_delta_mistakes_are_named(inp, out, named):  # type: ignore[no-untyped-def]
+    assert named in error_of(doc(inp, out))
+
+
+def test_a_delta_job_session_gets_the_connector_and_its_sql(tmp_path, monkeypatch):
+    monkeypatch.delenv("PYSPARK_GATEWAY_PORT", raising=False)
+    (tmp_path / "b.jar").write_bytes(b"")
+    (tmp_path / "a.jar").write_bytes(b"")
+    monkeypatch.setenv(delta.JARS_ENV, str(tmp_path))
+    spec = spec_from_dict({**doc(), "spark": {"conf": {"spark.jars": "/opt/x.jar"}}})
+    conf = session_conf(spec, "local[2]")
+    assert conf["spark.sql.extensions"] == "io.delta.sql.DeltaSparkSessionExtension"
+    assert conf["spark.sql.catalog.spark_catalog"] == (
+        "org.apache.spark.sql.delta.catalog.DeltaCatalog"
+    )
+    # The spec's own jars are kept, the connector's added after them.
+    assert conf["spark.jars"] == f"/opt/x.jar,{tmp_path / 'a.jar'},{tmp_path / 'b.jar'}"
+
+
+def test_a_job_without_delta_or_without_the_jars_gets_no_delta_settings(tmp_path, monkeypatch):
+    monkeypatch.delenv("PYSPARK_GATEWAY_PORT", raising=False)
+    (tmp_path / "a.jar").write_bytes(b"")
+    monkeypatch.setenv(delta.JARS_ENV, str(tmp_path))
+    plain = session_conf(spec_from_dict(doc(out={"path": "out"})), "local[2]")
+    assert "spark.sql.extensions" not in plain and "spark.jars" not in plain
+    # No jars where the job looks: no settings naming classes that are not there; the
+    # job then stops with delta.check_connector's message.
+    monkeypatch.setenv(delta.JARS_ENV, str(tmp_path / "missing"))
+    assert "spark.sql.extensions" not in session_conf(spec_from_dict(doc()), "local[2]")
+
+
+def test_under_spark_submit_the_jars_come_with_the_submission(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYSPARK_GATEWAY_PORT", "1")
+    (tmp_path / "a.jar").write_bytes(b"")
+    monkeypatch.setenv(delta.JARS_ENV, str(tmp_path))
+    conf = session_conf(spec_from_dict(doc()), None)
+    assert conf["spark.sql.extensions"] == "io.delta.sql.DeltaSparkSessionExtension"
+    assert "spark.jars" not in conf  # spark-submit's --jars stay as they are
+
+
+def test_the_jars_folder_is_keyed_by_the_delta_version(monkeypatch):
+    monkeypatch.delenv(delta.JARS_ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", "/cache")
+    assert delta.jars_folder() == Path("/cache/spark-vllm/jars/delta-4.4.0")
