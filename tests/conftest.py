@@ -113,7 +113,7 @@ def spark():  # type: ignore[no-untyped-def]
         builder = builder.config("spark.jars", ",".join([*jars, *delta_jars]))
     conf = {**LOCAL_DEFAULTS, "spark.sql.shuffle.partitions": "4"}
     if delta_jars:
-        conf.update(delta.DELTA_CONF)
+        conf.update({**delta.DELTA_CONF, delta.SNAPSHOT_PARTITIONS: "4"})
     for key, value in conf.items():
         builder = builder.config(key, value)
     session = builder.getOrCreate()

@@ -499,6 +499,9 @@ def session_conf(spec: JobSpec, master: str | None) -> dict[str, str]:
         # them the job stops with what to do, see delta.check_connector); under
         # spark-submit they come with the submission (--jars, or Spark's jars folder).
         conf.update(delta.DELTA_CONF)
+        if master and master.startswith("local"):
+            # Delta rebuilds a table's state in 50 tasks by default: a few per core here.
+            conf[delta.SNAPSHOT_PARTITIONS] = conf["spark.sql.shuffle.partitions"]
         if jars:
             given = own.pop("spark.jars", "")
             conf["spark.jars"] = ",".join([*([given] if given else []), *jars])

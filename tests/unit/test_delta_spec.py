@@ -67,6 +67,7 @@ def test_a_delta_job_session_gets_the_connector_and_its_sql(tmp_path, monkeypatc
     assert conf["spark.sql.catalog.spark_catalog"] == (
         "org.apache.spark.sql.delta.catalog.DeltaCatalog"
     )
+    assert conf[delta.SNAPSHOT_PARTITIONS] == conf["spark.sql.shuffle.partitions"]
     # The spec's own jars are kept, the connector's added after them.
     assert conf["spark.jars"] == f"/opt/x.jar,{tmp_path / 'a.jar'},{tmp_path / 'b.jar'}"
 

@@ -44,6 +44,8 @@ DELTA_CONF = {
     "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
     "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
 }
+# How many tasks rebuild a table's state from its log (Delta's default: 50).
+SNAPSHOT_PARTITIONS = "spark.databricks.delta.snapshotPartitions"
 # Where a job looks for the jars when its session is started here (`spark-vllm local`,
 # `make run`): this variable, else get-jars.sh's cache folder.
 JARS_ENV = "SPARK_VLLM_DELTA_JARS"
@@ -114,7 +116,7 @@ def read(spark: SparkSession, path: str, options: dict[str, str]) -> DataFrame:
 
 
 def read_table(spark: SparkSession, path: str) -> DataFrame:
-    return spark.read.format("delta").load(path)
+    return results.read_attempts(spark, path, "delta")
 
 
 def staging_path(path: str, run_id: str) -> str:

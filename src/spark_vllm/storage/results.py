@@ -215,7 +215,10 @@ def read_attempts(
     spark: SparkSession, path: str, fmt: str, schema: T.StructType | None = None
 ) -> DataFrame:
     """Every row ever written under `path` (all runs), with the `run` column. Format
-    openai-batch reads the lines as JSON (give its stored schema to keep bodies as text)."""
+    openai-batch reads the lines as JSON (give its stored schema to keep bodies as text);
+    format delta reads the table's current version (its rows carry the column)."""
+    if fmt == "delta":
+        return spark.read.format("delta").load(path)
     reader = spark.read
     if schema is not None:
         reader = reader.schema(
