@@ -19,7 +19,8 @@ pytestmark = pytest.mark.integration
 
 README = (ROOT / "README.md").read_text()
 DEFAULT_JOB = "examples/jobs/chat.yaml"  # the Makefile's JOB
-MAKE_RUN = re.compile(r'`make run(?: JOB=(?P<job>\S+))?(?: ARGS="(?P<args>.*?)")?`')
+# `make jars run …`: the same run, after fetching the Delta connector (make test does that).
+MAKE_RUN = re.compile(r'`make (?:jars )?run(?: JOB=(?P<job>\S+))?(?: ARGS="(?P<args>.*?)")?`')
 
 
 def section(title: str) -> str:
@@ -65,6 +66,7 @@ def test_the_readme_names_the_examples_this_test_runs():
     assert any("task=completion" in " ".join(args) for _, args in runs)
     assert any("structured_output.ddl=category STRING, short BOOLEAN" in args for _, args in runs)
     assert ("examples/jobs/openai-batch.yaml", []) in runs
+    assert ("examples/jobs/delta.yaml", []) in runs
 
 
 def test_every_make_run_of_the_readme_works_as_written_in_order(vllm_server, clone):
