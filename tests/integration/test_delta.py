@@ -12,6 +12,7 @@ from pyspark.sql import functions as F
 from spark_vllm import SpecError, run_job, spec_from_dict
 from spark_vllm.spec import JobSpec
 from spark_vllm.storage import delta
+from spark_vllm.storage.fingerprint import RunRecord
 from spark_vllm.storage.stores import store_for
 from tests.conftest import sample_rows
 from tests.integration.jobs import read_rows, run_cli, spec_doc
@@ -188,3 +189,28 @@ def test_delta_without_the_connector_is_refused_naming_the_format(tmp_path, monk
     assert "output.format 'delta' needs the Delta Lake connector" in done.stderr
     assert "io.delta:delta-spark_2.13:4.4.0" in done.stderr
     assert "scripts/get-jars.sh" in done.stderr
+
+
+def test_vacuum_keeps_the_run_records_and_staged_rows(spark, tmp_path):
+    """They sit under _spark_vllm/, which Delta's VACUUM leaves alone."""
+    spec, table = _store(tmp_path)
+    schema = "id string, response string, error string"
+    store = store_for(spark, spec)
+    assert store.prepare() is False
+    store.record(RunRecord("20261207T000000000001Z", {"task": "chat"}))
+    store.write(spark.createDataFrame([("q1", "a", None)], schema), "20261207T000000000001Z")
+    store.finish("20261207T000000000001Z")
+    store.write(spark.createDataFrame([("q2", "b", None)], schema), "20261207T000000000002Z")
+    # Another writer replaces the table: the first run's files are no longer in it.
+    spark.createDataFrame([("q1", "c", None, "x")], f"{schema}, run string").write.format(
+        "delta"
+    ).mode("overwrite").save(str(table))
+    spark.conf.set("spark.databricks.delta.retentionDurationCheck.enabled", "false")
+    try:
+        spark.sql(f"VACUUM delta.`{table}` RETAIN 0 HOURS").collect()
+    finally:
+        spark.conf.unset("spark.databricks.delta.retentionDurationCheck.enabled")
+    assert list(store.records()) == ["20261207T000000000001Z"]
+    assert delta.staged_runs(spark, str(table)) == ["20261207T000000000002Z"]
+    assert store_for(spark, spec).prepare() is True  # commits the staged run
+    assert sorted(r["id"] for r in table_rows(table)) == ["q1", "q2"]
