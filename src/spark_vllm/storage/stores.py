@@ -81,16 +81,35 @@ class OutputStore:
         raise NotImplementedError
 
 
-class FileStore(OutputStore):
-    """parquet, jsonl or openai-batch files: a `run=<id>` folder per run (see results)."""
+class PathStore(OutputStore):
+    """An output at `output.path`, its run records and summaries beside it (see results)."""
 
     def __init__(self, spark: SparkSession, spec: JobSpec) -> None:
         super().__init__(spark, spec)
         assert spec.output.path is not None
         self.path = spec.output.path
-        self.format = spec.output.format
         self.location = f"output.path {self.path!r}"
         self.afresh = "output.mode: overwrite, or another output.path"
+
+    def records(self) -> dict[str, RunRecord]:
+        return results.read_records(self.spark, self.path)
+
+    def record(self, record: RunRecord) -> None:
+        results.write_record(self.spark, self.path, record)
+
+    def save_summary(self, run_id: str, text: str) -> None:
+        results.write_summary(self.spark, self.path, run_id, text)
+
+    def summaries(self) -> dict[str, str]:
+        return results.read_summaries(self.spark, self.path)
+
+
+class FileStore(PathStore):
+    """parquet, jsonl or openai-batch files: a `run=<id>` folder per run (see results)."""
+
+    def __init__(self, spark: SparkSession, spec: JobSpec) -> None:
+        super().__init__(spark, spec)
+        self.format = spec.output.format
 
     def delete(self) -> None:
         """Delete the output path, runs and records (output.mode: overwrite)."""
@@ -120,18 +139,6 @@ class FileStore(OutputStore):
                 self.delete()
             except results.NotOurOutput as exc:
                 raise SpecError(str(exc)) from None
-
-    def records(self) -> dict[str, RunRecord]:
-        return results.read_records(self.spark, self.path)
-
-    def record(self, record: RunRecord) -> None:
-        results.write_record(self.spark, self.path, record)
-
-    def save_summary(self, run_id: str, text: str) -> None:
-        results.write_summary(self.spark, self.path, run_id, text)
-
-    def summaries(self) -> dict[str, str]:
-        return results.read_summaries(self.spark, self.path)
 
     def attempts(self, stored: T.StructType | None) -> DataFrame:
         return results.read_attempts(self.spark, self.path, self.format, stored)
@@ -214,15 +221,8 @@ class JdbcStore(OutputStore):
         return self.attempts(stored).where(F.col(jdbc.RUN_COLUMN) == run_id)
 
 
-class DeltaStore(OutputStore):
+class DeltaStore(PathStore):
     """A Delta table at `output.path`: one commit per run, staged first (see delta)."""
-
-    def __init__(self, spark: SparkSession, spec: JobSpec) -> None:
-        super().__init__(spark, spec)
-        assert spec.output.path is not None
-        self.path = spec.output.path
-        self.location = f"output.path {self.path!r}"
-        self.afresh = "output.mode: overwrite, or another output.path"
 
     def prepare(self) -> bool:
         delta.check_connector(self.spark, "output.format 'delta'")
@@ -272,18 +272,6 @@ class DeltaStore(OutputStore):
     def begin(self) -> None:
         if self.spec.output.mode == "overwrite":
             delta.drop_staged(self.spark, self.path)
-
-    def records(self) -> dict[str, RunRecord]:
-        return results.read_records(self.spark, self.path)
-
-    def record(self, record: RunRecord) -> None:
-        results.write_record(self.spark, self.path, record)
-
-    def save_summary(self, run_id: str, text: str) -> None:
-        results.write_summary(self.spark, self.path, run_id, text)
-
-    def summaries(self) -> dict[str, str]:
-        return results.read_summaries(self.spark, self.path)
 
     def attempts(self, stored: T.StructType | None) -> DataFrame:
         return delta.read_table(self.spark, self.path)
