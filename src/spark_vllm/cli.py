@@ -492,12 +492,14 @@ def session_conf(spec: JobSpec, master: str | None) -> dict[str, str]:
         # resume join are shuffles, and a local job gains nothing from 200 reducers.
         conf["spark.sql.shuffle.partitions"] = str(2 * local_cores(master))
     own = dict(spec.spark.conf)
-    jars = [] if _under_spark_submit() else delta.local_jars()
-    if delta.uses_delta(spec.input.format, spec.output.format) and (jars or _under_spark_submit()):
+    # Where the connector comes from: spark-submit's submission (--jars, or Spark's jars
+    # folder), Spark's jars folder here (the project's images), else get-jars.sh's folder.
+    provided = _under_spark_submit() or delta.on_spark_classpath()
+    jars = [] if provided else delta.local_jars()
+    if delta.uses_delta(spec.input.format, spec.output.format) and (jars or provided):
         # Only then: Delta's SQL extension and catalog slow every session's start (see
-        # docs/job-spec.md). Started here, the session gets get-jars.sh's jars (without
-        # them the job stops with what to do, see delta.check_connector); under
-        # spark-submit they come with the submission (--jars, or Spark's jars folder).
+        # docs/job-spec.md). Without the jars the job stops with what to do (see
+        # delta.check_connector).
         conf.update(delta.DELTA_CONF)
         if master and master.startswith("local"):
             # Delta rebuilds a table's state in 50 tasks by default: a few per core here.

@@ -16,6 +16,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import yaml
+from deltalake import DeltaTable
 
 from tests.conftest import chart_model_values
 
@@ -194,6 +195,13 @@ class Job:
         )
 
     def rows_by_run(self) -> dict[str, list[dict[str, Any]]]:
+        """Rows per `run=<id>` folder; for a Delta table (read by delta-rs, not Spark), rows
+        per `run` column value, keyed the same way."""
+        if (self.output / "_delta_log").is_dir():
+            by_run: dict[str, list[dict[str, Any]]] = {}
+            for row in DeltaTable(str(self.output)).to_pyarrow_table().to_pylist():
+                by_run.setdefault(f"run={row['run']}", []).append(row)
+            return by_run
         runs = {}
         for folder in sorted(self.output.glob("run=*")):
             files = sorted(folder.glob("part-*.parquet"))

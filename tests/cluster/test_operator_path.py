@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
+from deltalake import DeltaTable
 
 from .jobs import Job, chat_job, make_job, questions, rendered_application, until
 from .kube import Cluster, Obj, Operator, pod_containers, started_at, wait_for
@@ -200,11 +201,13 @@ def test_helm_install_runs_through_the_operators_webhook_and_controller_to_compl
     GPUs (node_gpus), the sidecar carries the limit and the executor's Spark container none.
     The sidecar is native (the chart's default) and behaves so on the node's kubelet: the
     executor's container starts only after vLLM logged its start-up and passed its
-    startupProbe."""
+    startupProbe. The answers go into a Delta table, committed once by the driver: the
+    image carries the connector for the driver and the executors."""
     rows = 24
+    output = {"format": "delta", "path": "/data/output", "keep_columns": ["question"]}
     job = make_job(
-        cluster, namespace, "op-chat", tmp_path, image, model_root, rows, chat_job(),
-        extra={"operator": {"enabled": True}},
+        cluster, namespace, "op-chat", tmp_path, image, model_root, rows,
+        chat_job(output=output), extra={"operator": {"enabled": True}},
     )  # fmt: skip
     job.set_gpus(1)
     # Kept when it ends, so that its last state is seen: the pod ends with the executor.
@@ -252,8 +255,12 @@ def test_helm_install_runs_through_the_operators_webhook_and_controller_to_compl
         assert vllm["resources"]["limits"]["nvidia.com/gpu"] == "1"
         spark = containers["spark-kubernetes-executor"]["resources"]
         assert "nvidia.com/gpu" not in {**spark.get("limits", {}), **spark.get("requests", {})}
-        # Exactly one row per input id, none failed.
+        # Exactly one row per input id, none failed, in one Delta commit naming its run.
         runs = job.rows_by_run()
+        writes = [c for c in DeltaTable(str(job.output)).history() if c["operation"] == "WRITE"]
+        assert [c.get("userMetadata") for c in writes] == [
+            f"spark-vllm run {key.removeprefix('run=')}" for key in runs
+        ]
         assert len(runs) == 1, runs.keys()
         (answers,) = runs.values()
         assert sorted(r["id"] for r in answers) == sorted(q["id"] for q in questions(rows))

@@ -29,6 +29,7 @@ IMAGE_INPUTS = [
     "docker/setup-image.sh",
     "pyproject.toml",
     "scripts/build-image.sh",
+    "scripts/get-jars.sh",
     "requirements",
     "src",
     "jobs",

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from deltalake import DeltaTable
 
 from tests.conftest import SERVED_NAME
 from tests.versions import VERSIONS
@@ -67,13 +68,17 @@ def spark_container(rendered: Rendered, mounts: list[dict[str, object]], args: l
     }
 
 
-def job_overrides(job_path: str) -> list[str]:
-    return [job_path, "--set", f"input.path=/data/{INPUT.name}", "--set", "output.path=/out/chat"]
+def job_overrides(job_path: str, *more: str) -> list[str]:
+    sets = [f"input.path=/data/{INPUT.name}", "output.path=/out/chat", *more]
+    return [job_path, *(a for s in sets for a in ("--set", s))]
 
 
-def assert_one_row_per_input(out: Path) -> None:
+def assert_one_row_per_input(out: Path, delta: bool = False) -> None:
     expected = sorted(row["id"] for row in read_jsonl(INPUT))
-    table = pq.read_table(out / "chat")
+    if delta:
+        table = DeltaTable(str(out / "chat")).to_pyarrow_table()
+    else:
+        table = pq.read_table(out / "chat")
     rows = table.to_pylist()
     assert sorted(row["id"] for row in rows) == expected
     failed = [row for row in rows if row["error"] is not None]
@@ -105,11 +110,13 @@ def test_driver_role_submits_the_main_application_file(
     image: str, rendered: Rendered, model_root: Path, sidecar: str, tmp_path: Path
 ) -> None:
     """The `driver` role as Spark on Kubernetes starts it (spark-submit in client mode of
-    the chart's mainApplicationFile and arguments), with a local master for the cluster."""
+    the chart's mainApplicationFile and arguments), with a local master for the cluster.
+    Into a Delta table: the image carries the connector on Spark's class path, so a
+    spark-submit of the job needs no --jars; another engine (delta-rs) reads the table."""
     volumes, mounts, out = spark_pod_volumes(rendered, model_root, tmp_path)
     app = rendered.app
     args = ["driver", "--master", "local[2]", app["mainApplicationFile"]]
-    args += job_overrides(app["arguments"][0])
+    args += job_overrides(app["arguments"][0], "output.format=delta")
     container = spark_container(rendered, mounts, args)
     # Spark sets the bind address to the pod IP in its driver pods.
     bind = {"name": "SPARK_DRIVER_BIND_ADDRESS", "value": "127.0.0.1"}
@@ -117,7 +124,9 @@ def test_driver_role_submits_the_main_application_file(
     name = f"spark-vllm-driver-{uuid.uuid4().hex[:8]}"
     code, log = run_to_end(run_args(container, image, volumes, name, f"container:{sidecar}"), name)
     assert code == 0, log[-6000:]
-    assert_one_row_per_input(out)
+    assert_one_row_per_input(out, delta=True)
+    writes = [c for c in DeltaTable(str(out / "chat")).history() if c["operation"] == "WRITE"]
+    assert [str(c["userMetadata"]).split(" ")[:2] for c in writes] == [["spark-vllm", "run"]]
 
 
 def test_executor_role_starts_the_kubernetes_executor_backend(image: str) -> None:

@@ -97,3 +97,22 @@ def test_the_jars_folder_is_keyed_by_the_delta_version(monkeypatch):
     monkeypatch.delenv(delta.JARS_ENV, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", "/cache")
     assert delta.jars_folder() == Path("/cache/spark-vllm/jars/delta-4.4.0")
+
+
+def test_with_the_connector_in_sparks_own_jars_folder_no_jars_are_added(tmp_path, monkeypatch):
+    """The project's images put the connector in pyspark's jars folder: a session started
+    there gets Delta's settings and no spark.jars (the folder get-jars.sh fills is absent)."""
+    import pyspark
+
+    monkeypatch.delenv("PYSPARK_GATEWAY_PORT", raising=False)
+    monkeypatch.setenv(delta.JARS_ENV, str(tmp_path / "missing"))
+    fake = tmp_path / "pyspark"
+    (fake / "jars").mkdir(parents=True)
+    monkeypatch.setattr(pyspark, "__file__", str(fake / "__init__.py"))
+    assert not delta.on_spark_classpath()
+    assert "spark.sql.extensions" not in session_conf(spec_from_dict(doc()), "local[2]")
+    (fake / "jars" / f"delta-spark_2.13-{delta.DELTA_VERSION}.jar").write_bytes(b"")
+    assert delta.on_spark_classpath()
+    conf = session_conf(spec_from_dict(doc()), "local[2]")
+    assert conf["spark.sql.extensions"] == "io.delta.sql.DeltaSparkSessionExtension"
+    assert "spark.jars" not in conf

@@ -69,6 +69,16 @@ def local_jars() -> list[str]:
     return sorted(glob.glob(str(jars_folder() / "*.jar")))
 
 
+def on_spark_classpath() -> bool:
+    """Whether the connector's jar is in the jars folder of the pyspark installed here, as
+    in the project's images (scripts/build-image.sh): a session started here then has it
+    without spark.jars."""
+    import pyspark
+
+    jars = Path(pyspark.__file__).parent / "jars"
+    return bool(glob.glob(str(jars / f"delta-spark_2.13-{DELTA_VERSION}.jar")))
+
+
 def uses_delta(input_format: str, output_format: str) -> bool:
     return "delta" in (input_format, output_format)
 
