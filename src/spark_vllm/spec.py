@@ -157,6 +157,18 @@ class JdbcOutput(JdbcConnection):
     batch_size: int = Field(default=1000, ge=1, description="rows per insert batch")
 
 
+class DeltaOutput(_Strict):
+    write_mode: Literal["append", "upsert"] = Field(
+        default="append",
+        description=(
+            "`append`: each run's commit adds its rows, so the table holds every attempt "
+            "(the `run` column tells them apart; resume takes the latest per id); "
+            "`upsert`: each run's commit is a `MERGE` on the id, so the table holds one "
+            "row per id, the latest run's (a rerun replaces a failed row)"
+        ),
+    )
+
+
 class InputSpec(_Strict):
     format: Literal[
         "parquet", "jsonl", "csv", "table", "openai-batch", "jdbc", "binaryFile", "delta"
@@ -276,6 +288,10 @@ class OutputSpec(_Strict):
             "as for `input.jdbc`)"
         ),
     )
+    delta: DeltaOutput | None = Field(
+        default=None,
+        description="format `delta`: how each run's commit writes the table",
+    )
     keep_columns: list[str] = Field(
         default_factory=list, description="input columns copied into the output"
     )
@@ -332,6 +348,8 @@ class OutputSpec(_Strict):
         else:
             if self.jdbc is not None:
                 raise ValueError(f"output.jdbc goes with format 'jdbc', not {self.format!r}")
+            if self.delta is not None and self.format != "delta":
+                raise ValueError(f"output.delta goes with format 'delta', not {self.format!r}")
             if self.path is None:
                 raise ValueError(f"format {self.format!r} needs output.path")
         return self

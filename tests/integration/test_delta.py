@@ -214,3 +214,61 @@ def test_vacuum_keeps_the_run_records_and_staged_rows(spark, tmp_path):
     assert delta.staged_runs(spark, str(table)) == ["20261207T000000000002Z"]
     assert store_for(spark, spec).prepare() is True  # commits the staged run
     assert sorted(r["id"] for r in table_rows(table)) == ["q1", "q2"]
+
+
+def test_upsert_merges_each_run_on_the_id_one_row_per_id(spark, tmp_path):
+    """output.delta.write_mode upsert: the first run creates the table, each later run is
+    one MERGE commit on the id; a task run twice (an id staged twice) leaves one row, the
+    success; a new column is added; a MERGE applied twice leaves the same rows."""
+    doc = delta_doc(tmp_path, "http://127.0.0.1:9/v1", sample_rows(4))
+    doc["output"]["delta"] = {"write_mode": "upsert"}
+    spec, table = spec_from_dict(doc), tmp_path / "table"
+    schema = "id string, response string, error string"
+    first, second, third = "20261207T000000000001Z", "20261207T000000000002Z", "20261207T3Z"
+    store = store_for(spark, spec)
+    assert store.prepare() is False
+    store.write(
+        spark.createDataFrame(
+            [("q0", "a0", None), ("q1", None, "HTTP 500"), ("q2", "a2", None),
+             ("q2", None, "timeout")],
+            schema,
+        ),
+        first,
+    )  # fmt: skip
+    store.finish(first)
+    assert sorted((r["id"], r["response"]) for r in table_rows(table)) == [
+        ("q0", "a0"), ("q1", None), ("q2", "a2"),
+    ]  # fmt: skip
+
+    # The rerun answers the failed id and a new one, with one more kept column.
+    store = store_for(spark, spec)
+    assert store.prepare() is True
+    store.write(
+        spark.createDataFrame(
+            [("q1", "a1", None, "t1"), ("q3", "a3", None, "t3")], f"{schema}, topic string"
+        ),
+        second,
+    )
+    store.finish(second)
+    out = {r["id"]: r for r in table_rows(table)}
+    assert sorted(out) == ["q0", "q1", "q2", "q3"]
+    assert (out["q1"]["response"], out["q1"]["error"], out["q1"]["run"]) == ("a1", None, second)
+    assert (out["q0"]["run"], out["q0"]["topic"]) == (first, None)
+    assert out["q3"]["topic"] == "t3"
+    history = DeltaTable(str(table)).history()
+    merges = [c for c in history if c["operation"] == "MERGE"]
+    assert [c["userMetadata"] for c in merges] == [f"spark-vllm run {second}"]
+    # Resume reads one attempt per id: the latest.
+    latest = store_for(spark, spec).attempts(None)
+    assert latest.count() == 4
+
+    # A driver that died after its MERGE but before deleting its staging: the next run
+    # merges the same rows again, which changes nothing.
+    store.write(spark.createDataFrame([("q2", "a2 again", None)], schema), third)
+    store.finish(third)
+    before = sorted(tuple(sorted(r.items())) for r in table_rows(table))
+    store.write(spark.createDataFrame([("q2", "a2 again", None)], schema), third)
+    assert store_for(spark, spec).prepare() is True
+    assert sorted(tuple(sorted(r.items())) for r in table_rows(table)) == before
+    assert len(table_rows(table)) == 4
+

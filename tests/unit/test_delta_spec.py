@@ -50,6 +50,10 @@ def test_delta_input_reads_a_path_with_the_readers_options():
         (None, {"format": "deltalake", "path": "o"}, "'delta'"),
         (None, {"format": "delta", "path": "o", "jdbc": {"url": "jdbc:x:y", "table": "a"}},
          "output.jdbc goes with format 'jdbc', not 'delta'"),
+        (None, {"format": "parquet", "path": "o", "delta": {"write_mode": "upsert"}},
+         "output.delta goes with format 'delta', not 'parquet'"),
+        (None, {"format": "delta", "path": "o", "delta": {"write_mode": "merge"}},
+         "'append' or 'upsert'"),
     ],
 )  # fmt: skip
 def test_delta_mistakes_are_named(inp, out, named):  # type: ignore[no-untyped-def]

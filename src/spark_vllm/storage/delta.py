@@ -32,6 +32,7 @@ from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.window import Window
 
 from spark_vllm.errors import SpecError
 from spark_vllm.storage import results
@@ -145,12 +146,25 @@ def stage(result: DataFrame, path: str, run_id: str) -> None:
     results.write_run(result, staging_path(path, run_id), "parquet")
 
 
-def commit(spark: SparkSession, path: str, run_id: str, overwrite: bool) -> None:
+def commit(
+    spark: SparkSession,
+    path: str,
+    run_id: str,
+    overwrite: bool,
+    upsert_on: str | None = None,
+) -> None:
     """One Delta commit of the rows staged for `run_id` (with the `run` column), then
-    the staging folder deleted. Nothing staged: nothing committed."""
+    the staging folder deleted. Nothing staged: nothing committed. `upsert_on` (the id
+    column) makes the commit a MERGE on it into an existing table (see merge)."""
     staged = staging_path(path, run_id)
     if results.entries(spark, staged):
         rows = spark.read.parquet(staged).withColumn(results.RUN_COLUMN, F.lit(run_id))
+        if upsert_on is not None and not overwrite:
+            rows = one_per_id(rows, upsert_on)
+            if is_table(spark, path):
+                merge(spark, path, rows, run_id, upsert_on)
+                results.remove(spark, staged)
+                return
         writer = (
             rows.write.format("delta")
             .mode("overwrite" if overwrite else "append")
@@ -163,6 +177,45 @@ def commit(spark: SparkSession, path: str, run_id: str, overwrite: bool) -> None
         writer = writer.option("overwriteSchema" if overwrite else "mergeSchema", "true")
         writer.save(path)
     results.remove(spark, staged)
+
+
+def one_per_id(rows: DataFrame, id_column: str) -> DataFrame:
+    """One row per id: a success before a failure. A task Spark ran twice may stage an
+    id twice, and a MERGE refuses two source rows for one target row."""
+    order = Window.partitionBy(F.col(f"`{id_column}`")).orderBy(F.col("error").isNotNull().asc())
+    numbered = rows.withColumn("_spark_vllm_n", F.row_number().over(order))
+    return numbered.where(F.col("_spark_vllm_n") == 1).drop("_spark_vllm_n")
+
+
+def merge(spark: SparkSession, path: str, rows: DataFrame, run_id: str, id_column: str) -> None:
+    """One MERGE commit of `rows` into the table at `path` on `id_column`: an id the table
+    holds gets this run's row, a new id is inserted; new columns are added (schema
+    evolution). Applied twice (a driver that died after its commit, its staging committed
+    again by the next run), it leaves the same rows. The commit carries the run id as its
+    userMetadata, as the appends do."""
+    view = f"spark_vllm_staged_{run_id.lower()}"
+    rows.createOrReplaceTempView(view)
+    target = "`" + path.replace("`", "``") + "`"
+    key = "`" + id_column.replace("`", "``") + "`"
+    settings = {
+        "spark.databricks.delta.commitInfo.userMetadata": f"spark-vllm run {run_id}",
+        "spark.databricks.delta.schema.autoMerge.enabled": "true",
+    }
+    before = {k: spark.conf.get(k, None) for k in settings}
+    try:
+        for k, v in settings.items():
+            spark.conf.set(k, v)
+        spark.sql(
+            f"MERGE INTO delta.{target} AS t USING {view} AS s ON t.{key} = s.{key} "
+            "WHEN MATCHED THEN UPDATE SET * WHEN NOT MATCHED THEN INSERT *"
+        )
+    finally:
+        for k, v in before.items():
+            if v is None:
+                spark.conf.unset(k)
+            else:
+                spark.conf.set(k, v)
+        spark.catalog.dropTempView(view)
 
 
 def drop_staged(spark: SparkSession, path: str) -> None:

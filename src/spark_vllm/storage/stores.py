@@ -256,8 +256,14 @@ class DeltaStore(PathStore):
         the runs it found."""
         staged = delta.staged_runs(self.spark, self.path)
         for run_id in staged:
-            delta.commit(self.spark, self.path, run_id, overwrite=False)
+            delta.commit(self.spark, self.path, run_id, overwrite=False, upsert_on=self.upsert_on)
         return staged
+
+    @property
+    def upsert_on(self) -> str | None:
+        """The id column when each commit is a MERGE on it (output.delta.write_mode)."""
+        options = self.spec.output.delta
+        return self.id_column if options and options.write_mode == "upsert" else None
 
     def check_ours(self) -> None:
         """Resume reads and appends rows with the `run` column every job's table has."""
@@ -283,7 +289,7 @@ class DeltaStore(PathStore):
         """Commit the staged rows in one Delta transaction (those staged before a task
         failed for good too: the next run resumes from them)."""
         overwrite = self.spec.output.mode == "overwrite"
-        delta.commit(self.spark, self.path, run_id, overwrite=overwrite)
+        delta.commit(self.spark, self.path, run_id, overwrite=overwrite, upsert_on=self.upsert_on)
 
     def this_run(self, run_id: str, stored: T.StructType | None) -> DataFrame | None:
         if not delta.is_table(self.spark, self.path):
