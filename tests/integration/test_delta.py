@@ -3,6 +3,7 @@ and the real vLLM; the table read back independently with delta-rs (PyPI `deltal
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -272,3 +273,27 @@ def test_upsert_merges_each_run_on_the_id_one_row_per_id(spark, tmp_path):
     assert sorted(tuple(sorted(r.items())) for r in table_rows(table)) == before
     assert len(table_rows(table)) == 4
 
+
+def test_two_jobs_appending_to_one_table_at_once_both_commit(spark, tmp_path):
+    """Two runs (two jobs' drivers) commit into one table at the same time: Delta's blind
+    appends do not conflict, so both commits land, each with its run id, and no row of
+    either is lost."""
+    spec, table = _store(tmp_path)
+    schema = "id string, response string, error string"
+    runs = {"20261207T000000000001Z": "a", "20261207T000000000002Z": "b"}
+    store = store_for(spark, spec)
+    assert store.prepare() is False
+    store.write(spark.createDataFrame([("q0", "first", None)], schema), "20261207T000000000000Z")
+    store.finish("20261207T000000000000Z")  # the table exists before the race
+    for run_id, tag in runs.items():
+        rows = [(f"{tag}{i}", f"answer {i}", None) for i in range(50)]
+        store.write(spark.createDataFrame(rows, schema), run_id)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for done in [pool.submit(store_for(spark, spec).finish, run_id) for run_id in runs]:
+            done.result()
+    out = table_rows(table)
+    assert len(out) == 101
+    assert {r["run"] for r in out} == {"20261207T000000000000Z", *runs}
+    assert sorted(c["userMetadata"] for c in run_commits(table))[1:] == [
+        f"spark-vllm run {run_id}" for run_id in sorted(runs)
+    ]
