@@ -28,6 +28,7 @@ VARIANT ?= gpu
 # and for its prefix step (python -m bench.prefix --help), e.g. PREFIX_BENCH_ARGS="--docs 16".
 BENCH_ARGS ?=
 PREFIX_BENCH_ARGS ?=
+STORES_BENCH_ARGS ?=
 # `make smoke VOLCANO=1` also installs Volcano and runs the job under it.
 VOLCANO ?= 0
 
@@ -49,7 +50,7 @@ DOCS_STAMP  := $(DOCS_VENV)/.installed
 
 .DEFAULT_GOAL := help
 .PHONY: help setup model run plan run-embedding run-images run-lora serve postgres prometheus jars tools schema manifests base-image build-image operator operator-image prebuild test test-unit \
-	test-bundle test-image test-gpu-image test-cluster docs cluster-up cluster-down volcano node bench bench-prefix smoke lint format clean
+	test-bundle test-image test-gpu-image test-cluster docs cluster-up cluster-down volcano node bench bench-prefix bench-stores smoke lint format clean
 
 help: ## list the verbs
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -242,9 +243,13 @@ cluster-down: ## stop the one-node Kubernetes and Volcano, removing their pods
 test-unit: setup ## run the unit tests only (seconds)
 	$(BIN)/pytest -m unit tests
 
-bench: setup ## benchmark: offline vLLM vs. HTTP client vs. the job, then prefix orders (bench/README.md); not a test
+bench: setup jars ## benchmark: offline vLLM vs. HTTP client vs. the job, then prefix orders, then the output stores (bench/README.md); not a test
 	$(BIN)/python -m bench $(BENCH_ARGS)
 	$(BIN)/python -m bench.prefix $(PREFIX_BENCH_ARGS)
+	$(BIN)/python -m bench.stores $(STORES_BENCH_ARGS)
+
+bench-stores: setup jars ## benchmark the output stores alone: parquet vs Delta append vs Delta upsert, rows/s of a run and a rerun (STORES_BENCH_ARGS=)
+	$(BIN)/python -m bench.stores $(STORES_BENCH_ARGS)
 
 bench-prefix: setup ## benchmark prefix-aware scheduling alone: shuffled vs input order vs prefix-grouped, with hit rates
 	$(BIN)/python -m bench.prefix $(PREFIX_BENCH_ARGS)
