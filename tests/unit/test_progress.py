@@ -397,3 +397,15 @@ def test_a_budgets_grant_alone() -> None:
     assert out.grant(64, 10, Counts(rows=10, completion_tokens=95)) == (0, True)
     # 60 answered, 4 rows out hold the other 40: wait for answers, not reached
     assert out.grant(64, 10, Counts(rows=6, completion_tokens=60)) == (0, False)
+
+
+def test_the_last_progress_line_is_not_printed_twice(board):
+    """The printer's last line at the run's end comes only when the counts moved since
+    the line before; the same counts once more were a duplicated final line."""
+    out = io.StringIO()
+    with ProgressPrinter(board, to_send=10, interval_s=0.3, stream=out):
+        post(board, report(0, 1, 10))
+        time.sleep(0.45)  # one line of the loop's, at 0.3 s, holds the end already
+    lines = out.getvalue().splitlines()
+    finished = [line for line in lines if "10/10 rows" in line]
+    assert len(finished) == 1, lines

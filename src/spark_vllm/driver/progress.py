@@ -389,6 +389,7 @@ class ProgressPrinter:
         self._thread: threading.Thread | None = None
         self._bar: Any = None
         self._started = 0.0
+        self._last: Counts | None = None  # the counts of the line printed last
 
     def __enter__(self) -> ProgressPrinter:
         self._started = time.monotonic()
@@ -407,7 +408,7 @@ class ProgressPrinter:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
-        self.show()  # where the run ended, however short it was
+        self.show(final=True)  # where the run ended, however short it was
         if self._bar is not None:
             self._bar.close()
 
@@ -430,8 +431,13 @@ class ProgressPrinter:
         parts.append(f"ETA {_duration(left / rate)}" if rate > 0 and left > 0 else "ETA -")
         return ", ".join(parts)
 
-    def show(self) -> None:
+    def show(self, final: bool = False) -> None:
+        """One line (or the bar) of the counts now; `final`: only when they changed since
+        the line before, so a run's last line is not printed twice."""
         counts, _ = self.board.totals()
+        if final and counts == self._last:
+            return
+        self._last = counts
         elapsed = time.monotonic() - self._started
         if self._bar is not None:
             self._bar.n = counts.rows
