@@ -23,6 +23,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -611,7 +612,7 @@ def run(spec: JobSpec, server: LocalServer | None = None) -> int:
             raise KeyboardInterrupt
         if job.result is not None and server is not None:
             with _plain_sigint():
-                _start(server)
+                job.waited_s += _start(server)
         sending = True
         summary = execute(spark, spec, job)
     except SpecError as exc:
@@ -671,10 +672,14 @@ def _local_server(spec: JobSpec | None, args: argparse.Namespace) -> LocalServer
     )
 
 
-def _start(server: LocalServer) -> None:
+def _start(server: LocalServer) -> float:
+    """Start `server`; return the seconds its start took."""
     print(f"spark-vllm: starting vLLM for {server.model} (log: {server.log_path}) ...", flush=True)
+    started = time.monotonic()
     server.start()
-    print(f"spark-vllm: vLLM ready at {server.base_url}", flush=True)
+    took = time.monotonic() - started
+    print(f"spark-vllm: vLLM ready at {server.base_url} after {took:.0f} s", flush=True)
+    return took
 
 
 def _stop(server: LocalServer, grace_s: float = 20) -> None:

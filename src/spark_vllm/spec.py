@@ -772,7 +772,10 @@ class TimeoutSpec(_Strict):
     ready_s: float = Field(
         default=900.0,
         gt=0,
-        description="how long a task waits for the sidecar to be ready, seconds",
+        description=(
+            "how long a task waits for the sidecar to be ready (in local mode the driver "
+            "waits, once, before any task starts), seconds"
+        ),
     )
     outage_s: float = Field(
         default=600.0,

@@ -226,3 +226,31 @@ def test_overlong_prompts_are_truncated_to_fit_when_asked(spark, vllm_server, tm
     assert long["truncated"] is True
     assert long["prompt_tokens"] == CONTEXT - MAX_TOKENS
     assert [r["id"] for r in out.values() if r["truncated"]] == [rows[4]["id"]]
+
+
+def test_a_run_with_no_server_at_its_endpoint_says_so_in_one_line(tmp_path):
+    """Tried as a new user would: `spark-vllm run` with nothing listening on the endpoint
+    printed `progress: 0/5 rows … ETA -` for the whole timeouts.ready_s, then pages of Java
+    and Python traces. Now the driver (a local master shares its tasks' loopback) waits
+    for the endpoint before any task starts, saying what it waits for, and gives up with
+    one line naming the endpoint and the timeout (exit 1); nothing is written."""
+    import socket
+
+    with socket.socket() as free:  # a port with nothing listening once it is closed
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/v1"
+    doc = spec_doc(
+        tmp_path, url, sample_rows(5), timeouts={"ready_s": 3}, progress={"interval_s": 1}
+    )
+    done = run_cli(doc, tmp_path)
+    assert done.returncode == 1, done.stderr[-3000:]
+    said = [line for line in done.stderr.splitlines() if line.startswith("spark-vllm")]
+    assert said[0].startswith(f"spark-vllm: waiting for vLLM at {url} (model "), said
+    assert "giving up after 3 s (timeouts.ready_s); last seen: " in said[0]
+    assert "connection refused" in said[0]
+    assert said[-1].startswith(f"spark-vllm: no vLLM ready at {url} for model "), said
+    assert "after 3 s (timeouts.ready_s)" in said[-1]
+    assert "Traceback" not in done.stderr and "Py4J" not in done.stderr, done.stderr[-3000:]
+    assert "progress: 0/5" not in done.stderr
+    assert not (tmp_path / "out").exists() or read_rows(tmp_path / "out") == []

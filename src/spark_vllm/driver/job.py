@@ -40,7 +40,7 @@ from spark_vllm.driver.summary import (
     summarize,
     summarize_from_output,
 )
-from spark_vllm.errors import SchemaError, SpecError
+from spark_vllm.errors import SchemaError, SidecarNotReady, SpecError
 from spark_vllm.request import structured
 from spark_vllm.request.kinds import (
     COMPLETION_DEFAULT_MAX_TOKENS,
@@ -63,6 +63,7 @@ from spark_vllm.storage.fingerprint import (
 )
 from spark_vllm.storage.stores import OutputStore, store_for
 from spark_vllm.task.budget import BUDGET_REACHED, Budget
+from spark_vllm.task.client import probe, read_api_key
 from spark_vllm.task.retry import RetryPolicy
 from spark_vllm.task.runner import (
     Concurrency,
@@ -652,11 +653,55 @@ def _shown(spec: JobSpec, job: Plan) -> contextlib.AbstractContextManager[object
     return ProgressPrinter(job.progress, job.census.to_send, interval, tokens=job.kind.tokens)
 
 
+def wait_for_endpoint(
+    spark: SparkSession, spec: JobSpec, job: Plan, stream: Any = None, poll_s: float = 1.0
+) -> float:
+    """On a local master the driver shares its tasks' loopback: wait there once for the
+    endpoint to serve the model, saying what it waits for every `progress.interval_s`,
+    before any task starts (and before an overwrite clears the output). Returns the
+    seconds waited. Raises SidecarNotReady in one line, naming the endpoint and
+    `timeouts.ready_s`, when it is not ready by then. Elsewhere (a cluster: each
+    executor's sidecar is on the executor's loopback) the tasks wait, each for its own."""
+    if not spark.sparkContext.master.startswith("local"):
+        return 0.0
+    stream = stream if stream is not None else sys.stderr
+    url, model = spec.endpoint.base_url, job.kind.model
+    deadline = spec.timeouts.ready_s
+    api_key = read_api_key(spec.endpoint.api_key_env)
+    started = time.monotonic()
+    said: float | None = None  # when the last waiting line was printed
+    while True:
+        seen = probe(url, model, api_key, timeout=min(5.0, deadline))
+        waited = time.monotonic() - started
+        if seen is None:
+            if said is not None:
+                print(f"spark-vllm: {url} is ready after {waited:.0f} s", file=stream, flush=True)
+            return waited
+        if waited >= deadline:
+            raise SidecarNotReady(
+                f"no vLLM ready at {url} for model {model!r} after {deadline:g} s "
+                f"(timeouts.ready_s); last seen: {seen}. Start one there (spark-vllm serve "
+                "--model DIR), let spark-vllm local start one, or set endpoint.base_url"
+            )
+        if said is None or waited - said >= spec.progress.interval_s:
+            said = waited
+            print(
+                f"spark-vllm: waiting for vLLM at {url} (model {model!r}): {waited:.0f} s so "
+                f"far, giving up after {deadline:g} s (timeouts.ready_s); last seen: {seen}",
+                file=stream,
+                flush=True,
+            )
+        time.sleep(min(poll_s, max(deadline - waited, 0.0)))
+
+
 def execute(spark: SparkSession, spec: JobSpec, job: Plan) -> Summary:
     """Send what `plan` found to send, write it, and return the summary. The run's
     record is written first, so even a run that dies midway leaves the settings its
-    answers were made with."""
+    answers were made with. On a local master the endpoint is waited for first
+    (`wait_for_endpoint`): that time is the summary's `waiting_s`."""
     failure: BaseException | None = None
+    if job.result is not None:
+        job.waited_s += wait_for_endpoint(spark, spec, job)
     job.store.begin()
     if job.result is not None or job.record.adopted:
         # Adopting earlier answers (on_change: resume) is recorded even with nothing to
@@ -689,6 +734,7 @@ def execute(spark: SparkSession, spec: JobSpec, job: Plan) -> Summary:
             step(f"summary of run {job.run_id}, read back")
             summary = summarize_from_output(job, wall)
         summary.status = "interrupted" if isinstance(failure, KeyboardInterrupt) else "failed"
+    summary.waiting_s = min(job.waited_s, wall)
     if job.result is not None:
         _leave_summary(spec, job, summary)
     if failure is None:

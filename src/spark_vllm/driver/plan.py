@@ -58,6 +58,7 @@ class Plan:
     tally: Accumulator[Tally] | None = None
     progress: ProgressBoard | None = None  # where the tasks report as they go
     to_send: DataFrame | None = None  # the input rows the run sends, in its partitions
+    waited_s: float = 0.0  # waiting for the endpoint: a local vLLM's start, the driver's wait
 
 
 def largest_max_tokens(spec: JobSpec, census: Census) -> int | None:
