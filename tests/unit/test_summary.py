@@ -100,3 +100,25 @@ def test_the_printed_summary_lists_failures_by_kind_and_says_how_the_run_ended()
     assert "  sidecar down  12.0 s (summed over tasks)" in text
     assert "  window        8-256 rows in flight per task" in text
     assert "  failed rows by kind:\n    2 x HTTP 400 too long (e.g. id x)" in text
+
+
+def test_rows_per_second_count_the_answering_time_not_the_wait_for_vllm():
+    """A run that waited 100 s of its 130 for vLLM to start answered 300 rows in 30 s:
+    10 rows/s, not 2.31; the summary says both times."""
+    summary = Summary(300, 300, 0, 3000, 6000, 130.0, "out", run_id="r", waiting_s=100.0)
+    assert summary.answering_s == 30.0
+    assert summary.rows_per_s == 10.0
+    assert summary.output_tokens_per_s == 200.0
+    text = summary.render()
+    assert "  wall time     130.0 s\n  waiting       100.0 s (for the vLLM server" in text
+    assert "  answering     30.0 s (reading, sending, writing)" in text
+    assert "  rows/s        10.00 (over the answering time)" in text
+    document = summary.to_dict()
+    assert (document["waiting_s"], document["answering_s"], document["rows_per_s"]) == (
+        100.0,
+        30.0,
+        10.0,
+    )
+    assert Summary.from_dict(document).waiting_s == 100.0
+    del document["waiting_s"]  # a summary left by an earlier version
+    assert Summary.from_dict(document).waiting_s == 0.0

@@ -47,6 +47,7 @@ class Summary:
     retries: int | None = None  # None: not known (a run that stopped midway)
     outage_s: float | None = None  # sidecar down, summed over tasks; None: not known
     window: tuple[int, int] | None = None  # see Tally; None: not known or fixed at 0
+    waiting_s: float = 0.0  # of wall_s, waiting for the endpoint (a local vLLM's start)
     # How the run ended and what it was, for its JSON document (see `to_dict`).
     status: str = "succeeded"  # succeeded, failed, interrupted or budget reached
     task: str = ""
@@ -78,6 +79,8 @@ class Summary:
             "sidecar_outage_s": self.outage_s,
             "window": {"min": self.window[0], "max": self.window[1]} if self.window else None,
             "wall_s": self.wall_s,
+            "waiting_s": self.waiting_s,
+            "answering_s": self.answering_s,
             "rows_per_s": round(self.rows_per_s, 3),
             "output_tokens_per_s": round(self.output_tokens_per_s, 3) if self.tokens else None,
             "output_ids": self.output_ids,
@@ -119,15 +122,21 @@ class Summary:
             settings_sha256=data["settings_sha256"],
             finished_at=data["finished_at"],
             versions=dict(data["versions"]),
+            waiting_s=data.get("waiting_s", 0.0),  # absent from earlier versions' documents
         )
 
     @property
+    def answering_s(self) -> float:
+        """The wall time but the wait for the endpoint: reading, sending, writing."""
+        return max(self.wall_s - self.waiting_s, 0.0)
+
+    @property
     def rows_per_s(self) -> float:
-        return self.rows / self.wall_s if self.wall_s > 0 else 0.0
+        return self.rows / self.answering_s if self.answering_s > 0 else 0.0
 
     @property
     def output_tokens_per_s(self) -> float:
-        return self.completion_tokens / self.wall_s if self.wall_s > 0 else 0.0
+        return self.completion_tokens / self.answering_s if self.answering_s > 0 else 0.0
 
     def render(self) -> str:
         ended = "" if self.status == "succeeded" else f", {self.status}"
@@ -146,7 +155,9 @@ class Summary:
             ]
         lines += [
             f"  wall time     {self.wall_s:.1f} s",
-            f"  rows/s        {self.rows_per_s:.2f}",
+            f"  waiting       {self.waiting_s:.1f} s (for the vLLM server to be ready)",
+            f"  answering     {self.answering_s:.1f} s (reading, sending, writing)",
+            f"  rows/s        {self.rows_per_s:.2f} (over the answering time)",
         ]
         if self.tokens:
             lines.append(f"  out tokens/s  {self.output_tokens_per_s:.1f}")
