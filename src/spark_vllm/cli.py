@@ -127,7 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--served-model-name", default=None, help="the name to serve it under (default: --model)"
     )
     summary = sub.add_parser(
-        "summary", help="print the summary an earlier run of the job left beside its output"
+        "summary",
+        help="print the summary an earlier run of the job left beside its output (a local "
+        "output is read without Spark)",
     )
     _add_spec_args(summary)
     summary.add_argument("--run", default=None, help="the run's id (default: the latest run)")
@@ -159,9 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     planning.add_argument(
         "--report",
-        default="spark-vllm-plan.json",
+        default=None,
         metavar="FILE",
-        help="where the JSON report goes (default: %(default)s)",
+        help="write the figures as JSON to FILE (default: none written)",
     )
     _add_operate_commands(sub)
     return parser
@@ -366,7 +368,18 @@ def make_plan(spec: JobSpec, args: argparse.Namespace) -> int:
         return 2
     spark = spark_session(spec)
     try:
-        report = preflight(spark, spec, plan(spark, spec, sending=False), tokens, context)
+        job = plan(spark, spec, sending=False)
+        done = job.census.skipped
+        answered = job.result is None and done > 0
+        if answered:
+            # Every id is answered: count what a fresh run would send instead of nothing,
+            # and say that a resume sends none of it.
+            fresh = spec.model_copy(deep=True)
+            fresh.output.mode = "overwrite"
+            job = plan(spark, fresh, sending=False)
+            job.census.skipped = done
+        report = preflight(spark, spec, job, tokens, context)
+        report.fresh = answered
     except SpecError as exc:
         print(f"spark-vllm: {exc}", file=sys.stderr)
         return 2
@@ -381,9 +394,12 @@ def make_plan(spec: JobSpec, args: argparse.Namespace) -> int:
     finally:
         if not _under_spark_submit():
             spark.stop()
-    Path(args.report).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     print(report.render())
-    print(f"  report        {args.report}")
+    if args.report is None:
+        print("  report        not written (--report FILE writes these figures as JSON)")
+    else:
+        Path(args.report).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        print(f"  report        {args.report}")
     return 0
 
 
@@ -392,14 +408,20 @@ def show_summaries(spec: JobSpec, args: argparse.Namespace) -> int:
     import json
 
     from spark_vllm.driver.summary import Summary
-    from spark_vllm.storage.stores import store_for
+    from spark_vllm.storage.results import local_summaries
 
-    spark = spark_session(spec)
-    try:
-        found = store_for(spark, spec).summaries()
-    finally:
-        if not _under_spark_submit():
-            spark.stop()
+    found = None
+    if spec.output.format != "jdbc" and spec.output.path is not None:
+        found = local_summaries(spec.output.path)  # a local output: read without Spark
+    if found is None:  # a database, s3a://, hdfs://: Spark reaches them
+        from spark_vllm.storage.stores import store_for
+
+        spark = spark_session(spec)
+        try:
+            found = store_for(spark, spec).summaries()
+        finally:
+            if not _under_spark_submit():
+                spark.stop()
     where = spec.output.where()
     if not found:
         print(f"spark-vllm: {where} holds no run summary", file=sys.stderr)
@@ -720,7 +742,12 @@ def serve(args: argparse.Namespace) -> int:
 
 def validate(spec: JobSpec, args: argparse.Namespace) -> int:
     """`validate`: the spec, then the columns it reads against the input's, where cheap."""
-    from spark_vllm.storage.inputs import Columns, columns_without_spark
+    from spark_vllm.storage.inputs import (
+        Columns,
+        bad_ids_text,
+        bad_ids_without_spark,
+        columns_without_spark,
+    )
 
     try:
         columns = columns_without_spark(spec)
@@ -759,6 +786,11 @@ def validate(spec: JobSpec, args: argparse.Namespace) -> int:
         print(f"spark-vllm: {args.spec} is a valid job spec")
         print(f"spark-vllm: warning: {exc}; only {columns.source} were read")
         return 0
+    bad, read = bad_ids_without_spark(spec)
+    if bad:  # as `run` refuses them, without its Spark session
+        print(f"spark-vllm: {bad_ids_text(spec.id_column(), bad)} (read from {read})",
+              file=sys.stderr)  # fmt: skip
+        return 2
     print(
         f"spark-vllm: {args.spec} is a valid job spec, and the columns it reads are in the "
         f"input (read from {columns.source})"

@@ -84,6 +84,16 @@ def test_every_make_run_of_the_readme_works_as_written_in_order(vllm_server, clo
     assert "nothing to send: every id succeeded in earlier runs" in again.stdout
     assert "skipped       300" in again.stdout
 
+    # `make plan` after `make run` (the manual's table): counted as a fresh run, and said so.
+    planned = spark_vllm(clone, "plan", first[0], *first[1], *served)
+    assert planned.returncode == 0, planned.stderr[-3000:]
+    assert "  done          300 (succeeded in earlier runs)\n  to send       0 on resume" in (
+        planned.stdout
+    )
+    assert "prompt tokens 25,320 in all" in planned.stdout, planned.stdout
+    assert "report        not written" in planned.stdout
+    assert not list(clone.glob("*.json")), "plan wrote into the working directory"
+
     for job, args in rest:
         done = spark_vllm(clone, "run", job, *args, *served)
         assert done.returncode == 0, (job, args, done.stderr[-3000:])

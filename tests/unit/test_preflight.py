@@ -108,3 +108,16 @@ def test_the_report_estimates_time_and_gpu_hours_from_the_specs_throughput():
     bare = PlanReport(spec="s", tokenizer="t", context=1, rows=0, done=0, to_send=0)
     assert bare.to_dict()["gpu_hours_at_most"] is None
     assert "give estimate.output_tokens_per_s" in bare.render()
+
+
+def test_a_plan_after_every_id_was_answered_counts_a_fresh_run_and_says_so():
+    """`make plan` after `make run` said only "nothing to send"; the manual shows a table."""
+    report = PlanReport(
+        spec="chat.yaml", tokenizer="t", context=2048, rows=300, done=300, to_send=300,
+        prompt_tokens=25_320, fresh=True,
+    )  # fmt: skip
+    text = report.render()
+    assert "  done          300 (succeeded in earlier runs)\n  to send       0 on resume" in text
+    assert "counts below are of a fresh run (--set output.mode=overwrite), which sends 300" in text
+    assert "prompt tokens 25,320 in all" in text
+    assert report.to_dict()["fresh"] is True

@@ -165,3 +165,37 @@ def test_input_elsewhere_says_a_missing_local_path_and_passes(tmp_path, capsys):
     code, text = validate(job(tmp_path, "jsonl", path), capsys, "--input-elsewhere")
     assert code == 0 and "is a valid job spec" in text
     assert f"not checked: input.path {path!r} does not exist here" in text
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+def test_duplicate_and_null_ids_of_a_local_input_are_refused_as_run_refuses_them(
+    tmp_path, capsys, fmt
+):
+    """`validate` said the spec was valid; `run` refused the same ids 13 s later."""
+    rows = [
+        {"id": "a", "question": "Why?"},
+        {"id": "b", "question": "How?"},
+        {"id": "a", "question": "When?"},
+        {"id": None, "question": "Who?"},
+    ]
+    data = tmp_path / f"in.{fmt}"
+    if fmt == "jsonl":
+        data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    elif fmt == "csv":
+        data.write_text(
+            "id,question\n" + "".join(f"{r['id'] or ''},{r['question']}\n" for r in rows)
+        )
+    else:
+        pq.write_table(pa.Table.from_pylist(rows), data)
+    code, text = validate(job(tmp_path, fmt, data, id_column="id"), capsys)
+    assert code == 2, text
+    assert (
+        "spark-vllm: input.id_column: column 'id' must hold a unique, non-null id per row; "
+        "found id 'a' on 2 rows; no id (null) on 1 row." in text
+    )
+    assert f"(read from every row of {data})" in text
+    unique = [r for r in rows if r["question"] in ("Why?", "How?")]
+    if fmt == "jsonl":
+        data.write_text("".join(json.dumps(r) + "\n" for r in unique))
+        code, text = validate(job(tmp_path, fmt, data, id_column="id"), capsys)
+        assert code == 0 and "valid job spec" in text

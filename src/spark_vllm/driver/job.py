@@ -61,6 +61,7 @@ from spark_vllm.storage.fingerprint import (
     fingerprint,
     matching_runs,
 )
+from spark_vllm.storage.inputs import bad_ids_text
 from spark_vllm.storage.stores import OutputStore, store_for
 from spark_vllm.task.budget import BUDGET_REACHED, Budget
 from spark_vllm.task.client import probe, read_api_key
@@ -407,18 +408,6 @@ def refuse_bad_ids(df: DataFrame, id_column: str) -> None:
         .collect()
     )
     raise SpecError(bad_ids_text(id_column, [(r["id"], r["count"]) for r in bad]))
-
-
-def bad_ids_text(id_column: str, bad: list[tuple[Any, int]]) -> str:
-    """What refuse_bad_ids says of `bad`: (id, rows holding it), null or on several rows."""
-    found = []
-    for value, count in bad:
-        rows = f"{count} row{'s' if count != 1 else ''}"
-        found.append(f"no id (null) on {rows}" if value is None else f"id {value!r} on {rows}")
-    return (
-        f"input.id_column: column {id_column!r} must hold a unique, non-null id per row; "
-        f"found {'; '.join(found)}. Fix the input, or unset input.id_column to derive ids"
-    )
 
 
 # The local properties by which Spark's UI groups and names the jobs a thread starts.

@@ -369,6 +369,9 @@ class PlanReport:
     gpus_per_replica: int = 1
     note: str = ""
     generating: bool = True  # False: embeddings, which have no output tokens to time
+    # Every id was answered already: the counts are of a fresh run (output.mode
+    # overwrite), which would send all `to_send` rows; a resume sends none.
+    fresh: bool = False
 
     @property
     def wall_s_at_most(self) -> float | None:
@@ -398,6 +401,11 @@ class PlanReport:
             f"  done          {self.done:,} (succeeded in earlier runs)",
             f"  to send       {self.to_send:,}",
         ]
+        if self.fresh:
+            lines[-1] = (
+                f"  to send       0 on resume (every id succeeded); the counts below are of "
+                f"a fresh run (--set output.mode=overwrite), which sends {self.to_send:,}"
+            )
         if self.note:
             lines.append(f"  {self.note}")
             return "\n".join(lines)

@@ -12,9 +12,11 @@ import csv
 import glob
 import json
 import re
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import pyarrow as pa
@@ -322,6 +324,77 @@ def _batch_file_problems(files: list[Path]) -> list[str]:
                 if problem is not None and len(problems) < openai_batch.SHOWN_PROBLEMS:
                     problems.append(f"{where}: {problem}")
     return problems
+
+
+# The most bytes of local input `validate` reads for its ids; beyond, `run` checks them.
+ID_CHECK_BYTES = 256 * 2**20
+
+
+def bad_ids_text(id_column: str, bad: list[tuple[Any, int]]) -> str:
+    """What `run` and `validate` say of `bad`: (id, rows holding it), null or on several
+    rows."""
+    found = []
+    for value, count in bad:
+        rows = f"{count} row{'s' if count != 1 else ''}"
+        found.append(f"no id (null) on {rows}" if value is None else f"id {value!r} on {rows}")
+    return (
+        f"input.id_column: column {id_column!r} must hold a unique, non-null id per row; "
+        f"found {'; '.join(found)}. Fix the input, or unset input.id_column to derive ids"
+    )
+
+
+def bad_ids_without_spark(spec: JobSpec, shown: int = 5) -> tuple[list[tuple[Any, int]], str]:
+    """Ids of input.id_column that are null or on several rows (at most `shown`, with
+    their row counts) in a local JSON Lines, CSV or parquet input of at most
+    ID_CHECK_BYTES, read without Spark, and what was read; ([], why) when they were not
+    read (no id_column, another format, a remote or larger input)."""
+    src = spec.input
+    column = src.id_column
+    if column is None or src.path is None or src.format not in ("jsonl", "csv", "parquet"):
+        return [], "no input.id_column of a local JSON Lines, CSV or parquet input"
+    matched = local_matches(src.path)
+    files = [f for root in matched or [] for f in _data_files(root)]
+    if not files:
+        return [], f"input.path {src.path!r} is not read here"
+    if sum(f.stat().st_size for f in files) > ID_CHECK_BYTES:
+        return [], f"input.path {src.path!r} is larger than {ID_CHECK_BYTES // 2**20} MiB"
+    counts: Counter[Any] = Counter()
+    if src.format == "parquet":
+        import pyarrow.parquet as pq
+
+        for file in files:
+            if column not in pq.read_schema(file).names:
+                return [], f"{file.name} has no column {column!r}"
+            counts.update(pq.read_table(file, columns=[column]).column(0).to_pylist())
+    elif src.format == "csv":
+        settings = {**CSV_DEFAULTS, **{k.lower(): v for k, v in src.options.items()}}
+        if settings.get("header", "true").lower() != "true":
+            return [], "a CSV input without a header"
+        for file in files:
+            with file.open(encoding=settings.get("encoding", "utf-8"), newline="") as fh:
+                reader = csv.DictReader(
+                    (line.removeprefix("\ufeff") for line in fh),
+                    delimiter=settings.get("sep", settings.get("delimiter", ",")),
+                    quotechar=settings.get("quote", '"'),
+                )
+                counts.update((row.get(column) or None) for row in reader)  # "": null, as Spark
+    else:
+        for file in files:
+            with file.open(encoding="utf-8", errors="replace") as fh:
+                for line in fh:
+                    if line.strip():
+                        try:
+                            value = json.loads(line.removeprefix("\ufeff"))
+                        except json.JSONDecodeError:
+                            continue  # the columns' check says so
+                        if isinstance(value, dict):
+                            found = value.get(column)
+                            counts[
+                                found if not isinstance(found, (dict, list)) else repr(found)
+                            ] += 1
+    bad = [(v, n) for v, n in counts.items() if v is None or n > 1]
+    bad.sort(key=lambda item: -item[1])
+    return bad[:shown], f"every row of {src.path}"
 
 
 def _csv_columns(file: Path, options: dict[str, str]) -> list[str]:

@@ -21,6 +21,8 @@ so "latest attempt" is "greatest run id"; within one run a success wins.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import urlparse
 
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
@@ -183,6 +185,23 @@ def write_summary(spark: SparkSession, path: str, run_id: str, text: str) -> Non
 def read_summaries(spark: SparkSession, path: str) -> dict[str, str]:
     """The JSON summaries of the runs under `path`, by run id."""
     return read_texts(spark, f"{path.rstrip('/')}/{SUMMARIES}", ".json")
+
+
+def local_summaries(path: str) -> dict[str, str] | None:
+    """The JSON summaries of the runs under `path` read without Spark, by run id, when
+    `path` is on this machine's file system (a plain path or file://); None when it is
+    not (s3a://, hdfs://: Spark's file systems read it)."""
+    parsed = urlparse(path)
+    if parsed.scheme not in ("", "file"):
+        return None
+    folder = Path(parsed.path if parsed.scheme else path) / SUMMARIES
+    if not folder.is_dir():
+        return {}
+    return {
+        f.name.removesuffix(".json"): f.read_text("utf-8")
+        for f in sorted(folder.iterdir())
+        if f.name.endswith(".json") and not f.name.startswith(("_", "."))
+    }
 
 
 def holds_runs(spark: SparkSession, path: str) -> bool:
