@@ -102,7 +102,7 @@ run-images: setup model ## run the example image job: examples/data/images/ (bin
 
 # alpha is preloaded; beta is loaded by the job on first use (lora.modules), which vLLM
 # allows only with VLLM_ALLOW_RUNTIME_LORA_UPDATING set.
-run-lora: setup model ## run the example LoRA job: each question answered by its row's adapter (or the base model)
+run-lora: setup model ## run the example LoRA job: each question answered by its row's adapter, alpha or beta (no base-model rows)
 	VLLM_ALLOW_RUNTIME_LORA_UPDATING=True $(BIN)/spark-vllm local examples/jobs/lora.yaml \
 	  --model $(TINY_MODEL) $(VLLM_ARGS) --vllm-arg=--enable-lora --vllm-arg=--max-loras=2 \
 	  --vllm-arg=--max-lora-rank=8 --vllm-arg=--lora-modules --vllm-arg=alpha=$(TINY_LORAS)/alpha \

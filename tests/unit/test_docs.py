@@ -49,3 +49,21 @@ def test_every_key_of_the_spec_says_what_it_does() -> None:
 def test_the_job_spec_page_shows_every_key() -> None:
     page = (ROOT / "docs" / "job-spec.md").read_text()
     assert [key for key in _keys(JobSpec) if f"| `{key}` |" not in page] == []
+
+
+def test_make_help_says_which_adapters_the_lora_example_uses():
+    """`make help` said the LoRA example had base-model rows; its data has none."""
+    import json
+
+    help_line = next(
+        line for line in (ROOT / "Makefile").read_text().splitlines()
+        if line.startswith("run-lora:")
+    )  # fmt: skip
+    rows = [
+        json.loads(line)
+        for line in (ROOT / "examples/data/lora-questions.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
+    adapters = {row["adapter"] for row in rows}
+    assert None not in adapters and "no base-model rows" in help_line
+    assert all(name in help_line for name in adapters), (adapters, help_line)
