@@ -122,3 +122,19 @@ def test_rows_per_second_count_the_answering_time_not_the_wait_for_vllm():
     assert Summary.from_dict(document).waiting_s == 100.0
     del document["waiting_s"]  # a summary left by an earlier version
     assert Summary.from_dict(document).waiting_s == 0.0
+
+
+def test_a_tasks_window_is_no_wider_than_its_rows():
+    """A 3-row task printed `window 128-128`: it had 3 rows in flight at most."""
+    small, large = Tally(), Tally()
+    for _ in range(3):
+        small.count(None, (1, 1))
+    for _ in range(150):
+        large.count(None, (1, 1))
+    small.add_window((128, 128))
+    large.add_window((128, 128))
+    large.add_window((192, 192))
+    small.fit_window()
+    large.fit_window()
+    assert (small.window, large.window) == ((3, 3), (128, 150))
+    assert Tally().merge(small).merge(large).window == (3, 150)

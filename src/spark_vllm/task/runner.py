@@ -337,6 +337,7 @@ class PartitionRunner:
             if reporter is not None:  # the task's last word: its final counts
                 self._quietly(reporter.finish(periodic, self._counts()))
                 periodic = None
+            self.tally.fit_window()
             print(self.log_line(time.monotonic() - started), file=sys.stderr, flush=True)
             self.tally.outage_s = self._outage_s()
             if self.cfg.tally is not None:

@@ -233,6 +233,13 @@ class Tally:
         low, high = self.window or window
         self.window = (min(low, window[0]), max(high, window[1]))
 
+    def fit_window(self) -> None:
+        """At a task's end: its window as the rows it could have in flight, no more
+        than its rows (a window of 128 over a 3-row task had 3 in flight at most)."""
+        if self.window is not None:
+            low, high = self.window
+            self.window = (min(low, self.rows), min(high, self.rows))
+
     def add_kind(self, kind: str, count: int, example: str) -> None:
         """`count` more failed rows of `kind`; the first example id seen stays."""
         known, first = self.kinds.get(kind, (0, example))
