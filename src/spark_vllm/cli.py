@@ -377,9 +377,8 @@ def make_plan(spec: JobSpec, args: argparse.Namespace) -> int:
             fresh = spec.model_copy(deep=True)
             fresh.output.mode = "overwrite"
             job = plan(spark, fresh, sending=False)
-            job.census.skipped = done
         report = preflight(spark, spec, job, tokens, context)
-        report.fresh = answered
+        report.done, report.fresh = done, answered
     except SpecError as exc:
         print(f"spark-vllm: {exc}", file=sys.stderr)
         return 2
