@@ -5,6 +5,7 @@ context of 512 tokens)."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -243,8 +244,10 @@ def test_a_run_with_no_server_at_its_endpoint_says_so_in_one_line(tmp_path):
     doc = spec_doc(
         tmp_path, url, sample_rows(5), timeouts={"ready_s": 3}, progress={"interval_s": 1}
     )
+    start = time.monotonic()
     done = run_cli(doc, tmp_path)
     assert done.returncode == 1, done.stderr[-3000:]
+    assert time.monotonic() - start < 180  # JVM start-up and the 3 s, not 15 minutes
     said = [line for line in done.stderr.splitlines() if line.startswith("spark-vllm")]
     assert said[0].startswith(f"spark-vllm: waiting for vLLM at {url} (model "), said
     assert "giving up after 3 s (timeouts.ready_s); last seen: " in said[0]

@@ -187,21 +187,6 @@ def test_on_error_fail_makes_the_job_fail_with_the_row_and_cause(vllm_server, tm
     assert "on_error: fail" in done.stderr
 
 
-def test_no_server_gives_the_readiness_error_within_the_deadline(tmp_path):
-    port = free_port()
-    doc = spec_doc(tmp_path, f"http://127.0.0.1:{port}/v1", sample_rows(4))
-    doc["timeouts"] = {"ready_s": 5}
-    start = time.monotonic()
-    done = run_cli(doc, tmp_path, "--set", "spark.master=local[1]")
-    elapsed = time.monotonic() - start
-
-    assert done.returncode == 1, done.stderr[-3000:]
-    assert f"vLLM sidecar at http://127.0.0.1:{port}/v1 was not ready after 5s" in done.stderr
-    assert "connection refused" in done.stderr
-    # JVM start-up plus the 5 s deadline, far from the default 15 minutes.
-    assert elapsed < 180
-
-
 def test_cli_refuses_a_bad_spec_before_spark_starts(tmp_path):
     doc = spec_doc(tmp_path, "http://127.0.0.1:8000/v1", sample_rows(1))
     doc["sampling"]["max_tokens"] = "many"
