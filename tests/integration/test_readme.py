@@ -109,3 +109,36 @@ def test_the_commands_of_the_spark_vllm_section_work(clone):
     assert wrong.returncode == 2 and "--set 'prompt.template=" in wrong.stderr
     quoted = spark_vllm(clone, "validate", DEFAULT_JOB, "--set", 'prompt.template="{{ question }}"')
     assert quoted.returncode == 0, quoted.stderr
+
+
+def own_job_script(base_url: str) -> str:
+    """The README's "Your own job" commands as a script for this test: `make plan` and
+    `make run` go to `spark-vllm plan`/`run` against the session's server (as `make run`
+    is `spark-vllm local` with a server of its own), `.venv/bin/…` to this Python."""
+    block = section("## Your own job").split("```sh\n", 1)[1].split("\n```", 1)[0]
+    script = block.replace(".venv/bin/spark-vllm", "@cli@").replace(".venv/bin/python", "@py@")
+    served = f"--set endpoint.base_url={shlex.quote(base_url)}"
+    script = re.sub(r"^make (plan|run) JOB=(\S+)$", rf"@cli@ \1 \2 {served}", script, flags=re.M)
+    python = shlex.quote(sys.executable)
+    return script.replace("@cli@", f"{python} -m spark_vllm.cli").replace("@py@", python)
+
+
+def test_the_your_own_job_commands_of_the_readme_work(vllm_server, clone):
+    script = own_job_script(vllm_server)
+    assert script.count(" -m spark_vllm.cli ") == 3, script  # validate, plan, run
+    done = subprocess.run(
+        ["bash", "-ec", script],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=clone,
+        env={**os.environ, "PYSPARK_PYTHON": sys.executable},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "build/my-job/job.yaml is a valid job spec, and the columns it reads" in done.stdout
+    assert "  to send       3\n" in done.stdout, done.stdout
+    assert "  rows          3\n  succeeded     3\n  failed        0" in done.stdout
+    table = done.stdout.split("output        build/output/my-job", 1)[1]
+    for ticket in ("t1", "t2", "t3"):
+        assert f"{ticket} " in table, table
+    assert "None" in table  # the error column of rows that succeeded
