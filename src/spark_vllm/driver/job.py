@@ -651,7 +651,7 @@ def wait_for_endpoint(
     seconds waited. Raises SidecarNotReady in one line, naming the endpoint and
     `timeouts.ready_s`, when it is not ready by then. Elsewhere (a cluster: each
     executor's sidecar is on the executor's loopback) the tasks wait, each for its own."""
-    if not spark.sparkContext.master.startswith("local"):
+    if not (spark.sparkContext.master or "").startswith("local"):
         return 0.0
     stream = stream if stream is not None else sys.stderr
     url, model = spec.endpoint.base_url, job.kind.model
