@@ -14,6 +14,7 @@ import json
 import re
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -169,6 +170,103 @@ def _read_json(spark: SparkSession, spec: JobSpec) -> DataFrame:
     return reader.schema(schema).json(spec.input.path)
 
 
+# The session settings our reads of files run under. Partition folders' values stay the
+# text the folder names hold (`store=0042` is '0042', not 42; `dt=2024-01-01` is text, not
+# a date). Column names are read as the files spell them, so that two that differ only in
+# case are found and named (see _refuse_case_twins), not renamed (CSV: `id0`, `Id1`) or
+# refused by Spark with COLUMN_ALREADY_EXISTS.
+READ_CONF = {
+    "spark.sql.sources.partitionColumnTypeInference.enabled": "false",
+    "spark.sql.caseSensitive": "true",
+}
+
+
+@contextmanager
+def _session_conf(spark: SparkSession, conf: dict[str, str]) -> Iterator[None]:
+    """`conf` set on the session while the block runs, the settings before restored."""
+    before = {key: spark.conf.get(key, None) for key in conf}
+    for key, value in conf.items():
+        spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, value)
+
+
+def _refuse_case_twins(where: str, columns: list[str]) -> None:
+    """SpecError naming the columns whose names differ only in case: Spark matches column
+    names regardless of case, so the job could not tell them apart."""
+    seen: dict[str, list[str]] = {}
+    for name in columns:
+        seen.setdefault(name.lower(), []).append(name)
+    twins = [names for names in seen.values() if len(names) > 1]
+    if twins:
+        said = "; ".join(" and ".join(repr(n) for n in names) for names in twins)
+        raise SpecError(
+            f"{where} has columns whose names differ only in case: {said}. Spark matches "
+            "column names regardless of case, so the job cannot tell them apart; rename "
+            "one of each in the source (or select them under other names: input.format "
+            "table over a view, or input.jdbc.query)"
+        )
+
+
+def _parquet_types(
+    spark: SparkSession, src: InputSpec, df: DataFrame
+) -> dict[str, dict[str, list[str]]]:
+    """Per column: each type the files give it, and the files (names) that do, for the
+    columns given more than one type (each file's footer read by Spark)."""
+    found: dict[str, dict[str, list[str]]] = {}
+    for path in df.inputFiles()[:_TYPES_FILES]:
+        name = path.rsplit("/", 1)[-1]
+        for column in spark.read.options(**src.options).parquet(path).schema:
+            kinds = found.setdefault(column.name, {})
+            kinds.setdefault(column.dataType.simpleString(), []).append(name)
+    return {column: kinds for column, kinds in found.items() if len(kinds) > 1}
+
+
+# Files whose footers are read to name the ones a changed column's types come from.
+_TYPES_FILES = 200
+
+
+def _read_parquet(spark: SparkSession, src: InputSpec) -> DataFrame:
+    """Parquet with the files' schemas merged (mergeSchema, unless input.options says
+    otherwise): a column int in one file and long in the next is read as long, each value
+    as the file holds it. A column given types that do not merge (int in one file,
+    string in the next) is refused, naming the column and the files' types; read with
+    the first file's type, the run died reading the other files."""
+    from py4j.protocol import Py4JJavaError
+
+    assert src.path is not None
+    options = {"mergeSchema": "true", **src.options}
+    try:
+        return spark.read.options(**options).parquet(src.path)
+    except Py4JJavaError as exc:  # Spark 4.2 raises it unconverted, from the footers' job
+        if "CANNOT_MERGE" not in str(exc.java_exception):
+            raise
+    files = spark.read.options(**src.options).parquet(src.path)
+    changed = _parquet_types(spark, src, files)
+    said = (
+        "\n  ".join(
+            f"column {column!r}: "
+            + "; ".join(
+                f"{kind} in {', '.join(names[:3])}{' …' if len(names) > 3 else ''}"
+                for kind, names in kinds.items()
+            )
+            for column, kinds in changed.items()
+        )
+        or "(the files' footers could not be told apart)"
+    )
+    raise SpecError(
+        f"input.path {src.path!r}: a column has a different type in different files, "
+        f"and the types do not merge:\n  {said}\nrewrite the files with one type for it "
+        "(or read them as one type in a view: input.format table)"
+    ) from None
+
+
 def _read(spark: SparkSession, spec: JobSpec) -> DataFrame:
     src = spec.input
     if src.jdbc is not None:
@@ -180,7 +278,7 @@ def _read(spark: SparkSession, spec: JobSpec) -> DataFrame:
         return spark.table(src.table)
     assert src.path is not None
     if src.format == "parquet":
-        return spark.read.options(**src.options).parquet(src.path)
+        return _read_parquet(spark, src)
     if src.format == "jsonl":
         return _read_json(spark, spec)
     if src.format == "binaryFile":
@@ -200,7 +298,11 @@ def read_input(spark: SparkSession, spec: JobSpec) -> DataFrame | None:
     if src.path is not None and src.jdbc is None and results.matches(spark, src.path) is False:
         raise SpecError(not_there(src.path))
     try:
-        df = _read(spark, spec)
+        if src.format in FILE_FORMATS and src.jdbc is None:
+            with _session_conf(spark, READ_CONF):
+                df = _read(spark, spec)
+        else:
+            df = _read(spark, spec)
     except AnalysisException as exc:
         condition = exc.getCondition()
         if condition == "PATH_NOT_FOUND":
@@ -212,7 +314,12 @@ def read_input(spark: SparkSession, spec: JobSpec) -> DataFrame | None:
         raise
     if not df.columns and df.isEmpty():  # an empty JSON Lines file
         return None
+    _refuse_case_twins(spec.input.where(), df.columns)
     return df
+
+
+# The formats read from files by Spark's file sources, under READ_CONF.
+FILE_FORMATS = ("parquet", "csv", "jsonl", "binaryFile")
 
 
 # The columns of Spark's binaryFile source, a row per file.
@@ -399,7 +506,10 @@ def bad_ids_without_spark(spec: JobSpec, shown: int = 5) -> tuple[list[tuple[Any
 
 def _csv_columns(file: Path, options: dict[str, str]) -> list[str]:
     settings = {**CSV_DEFAULTS, **{k.lower(): v for k, v in options.items()}}
-    with file.open(encoding=settings.get("encoding", "utf-8"), newline="") as fh:
+    encoding = settings.get("encoding", "utf-8")
+    # An Excel "CSV UTF-8" file starts with a byte-order mark, which Spark leaves out too.
+    encoding = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
+    with file.open(encoding=encoding, newline="") as fh:
         first = next(
             csv.reader(
                 fh,
@@ -452,10 +562,14 @@ def columns_without_spark(spec: JobSpec) -> Columns:
         root = next(r for r in matched if r == files[0] or r in files[0].parents)
         parts = files[0].relative_to(root).parts[:-1] if root.is_dir() else ()
         names += [p.split("=", 1)[0] for p in parts if "=" in p]
+        _refuse_case_twins(src.where(), names)
         return Columns(names, f"the footer of {files[0].name}")
     if src.format == "csv":
-        return Columns(_csv_columns(files[0], src.options), f"the header of {files[0].name}")
+        names = _csv_columns(files[0], src.options)
+        _refuse_case_twins(src.where(), names)
+        return Columns(names, f"the header of {files[0].name}")
     problems: list[str] = []
     names, complete = _json_columns(files, problems)
+    _refuse_case_twins(src.where(), names)
     source = "every line" if complete else f"the first {SAMPLE_LINES} lines"
     return Columns(names, f"{source} of {src.path}", complete, problems)
