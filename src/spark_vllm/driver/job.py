@@ -29,7 +29,7 @@ from pyspark.sql import types as T
 from pyspark.sql.pandas.types import to_arrow_schema
 
 from spark_vllm import __version__
-from spark_vllm.driver.plan import Census, Plan, largest_max_tokens
+from spark_vllm.driver.plan import Census, Plan, largest_max_tokens, map_in_arrow
 from spark_vllm.driver.prefix import group_by_prefix
 from spark_vllm.driver.progress import JobMetrics, ProgressBoard, ProgressPrinter
 from spark_vllm.driver.slots import default_partitions, per_task_window, task_slots
@@ -544,7 +544,7 @@ def plan(spark: SparkSession, spec: JobSpec, sending: bool = True) -> Plan:
         return Plan(
             kind=kind,
             store=store,
-            result=to_send.mapInArrow(partial(run_partition, cfg=cfg), schema),
+            result=map_in_arrow(to_send, partial(run_partition, cfg=cfg), schema),
             schema=stored,
             run_id=run_id,
             census=census,

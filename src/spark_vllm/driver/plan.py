@@ -1,13 +1,18 @@
 """A job ready to run, as `job.plan` leaves it for `job.execute` and the summary: the
 request kind, the output store, the lazy result, and the census of the input and the
-output taken before the run; and the largest max_tokens a run asks (driver side)."""
+output taken before the run; the largest max_tokens a run asks; and `map_in_arrow`, the
+tasks' rows for columns of any name (driver side)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 
+import pyarrow as pa
 from pyspark.accumulators import Accumulator
 from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from spark_vllm.driver.progress import ProgressBoard
@@ -70,3 +75,25 @@ def largest_max_tokens(spec: JobSpec, census: Census) -> int | None:
     if spec.sampling_column is not None:
         return census.max_tokens
     return spec.sampling.max_tokens
+
+
+ArrowMap = Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]
+
+
+def map_in_arrow(df: DataFrame, fn: ArrowMap, schema: T.StructType | str) -> DataFrame:
+    """`df.mapInArrow(fn, schema)` for columns of any name. PySpark's mapInArrow reads each
+    column as `df[name]`, which takes `ticket.id` for the field `id` of a column `ticket`
+    (BI exports write such names): the columns go in under names of their position, and
+    `fn` gets each batch under the columns' own names."""
+    names = df.columns
+    if not any("." in name or "`" in name for name in names):
+        return df.mapInArrow(fn, schema)
+    quoted = ["`" + name.replace("`", "``") + "`" for name in names]
+    placed = df.select(*[F.col(q).alias(f"_{i}") for i, q in enumerate(quoted)])
+    return placed.mapInArrow(partial(_named, fn=fn, names=names), schema)
+
+
+def _named(
+    batches: Iterator[pa.RecordBatch], fn: ArrowMap, names: list[str]
+) -> Iterator[pa.RecordBatch]:
+    return fn(pa.RecordBatch.from_arrays(b.columns, names=names) for b in batches)

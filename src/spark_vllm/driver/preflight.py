@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import pyarrow as pa
 
-from spark_vllm.driver.plan import Plan, largest_max_tokens
+from spark_vllm.driver.plan import Plan, largest_max_tokens, map_in_arrow
 from spark_vllm.errors import RowError, SpecError
 from spark_vllm.request.kinds import (
     COMPLETION_DEFAULT_MAX_TOKENS,
@@ -271,7 +271,8 @@ def count_partition(
 ) -> Iterator[pa.RecordBatch]:
     """mapInArrow body: each row's request rendered and its tokens counted (COUNTED)."""
     for batch in batches:
-        rows = batch.to_pylist()
+        # Maps as dicts, as a template reads them (a Spark map holds no key twice).
+        rows = batch.to_pylist(maps_as_pydicts="lossy")
         plans: list[Counting | str] = []
         for row in rows:
             try:
@@ -510,7 +511,7 @@ def count_rows(spec: JobSpec, job: Plan, tokens: Tokens, context: int) -> DataFr
     cfg = CountConfig(
         job.kind, spec.id_column(), tokens, context, truncate=spec.on_overlong == "truncate"
     )
-    return job.to_send.mapInArrow(partial(count_partition, cfg=cfg), COUNTED_DDL)
+    return map_in_arrow(job.to_send, partial(count_partition, cfg=cfg), COUNTED_DDL)
 
 
 def preflight(

@@ -194,13 +194,38 @@ _ENV.filters["join"] = _bounded_join(_ENV.filters["join"])
 _ENV.filters["replace"] = _bounded_replace(_ENV.filters["replace"])
 
 
+# The row's columns by name, for a name a template cannot spell as a variable
+# (`row['customer name']`, `row['ticket.id']`): BI exports write such names.
+ROW = "row"
+
+
 def template_variables(source: str) -> set[str]:
-    """The top-level names a template reads (the input columns it needs)."""
+    """The input columns a template reads: its top-level names, and the quoted names
+    it reads from `row`. PromptError for a template that does not parse, or that reads
+    `row` other than by a quoted column name (the job reads only the columns named)."""
     try:
         ast = _ENV.parse(source)
     except jinja2.TemplateSyntaxError as exc:
         raise PromptError(f"line {exc.lineno}: {exc.message}") from None
-    return set(jinja2.meta.find_undeclared_variables(ast))
+    names = set(jinja2.meta.find_undeclared_variables(ast))
+    if ROW not in names:
+        return names
+    names.discard(ROW)
+    uses = [n for n in ast.find_all(jinja2.nodes.Name) if n.name == ROW and n.ctx == "load"]
+    quoted = [
+        n.arg.value
+        for n in ast.find_all(jinja2.nodes.Getitem)
+        if isinstance(n.node, jinja2.nodes.Name)
+        and n.node.name == ROW
+        and isinstance(n.arg, jinja2.nodes.Const)
+        and isinstance(n.arg.value, str)
+    ]
+    if len(quoted) != len(uses):
+        raise PromptError(
+            f"`{ROW}` is the row's columns by name: read one as {ROW}['customer name'], "
+            "the name in quotes (a column named row is row['row'])"
+        )
+    return names | set(quoted)
 
 
 @lru_cache(maxsize=16)
@@ -235,7 +260,7 @@ def _run(template: jinja2.Template, row: Mapping[str, Any]) -> str:
     try:
         chunks: list[str] = []
         size = 0
-        for chunk in template.generate(**row):
+        for chunk in template.generate({**row, ROW: row}):
             size += len(chunk)
             if size > MAX_OUTPUT_CHARS:
                 raise _Exceeded(f"more than {MAX_OUTPUT_CHARS:,} characters of output")

@@ -304,7 +304,8 @@ class PartitionRunner:
             if reporter is not None:
                 periodic = self.loop.submit(_start_task(reporter.run(self._counts))).result()
             for batch in batches:
-                rows = batch.to_pylist()
+                # Maps as dicts, as a template reads them (a Spark map holds no key twice).
+                rows = batch.to_pylist(maps_as_pydicts="lossy")
                 self.in_hand = len(rows)
                 for row in rows:
                     if self.lease is not None and not self._granted():
