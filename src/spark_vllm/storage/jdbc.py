@@ -93,15 +93,46 @@ def quote_table(name: str) -> str:
 # no value from the data is ever spliced into SQL.
 
 
+# Database types whose values Spark's JDBC source would not give as the database holds
+# them, read as the database's own text instead (PostgreSQL's names; an array's type is
+# its element's with `_` before it): numeric past Spark's 38 digits, or unconstrained
+# (Spark reads it as decimal(38,18): 40 digits fail, 1/3 loses digits); timestamptz and
+# timetz (Spark drops the offset and shows the instant in the session's time zone); money
+# (Spark reads '$1,000.00' as a double, or fails).
+_AS_TEXT = {"timestamptz", "timetz", "money", "interval"}
+# Spark's largest decimal precision.
+_DECIMAL_DIGITS = 38
+
+
+def text_columns(columns: list[tuple[str, str, int]]) -> dict[str, str]:
+    """The Spark type (string, or array<string>) each column of (name, database type,
+    precision) is read as when its values would not reach the job as the database holds
+    them (see _AS_TEXT)."""
+    read: dict[str, str] = {}
+    for name, kind, precision in columns:
+        element = kind.lower().removeprefix("_")
+        if element in ("numeric", "decimal"):
+            as_text = not 0 < precision <= _DECIMAL_DIGITS
+        else:
+            as_text = element in _AS_TEXT
+        if as_text:
+            read[name] = "array<string>" if kind.startswith("_") else "string"
+    return read
+
+
 def read(spark: SparkSession, src: JdbcInput) -> DataFrame:
-    Database(spark, src, "input.jdbc").check()  # a clear message, not Spark's redacted one
+    database = Database(spark, src, "input.jdbc")
+    database.check()  # a clear message, not Spark's redacted one
     reader = spark.read.format("jdbc").option("url", src.url)
     reader = reader.options(**properties(src, "input.jdbc"))
-    if src.table is not None:
-        reader = reader.option("dbtable", src.table)
-    else:
-        # A subquery rather than Spark's `query` option, which cannot be partitioned.
-        reader = reader.option("dbtable", f"({src.query}) spark_vllm_input")
+    # A subquery rather than Spark's `query` option, which cannot be partitioned.
+    dbtable = src.table if src.table is not None else f"({src.query}) spark_vllm_input"
+    reader = reader.option("dbtable", dbtable)
+    as_text = text_columns(database.column_types(dbtable))
+    if as_text:
+        reader = reader.option(
+            "customSchema", ", ".join(f"{quote_spark(n)} {t}" for n, t in as_text.items())
+        )
     if src.partition_column is not None:
         reader = reader.options(
             partitionColumn=src.partition_column,
@@ -157,6 +188,29 @@ class Database:
                 raise JdbcError(self._redacted(f"driver {name} does not accept the url {self.url}"))
             return connection
         return jvm.java.sql.DriverManager.getConnection(self.url, jprops)
+
+    def column_types(self, dbtable: str) -> list[tuple[str, str, int]]:
+        """(name, the database's type name, precision) of each column of `dbtable` (a
+        table, or a subquery with an alias), from a query that reads no row."""
+        connection = self._connect()
+        try:
+            statement = connection.prepareStatement(f"SELECT * FROM {dbtable} WHERE 1=0")
+            try:
+                meta = statement.getMetaData()
+                return [
+                    (
+                        str(meta.getColumnLabel(i)),
+                        str(meta.getColumnTypeName(i)),
+                        int(meta.getPrecision(i)),
+                    )
+                    for i in range(1, meta.getColumnCount() + 1)
+                ]
+            except Exception as exc:
+                raise JdbcError(self._redacted(_java_cause(exc))) from None
+            finally:
+                statement.close()
+        finally:
+            connection.close()
 
     def table_names(self, schema: str | None) -> list[str]:
         """The tables of `schema` (default: the connection's current schema)."""
