@@ -203,7 +203,9 @@ class InputSpec(_Strict):
             "any Spark/Hadoop URL (`s3a://…`, `hdfs://…`). A path that does not "
             "exist, or a glob that matches nothing, is refused (exit 2); an empty "
             "input — a 0-byte file, a folder without data files, a CSV of only a "
-            "header, a table without rows — is a job of no rows (exit 0)"
+            "header, a table without rows — is a job of no rows (exit 0). Partition "
+            "folders (`store=0042/`) are text columns (`'0042'`), see [Data as the lake "
+            "holds it](#data-as-the-lake-holds-it)"
         ),
     )
     table: str | None = Field(default=None, description="table name, for `format: table`")

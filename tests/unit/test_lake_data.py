@@ -73,3 +73,30 @@ def test_validate_refuses_columns_whose_names_differ_only_in_case(tmp_path, caps
     code, text = validate(job(tmp_path, name.split(".")[1], data, id_column="id"), capsys)
     assert code == 2
     assert "has columns whose names differ only in case: 'id' and 'Id'" in text
+
+
+def test_database_types_spark_would_change_are_read_as_text():
+    from spark_vllm.storage.jdbc import text_columns
+
+    columns = [
+        ("big", "numeric", 0),  # unconstrained: PostgreSQL's driver says precision 0
+        ("huge", "numeric", 131089),  # or its largest
+        ("wide", "numeric", 40),
+        ("small", "numeric", 10),
+        ("at", "timestamptz", 35),
+        ("naive", "timestamp", 29),
+        ("price", "money", 0),
+        ("span", "interval", 0),
+        ("doc", "jsonb", 0),
+        ("nums", "_numeric", 0),
+        ("tags", "_text", 0),
+    ]
+    assert text_columns(columns) == {
+        "big": "string",
+        "huge": "string",
+        "wide": "string",
+        "at": "string",
+        "price": "string",
+        "span": "string",
+        "nums": "array<string>",
+    }
