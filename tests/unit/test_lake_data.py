@@ -100,3 +100,11 @@ def test_database_types_spark_would_change_are_read_as_text():
         "span": "string",
         "nums": "array<string>",
     }
+
+
+def test_validate_refuses_a_csv_header_naming_a_column_twice(tmp_path, capsys):
+    data = tmp_path / "in.csv"
+    data.write_text("id,question,question\n1,q,r\n")
+    code, text = validate(job(tmp_path, "csv", data, id_column="id"), capsys)
+    assert code == 2
+    assert "names a column more than once: 'question'" in text

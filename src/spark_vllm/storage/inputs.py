@@ -203,6 +203,13 @@ def _refuse_case_twins(where: str, columns: list[str]) -> None:
     seen: dict[str, list[str]] = {}
     for name in columns:
         seen.setdefault(name.lower(), []).append(name)
+    twice = [names[0] for names in seen.values() if len(set(names)) < len(names)]
+    if twice:
+        raise SpecError(
+            f"{where} names a column more than once: {', '.join(map(repr, twice))}. Spark "
+            "would rename each by its place (a0, a1), which no template or key names; "
+            "rename them in the source"
+        )
     twins = [names for names in seen.values() if len(names) > 1]
     if twins:
         said = "; ".join(" and ".join(repr(n) for n in names) for names in twins)
@@ -267,6 +274,22 @@ def _read_parquet(spark: SparkSession, src: InputSpec) -> DataFrame:
     ) from None
 
 
+def _read_csv(spark: SparkSession, src: InputSpec) -> DataFrame:
+    """CSV as CSV_DEFAULTS say. A header that names a column twice (`a,a`, or `id,Id`) is
+    refused naming it: Spark would rename such columns by their place (`a0`, `a1`), so a
+    template naming `a` would find none of them."""
+    assert src.path is not None
+    options = {**CSV_DEFAULTS, **src.options}
+    df = spark.read.options(**options).csv(src.path)
+    if {k.lower(): v for k, v in options.items()}.get("header", "").lower() != "true":
+        return df
+    first = spark.read.options(**{**options, "header": "false"}).csv(src.path).first()
+    if first is not None:
+        header = ["" if v is None else str(v) for v in first]
+        _refuse_case_twins(src.where(), header)
+    return df
+
+
 def _read(spark: SparkSession, spec: JobSpec) -> DataFrame:
     src = spec.input
     if src.jdbc is not None:
@@ -285,7 +308,7 @@ def _read(spark: SparkSession, spec: JobSpec) -> DataFrame:
         return spark.read.options(**src.options).format("binaryFile").load(src.path)
     if src.format == "delta":
         return delta.read(spark, src.path, src.options)
-    return spark.read.options(**{**CSV_DEFAULTS, **src.options}).csv(src.path)
+    return _read_csv(spark, src)
 
 
 def read_input(spark: SparkSession, spec: JobSpec) -> DataFrame | None:
