@@ -46,6 +46,7 @@ class FaultProxy:
         self.faults = faults or Faults()
         self.rng = random.Random(self.faults.seed)
         self.posts = 0
+        self.bodies: list[bytes] = []  # every POST's body, as it came
         self.forwarded = 0
         # POSTs vLLM answered with success: requests of the job's tasks, not the /health,
         # /v1/models and /metrics GETs that `forwarded` also counts (the adaptive window
@@ -125,6 +126,8 @@ class FaultProxy:
                 self.dead_answers += 1
                 error = {"message": ENGINE_DEAD_MESSAGE, "type": "InternalServerError", "code": 500}
                 return web.Response(status=500, text=json.dumps({"error": error}))
+        if request.method == "POST":
+            self.bodies.append(body)
         fault = self._fault_for_post() if request.method == "POST" else None
         number = self.posts  # this POST's place, before others arrive meanwhile
         if fault == "reset":
