@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import pyarrow as pa
 
+from spark_vllm.driver.plan import map_in_arrow
 from spark_vllm.errors import SpecError
 from spark_vllm.request.kinds import RequestKind
 from spark_vllm.spec import PrefixSpec
@@ -108,7 +109,7 @@ def rendered_keys(
     `chars` characters (a row that cannot be rendered: of nothing)."""
     for batch in batches:
         keys = []
-        for row in batch.to_pylist():
+        for row in batch.to_pylist(maps_as_pydicts="lossy"):  # as the tasks read it
             try:
                 text = orjson.dumps(kind.request(row)).decode()[:chars]
             except Exception:  # a bad row: it becomes an error row in its task anyway
@@ -161,7 +162,7 @@ def group_by_prefix(
     else:
         assert spec.chars is not None
         schema = T.StructType([*df.schema.fields, T.StructField(KEY, T.LongType())])
-        keyed = df.mapInArrow(partial(rendered_keys, kind=kind, chars=spec.chars), schema)
+        keyed = map_in_arrow(df, partial(rendered_keys, kind=kind, chars=spec.chars), schema)
     counted = keyed.groupBy(KEY).count().limit(MAX_GROUPS + 1).collect()
     if len(counted) > MAX_GROUPS:
         raise SpecError(
