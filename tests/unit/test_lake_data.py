@@ -108,3 +108,19 @@ def test_validate_refuses_a_csv_header_naming_a_column_twice(tmp_path, capsys):
     code, text = validate(job(tmp_path, "csv", data, id_column="id"), capsys)
     assert code == 2
     assert "names a column more than once: 'question'" in text
+
+
+def test_validate_refuses_parquet_files_that_give_a_column_types_that_do_not_merge(
+    tmp_path, capsys
+):
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "days"
+    folder.mkdir()
+    pq.write_table(
+        pa.table({"id": ["a"], "question": pa.array([1], pa.int32())}), folder / "day1.parquet"
+    )
+    pq.write_table(pa.table({"id": ["b"], "question": ["x"]}), folder / "day2.parquet")
+    code, text = validate(job(tmp_path, "parquet", folder, id_column="id"), capsys)
+    assert code == 2
+    assert "column 'question': int in day1.parquet; string in day2.parquet" in text

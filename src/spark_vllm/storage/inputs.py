@@ -235,6 +235,17 @@ def _parquet_types(
     return {column: kinds for column, kinds in found.items() if len(kinds) > 1}
 
 
+def _spark_name(kind: pa.DataType) -> str:
+    """An Arrow type as Spark names it (int32 is int), for the same words in `validate`
+    as in `run`."""
+    from pyspark.sql.pandas.types import from_arrow_type
+
+    try:
+        return from_arrow_type(kind).simpleString()
+    except Exception:  # a type Spark has no name for: Arrow's
+        return str(kind)
+
+
 # Files whose footers are read to name the ones a changed column's types come from.
 _TYPES_FILES = 200
 
@@ -255,7 +266,12 @@ def _read_parquet(spark: SparkSession, src: InputSpec) -> DataFrame:
         if "CANNOT_MERGE" not in str(exc.java_exception):
             raise
     files = spark.read.options(**src.options).parquet(src.path)
-    changed = _parquet_types(spark, src, files)
+    raise _types_changed(src.path, _parquet_types(spark, src, files))
+
+
+def _types_changed(path: str, changed: dict[str, dict[str, list[str]]]) -> SpecError:
+    """What `run` and `validate` say of parquet files that give a column types that do
+    not merge: per column, each type and (the first three of) its files."""
     said = (
         "\n  ".join(
             f"column {column!r}: "
@@ -267,11 +283,11 @@ def _read_parquet(spark: SparkSession, src: InputSpec) -> DataFrame:
         )
         or "(the files' footers could not be told apart)"
     )
-    raise SpecError(
-        f"input.path {src.path!r}: a column has a different type in different files, "
+    return SpecError(
+        f"input.path {path!r}: a column has a different type in different files, "
         f"and the types do not merge:\n  {said}\nrewrite the files with one type for it "
         "(or read them as one type in a view: input.format table)"
-    ) from None
+    )
 
 
 def _read_csv(spark: SparkSession, src: InputSpec) -> DataFrame:
@@ -581,6 +597,16 @@ def columns_without_spark(spec: JobSpec) -> Columns:
         import pyarrow.parquet as pq
 
         names = list(pq.read_schema(files[0]).names)
+        found: dict[str, dict[str, list[str]]] = {}
+        for file in files[:_TYPES_FILES]:
+            for column in pq.read_schema(file):
+                if pa.types.is_nested(column.type):  # Spark merges structs' fields: run tells
+                    continue
+                kinds = found.setdefault(column.name, {})
+                kinds.setdefault(_spark_name(column.type), []).append(file.name)
+        changed = {column: kinds for column, kinds in found.items() if len(kinds) > 1}
+        if changed:
+            raise _types_changed(src.path, changed)
         # Partition folders (key=value) become columns too.
         root = next(r for r in matched if r == files[0] or r in files[0].parents)
         parts = files[0].relative_to(root).parts[:-1] if root.is_dir() else ()
