@@ -210,11 +210,11 @@ def merge(spark: SparkSession, path: str, rows: DataFrame, run_id: str, id_colum
             "WHEN MATCHED THEN UPDATE SET * WHEN NOT MATCHED THEN INSERT *"
         )
     finally:
-        for k, v in before.items():
-            if v is None:
+        for k, old in before.items():
+            if old is None:
                 spark.conf.unset(k)
             else:
-                spark.conf.set(k, v)
+                spark.conf.set(k, old)
         spark.catalog.dropTempView(view)
 
 
