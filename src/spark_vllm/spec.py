@@ -7,7 +7,9 @@ the bad value and what was expected.
 
 from __future__ import annotations
 
+import difflib
 import re
+import shlex
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -202,7 +204,7 @@ class InputSpec(_Strict):
             "file, directory or glob to read (all formats but `table` and `jdbc`); "
             "any Spark/Hadoop URL (`s3a://…`, `hdfs://…`). A path that does not "
             "exist, or a glob that matches nothing, is refused (exit 2); an empty "
-            "input — a 0-byte file, a folder without data files, a CSV of only a "
+            "input — a 0-byte CSV or JSON Lines file, a folder without data files, a CSV of only a "
             "header, a table without rows — is a job of no rows (exit 0). Partition "
             "folders (`store=0042/`) are text columns (`'0042'`), see [Data as the lake "
             "holds it](#data-as-the-lake-holds-it)"
@@ -1329,6 +1331,25 @@ def _model_at(keys: list[str]) -> type[BaseModel] | None:
     return model
 
 
+def _nearest_key(keys: list[str]) -> str:
+    """For an unknown key: the known key at its level its spelling is nearest to
+    (` (did you mean input.id_column?)`), else the keys one level down that have its
+    name (`output.write_mode` → output.delta.write_mode, output.jdbc.write_mode); or ""."""
+    parent = _model_at(keys[:-1])
+    if parent is None or not keys:
+        return ""
+    name = keys[-1]
+    close = difflib.get_close_matches(name, list(parent.model_fields), n=1, cutoff=0.75)
+    if close:
+        return f" (did you mean {'.'.join([*keys[:-1], close[0]])}?)"
+    below = [
+        ".".join([*keys[:-1], field, name])
+        for field in parent.model_fields
+        if (child := _model_at([*keys[:-1], field])) is not None and name in child.model_fields
+    ]
+    return f" (it is a key of {' and of '.join(below)})" if below else ""
+
+
 # What a value outside a bound should have been (pydantic's constraint errors).
 _BOUNDS = {
     "greater_than_equal": "at least {ge}",
@@ -1360,7 +1381,10 @@ def _format_errors(exc: ValidationError) -> str:
         keys = [str(p) for p in err["loc"] if not _is_union_member(p)]
         path = ".".join(keys) or "job spec"
         if err["type"] == "extra_forbidden":
-            lines.append(f"{path}: unknown key; check its spelling against the job-spec reference")
+            lines.append(
+                f"{path}: unknown key{_nearest_key(keys)}; check its spelling against the "
+                "job-spec reference"
+            )
             continue
         if err["type"] == "missing":
             model = _model_at(keys[:-1])
@@ -1436,9 +1460,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         hint = ""
         if raw.lstrip().startswith(("{", "[")) or "{{" in raw:
             quoted = '"' + raw.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            shell = shlex.quote(f"{key}={quoted}")  # a template may hold ' itself
             hint = (
                 "; values are read as YAML, where {…} is a mapping and […] a list: to give "
-                f"text (a template, say), quote it as YAML text: --set '{key}={quoted}'"
+                f"text (a template, say), quote it as YAML text: --set {shell}"
             )
         problem = getattr(exc, "problem", None) or type(exc).__name__
         raise SpecError(

@@ -615,3 +615,40 @@ def test_a_missing_nested_key_says_what_it_is_for():
         "endpoint.model: required key is missing: the name vLLM serves the model under"
         in error_of(minimal(endpoint={}))
     )
+
+
+@pytest.mark.parametrize(
+    ("doc", "named"),
+    [
+        (minimal(output={"path": "out", "fromat": "jsonl"}),
+         "output.fromat: unknown key (did you mean output.format?)"),
+        ({**minimal(), "smapling": {"temperature": 0}},
+         "smapling: unknown key (did you mean sampling?)"),
+        (minimal(output={"path": "out", "format": "delta", "write_mode": "upsert"}),
+         "output.write_mode: unknown key (it is a key of output.jdbc.write_mode and of "
+         "output.delta.write_mode)"),
+        (minimal(output={"path": "out", "format": "delta", "delta": {"write_mod": "upsert"}}),
+         "output.delta.write_mod: unknown key (did you mean output.delta.write_mode?)"),
+        (minimal(output={"path": "out", "zzz": 1}), "output.zzz: unknown key; check"),
+    ],
+)  # fmt: skip
+def test_an_unknown_key_names_the_nearest_known_one(doc, named):  # type: ignore[no-untyped-def]
+    assert named in error_of(doc)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["{{ question }}: {{ topic }}", "{{ row['customer name'] }}: {{ text }}", '{{ a }} "b"'],
+)
+def test_the_quoting_hint_for_a_template_can_be_pasted_into_a_shell(raw):  # type: ignore[no-untyped-def]
+    """A template given unquoted to --set is not YAML text; the hint's --set argument,
+    pasted into a POSIX shell, gives the template back (one with ' in it too)."""
+    import shlex
+
+    from spark_vllm.spec import parse_override
+
+    with pytest.raises(SpecError) as info:
+        parse_override(f"prompt.template={raw}")
+    suggested = str(info.value).split("quote it as YAML text: --set ", 1)[1]
+    (argument,) = shlex.split(suggested)
+    assert parse_override(argument) == (["prompt", "template"], raw)

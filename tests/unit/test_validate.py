@@ -199,3 +199,30 @@ def test_duplicate_and_null_ids_of_a_local_input_are_refused_as_run_refuses_them
         data.write_text("".join(json.dumps(r) + "\n" for r in unique))
         code, text = validate(job(tmp_path, fmt, data, id_column="id"), capsys)
         assert code == 0 and "valid job spec" in text
+
+
+def test_a_file_that_is_not_parquet_given_as_parquet_is_named_not_a_traceback(tmp_path, capsys):
+    data = tmp_path / "in.csv"
+    data.write_text("id,question\n1,Why?\n")
+    code, text = validate(job(tmp_path, "parquet", data), capsys)
+    assert code == 2, text
+    assert f"input.format is parquet, but {data} is not a parquet file" in text
+    assert "Traceback" not in text
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_a_0_byte_input_file_is_an_empty_job_not_a_missing_column(tmp_path, capsys, fmt):
+    """The manual: a 0-byte file is a job of no rows (run exits 0); validate agrees."""
+    data = tmp_path / f"empty.{fmt}"
+    data.write_bytes(b"")
+    code, text = validate(job(tmp_path, fmt, data), capsys)
+    assert code == 0, text
+    assert "holds only 0-byte files (an empty input)" in text
+
+
+def test_a_0_byte_parquet_file_is_no_parquet_file(tmp_path, capsys):
+    data = tmp_path / "empty.parquet"
+    data.write_bytes(b"")
+    code, text = validate(job(tmp_path, "parquet", data), capsys)
+    assert code == 2, text
+    assert "is not a parquet file" in text

@@ -509,7 +509,7 @@ def bad_ids_without_spark(spec: JobSpec, shown: int = 5) -> tuple[list[tuple[Any
         import pyarrow.parquet as pq
 
         for file in files:
-            if column not in pq.read_schema(file).names:
+            if column not in _parquet_schema(file).names:
                 return [], f"{file.name} has no column {column!r}"
             counts.update(pq.read_table(file, columns=[column]).column(0).to_pylist())
     elif src.format == "csv":
@@ -541,6 +541,20 @@ def bad_ids_without_spark(spec: JobSpec, shown: int = 5) -> tuple[list[tuple[Any
     bad = [(v, n) for v, n in counts.items() if v is None or n > 1]
     bad.sort(key=lambda item: -item[1])
     return bad[:shown], f"every row of {src.path}"
+
+
+def _parquet_schema(file: Path) -> pa.Schema:
+    """The Arrow schema of a local parquet file's footer; SpecError naming the file when
+    it is no parquet file (a CSV or JSON Lines file given as parquet, a cut-off file)."""
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_schema(file)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise SpecError(
+            f"input.format is parquet, but {file} is not a parquet file ({exc}); "
+            "set input.format to the format the files have (csv, jsonl, …)"
+        ) from None
 
 
 def _csv_columns(file: Path, options: dict[str, str]) -> list[str]:
@@ -593,13 +607,14 @@ def columns_without_spark(spec: JobSpec) -> Columns:
     files = [f for root in matched for f in _data_files(root)]
     if not files:
         return Columns(None, f"input.path {src.path!r} holds no data files (an empty input)")
+    if src.format in ("csv", "jsonl") and all(f.stat().st_size == 0 for f in files):
+        # Spark reads these as no rows (a 0-byte parquet file is no parquet file: below).
+        return Columns(None, f"input.path {src.path!r} holds only 0-byte files (an empty input)")
     if src.format == "parquet":
-        import pyarrow.parquet as pq
-
-        names = list(pq.read_schema(files[0]).names)
+        names = list(_parquet_schema(files[0]).names)
         found: dict[str, dict[str, list[str]]] = {}
         for file in files[:_TYPES_FILES]:
-            for column in pq.read_schema(file):
+            for column in _parquet_schema(file):
                 if pa.types.is_nested(column.type):  # Spark merges structs' fields: run tells
                     continue
                 kinds = found.setdefault(column.name, {})
