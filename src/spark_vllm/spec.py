@@ -329,10 +329,14 @@ class OutputSpec(_Strict):
     @field_validator("keep_columns")
     @classmethod
     def _no_result_names(cls, value: list[str]) -> list[str]:
-        clash = sorted(set(value) & RESULT_COLUMNS)
+        # Spark matches column names regardless of case, and every output has the run's
+        # id as a column `run` (its folder's name, or a column of the table).
+        taken = {name.lower() for name in RESULT_COLUMNS | {"run"}}
+        clash = [name for name in value if name.lower() in taken]
         if clash:
             raise ValueError(
-                f"{clash} are result columns the job writes itself; "
+                f"{', '.join(map(repr, clash))} would clash with the result column(s) the job "
+                "writes itself (names match regardless of case; `run` is the run's id); "
                 "rename the input column or drop it from keep_columns"
             )
         return value

@@ -95,6 +95,14 @@ def test_kept_column_may_not_shadow_a_result_column():
     assert "output.keep_columns" in message and "error" in message
 
 
+@pytest.mark.parametrize("kept", [["text", "Error", "Response"], ["run"], ["RUN", "topic"]])
+def test_a_kept_column_clashing_in_case_or_with_run_is_refused(kept):  # type: ignore[no-untyped-def]
+    """Spark matches names regardless of case, and every output has a `run` column."""
+    message = error_of(minimal(output={"path": "o", "keep_columns": kept}))
+    clash = [k for k in kept if k.lower() in ("error", "response", "run")]
+    assert f"{', '.join(map(repr, clash))} would clash with the result column(s)" in message
+
+
 def test_columns_the_input_lacks_are_refused():
     spec = spec_from_dict(minimal(output={"path": "o", "keep_columns": ["topic"]}))
     spec.check_columns(["question", "topic"])
