@@ -226,3 +226,16 @@ def test_a_0_byte_parquet_file_is_no_parquet_file(tmp_path, capsys):
     code, text = validate(job(tmp_path, "parquet", data), capsys)
     assert code == 2, text
     assert "is not a parquet file" in text
+
+
+def test_a_delta_input_folder_without_a_log_is_refused_as_run_refuses_it(tmp_path, capsys):
+    folder = tmp_path / "questions"
+    folder.mkdir()
+    pq.write_table(pa.table({"question": ["Why?"]}), folder / "part-0.parquet")
+    code, text = validate(job(tmp_path, "delta", folder), capsys)
+    assert code == 2, text
+    assert f"input.path {str(folder)!r} is not a Delta table (no _delta_log folder in it)" in text
+    (folder / "_delta_log").mkdir()
+    code, text = validate(job(tmp_path, "delta", folder), capsys)
+    assert code == 0, text
+    assert "input.format delta is read from its log by Spark" in text

@@ -591,6 +591,11 @@ def columns_without_spark(spec: JobSpec) -> Columns:
             return Columns(names, "the batch format")
         files = [f for root in matched for f in _data_files(root)]
         return Columns(names, f"every line of {src.path}", problems=_batch_file_problems(files))
+    if src.format == "delta" and matched and not any((m / "_delta_log").is_dir() for m in matched):
+        raise SpecError(
+            f"input.path {src.path!r} is not a Delta table (no _delta_log folder in it); "
+            "choose the table's folder, or the format its files have"
+        )  # as run says it (storage/delta.py)
     if src.format in ("table", "jdbc", "delta"):
         where = {"table": "the catalog", "jdbc": "the database", "delta": "its log"}[src.format]
         return Columns(None, f"input.format {src.format} is read from {where} by Spark")
