@@ -201,20 +201,13 @@ def merge(spark: SparkSession, path: str, rows: DataFrame, run_id: str, id_colum
         "spark.databricks.delta.commitInfo.userMetadata": f"spark-vllm run {run_id}",
         "spark.databricks.delta.schema.autoMerge.enabled": "true",
     }
-    before = {k: spark.conf.get(k, None) for k in settings}
     try:
-        for k, v in settings.items():
-            spark.conf.set(k, v)
-        spark.sql(
-            f"MERGE INTO delta.{target} AS t USING {view} AS s ON t.{key} = s.{key} "
-            "WHEN MATCHED THEN UPDATE SET * WHEN NOT MATCHED THEN INSERT *"
-        )
+        with results.session_settings(spark, settings):
+            spark.sql(
+                f"MERGE INTO delta.{target} AS t USING {view} AS s ON t.{key} = s.{key} "
+                "WHEN MATCHED THEN UPDATE SET * WHEN NOT MATCHED THEN INSERT *"
+            )
     finally:
-        for k, old in before.items():
-            if old is None:
-                spark.conf.unset(k)
-            else:
-                spark.conf.set(k, old)
         spark.catalog.dropTempView(view)
 
 

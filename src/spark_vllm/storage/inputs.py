@@ -14,7 +14,6 @@ import json
 import re
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -181,22 +180,6 @@ READ_CONF = {
 }
 
 
-@contextmanager
-def _session_conf(spark: SparkSession, conf: dict[str, str]) -> Iterator[None]:
-    """`conf` set on the session while the block runs, the settings before restored."""
-    before = {key: spark.conf.get(key, None) for key in conf}
-    for key, value in conf.items():
-        spark.conf.set(key, value)
-    try:
-        yield
-    finally:
-        for key, old in before.items():
-            if old is None:
-                spark.conf.unset(key)
-            else:
-                spark.conf.set(key, old)
-
-
 def _refuse_case_twins(where: str, columns: list[str]) -> None:
     """SpecError naming the columns whose names differ only in case: Spark matches column
     names regardless of case, so the job could not tell them apart."""
@@ -338,7 +321,7 @@ def read_input(spark: SparkSession, spec: JobSpec) -> DataFrame | None:
         raise SpecError(not_there(src.path))
     try:
         if src.format in FILE_FORMATS and src.jdbc is None:
-            with _session_conf(spark, READ_CONF):
+            with results.session_settings(spark, READ_CONF):
                 df = _read(spark, spec)
         else:
             df = _read(spark, spec)

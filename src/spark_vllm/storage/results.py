@@ -20,6 +20,8 @@ so "latest attempt" is "greatest run id"; within one run a success wins.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlparse
@@ -270,3 +272,19 @@ def read_results(
 ) -> DataFrame:
     """The job's output as it stands: exactly one row per id, the latest attempt."""
     return latest(read_attempts(spark, path, fmt), id_column)
+
+
+@contextmanager
+def session_settings(spark: SparkSession, conf: dict[str, str]) -> Iterator[None]:
+    """`conf` set on the session while the block runs, the settings before restored."""
+    before = {key: spark.conf.get(key, None) for key in conf}
+    for key, value in conf.items():
+        spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        for key, old in before.items():
+            if old is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, old)
