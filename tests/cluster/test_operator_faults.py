@@ -2,7 +2,7 @@
 in the node (built from its Go module, run by the platform chart): a scheduled run that no
 node can take, the schedule's next tick while that run still waits, the webhook down when a
 job is installed (none of these gets as far as a vLLM server), and one job that takes the
-faults of its controller, its sidecar, its executor and its driver in turn."""
+faults of its controller, its driver, its sidecar and its executor in turn."""
 
 from __future__ import annotations
 
@@ -183,7 +183,7 @@ def test_with_the_webhook_down_helm_install_is_refused_and_nothing_runs(
 FAULT_ROWS = 240
 
 
-def test_controller_vllm_executor_and_driver_faults_end_with_every_id_once(
+def test_controller_driver_vllm_and_executor_faults_end_with_every_id_once(
     cluster: Cluster,
     spark_operator: Operator,
     namespace: str,
@@ -195,14 +195,17 @@ def test_controller_vllm_executor_and_driver_faults_end_with_every_id_once(
     while tasks are left to do:
     1. the operator's controller is killed: the job goes on without it, the Deployment
        starts a new one, and the status catches up (the application ends COMPLETED);
-    2. the vLLM server process is killed inside the sidecar container: the container exits
-       and the kubelet starts the native sidecar again; the executor's task waits for it;
-    3. the executor pod is deleted: Spark's driver asks for a new one, which the webhook
-       gives its vLLM sidecar again;
-    4. the driver pod is deleted: the operator resubmits the application, as its
-       restartPolicy says, and the new run resumes.
-    Each id has exactly one successful row over all runs, and the resubmitted run sends
-    nothing for the ids that had succeeded before it."""
+    2. the driver pod is deleted: the new controller resubmits the application, as its
+       restartPolicy says, and the new run resumes;
+    3. in that run, the vLLM server process is killed inside the sidecar container: the
+       container exits and the kubelet starts the native sidecar again; the executor's task
+       waits for it;
+    4. the executor pod is deleted: Spark's driver asks for a new one, which the webhook
+       gives its vLLM sidecar again.
+    The driver goes second, while most of the job is left: the resubmitted run then has
+    tasks for the last two faults however fast this machine is (deleting it last raced the
+    job's end). Each id has exactly one successful row over all runs, and the resubmitted
+    run sends nothing for the ids that had succeeded before it."""
     spec = chat_job(
         # Slow enough to leave tasks for every fault: many small tasks, few requests at once.
         partitions=16,
@@ -230,10 +233,11 @@ def test_controller_vllm_executor_and_driver_faults_end_with_every_id_once(
     def state() -> str | None:
         return (status().get("applicationState") or {}).get("state")
 
+    def tasks_left(step: str) -> None:
+        assert job.committed_tasks() < 16, f"the job ended before {step}:\n{job.report()}"
+
     try:
-        executor = until("a running executor pod", lambda: first_executor(job), 600)
-        name = executor["metadata"]["name"]
-        loopback_probe(job, name)
+        until("a running executor pod", lambda: first_executor(job), 600)
         until("2 committed tasks", lambda: job.committed_tasks() >= 2, 600)
 
         # 1. The controller killed: the job does not need it to go on.
@@ -244,14 +248,38 @@ def test_controller_vllm_executor_and_driver_faults_end_with_every_id_once(
         until(
             "a task committed after the controller died", lambda: job.committed_tasks() > done, 600
         )
-        cluster.kubectl(
-            "rollout", "status", f"deploy/{spark_operator.controller}", "-n", ns, "--timeout=180s"
+
+        # 2. The driver pod deleted mid-job: the new controller resubmits the application.
+        tasks_left("its driver was deleted")
+        first_driver = (cluster.find("pod", job.driver, namespace) or {})["metadata"]["uid"]
+        old_executors = {p["metadata"]["name"] for p in job.executors()}
+        cluster.kubectl("delete", "pod", job.driver, "-n", namespace)
+        until(
+            "the old executors gone with their driver",
+            lambda: not old_executors & {p["metadata"]["name"] for p in job.executors()},
+            300,
         )
+        succeeded_before = set(job.successes())
+        assert 0 < len(succeeded_before) < FAULT_ROWS
+
+        def resubmitted() -> str | None:
+            driver = cluster.find("pod", job.driver, namespace)
+            return (
+                driver["metadata"]["uid"]
+                if driver and driver["metadata"]["uid"] != first_driver
+                else None
+            )
+
+        until("the resubmitted driver", resubmitted, 300)
         assert not killed & {p["metadata"]["name"] for p in cluster.pods(ns, selector)}
 
-        # 2. vLLM killed inside the sidecar container (the child of tini is the server):
-        # tini exits with it, and the kubelet starts the native sidecar again (restartPolicy
-        # Always) while the executor's tasks wait.
+        # 3. vLLM killed inside the sidecar container of the new run's executor (the child
+        # of tini is the server): tini exits with it, and the kubelet starts the native
+        # sidecar again (restartPolicy Always) while the executor's tasks wait.
+        executor = until("the new run's executor", lambda: first_executor(job, old_executors), 600)
+        name = executor["metadata"]["name"]
+        loopback_probe(job, name)
+        tasks_left("its vLLM was killed")
         before = restart_count(cluster.find("pod", name, namespace) or {}, "vllm")
         cluster.kubectl(
             "exec", name, "-n", namespace, "-c", "vllm", "--",
@@ -275,9 +303,12 @@ def test_controller_vllm_executor_and_driver_faults_end_with_every_id_once(
         pod = cluster.find("pod", name, namespace)
         assert pod is not None and container_ready(pod, "spark-kubernetes-executor"), job.report()
 
-        # 3. The executor pod deleted: the driver replaces it, the webhook mutates it.
+        # 4. The executor pod deleted: the driver replaces it, the webhook mutates it.
+        tasks_left("its executor was deleted")
         cluster.kubectl("delete", "pod", name, "-n", namespace, "--wait=false")
-        replacement = until("a new executor pod", lambda: first_executor(job, {name}), 600)
+        replacement = until(
+            "a new executor pod", lambda: first_executor(job, old_executors | {name}), 600
+        )
         containers = pod_containers(replacement)
         assert sorted(containers) == ["spark-kubernetes-executor", "vllm"], containers.keys()
         assert containers["vllm"].get("restartPolicy") == "Always", containers["vllm"]
@@ -285,30 +316,6 @@ def test_controller_vllm_executor_and_driver_faults_end_with_every_id_once(
         done = job.committed_tasks()
         until("a task committed by the new executor", lambda: job.committed_tasks() > done, 600)
 
-        # 4. The driver pod deleted mid-job: the operator resubmits the application.
-        assert job.committed_tasks() < 16, (
-            f"the job ended before its driver was deleted:\n{job.report()}"
-        )
-        first_driver = (cluster.find("pod", job.driver, namespace) or {})["metadata"]["uid"]
-        old_executors = {p["metadata"]["name"] for p in job.executors()}
-        cluster.kubectl("delete", "pod", job.driver, "-n", namespace)
-        until(
-            "the old executors gone with their driver",
-            lambda: not old_executors & {p["metadata"]["name"] for p in job.executors()},
-            300,
-        )
-        succeeded_before = set(job.successes())
-        assert 0 < len(succeeded_before) < FAULT_ROWS
-
-        def resubmitted() -> str | None:
-            driver = cluster.find("pod", job.driver, namespace)
-            return (
-                driver["metadata"]["uid"]
-                if driver and driver["metadata"]["uid"] != first_driver
-                else None
-            )
-
-        until("the resubmitted driver", resubmitted, 300)
         until(
             "the application's end",
             lambda: s if (s := state()) in ("COMPLETED", "FAILED") else None,
