@@ -17,8 +17,10 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
+from deltalake import DeltaTable
 
 from spark_vllm import run_job, spec_from_dict
+from spark_vllm.storage import delta
 from tests.conftest import sample_rows
 from tests.integration.faultproxy import FaultProxy, Faults
 from tests.integration.jobs import assert_one_row_per_input, latest_rows, read_rows, spec_doc
@@ -157,7 +159,24 @@ def _python_workers(root_pid: int) -> list[psutil.Process]:
     return workers
 
 
-def test_python_worker_killed_mid_task_is_retried_by_spark(vllm_server, tmp_path):
+def _into(doc: dict, tmp_path: Path, output_format: str) -> dict:
+    """The job's output as parquet files (the spec_doc default) or as a Delta table."""
+    if output_format == "delta":
+        doc["output"] = {**doc["output"], "format": "delta", "path": str(tmp_path / "table")}
+    return doc
+
+
+def _table(tmp_path: Path) -> tuple[list[dict], list[dict]]:
+    """The Delta table's rows and its commits that wrote rows, read by delta-rs (no Spark)."""
+    table = DeltaTable(str(tmp_path / "table"))
+    writes = [c for c in table.history() if c["operation"] == "WRITE"]
+    return table.to_pyarrow_table().to_pylist(), sorted(writes, key=lambda c: c["version"])
+
+
+@pytest.mark.parametrize("output_format", ["parquet", "delta"])
+def test_python_worker_killed_mid_task_is_retried_by_spark(vllm_server, tmp_path, output_format):
+    """A task's Python worker killed mid-write: Spark runs the task again and commits only
+    its second attempt, in the parquet folder as in the Delta run's one commit."""
     rows = sample_rows(200)
     with FaultProxy(vllm_server) as proxy:
         doc = spec_doc(
@@ -169,7 +188,9 @@ def test_python_worker_killed_mid_task_is_retried_by_spark(vllm_server, tmp_path
             partitions=4,
         )
         # local[2,4]: two task slots, and a task may fail up to 4 times.
-        job = _start_cli(doc, tmp_path, "--set", "spark.master=local[2,4]")
+        job = _start_cli(
+            _into(doc, tmp_path, output_format), tmp_path, "--set", "spark.master=local[2,4]"
+        )
         try:
             wait_for(lambda: proxy.forwarded >= 20, 180, "20 answered requests")
             workers = _python_workers(job.pid)
@@ -183,12 +204,21 @@ def test_python_worker_killed_mid_task_is_retried_by_spark(vllm_server, tmp_path
     assert job.returncode == 0, stderr[-3000:]
     assert killed_at < 200, "the worker was killed after the job had finished"
     assert "rows          200" in stdout
-    out = read_rows(tmp_path / "out")
+    if output_format == "delta":
+        out, writes = _table(tmp_path)
+        assert len(writes) == 1, writes
+    else:
+        out = read_rows(tmp_path / "out")
     assert_one_row_per_input(out, rows)
     assert all(r["error"] is None for r in out)
 
 
-def test_driver_killed_mid_job_then_run_again_resumes(spark, vllm_server, tmp_path):
+@pytest.mark.parametrize("output_format", ["parquet", "delta"])
+def test_driver_killed_mid_job_then_run_again_resumes(spark, vllm_server, tmp_path, output_format):
+    """The driver (and all it started) killed once a task has committed: the next run
+    resumes. Into Delta, the dead run's tasks are staged, not yet in the table (its commit
+    comes at the run's end); the next run commits them as the dead run's, then answers the
+    rest in a commit of its own."""
     rows = sample_rows(240)
     doc = spec_doc(
         tmp_path,
@@ -198,24 +228,35 @@ def test_driver_killed_mid_job_then_run_again_resumes(spark, vllm_server, tmp_pa
         concurrency={"per_executor": 8},
         partitions=12,
     )
+    doc = _into(doc, tmp_path, output_format)
+    committed_at = (
+        tmp_path / "table" / delta.STAGING if output_format == "delta" else tmp_path / "out"
+    )
     job = _start_cli(doc, tmp_path, "--set", "spark.master=local[2]")
     try:
-        wait_for(lambda: any((tmp_path / "out").glob("run=*/part-*")), 300, "a committed task")
+        wait_for(lambda: any(committed_at.glob("run=*/part-*")), 300, "a committed task")
     finally:
         os.killpg(job.pid, signal.SIGKILL)  # the driver and everything it started
         job.wait(timeout=60)
-    committed = read_rows(tmp_path / "out")
+    committed = read_rows(committed_at)
     assert 0 < len(committed) < 240, "kill the driver mid-job, not before or after"
+    if output_format == "delta":
+        assert not (tmp_path / "table" / "_delta_log").exists(), "committed before its end"
 
     summary = run_job(spark, spec_from_dict(doc))
 
     assert summary.skipped == len({r["id"] for r in committed if r["error"] is None})
     assert summary.rows == 240 - summary.skipped
-    latest = latest_rows(spark, tmp_path / "out")
+    if output_format == "delta":
+        raw, writes = _table(tmp_path)
+        assert len(writes) == 2, writes  # the dead run's staged rows, then the new run's
+        latest = raw
+    else:
+        latest = latest_rows(spark, tmp_path / "out")
+        raw = read_rows(tmp_path / "out")
     assert_one_row_per_input(latest, rows)
     assert all(r["error"] is None for r in latest)
     # No success was redone: ids are disjoint between the two runs.
-    raw = read_rows(tmp_path / "out")
     by_run: dict[str, set[str]] = {}
     for r in raw:
         by_run.setdefault(r["run"], set()).add(r["id"])
