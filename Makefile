@@ -144,28 +144,13 @@ build-image: setup jars ## build the image: spark-vllm:dev (GPU) or, with VARIAN
 # (libpostgresql-jdbc-java); installed with apt-get when missing and make runs as root.
 PG_JDBC_JAR := /usr/share/java/postgresql.jar
 postgres: ## install Debian's postgresql and libpostgresql-jdbc-java when missing (root)
-	@if [ -f $(PG_JDBC_JAR) ] && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
-	  exit 0; \
-	elif [ "$$(id -u)" = 0 ]; then \
-	  export DEBIAN_FRONTEND=noninteractive; \
-	  apt-get install -y -qq --no-install-recommends postgresql libpostgresql-jdbc-java \
-	  || { apt-get update -qq && apt-get install -y -qq --no-install-recommends postgresql libpostgresql-jdbc-java; }; \
-	else \
-	  echo "the JDBC tests need: sudo apt-get install postgresql libpostgresql-jdbc-java" >&2; exit 1; \
-	fi
+	@[ -f $(PG_JDBC_JAR) ] && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+	|| scripts/apt-install.sh "the JDBC tests need" postgresql libpostgresql-jdbc-java
 
 # The metrics test scrapes the running job and vLLM with a real Prometheus (Debian's
 # prometheus package: its binary only, started by the test; the package's service stays off).
 prometheus: ## install Debian's prometheus when missing (root)
-	@if command -v prometheus >/dev/null; then \
-	  exit 0; \
-	elif [ "$$(id -u)" = 0 ]; then \
-	  export DEBIAN_FRONTEND=noninteractive; \
-	  apt-get install -y -qq --no-install-recommends prometheus \
-	  || { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus; }; \
-	else \
-	  echo "the metrics test needs: sudo apt-get install prometheus" >&2; exit 1; \
-	fi
+	@command -v prometheus >/dev/null || scripts/apt-install.sh "the metrics test needs" prometheus
 
 # The cluster tier's Go builds, started in the background first when the tier will run here
 # (root, a Docker engine, Go): cached by version, so they end at once once built; the
@@ -182,15 +167,7 @@ prebuild: ## start building the cluster tier's node, Volcano and Spark Operator 
 # (~/.cache/spark-vllm/jars/delta-<version>/), each checked against its pinned SHA-1.
 # Jobs started here (`spark-vllm local`, `run`) and the tests find them there.
 jars: ## fetch the Delta Lake connector's jars with Maven (checksums checked; Debian's maven installed when missing, as root)
-	@if ! command -v mvn >/dev/null; then \
-	  if [ "$$(id -u)" = 0 ]; then \
-	    export DEBIAN_FRONTEND=noninteractive; \
-	    apt-get install -y -qq --no-install-recommends maven \
-	    || { apt-get update -qq && apt-get install -y -qq --no-install-recommends maven; }; \
-	  else \
-	    echo "the Delta jars are fetched with Maven: sudo apt-get install maven" >&2; exit 1; \
-	  fi; \
-	fi
+	@command -v mvn >/dev/null || scripts/apt-install.sh "the Delta jars are fetched with Maven" maven
 	scripts/get-jars.sh
 
 test: prebuild setup tools postgres prometheus jars docs ## run every tier: unit, integration (real Spark + vLLM + PostgreSQL + Prometheus + Delta Lake), bundle, image, cluster; and build the manual

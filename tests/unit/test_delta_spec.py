@@ -120,3 +120,68 @@ def test_with_the_connector_in_sparks_own_jars_folder_no_jars_are_added(tmp_path
     conf = session_conf(spec_from_dict(doc()), "local[2]")
     assert conf["spark.sql.extensions"] == "io.delta.sql.DeltaSparkSessionExtension"
     assert "spark.jars" not in conf
+
+
+# The commit's retry on Delta's conflicts, with the table write itself replaced: a real
+# concurrent MERGE is in tests/integration/test_delta.py.
+
+CONFLICT = (
+    "An error occurred while calling o93.sql.\n: io.delta.exceptions.ConcurrentAppendException:"
+    " [DELTA_CONCURRENT_APPEND.WITHOUT_HINT] Transaction conflict detected."
+)
+
+
+def committing(monkeypatch: pytest.MonkeyPatch, failures: list[Exception]) -> list[str]:
+    """Stage something, make each attempt raise the next of `failures` (then succeed);
+    returns the attempts' run ids and what was removed from staging."""
+    calls: list[str] = []
+    monkeypatch.setattr(delta.results, "entries", lambda spark, path: ["part-0.parquet"])
+    monkeypatch.setattr(delta.results, "remove", lambda spark, path: calls.append(f"rm {path}"))
+    monkeypatch.setattr(delta.time, "sleep", lambda s: None)
+
+    def attempt(spark, path, staged, run_id, overwrite, upsert_on):  # type: ignore[no-untyped-def]
+        calls.append(run_id)
+        if failures:
+            raise failures.pop(0)
+
+    monkeypatch.setattr(delta, "_commit_staged", attempt)
+    return calls
+
+
+def test_a_commit_refused_for_a_concurrent_one_is_tried_again(monkeypatch):
+    calls = committing(monkeypatch, [RuntimeError(CONFLICT)] * 2)
+    delta.commit(None, "/lake/t", "R1", overwrite=False, upsert_on="id")  # type: ignore[arg-type]
+    assert calls == ["R1", "R1", "R1", "rm /lake/t/_spark_vllm/staging/run=R1"]
+
+
+def test_a_commit_refused_on_every_attempt_says_so_and_keeps_the_rows_staged(monkeypatch):
+    calls = committing(monkeypatch, [RuntimeError(CONFLICT)] * delta.COMMIT_ATTEMPTS)
+    with pytest.raises(RuntimeError) as info:
+        delta.commit(None, "/lake/t", "R1", overwrite=False)  # type: ignore[arg-type]
+    assert str(info.value) == (
+        "output.path /lake/t: run R1's Delta commit met a concurrent writer's commit 5 times "
+        "in a row (Delta's ConcurrentAppendException); its rows stay staged in "
+        "/lake/t/_spark_vllm/staging/run=R1, and the next run commits them first"
+    )
+    assert calls == ["R1"] * 5  # nothing removed from staging
+
+
+def test_any_other_commit_error_is_not_tried_again(monkeypatch):
+    calls = committing(monkeypatch, [RuntimeError("[DELTA_FAILED_TO_MERGE_FIELDS] no")])
+    with pytest.raises(RuntimeError, match="DELTA_FAILED_TO_MERGE_FIELDS"):
+        delta.commit(None, "/lake/t", "R1", overwrite=False)  # type: ignore[arg-type]
+    assert calls == ["R1"]
+
+
+@pytest.mark.parametrize(
+    ("text", "name"),
+    [
+        (CONFLICT, "ConcurrentAppendException"),
+        ("[DELTA_CONCURRENT_DELETE_READ] a file was deleted", "ConcurrentDeleteReadException"),
+        ("io.delta.exceptions.MetadataChangedException: schema", "MetadataChangedException"),
+        ("[DELTA_PROTOCOL_CHANGED] upgraded", "ProtocolChangedException"),
+        ("java.io.IOException: disk full", None),
+    ],
+)
+def test_conflicts_are_known_by_class_or_error_class(text, name):
+    assert delta.conflict_of(RuntimeError(text)) == name

@@ -18,6 +18,9 @@ it after. A task that failed for good leaves the other tasks' rows staged: they 
 committed too, and the next run resumes from them. A driver that died before its
 commit leaves the staging folder; the next run commits it first, under the dead run's
 id (under output.mode overwrite: deletes it), as JDBC's staging tables are recovered.
+A commit Delta refuses because a concurrent writer committed first (two MERGEs of
+output.delta.write_mode upsert conflict even on disjoint ids) is tried again on the
+table's new version (CONFLICTS, COMMIT_ATTEMPTS).
 
 Records, summaries and staging sit under `_spark_vllm/`, a folder Delta ignores (its
 readers and VACUUM skip names starting with `_`), not in table properties: every
@@ -28,6 +31,8 @@ from __future__ import annotations
 
 import glob
 import os
+import random
+import time
 from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
@@ -54,6 +59,19 @@ JARS_ENV = "SPARK_VLLM_DELTA_JARS"
 STAGING = "_spark_vllm/staging"
 # The idempotent-write id of a run's commit: Delta skips a commit it has applied before.
 TXN_APP_PREFIX = "spark-vllm/"
+# Delta's optimistic concurrency refuses a commit whose reads a concurrent commit changed
+# (two MERGEs into one table: each reads the whole table) with one of these
+# io.delta.exceptions, each with its error class in brackets; Delta's documentation asks
+# to try the operation again, which then reads the table's new version.
+CONFLICTS = {
+    "ConcurrentAppendException": "[DELTA_CONCURRENT_APPEND",
+    "ConcurrentDeleteReadException": "[DELTA_CONCURRENT_DELETE_READ",
+    "ConcurrentDeleteDeleteException": "[DELTA_CONCURRENT_DELETE_DELETE",
+    "ConcurrentTransactionException": "[DELTA_CONCURRENT_TRANSACTION",
+    "MetadataChangedException": "[DELTA_METADATA_CHANGED",
+    "ProtocolChangedException": "[DELTA_PROTOCOL_CHANGED",
+}
+COMMIT_ATTEMPTS = 5
 
 
 def jars_folder() -> Path:
@@ -155,28 +173,72 @@ def commit(
 ) -> None:
     """One Delta commit of the rows staged for `run_id` (with the `run` column), then
     the staging folder deleted. Nothing staged: nothing committed. `upsert_on` (the id
-    column) makes the commit a MERGE on it into an existing table (see merge)."""
+    column) makes the commit a MERGE on it into an existing table (see merge). A commit
+    refused for a concurrent writer's (Delta's conflict exceptions, CONFLICTS) is tried
+    again on the table's new version, up to COMMIT_ATTEMPTS times in all.
+
+    Raises:
+        RuntimeError: the commit met a concurrent commit on every attempt; the rows stay
+            staged, and the next run commits them first.
+    """
     staged = staging_path(path, run_id)
-    if results.entries(spark, staged):
-        rows = spark.read.parquet(staged).withColumn(results.RUN_COLUMN, F.lit(run_id))
-        if upsert_on is not None and not overwrite:
-            rows = one_per_id(rows, upsert_on)
-            if is_table(spark, path):
-                merge(spark, path, rows, run_id, upsert_on)
-                results.remove(spark, staged)
-                return
-        writer = (
-            rows.write.format("delta")
-            .mode("overwrite" if overwrite else "append")
-            .option("userMetadata", f"spark-vllm run {run_id}")
-            .option("txnAppId", TXN_APP_PREFIX + run_id)
-            .option("txnVersion", "0")
-        )
-        # A run may keep other input columns than the table's: new columns are added;
-        # an overwrite replaces the table's shape with this run's.
-        writer = writer.option("overwriteSchema" if overwrite else "mergeSchema", "true")
-        writer.save(path)
+    if not results.entries(spark, staged):
+        results.remove(spark, staged)
+        return
+    for attempt in range(1, COMMIT_ATTEMPTS + 1):
+        try:
+            _commit_staged(spark, path, staged, run_id, overwrite, upsert_on)
+            break
+        except Exception as exc:
+            conflict = conflict_of(exc)
+            if conflict is None:
+                raise
+            if attempt == COMMIT_ATTEMPTS:
+                raise RuntimeError(
+                    f"output.path {path}: run {run_id}'s Delta commit met a concurrent "
+                    f"writer's commit {COMMIT_ATTEMPTS} times in a row (Delta's {conflict}); "
+                    f"its rows stay staged in {staged}, and the next run commits them first"
+                ) from None
+            time.sleep(random.uniform(0.5, 1.5) * attempt)  # noqa: S311 - jitter, not secrets
     results.remove(spark, staged)
+
+
+def conflict_of(exc: BaseException) -> str | None:
+    """The name of Delta's concurrent-modification exception that `exc` is (from the
+    JVM's class name or its error class), or None for any other error."""
+    text = str(exc)
+    for name, error_class in CONFLICTS.items():
+        if f"io.delta.exceptions.{name}" in text or error_class in text:
+            return name
+    return None
+
+
+def _commit_staged(
+    spark: SparkSession,
+    path: str,
+    staged: str,
+    run_id: str,
+    overwrite: bool,
+    upsert_on: str | None,
+) -> None:
+    """One attempt at the run's commit: a MERGE into the table, or an append/overwrite."""
+    rows = spark.read.parquet(staged).withColumn(results.RUN_COLUMN, F.lit(run_id))
+    if upsert_on is not None and not overwrite:
+        rows = one_per_id(rows, upsert_on)
+        if is_table(spark, path):
+            merge(spark, path, rows, run_id, upsert_on)
+            return
+    writer = (
+        rows.write.format("delta")
+        .mode("overwrite" if overwrite else "append")
+        .option("userMetadata", f"spark-vllm run {run_id}")
+        .option("txnAppId", TXN_APP_PREFIX + run_id)
+        .option("txnVersion", "0")
+    )
+    # A run may keep other input columns than the table's: new columns are added;
+    # an overwrite replaces the table's shape with this run's.
+    writer = writer.option("overwriteSchema" if overwrite else "mergeSchema", "true")
+    writer.save(path)
 
 
 def one_per_id(rows: DataFrame, id_column: str) -> DataFrame:
