@@ -235,6 +235,13 @@ class InputSpec(_Strict):
         ),
     )
 
+    @field_validator("id_column")
+    @classmethod
+    def _id_not_a_result_name(cls, value: str | None) -> str | None:
+        if value is not None:
+            refuse_result_names([value], "unset input.id_column to derive ids")
+        return value
+
     def where(self) -> str:
         """The input, for messages and Spark's UI."""
         if self.jdbc is not None:
@@ -269,6 +276,21 @@ class InputSpec(_Strict):
                 f"remove input.id_column ({self.id_column!r})"
             )
         return self
+
+
+def refuse_result_names(names: list[str], fix: str) -> None:
+    """ValueError naming those of `names` an output column of the job's own would shadow.
+
+    Spark matches column names regardless of case, and every output has the run's id as
+    a column `run` (its folder's name, or a column of the table)."""
+    taken = {name.lower() for name in RESULT_COLUMNS | {"run"}}
+    clash = [name for name in names if name.lower() in taken]
+    if clash:
+        raise ValueError(
+            f"{', '.join(map(repr, clash))} would clash with the result column(s) the job "
+            "writes itself (names match regardless of case; `run` is the run's id); "
+            f"rename the input column or {fix}"
+        )
 
 
 class OutputSpec(_Strict):
@@ -329,16 +351,7 @@ class OutputSpec(_Strict):
     @field_validator("keep_columns")
     @classmethod
     def _no_result_names(cls, value: list[str]) -> list[str]:
-        # Spark matches column names regardless of case, and every output has the run's
-        # id as a column `run` (its folder's name, or a column of the table).
-        taken = {name.lower() for name in RESULT_COLUMNS | {"run"}}
-        clash = [name for name in value if name.lower() in taken]
-        if clash:
-            raise ValueError(
-                f"{', '.join(map(repr, clash))} would clash with the result column(s) the job "
-                "writes itself (names match regardless of case; `run` is the run's id); "
-                "rename the input column or drop it from keep_columns"
-            )
+        refuse_result_names(value, "drop it from keep_columns")
         return value
 
     @model_validator(mode="after")

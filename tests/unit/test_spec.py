@@ -660,3 +660,13 @@ def test_the_quoting_hint_for_a_template_can_be_pasted_into_a_shell(raw):  # typ
     suggested = str(info.value).split("quote it as YAML text: --set ", 1)[1]
     (argument,) = shlex.split(suggested)
     assert parse_override(argument) == (["prompt", "template"], raw)
+
+
+@pytest.mark.parametrize("column", ["run", "Error", "response"])
+def test_an_id_column_clashing_with_a_result_column_is_refused(column):
+    message = error_of(minimal(input={"format": "jsonl", "path": "in", "id_column": column}))
+    assert (
+        f"input.id_column: got {column!r}; {column!r} would clash with the result column(s) "
+        "the job writes itself (names match regardless of case; `run` is the run's id); "
+        "rename the input column or unset input.id_column to derive ids"
+    ) in message

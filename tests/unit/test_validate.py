@@ -239,3 +239,15 @@ def test_a_delta_input_folder_without_a_log_is_refused_as_run_refuses_it(tmp_pat
     code, text = validate(job(tmp_path, "delta", folder), capsys)
     assert code == 0, text
     assert "input.format delta is read from its log by Spark" in text
+
+
+def test_an_id_column_named_run_is_refused_before_the_input_is_read(tmp_path, capsys):
+    data = tmp_path / "in.jsonl"
+    data.write_text('{"run": "r1", "question": "Why?"}\n')
+    code, text = validate(job(tmp_path, "jsonl", data, id_column="run"), capsys)
+    assert code == 2, text
+    assert (
+        "input.id_column: got 'run'; 'run' would clash with the result column(s) the job "
+        "writes itself (names match regardless of case; `run` is the run's id); rename the "
+        "input column or unset input.id_column to derive ids"
+    ) in text
