@@ -1422,6 +1422,11 @@ def _format_errors(exc: ValidationError) -> str:
             expected.append(_expected(err))
             continue
         message = err["msg"].removeprefix("Value error, ")
+        if message.startswith((f"{path}.", f"{path}:")):
+            # A rule of a nested model that names its own key in full (`prompt.template
+            # does not parse`) says the path once.
+            lines.append(message)
+            continue
         if isinstance(err["input"], dict):
             # A rule across several keys: the message names them; the mapping is noise.
             lines.append(f"{path}: {message}" if keys else message)

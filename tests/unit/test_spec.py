@@ -670,3 +670,15 @@ def test_an_id_column_clashing_with_a_result_column_is_refused(column):
         "the job writes itself (names match regardless of case; `run` is the run's id); "
         "rename the input column or unset input.id_column to derive ids"
     ) in message
+
+
+def test_a_nested_rule_naming_its_own_key_says_the_path_once():
+    message = error_of(minimal(prompt={"template": "{{ question "}))
+    assert message == (
+        "invalid job spec:\n  prompt.template does not parse: line 1: unexpected end of "
+        "template, expected 'end of print statement'."
+    )
+    bad = {"type": "object", "properties": {"a": {}}}
+    message = error_of(minimal(structured_output={"json_schema": bad}))
+    assert "\n  structured_output.json_schema: schema.a: needs a 'type'" in message
+    assert "structured_output: structured_output" not in message
