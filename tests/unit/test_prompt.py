@@ -137,3 +137,18 @@ def test_text_that_is_not_a_conversation_is_the_user_message(text):
 def test_a_broken_conversation_is_a_row_error_naming_the_message(value, cause):
     with pytest.raises(RowError, match=cause):
         chat_column(value)
+
+
+@pytest.mark.parametrize(
+    ("source", "hint"),
+    [
+        ("{{ customer name }}", "{{ row['customer name'] }}, not {{ customer name }}"),
+        ("{{- ticket id -}}!", "{{ row['ticket id'] }}, not {{- ticket id -}}"),
+        ("{{ a and }}", None),
+    ],
+)
+def test_a_bare_column_name_with_a_space_gets_the_row_form_as_hint(source, hint):
+    with pytest.raises(PromptError) as info:
+        template_variables(source)
+    said = "a column name with a space is read as "
+    assert (said + hint in str(info.value)) if hint else said not in str(info.value)

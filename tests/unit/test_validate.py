@@ -251,3 +251,15 @@ def test_an_id_column_named_run_is_refused_before_the_input_is_read(tmp_path, ca
         "writes itself (names match regardless of case; `run` is the run's id); rename the "
         "input column or unset input.id_column to derive ids"
     ) in text
+
+
+def test_a_column_with_a_space_written_bare_in_a_template_is_shown_as_row_quoted(tmp_path, capsys):
+    data = tmp_path / "in.jsonl"
+    data.write_text('{"customer name": "Bob"}\n')
+    code, text = validate(job(tmp_path, "jsonl", data, "Hi {{ customer name }}"), capsys)
+    assert code == 2, text
+    assert (
+        "spark-vllm: invalid job spec:\n  prompt.template does not parse: line 1: expected "
+        "token 'end of print statement', got 'name'; a column name with a space is read as "
+        "{{ row['customer name'] }}, not {{ customer name }}\n"
+    ) in text

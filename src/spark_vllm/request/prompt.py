@@ -206,7 +206,7 @@ def template_variables(source: str) -> set[str]:
     try:
         ast = _ENV.parse(source)
     except jinja2.TemplateSyntaxError as exc:
-        raise PromptError(f"line {exc.lineno}: {exc.message}") from None
+        raise PromptError(f"line {exc.lineno}: {exc.message}{_spaced_name_hint(source)}") from None
     names = set(jinja2.meta.find_undeclared_variables(ast))
     if ROW not in names:
         return names
@@ -226,6 +226,24 @@ def template_variables(source: str) -> set[str]:
             "the name in quotes (a column named row is row['row'])"
         )
     return names | set(quoted)
+
+
+# `{{ customer name }}`: words apart, as a BI export's column name, where jinja wants one
+# expression. Jinja's own words (`a and b`) do not count.
+_SPACED = re.compile(r"\{\{-?\s*([A-Za-z_][\w.]*(?:[ \t]+[\w.]+)+)\s*-?\}\}")
+_JINJA_WORDS = {"and", "or", "not", "in", "is", "if", "else", "true", "false", "none"}
+
+
+def _spaced_name_hint(source: str) -> str:
+    """How to read a column whose name has a space, if the template writes one bare."""
+    for found in _SPACED.finditer(source):
+        name = found.group(1)
+        if not _JINJA_WORDS & {w.lower() for w in name.split()}:
+            return (
+                f"; a column name with a space is read as {{{{ {ROW}['{name}'] }}}}, "
+                f"not {found.group(0)}"
+            )
+    return ""
 
 
 @lru_cache(maxsize=16)
