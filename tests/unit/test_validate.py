@@ -263,3 +263,18 @@ def test_a_column_with_a_space_written_bare_in_a_template_is_shown_as_row_quoted
         "token 'end of print statement', got 'name'; a column name with a space is read as "
         "{{ row['customer name'] }}, not {{ customer name }}\n"
     ) in text
+
+
+def test_ids_1_and_quoted_1_of_a_jsonl_input_are_one_id_as_spark_reads_them(tmp_path, capsys):
+    """Spark reads a JSON column of numbers and text as text: `1` and `"1"` are both '1'."""
+    data = tmp_path / "in.jsonl"
+    data.write_text('{"id": 1, "question": "Why?"}\n{"id": "1", "question": "How?"}\n')
+    code, text = validate(job(tmp_path, "jsonl", data, id_column="id"), capsys)
+    assert code == 2, text
+    assert (
+        "spark-vllm: input.id_column: column 'id' must hold a unique, non-null id per row; "
+        "found id '1' on 2 rows. Fix the input, or unset input.id_column to derive ids"
+    ) in text
+    data.write_text('{"id": 1, "question": "Why?"}\n{"id": "1.0", "question": "How?"}\n')
+    code, text = validate(job(tmp_path, "jsonl", data, id_column="id"), capsys)
+    assert code == 0, text

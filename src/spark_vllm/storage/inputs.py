@@ -15,6 +15,7 @@ import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -508,22 +509,39 @@ def bad_ids_without_spark(spec: JobSpec, shown: int = 5) -> tuple[list[tuple[Any
                 )
                 counts.update((row.get(column) or None) for row in reader)  # "": null, as Spark
     else:
-        for file in files:
-            with file.open(encoding="utf-8", errors="replace") as fh:
-                for line in fh:
-                    if line.strip():
-                        try:
-                            value = json.loads(line.removeprefix("\ufeff"))
-                        except json.JSONDecodeError:
-                            continue  # the columns' check says so
-                        if isinstance(value, dict):
-                            found = value.get(column)
-                            counts[
-                                found if not isinstance(found, (dict, list)) else repr(found)
-                            ] += 1
+        counts.update(_json_ids(files, column))
     bad = [(v, n) for v, n in counts.items() if v is None or n > 1]
     bad.sort(key=lambda item: -item[1])
     return bad[:shown], f"every row of {src.path}"
+
+
+def _json_ids(files: list[Path], column: str) -> list[Any]:
+    """The ids of JSON Lines files as Spark reads them: a column of text and numbers (`"1"`
+    and `1`) is read as text, each number as written, so `"1"` and `1` are one id."""
+    ids: list[Any] = []
+    for file in files:
+        with file.open(encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.strip():
+                    try:  # Decimal keeps a number's text (1.50), and 1.0 == 1 as doubles
+                        value = json.loads(line.removeprefix("\ufeff"), parse_float=Decimal)
+                    except json.JSONDecodeError:
+                        continue  # the columns' check says so
+                    if isinstance(value, dict):
+                        found = value.get(column)
+                        ids.append(found if not isinstance(found, (dict, list)) else repr(found))
+    kinds = {_json_kind(i) for i in ids if i is not None}
+    if len(kinds) > 1:  # Spark's one type for text, numbers and booleans together
+        return [i if i is None or isinstance(i, str) else _json_text(i) for i in ids]
+    return [float(i) if isinstance(i, Decimal) else i for i in ids]
+
+
+def _json_kind(value: Any) -> str:
+    return "text" if isinstance(value, str) else "bool" if isinstance(value, bool) else "number"
+
+
+def _json_text(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, bool) else str(value)
 
 
 def _parquet_schema(file: Path) -> pa.Schema:
