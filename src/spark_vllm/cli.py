@@ -748,6 +748,14 @@ def validate(spec: JobSpec, args: argparse.Namespace) -> int:
         columns_without_spark,
     )
 
+    if spec.structured_output is not None:
+        from spark_vllm.driver.job import kind_for, refuse_answer_clash
+
+        try:  # the answer's fields against the output's own columns, as `run` checks them
+            refuse_answer_clash(spec, kind_for(spec))
+        except SpecError as exc:
+            print(f"spark-vllm: {exc}", file=sys.stderr)
+            return 2
     try:
         columns = columns_without_spark(spec)
     except SpecError as exc:  # a local input.path with nothing at it, as `run` says

@@ -278,3 +278,36 @@ def test_ids_1_and_quoted_1_of_a_jsonl_input_are_one_id_as_spark_reads_them(tmp_
     data.write_text('{"id": 1, "question": "Why?"}\n{"id": "1.0", "question": "How?"}\n')
     code, text = validate(job(tmp_path, "jsonl", data, id_column="id"), capsys)
     assert code == 0, text
+
+
+@pytest.mark.parametrize(
+    ("extra", "structured", "clash", "columns"),
+    [
+        ({}, {"ddl": "ID STRING, label STRING"}, "'ID'", "'id'"),
+        (
+            {"id_column": "question"},
+            {"json_schema": {"type": "object", "properties": {
+                "Response": {"type": "string"}, "run": {"type": "integer"}}}},
+            "'Response', 'run'",
+            "'question'",
+        ),
+    ],
+)  # fmt: skip
+def test_answer_fields_clashing_with_the_outputs_own_columns_are_refused_as_run_refuses_them(
+    tmp_path, capsys, extra, structured, clash, columns
+):
+    """The id (derived or the input's), the kind's own columns and the run's id, in any
+    case: `validate` passed them (and `run` let a field named response through)."""
+    data = tmp_path / "in.jsonl"
+    data.write_text('{"question": "Why?"}\n')
+    path = job(tmp_path, "jsonl", data, **extra)
+    doc = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**doc, "structured_output": structured}))
+    code, text = validate(path, capsys)
+    assert code == 2, text
+    assert text == (
+        f"spark-vllm: structured_output: field(s) {clash} would clash with the output's own "
+        f"columns {columns}, 'response', 'finish_reason', 'prompt_tokens', 'completion_tokens', "
+        "'latency_ms', 'attempts', 'error', 'run' (names match regardless of case); rename "
+        "them\n"
+    )

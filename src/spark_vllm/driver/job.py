@@ -254,26 +254,36 @@ def kind_for(spec: JobSpec) -> RequestKind:
     )
 
 
-def output_schema(df: DataFrame, spec: JobSpec, kind: RequestKind) -> T.StructType:
-    """The rows the tasks hand to the writer: the id, the kept columns, the kind's."""
-    fields = [df.schema[spec.id_column()]]
-    fields += [df.schema[c] for c in spec.output.keep_columns if c != spec.id_column()]
-    own = kind.result_fields()
+def refuse_answer_clash(spec: JobSpec, kind: RequestKind) -> None:
+    """SpecError naming the structured answer's fields that an output column of another
+    source (the id, a kept column, the kind's own, the run's id) would shadow."""
+    if not isinstance(kind, (Chat, Completion)) or kind.answer is None:
+        return
+    answer = kind.answer.columns.fieldNames()
+    own = [f.name for f in kind.result_fields()][: -len(answer) or None]  # answer's last
+    others = [
+        spec.id_column(),
+        *[c for c in spec.output.keep_columns if c != spec.id_column()],
+        *own,
+        results.RUN_COLUMN,
+    ]
     # Spark matches column names regardless of case: `Error` would shadow `error`.
-    taken = {f.name.lower() for f in fields}
-    answer = (
-        kind.answer.columns.fieldNames()
-        if isinstance(kind, (Chat, Completion)) and (kind.answer is not None)
-        else []
-    )
-    taken |= {f.name.lower() for f in own if f.name not in answer}
+    taken = {name.lower() for name in others}
     clash = [name for name in answer if name.lower() in taken]
     if clash:
         raise SpecError(
-            f"structured_output: field(s) {clash} would clash with output columns "
-            f"{sorted(f.name for f in [*fields, *own] if f.name not in answer)}; rename them"
+            f"structured_output: field(s) {', '.join(map(repr, clash))} would clash with "
+            f"the output's own columns {', '.join(map(repr, others))} (names match "
+            "regardless of case); rename them"
         )
-    return T.StructType([*fields, *own])
+
+
+def output_schema(df: DataFrame, spec: JobSpec, kind: RequestKind) -> T.StructType:
+    """The rows the tasks hand to the writer: the id, the kept columns, the kind's."""
+    refuse_answer_clash(spec, kind)
+    fields = [df.schema[spec.id_column()]]
+    fields += [df.schema[c] for c in spec.output.keep_columns if c != spec.id_column()]
+    return T.StructType([*fields, *kind.result_fields()])
 
 
 def task_config(spec: JobSpec, schema: T.StructType, slots: int, kind: RequestKind) -> TaskConfig:
