@@ -241,11 +241,17 @@ def test_a_delta_input_folder_without_a_log_is_refused_as_run_refuses_it(tmp_pat
     assert "input.format delta is read from its log by Spark" in text
 
 
-def test_an_id_column_named_run_is_refused_before_the_input_is_read(tmp_path, capsys):
+def refusal(tmp_path, capsys, lines, template="{{ question }}", **extra):
+    """What `validate` says, exit 2, of a JSON Lines input holding `lines`."""
     data = tmp_path / "in.jsonl"
-    data.write_text('{"run": "r1", "question": "Why?"}\n')
-    code, text = validate(job(tmp_path, "jsonl", data, id_column="run"), capsys)
+    data.write_text(lines)
+    code, text = validate(job(tmp_path, "jsonl", data, template, **extra), capsys)
     assert code == 2, text
+    return text
+
+
+def test_an_id_column_named_run_is_refused_before_the_input_is_read(tmp_path, capsys):
+    text = refusal(tmp_path, capsys, '{"run": "r1", "question": "Why?"}\n', id_column="run")
     assert (
         "input.id_column: got 'run'; 'run' would clash with the result column(s) the job "
         "writes itself (names match regardless of case; `run` is the run's id); rename the "
@@ -254,10 +260,7 @@ def test_an_id_column_named_run_is_refused_before_the_input_is_read(tmp_path, ca
 
 
 def test_a_column_with_a_space_written_bare_in_a_template_is_shown_as_row_quoted(tmp_path, capsys):
-    data = tmp_path / "in.jsonl"
-    data.write_text('{"customer name": "Bob"}\n')
-    code, text = validate(job(tmp_path, "jsonl", data, "Hi {{ customer name }}"), capsys)
-    assert code == 2, text
+    text = refusal(tmp_path, capsys, '{"customer name": "Bob"}\n', "Hi {{ customer name }}")
     assert (
         "spark-vllm: invalid job spec:\n  prompt.template does not parse: line 1: expected "
         "token 'end of print statement', got 'name'; a column name with a space is read as "
@@ -267,14 +270,14 @@ def test_a_column_with_a_space_written_bare_in_a_template_is_shown_as_row_quoted
 
 def test_ids_1_and_quoted_1_of_a_jsonl_input_are_one_id_as_spark_reads_them(tmp_path, capsys):
     """Spark reads a JSON column of numbers and text as text: `1` and `"1"` are both '1'."""
-    data = tmp_path / "in.jsonl"
-    data.write_text('{"id": 1, "question": "Why?"}\n{"id": "1", "question": "How?"}\n')
-    code, text = validate(job(tmp_path, "jsonl", data, id_column="id"), capsys)
-    assert code == 2, text
+    lines = '{"id": 1, "question": "Why?"}\n{"id": "1", "question": "How?"}\n'
     assert (
-        "spark-vllm: input.id_column: column 'id' must hold a unique, non-null id per row; "
+        refusal(tmp_path, capsys, lines, id_column="id")
+        == "spark-vllm: input.id_column: column 'id' must hold a unique, non-null id per row; "
         "found id '1' on 2 rows. Fix the input, or unset input.id_column to derive ids"
-    ) in text
+        f" (read from every row of {tmp_path / 'in.jsonl'})\n"
+    )
+    data = tmp_path / "in.jsonl"
     data.write_text('{"id": 1, "question": "Why?"}\n{"id": "1.0", "question": "How?"}\n')
     code, text = validate(job(tmp_path, "jsonl", data, id_column="id"), capsys)
     assert code == 0, text
