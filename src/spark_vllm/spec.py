@@ -216,7 +216,8 @@ class InputSpec(_Strict):
         description=(
             "column holding a unique, non-null id per row. Duplicate or null ids are "
             "refused before any request, with examples. When unset, the id is derived"
-            " (see [Derived ids](#derived-ids))"
+            " (see [Derived ids](#derived-ids)). The name of a result column or `run` "
+            "(in any case) is refused: the output has its own"
         ),
     )
     options: dict[str, str] = Field(
