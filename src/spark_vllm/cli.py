@@ -748,10 +748,12 @@ def validate(spec: JobSpec, args: argparse.Namespace) -> int:
         columns_without_spark,
     )
 
-    if spec.structured_output is not None:
+    if spec.structured_output is not None and spec.structured_output.json_schema is not None:
         from spark_vllm.driver.job import kind_for, refuse_answer_clash
 
-        try:  # the answer's fields against the output's own columns, as `run` checks them
+        # The answer's fields against the output's own columns, as `run` checks them; a
+        # `ddl` is Spark's parser's to read, so its fields are checked when the job runs.
+        try:
             refuse_answer_clash(spec, kind_for(spec))
         except SpecError as exc:
             print(f"spark-vllm: {exc}", file=sys.stderr)

@@ -286,7 +286,12 @@ def test_ids_1_and_quoted_1_of_a_jsonl_input_are_one_id_as_spark_reads_them(tmp_
 @pytest.mark.parametrize(
     ("extra", "structured", "clash", "columns"),
     [
-        ({}, {"ddl": "ID STRING, label STRING"}, "'ID'", "'id'"),
+        (
+            {},
+            {"json_schema": {"type": "object", "properties": {"ID": {"type": "string"}}}},
+            "'ID'",
+            "'id'",
+        ),
         (
             {"id_column": "question"},
             {"json_schema": {"type": "object", "properties": {
@@ -314,3 +319,14 @@ def test_answer_fields_clashing_with_the_outputs_own_columns_are_refused_as_run_
         "'latency_ms', 'attempts', 'error', 'run' (names match regardless of case); rename "
         "them\n"
     )
+
+
+def test_a_ddl_answer_is_left_to_run_and_validate_passes_it_without_spark(tmp_path, capsys):
+    """A `ddl` needs Spark's parser (a JVM): validate does not start one for it."""
+    data = tmp_path / "in.jsonl"
+    data.write_text('{"question": "Why?"}\n')
+    path = job(tmp_path, "jsonl", data)
+    doc = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**doc, "structured_output": {"ddl": "label STRING"}}))
+    code, text = validate(path, capsys)
+    assert code == 0, text
