@@ -137,7 +137,8 @@ def _role(pid: int, me: int) -> str:
 
 class TreeWatch:
     """CPU seconds of this process and its descendants by role, between `start` and
-    `stop`, and the peak RSS of one process per role, sampled every `period_s`.
+    `stop`, the peak RSS of one process per role and of the whole tree together, sampled
+    every `period_s`.
 
     A Python worker that ends is reaped by Spark's daemon, so its seconds stay counted
     (see bench/proctree.py).
@@ -150,13 +151,16 @@ class TreeWatch:
         self.begin: dict[int, float] = {}
         self.last: dict[int, float] = {}
         self.peak_rss: dict[str, int] = {}
+        self.peak_tree_rss = 0
         self.workers_seen: set[int] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def _sample(self) -> dict[int, float]:
         out = {}
-        for pid, st in proctree.tree(self.me).items():
+        found = proctree.tree(self.me)
+        self.peak_tree_rss = max(self.peak_tree_rss, sum(st.rss for st in found.values()))
+        for pid, st in found.items():
             role = self.roles.get(pid) or self.roles.setdefault(pid, _role(pid, self.me))
             out[pid] = st.cpu_s
             self.peak_rss[role] = max(self.peak_rss.get(role, 0), st.rss)
@@ -171,6 +175,7 @@ class TreeWatch:
     def start(self) -> None:
         self.begin = self._sample()
         self.peak_rss.clear()
+        self.peak_tree_rss = 0
         self._thread.start()
 
     def stop(self) -> dict[str, float]:
@@ -249,6 +254,7 @@ def job(cfg: Config) -> list[Measurement]:
             "streaming_s": last - first if first is not None and last is not None else None,
             "cpu_s": cpu,
             "peak_rss_mib": {role: rss / MIB for role, rss in watch.peak_rss.items()},
+            "peak_tree_rss_mib": watch.peak_tree_rss / MIB,
             "python_workers_seen": len(watch.workers_seen),
         }
     ]
