@@ -29,6 +29,8 @@ VARIANT ?= gpu
 BENCH_ARGS ?=
 PREFIX_BENCH_ARGS ?=
 STORES_BENCH_ARGS ?=
+# Arguments for `make bench-peers` (python -m bench.peers --help), e.g. PEERS_BENCH_ARGS="--quick".
+PEERS_BENCH_ARGS ?=
 # `make smoke VOLCANO=1` also installs Volcano and runs the job under it.
 VOLCANO ?= 0
 
@@ -50,7 +52,7 @@ DOCS_STAMP  := $(DOCS_VENV)/.installed
 
 .DEFAULT_GOAL := help
 .PHONY: help setup model run plan run-embedding run-images run-lora serve postgres prometheus jars tools schema manifests base-image build-image operator operator-image prebuild test test-unit \
-	test-bundle test-image test-gpu-image test-cluster docs cluster-up cluster-down volcano node bench bench-prefix bench-stores smoke lint format clean
+	test-bundle test-image test-gpu-image test-cluster docs cluster-up cluster-down volcano node bench bench-prefix bench-stores bench-peers smoke lint format clean
 
 help: ## list the verbs
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -227,6 +229,9 @@ bench: setup jars ## benchmark: offline vLLM vs. HTTP client vs. the job, then p
 
 bench-stores: setup jars ## benchmark the output stores alone: parquet vs Delta append vs Delta upsert, rows/s of a run and a rerun (STORES_BENCH_ARGS=)
 	$(BIN)/python -m bench.stores $(STORES_BENCH_ARGS)
+
+bench-peers: setup ## benchmark spark-vllm beside Ray Data LLM and Daft on the same rows and server (their own venv; PEERS_BENCH_ARGS=)
+	$(BIN)/python -m bench.peers $(PEERS_BENCH_ARGS)
 
 bench-prefix: setup ## benchmark prefix-aware scheduling alone: shuffled vs input order vs prefix-grouped, with hit rates
 	$(BIN)/python -m bench.prefix $(PREFIX_BENCH_ARGS)
