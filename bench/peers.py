@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             peer_python = str(peers_venv(args.cache))
             pythons.update({t: peer_python for t in PEERS})
-        except RuntimeError as exc:
+        except (RuntimeError, OSError) as exc:
             errors.update({t: str(exc) for t in PEERS if t in args.tools})
 
     results: dict[str, Measurement] = {}
