@@ -22,16 +22,16 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-import jsonschema
 import pyarrow as pa
 from pyspark.sql import types as T
-from referencing import Registry, Specification
-from referencing.exceptions import Unresolvable
-from referencing.jsonschema import DRAFT202012
 
 from spark_vllm.errors import LONE_SURROGATE, AnswerError, SchemaError
 
+# jsonschema and referencing are imported where a schema is used: every Spark task
+# imports this module, and most jobs have no structured output (they cost a task's
+# Python worker about 0.15 s before its first request).
 if TYPE_CHECKING:
+    from referencing import Specification
     from referencing._core import Resolver
 
 INT_RANGES: dict[type[T.DataType], tuple[int, int]] = {
@@ -59,6 +59,9 @@ def spark_type(node: Any, where: str = "schema") -> T.DataType:
     """The Spark type of a JSON schema (objects become structs), `$ref`s resolved within it."""
     if not isinstance(node, dict):
         raise SchemaError(f"{where}: expected a JSON schema object, got {node!r}")
+    from referencing import Registry
+    from referencing.jsonschema import DRAFT202012
+
     spec = DRAFT202012.detect(node)
     resolver = Registry().resolver_with_root(spec.create_resource(node))
     return _Walk(spec).type_of(node, where, resolver, ())
@@ -168,6 +171,8 @@ class _Walk:
     def _ref(
         self, ref: Any, where: str, resolver: Resolver[Any], expanding: tuple[int, ...]
     ) -> T.DataType:
+        from referencing.exceptions import Unresolvable
+
         try:
             resolved = resolver.lookup(str(ref))
         except Unresolvable:
@@ -313,6 +318,8 @@ def json_schema(kind: T.DataType, where: str = "ddl") -> dict[str, Any]:
 
 def check_schema(schema: dict[str, Any]) -> T.StructType:
     """Refuse a schema that is not valid JSON Schema or not an object of typed properties."""
+    import jsonschema
+
     try:
         jsonschema.validators.validator_for(schema).check_schema(schema)
     except jsonschema.SchemaError as exc:
@@ -335,8 +342,14 @@ class AnswerParser:
     """Parses one answer: JSON, valid against the schema, and fitting the Arrow columns."""
 
     def __init__(self, schema: dict[str, Any], arrow_type: pa.StructType) -> None:
+        import jsonschema
+        from referencing import Registry
+        from referencing.exceptions import Unresolvable
+
         # An empty registry: a $ref outside the schema is never fetched from an executor.
         self.validator = jsonschema.validators.validator_for(schema)(schema, registry=Registry())
+        self.best_match = jsonschema.exceptions.best_match
+        self.unresolvable = Unresolvable
         self.arrow_type = arrow_type
 
     def parse(self, text: str | None) -> dict[str, Any]:
@@ -350,8 +363,8 @@ class AnswerParser:
                 f"answer is not JSON ({exc.msg} at {exc.pos}); the response column holds it"
             ) from None
         try:
-            error = jsonschema.exceptions.best_match(self.validator.iter_errors(value))
-        except Unresolvable as exc:
+            error = self.best_match(self.validator.iter_errors(value))
+        except self.unresolvable as exc:
             raise AnswerError(f"the schema has a $ref that does not resolve: {exc}") from None
         if error is not None:
             path = "/".join(str(p) for p in error.absolute_path) or "(top)"
