@@ -274,60 +274,57 @@ def test_upsert_merges_each_run_on_the_id_one_row_per_id(spark, tmp_path):
     assert len(table_rows(table)) == 4
 
 
+RACE = {"20261207T000000000001Z": "a", "20261207T000000000002Z": "b"}
+
+
+def race(spark, spec: JobSpec, q0_too: bool = False) -> None:
+    """A table holding q0 (run ...0Z), then RACE's two runs staged (50 ids each, a0… and
+    b0…; with `q0_too`, each also answers q0) and finished at the same time, each by a
+    session of its own (`newSession`: its own SQL settings, as two jobs' drivers have)."""
+    schema = "id string, response string, error string"
+    store = store_for(spark, spec)
+    assert store.prepare() is False
+    store.write(spark.createDataFrame([("q0", "first", None)], schema), "20261207T000000000000Z")
+    store.finish("20261207T000000000000Z")  # the table exists before the race
+    for run_id, tag in RACE.items():
+        rows = [(f"{tag}{i}", f"answer {i}", None) for i in range(50)]
+        store.write(spark.createDataFrame(rows + [("q0", tag, None)] * q0_too, schema), run_id)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        finishing = [pool.submit(store_for(spark.newSession(), spec).finish, r) for r in RACE]
+        for done in finishing:
+            done.result()
+
+
 def test_two_jobs_appending_to_one_table_at_once_both_commit(spark, tmp_path):
     """Two runs (two jobs' drivers) commit into one table at the same time: Delta's blind
     appends do not conflict, so both commits land, each with its run id, and no row of
     either is lost."""
     spec, table = _store(tmp_path)
-    schema = "id string, response string, error string"
-    runs = {"20261207T000000000001Z": "a", "20261207T000000000002Z": "b"}
-    store = store_for(spark, spec)
-    assert store.prepare() is False
-    store.write(spark.createDataFrame([("q0", "first", None)], schema), "20261207T000000000000Z")
-    store.finish("20261207T000000000000Z")  # the table exists before the race
-    for run_id, tag in runs.items():
-        rows = [(f"{tag}{i}", f"answer {i}", None) for i in range(50)]
-        store.write(spark.createDataFrame(rows, schema), run_id)
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        for done in [pool.submit(store_for(spark, spec).finish, run_id) for run_id in runs]:
-            done.result()
+    race(spark, spec)
     out = table_rows(table)
     assert len(out) == 101
-    assert {r["run"] for r in out} == {"20261207T000000000000Z", *runs}
+    assert {r["run"] for r in out} == {"20261207T000000000000Z", *RACE}
     assert sorted(c["userMetadata"] for c in run_commits(table))[1:] == [
-        f"spark-vllm run {run_id}" for run_id in sorted(runs)
+        f"spark-vllm run {run_id}" for run_id in sorted(RACE)
     ]
 
 
 def test_two_upsert_runs_merging_into_one_table_at_once_both_land(spark, tmp_path):
     """Two runs (two jobs' drivers) MERGE into one table at the same time, on disjoint
-    ids: each MERGE reads the whole table, so Delta's optimistic concurrency refuses the
+    ids and one both answer (q0): each MERGE reads the whole table, so Delta's optimistic concurrency refuses the
     second to commit; the commit merges again on the new version, so both land, each in a
-    MERGE commit with its run id, and no row of either is lost. Each driver is a session
-    of its own (`newSession`: its own SQL settings, where a MERGE's commit message is)."""
+    MERGE commit with its run id, and no row of either is lost (each driver a session of
+    its own: a MERGE's commit message is a session setting)."""
     doc = delta_doc(tmp_path, "http://127.0.0.1:9/v1", sample_rows(4))
     doc["output"]["delta"] = {"write_mode": "upsert"}
     spec, table = spec_from_dict(doc), tmp_path / "table"
-    schema = "id string, response string, error string"
-    runs = {"20261207T000000000001Z": "a", "20261207T000000000002Z": "b"}
-    store = store_for(spark, spec)
-    assert store.prepare() is False
-    store.write(spark.createDataFrame([("q0", "first", None)], schema), "20261207T000000000000Z")
-    store.finish("20261207T000000000000Z")  # the table exists before the race
-    for run_id, tag in runs.items():
-        rows = [(f"{tag}{i}", f"answer {i}", None) for i in range(50)] + [("q0", tag, None)]
-        store.write(spark.createDataFrame(rows, schema), run_id)
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        for done in [
-            pool.submit(store_for(spark.newSession(), spec).finish, run_id) for run_id in runs
-        ]:
-            done.result()
+    race(spark, spec, q0_too=True)
     out = table_rows(table)
     assert len(out) == 101  # q0 once: the run that merged last holds it
     assert {r["id"] for r in out} == {"q0"} | {f"{t}{i}" for t in "ab" for i in range(50)}
     merges = [c for c in DeltaTable(str(table)).history() if c["operation"] == "MERGE"]
     assert sorted(c["userMetadata"] for c in merges) == [
-        f"spark-vllm run {run_id}" for run_id in sorted(runs)
+        f"spark-vllm run {run_id}" for run_id in sorted(RACE)
     ]
     last = max(merges, key=lambda c: c["version"])["userMetadata"].split()[-1]
     assert next(r for r in out if r["id"] == "q0")["run"] == last
