@@ -162,10 +162,20 @@ def test_cancel_stops_a_running_job_then_a_second_submit_resumes_and_follows_it_
         assert re.search(r"^spark-vllm summary \(run \S+\)$", out, re.M), out[-3000:]
         print("\n".join(line for line in out.splitlines() if line.startswith(("spark-vllm", "  "))))
 
-        status = cli(cluster, "status", "cli-resume", "-n", namespace)
+        # The submitter Job's spark-submit exits after the driver, and the Job controller
+        # marks it Complete a moment later: `status` may run in between.
+        status = until(
+            "status showing the submitter Job Complete",
+            lambda: (
+                run
+                if "job cli-resume-submit: Complete"
+                in (run := cli(cluster, "status", "cli-resume", "-n", namespace)).stdout
+                else None
+            ),
+            120,
+        )
         assert status.returncode == 0, status.stderr
         assert re.search(r"^driver\s+cli-resume-driver\s+Succeeded", status.stdout, re.M)
-        assert "job cli-resume-submit: Complete" in status.stdout
         assert "driver exit code: 0" in status.stdout
         assert re.search(rf"^  succeeded     {left}$", status.stdout, re.M), status.stdout
         logs = cli(cluster, "logs", "cli-resume", "-n", namespace)

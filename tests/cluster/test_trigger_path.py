@@ -217,7 +217,10 @@ def test_trigger_on_the_operator_path_runs_a_spark_application_to_its_end(
                 # The driver's phase first, then the operator's state a moment later.
                 application = report.get("application")
                 done = application in ("COMPLETED", "FAILED", "SUBMISSION_FAILED", "gone")
-                return report if done and report["state"] != "running" else None
+                # The counts come from the driver's log, read once the driver ended: a GET
+                # in between may have its phase and not yet its log.
+                read = "counts" in report or report["state"] != "succeeded"
+                return report if done and report["state"] != "running" and read else None
 
             report = until(f"run {run} ended", ended, timeout=900, every=5)
             assert report["application"] == "COMPLETED", report

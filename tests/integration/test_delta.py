@@ -311,10 +311,10 @@ def test_two_jobs_appending_to_one_table_at_once_both_commit(spark, tmp_path):
 
 def test_two_upsert_runs_merging_into_one_table_at_once_both_land(spark, tmp_path):
     """Two runs (two jobs' drivers) MERGE into one table at the same time, on disjoint
-    ids and one both answer (q0): each MERGE reads the whole table, so Delta's optimistic concurrency refuses the
-    second to commit; the commit merges again on the new version, so both land, each in a
-    MERGE commit with its run id, and no row of either is lost (each driver a session of
-    its own: a MERGE's commit message is a session setting)."""
+    ids and one both answer (q0): each MERGE reads the whole table, so Delta's optimistic
+    concurrency refuses the second to commit; the commit merges again on the new version,
+    so both land, each in a MERGE commit with its run id, and no row of either is lost
+    (each driver a session of its own: a MERGE's commit message is a session setting)."""
     doc = delta_doc(tmp_path, "http://127.0.0.1:9/v1", sample_rows(4))
     doc["output"]["delta"] = {"write_mode": "upsert"}
     spec, table = spec_from_dict(doc), tmp_path / "table"

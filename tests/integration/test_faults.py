@@ -78,7 +78,16 @@ def test_a_dead_engine_is_waited_out_without_spending_row_attempts(spark, vllm_s
     flight spent their three tries on the 500s in 1.5 s and became error rows."""
     rows = sample_rows(120)
     with FaultProxy(vllm_server) as proxy:
-        doc = spec_doc(tmp_path, proxy.base_url, rows, timeouts={"ready_s": 30, "outage_s": 120})
+        doc = spec_doc(
+            tmp_path,
+            proxy.base_url,
+            rows,
+            timeouts={"ready_s": 30, "outage_s": 120},
+            # Four requests in flight: most rows are still to send when the engine dies (with
+            # the adaptive window a quiet machine had sent every row by then, and no request
+            # met the dead engine).
+            concurrency={"mode": "fixed", "per_executor": 4},
+        )
         thread, done = start_job(spark, doc)
         wait_for(lambda: proxy.answered_posts >= 20, 180, "20 answered requests")
         proxy.engine_dead = True
