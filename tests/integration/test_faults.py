@@ -83,9 +83,12 @@ def test_a_dead_engine_is_waited_out_without_spending_row_attempts(spark, vllm_s
             proxy.base_url,
             rows,
             timeouts={"ready_s": 30, "outage_s": 120},
-            # Four requests in flight: most rows are still to send when the engine dies (with
-            # the adaptive window a quiet machine had sent every row by then, and no request
-            # met the dead engine).
+            # Rows of some seconds per task, a few requests in flight: both tasks still have
+            # rows to send when the engine dies. With short answers and the adaptive window a
+            # quiet machine's first task sent all its rows in 0.3 s, the engine died before
+            # the second task's first request, and no request met the dead engine (the
+            # second waited for /health's 503 until ready_s and failed).
+            sampling={"max_tokens": 24, "ignore_eos": True},
             concurrency={"mode": "fixed", "per_executor": 4},
         )
         thread, done = start_job(spark, doc)
