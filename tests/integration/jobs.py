@@ -10,6 +10,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import yaml
+from deltalake import DeltaTable
 
 from spark_vllm import JobSpec, read_results, spec_from_dict
 from tests.conftest import SERVED_NAME, write_jsonl
@@ -148,3 +149,14 @@ def batch_output(path: Path) -> list[dict[str, Any]]:
         for text in part.read_text().splitlines():
             found.append({**json.loads(text), "_run": part.parent.name})
     return found
+
+
+def table_rows(path: Path) -> list[dict[str, Any]]:
+    """The table's current version, read by delta-rs (no Spark)."""
+    return DeltaTable(str(path)).to_pyarrow_table().to_pylist()
+
+
+def run_commits(path: Path) -> list[dict[str, Any]]:
+    """The table's commits that wrote rows, oldest first, as delta-rs reads its log."""
+    history = DeltaTable(str(path)).history()
+    return sorted((c for c in history if c["operation"] == "WRITE"), key=lambda c: c["version"])

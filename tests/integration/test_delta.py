@@ -16,7 +16,7 @@ from spark_vllm.storage import delta
 from spark_vllm.storage.fingerprint import RunRecord
 from spark_vllm.storage.stores import store_for
 from tests.conftest import sample_rows
-from tests.integration.jobs import read_rows, run_cli, spec_doc
+from tests.integration.jobs import read_rows, run_cli, run_commits, spec_doc, table_rows
 
 pytestmark = pytest.mark.integration
 
@@ -27,17 +27,6 @@ def delta_doc(tmp_path: Path, base_url: str, rows: list[dict], **changes: object
     doc = spec_doc(tmp_path, base_url, rows, **changes)
     doc["output"] = {**doc["output"], "format": "delta", "path": str(tmp_path / "table")}
     return doc
-
-
-def table_rows(path: Path) -> list[dict]:
-    """The table's current version, read by delta-rs (no Spark)."""
-    return DeltaTable(str(path)).to_pyarrow_table().to_pylist()
-
-
-def run_commits(path: Path) -> list[dict]:
-    """The table's commits that wrote rows, oldest first, as delta-rs reads its log."""
-    history = DeltaTable(str(path)).history()
-    return sorted((c for c in history if c["operation"] == "WRITE"), key=lambda c: c["version"])
 
 
 def test_a_chat_job_into_delta_matches_parquet_and_resumes_one_commit_per_run(

@@ -17,13 +17,19 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
-from deltalake import DeltaTable
 
 from spark_vllm import run_job, spec_from_dict
 from spark_vllm.storage import delta
 from tests.conftest import sample_rows
 from tests.integration.faultproxy import FaultProxy, Faults
-from tests.integration.jobs import assert_one_row_per_input, latest_rows, read_rows, spec_doc
+from tests.integration.jobs import (
+    assert_one_row_per_input,
+    latest_rows,
+    read_rows,
+    run_commits,
+    spec_doc,
+    table_rows,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -178,13 +184,6 @@ def _into(doc: dict, tmp_path: Path, output_format: str) -> dict:
     return doc
 
 
-def _table(tmp_path: Path) -> tuple[list[dict], list[dict]]:
-    """The Delta table's rows and its commits that wrote rows, read by delta-rs (no Spark)."""
-    table = DeltaTable(str(tmp_path / "table"))
-    writes = [c for c in table.history() if c["operation"] == "WRITE"]
-    return table.to_pyarrow_table().to_pylist(), sorted(writes, key=lambda c: c["version"])
-
-
 @pytest.mark.parametrize("output_format", ["parquet", "delta"])
 def test_python_worker_killed_mid_task_is_retried_by_spark(vllm_server, tmp_path, output_format):
     """A task's Python worker killed mid-write: Spark runs the task again and commits only
@@ -217,7 +216,7 @@ def test_python_worker_killed_mid_task_is_retried_by_spark(vllm_server, tmp_path
     assert killed_at < 200, "the worker was killed after the job had finished"
     assert "rows          200" in stdout
     if output_format == "delta":
-        out, writes = _table(tmp_path)
+        out, writes = table_rows(tmp_path / "table"), run_commits(tmp_path / "table")
         assert len(writes) == 1, writes
     else:
         out = read_rows(tmp_path / "out")
@@ -260,7 +259,7 @@ def test_driver_killed_mid_job_then_run_again_resumes(spark, vllm_server, tmp_pa
     assert summary.skipped == len({r["id"] for r in committed if r["error"] is None})
     assert summary.rows == 240 - summary.skipped
     if output_format == "delta":
-        raw, writes = _table(tmp_path)
+        raw, writes = table_rows(tmp_path / "table"), run_commits(tmp_path / "table")
         assert len(writes) == 2, writes  # the dead run's staged rows, then the new run's
         latest = raw
     else:
