@@ -182,6 +182,12 @@ class Job:
         """Task outputs committed so far, over all runs."""
         return len(list(self.output.glob("run=*/part-*")))
 
+    def committed_tasks_of_newest_run(self) -> int:
+        """Task outputs committed so far by the newest run (run ids sort by their start);
+        0 before any run has begun its write."""
+        newest = max(self.output.glob("run=*"), default=None)
+        return len(list(newest.glob("part-*"))) if newest else 0
+
     def set_gpus(self, count: int) -> None:
         """The vLLM sidecar's GPU count in the values file (the node advertises some)."""
         values = yaml.safe_load(self.values_file.read_text())
