@@ -156,7 +156,8 @@ def table_rows(path: Path) -> list[dict[str, Any]]:
     return DeltaTable(str(path)).to_pyarrow_table().to_pylist()
 
 
-def run_commits(path: Path) -> list[dict[str, Any]]:
-    """The table's commits that wrote rows, oldest first, as delta-rs reads its log."""
+def run_commits(path: Path, operation: str = "WRITE") -> list[dict[str, Any]]:
+    """The table's commits of `operation` (WRITE: those that appended rows; MERGE: the
+    upserts), oldest first, as delta-rs reads its log."""
     history = DeltaTable(str(path)).history()
-    return sorted((c for c in history if c["operation"] == "WRITE"), key=lambda c: c["version"])
+    return sorted((c for c in history if c["operation"] == operation), key=lambda c: c["version"])

@@ -7,7 +7,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from deltalake import DeltaTable
 from pyspark.sql import functions as F
 
 from spark_vllm import SpecError, run_job, spec_from_dict
@@ -245,8 +244,7 @@ def test_upsert_merges_each_run_on_the_id_one_row_per_id(spark, tmp_path):
     assert (out["q1"]["response"], out["q1"]["error"], out["q1"]["run"]) == ("a1", None, second)
     assert (out["q0"]["run"], out["q0"]["topic"]) == (first, None)
     assert out["q3"]["topic"] == "t3"
-    history = DeltaTable(str(table)).history()
-    merges = [c for c in history if c["operation"] == "MERGE"]
+    merges = run_commits(table, "MERGE")
     assert [c["userMetadata"] for c in merges] == [f"spark-vllm run {second}"]
     # Resume reads one attempt per id: the latest.
     latest = store_for(spark, spec).attempts(None)
@@ -311,7 +309,7 @@ def test_two_upsert_runs_merging_into_one_table_at_once_both_land(spark, tmp_pat
     out = table_rows(table)
     assert len(out) == 101  # q0 once: the run that merged last holds it
     assert {r["id"] for r in out} == {"q0"} | {f"{t}{i}" for t in "ab" for i in range(50)}
-    merges = [c for c in DeltaTable(str(table)).history() if c["operation"] == "MERGE"]
+    merges = run_commits(table, "MERGE")
     assert sorted(c["userMetadata"] for c in merges) == [
         f"spark-vllm run {run_id}" for run_id in sorted(RACE)
     ]
